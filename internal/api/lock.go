@@ -1,0 +1,287 @@
+package api
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/lock"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
+)
+
+// Bounds of the lock API (DESIGN.md section 4, Locks).
+const (
+	DefaultLockTTL = 10 * time.Second
+	MinLockTTL     = 100 * time.Millisecond
+	MaxLockTTL     = 24 * time.Hour
+	MaxLockWait    = 5 * time.Minute
+)
+
+// releaseTimeout bounds releases done on the client's behalf after its
+// stream is gone.
+const releaseTimeout = 2 * time.Second
+
+// LockServer implements resiliencev1.LockServiceServer.
+type LockServer struct {
+	v1.UnimplementedLockServiceServer
+	svc *lock.Service
+	log *slog.Logger
+	// stopping is cancelled when the sidecar shuts down: waits end and
+	// sessions release their locks.
+	stopping context.Context
+}
+
+// NewLockServer serves svc. Calls in flight when stopping is cancelled end
+// promptly: waits with UNAVAILABLE, sessions by releasing their lock.
+func NewLockServer(stopping context.Context, svc *lock.Service, log *slog.Logger) *LockServer {
+	return &LockServer{svc: svc, log: log, stopping: stopping}
+}
+
+// withStopping returns ctx cancelled also when the sidecar shuts down.
+func (s *LockServer) withStopping(ctx context.Context) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(s.stopping, cancel)
+	return ctx, func() { stop(); cancel() }
+}
+
+func (s *LockServer) fail(ctx context.Context, err error) error {
+	if s.stopping.Err() != nil && errors.Is(err, context.Canceled) {
+		err = errShuttingDown
+	}
+	return toStatus(ctx, s.log, err)
+}
+
+// ValidateAcquireLock checks an AcquireLockRequest and returns its options.
+func ValidateAcquireLock(r *v1.AcquireLockRequest) (lock.AcquireOptions, error) {
+	var v violations
+	v.key("key", r.GetKey())
+	v.label("owner", r.GetOwner())
+	opts := lock.AcquireOptions{
+		TTL:   v.duration("ttl", r.GetTtl(), DefaultLockTTL, MinLockTTL, MaxLockTTL),
+		Wait:  v.duration("wait_timeout", r.GetWaitTimeout(), 0, 0, MaxLockWait),
+		Owner: r.GetOwner(),
+	}
+	return opts, v.err()
+}
+
+// AcquireLock implements LockServiceServer.
+func (s *LockServer) AcquireLock(ctx context.Context, r *v1.AcquireLockRequest) (*v1.AcquireLockResponse, error) {
+	opts, err := ValidateAcquireLock(r)
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	ctx, done := s.withStopping(ctx)
+	defer done()
+	lease, holder, ok, err := s.svc.Acquire(ctx, r.GetKey(), opts)
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	if !ok {
+		return &v1.AcquireLockResponse{Holder: holderPB(holder)}, nil
+	}
+	return &v1.AcquireLockResponse{Acquired: true, Lease: leasePB(lease)}, nil
+}
+
+// ValidateReleaseLock checks a ReleaseLockRequest.
+func ValidateReleaseLock(r *v1.ReleaseLockRequest) error {
+	var v violations
+	v.key("key", r.GetKey())
+	v.leaseID("lease_id", r.GetLeaseId())
+	return v.err()
+}
+
+// ReleaseLock implements LockServiceServer.
+func (s *LockServer) ReleaseLock(ctx context.Context, r *v1.ReleaseLockRequest) (*v1.ReleaseLockResponse, error) {
+	if err := ValidateReleaseLock(r); err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	if err := s.svc.Release(ctx, r.GetKey(), r.GetLeaseId()); err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	return &v1.ReleaseLockResponse{}, nil
+}
+
+// ValidateRenewLock checks a RenewLockRequest and returns the ttl.
+func ValidateRenewLock(r *v1.RenewLockRequest) (time.Duration, error) {
+	var v violations
+	v.key("key", r.GetKey())
+	v.leaseID("lease_id", r.GetLeaseId())
+	ttl := v.duration("ttl", r.GetTtl(), DefaultLockTTL, MinLockTTL, MaxLockTTL)
+	return ttl, v.err()
+}
+
+// RenewLock implements LockServiceServer.
+func (s *LockServer) RenewLock(ctx context.Context, r *v1.RenewLockRequest) (*v1.RenewLockResponse, error) {
+	ttl, err := ValidateRenewLock(r)
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	exp, err := s.svc.Renew(ctx, r.GetKey(), r.GetLeaseId(), ttl)
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	return &v1.RenewLockResponse{ExpireTime: timestamppb.New(exp)}, nil
+}
+
+// GetLock implements LockServiceServer.
+func (s *LockServer) GetLock(ctx context.Context, r *v1.GetLockRequest) (*v1.GetLockResponse, error) {
+	var v violations
+	v.key("key", r.GetKey())
+	if err := v.err(); err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	info, err := s.svc.Get(ctx, r.GetKey())
+	if err != nil {
+		return nil, s.fail(ctx, err)
+	}
+	resp := &v1.GetLockResponse{Held: info.Held, LastFencingToken: info.LastFencingToken}
+	if info.Held {
+		resp.Holder = holderPB(info.Holder)
+	}
+	return resp, nil
+}
+
+// ValidateHoldLock checks the opening message of a HoldLock session.
+func ValidateHoldLock(r *v1.HoldLockRequest) (lock.HoldOptions, error) {
+	var v violations
+	a := r.GetAcquire()
+	if a == nil {
+		v.add("acquire", "the first message of a session must be acquire")
+		return lock.HoldOptions{}, v.err()
+	}
+	v.key("acquire.key", a.GetKey())
+	v.label("acquire.owner", a.GetOwner())
+	opts := lock.HoldOptions{
+		AcquireOptions: lock.AcquireOptions{
+			TTL:   v.duration("acquire.ttl", a.GetTtl(), DefaultLockTTL, MinLockTTL, MaxLockTTL),
+			Wait:  v.duration("acquire.wait_timeout", a.GetWaitTimeout(), 0, 0, MaxLockWait),
+			Owner: a.GetOwner(),
+		},
+	}
+	if mh := a.GetMaxHold(); mh != nil && mh.AsDuration() != 0 {
+		opts.MaxHold = v.duration("acquire.max_hold", mh, 0, MinLockTTL, MaxLockTTL)
+	}
+	return opts, v.err()
+}
+
+// HoldLock implements LockServiceServer. The session's lock is released
+// when the client sends release, the stream ends for any reason, or the
+// sidecar shuts down; the client is told which with `released` or `lost`.
+func (s *LockServer) HoldLock(stream v1.LockService_HoldLockServer) error {
+	ctx := stream.Context()
+	first, err := stream.Recv()
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil
+		}
+		return err
+	}
+	opts, err := ValidateHoldLock(first)
+	if err != nil {
+		return s.fail(ctx, err)
+	}
+	acqCtx, done := s.withStopping(ctx)
+	sess, holder, ok, err := s.svc.Hold(acqCtx, first.GetAcquire().GetKey(), opts)
+	done()
+	if err != nil {
+		return s.fail(ctx, err)
+	}
+	if !ok {
+		return stream.Send(&v1.HoldLockResponse{Event: &v1.HoldLockResponse_NotAcquired_{
+			NotAcquired: &v1.HoldLockResponse_NotAcquired{Holder: holderPB(holder)}}})
+	}
+	release := func() error {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+		defer cancel()
+		return sess.Release(rctx)
+	}
+	defer release() //nolint:errcheck // idempotent; the explicit paths report its error
+	if err := stream.Send(&v1.HoldLockResponse{Event: &v1.HoldLockResponse_Acquired{Acquired: leasePB(sess.Lease())}}); err != nil {
+		return err
+	}
+
+	// The reader goroutine ends when the stream does, which happens when
+	// this handler returns.
+	msgs := make(chan *v1.HoldLockRequest)
+	recvErr := make(chan error, 1)
+	go func() {
+		for {
+			m, err := stream.Recv()
+			if err != nil {
+				recvErr <- err
+				return
+			}
+			select {
+			case msgs <- m:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+
+	for {
+		select {
+		case exp := <-sess.Renewed():
+			if err := stream.Send(&v1.HoldLockResponse{Event: &v1.HoldLockResponse_Renewed_{
+				Renewed: &v1.HoldLockResponse_Renewed{ExpireTime: timestamppb.New(exp)}}}); err != nil {
+				return err
+			}
+		case <-sess.Done():
+			return stream.Send(lostPB(sess.Err()))
+		case <-s.stopping.Done():
+			if err := release(); err != nil {
+				return stream.Send(lostPB(err))
+			}
+			return stream.Send(lostPB(lock.ErrShutdown))
+		case m := <-msgs:
+			if m.GetRelease() == nil {
+				return status.Error(codes.InvalidArgument, "session already holds the lock: only release may follow acquire")
+			}
+			if err := release(); err != nil {
+				if errors.Is(err, lock.ErrLeaseLost) {
+					return stream.Send(lostPB(err))
+				}
+				return s.fail(ctx, err)
+			}
+			return stream.Send(&v1.HoldLockResponse{Event: &v1.HoldLockResponse_Released_{Released: &v1.HoldLockResponse_Released{}}})
+		case err := <-recvErr:
+			// Client closed its side or vanished: release (deferred).
+			if errors.Is(err, io.EOF) {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+func lostPB(err error) *v1.HoldLockResponse {
+	reason := v1.HoldLockResponse_Lost_REASON_LEASE_LOST
+	msg := "lease lost: it expired or was taken; stop the critical section"
+	switch {
+	case errors.Is(err, lock.ErrMaxHold):
+		reason, msg = v1.HoldLockResponse_Lost_REASON_MAX_HOLD, "max_hold reached: the sidecar released the lock"
+	case errors.Is(err, lock.ErrShutdown):
+		reason, msg = v1.HoldLockResponse_Lost_REASON_SHUTDOWN, "the sidecar is shutting down and released the lock"
+	case errors.Is(err, store.ErrUnavailable):
+		reason, msg = v1.HoldLockResponse_Lost_REASON_STORE_UNAVAILABLE, "the store was unreachable until the lease expired"
+	}
+	return &v1.HoldLockResponse{Event: &v1.HoldLockResponse_Lost_{Lost: &v1.HoldLockResponse_Lost{Reason: reason, Message: msg}}}
+}
+
+func leasePB(l lock.Lease) *v1.Lease {
+	return &v1.Lease{Key: l.Key, LeaseId: l.LeaseID, FencingToken: l.FencingToken, ExpireTime: timestamppb.New(l.ExpireTime), Owner: l.Owner}
+}
+
+func holderPB(h lock.Holder) *v1.Holder {
+	if h == (lock.Holder{}) {
+		return nil
+	}
+	return &v1.Holder{Owner: h.Owner, FencingToken: h.FencingToken, ExpireTime: timestamppb.New(h.ExpireTime)}
+}

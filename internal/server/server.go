@@ -1,0 +1,267 @@
+// Package server wires the gRPC server: interceptors (logging, panic
+// recovery, bearer-token auth), the health service driven by store probes,
+// reflection, message limits, and graceful shutdown.
+package server
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/subtle"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"runtime/debug"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
+	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+
+	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
+)
+
+// Options configure a Server. Zero values get the defaults noted.
+type Options struct {
+	Log *slog.Logger
+	// APIToken, when set, is required as "authorization: Bearer <token>" on
+	// every call except health and reflection.
+	APIToken string
+	// MaxMessageBytes bounds received and sent messages (default 4 MiB).
+	MaxMessageBytes int
+	// ShutdownTimeout bounds draining in-flight calls (default 10s).
+	ShutdownTimeout time.Duration
+	// Store is probed every HealthInterval (default 1s); health reports
+	// NOT_SERVING while it fails.
+	Store          store.Pinger
+	HealthInterval time.Duration
+}
+
+// Server is a gRPC server with the sidecar's cross-cutting behaviour.
+type Server struct {
+	opts     Options
+	grpc     *grpc.Server
+	health   *health.Server
+	stopping context.Context
+	stop     context.CancelFunc
+
+	mu      sync.Mutex
+	serving bool
+}
+
+// New builds a Server. Register services on GRPC() before Serve.
+func New(opts Options) *Server {
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if opts.MaxMessageBytes <= 0 {
+		opts.MaxMessageBytes = 4 << 20
+	}
+	if opts.ShutdownTimeout <= 0 {
+		opts.ShutdownTimeout = 10 * time.Second
+	}
+	if opts.HealthInterval <= 0 {
+		opts.HealthInterval = time.Second
+	}
+	s := &Server{opts: opts, health: health.NewServer()}
+	s.stopping, s.stop = context.WithCancel(context.Background())
+
+	logOpts := []logging.Option{
+		logging.WithLogOnEvents(logging.FinishCall),
+		logging.WithLevels(codeToLevel),
+	}
+	logger := interceptorLogger(opts.Log)
+	rec := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
+		opts.Log.ErrorContext(ctx, "panic in handler", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+		return status.Error(codes.Internal, "internal error")
+	})
+	unary := []grpc.UnaryServerInterceptor{
+		logging.UnaryServerInterceptor(logger, logOpts...),
+		recovery.UnaryServerInterceptor(rec),
+	}
+	stream := []grpc.StreamServerInterceptor{
+		logging.StreamServerInterceptor(logger, logOpts...),
+		recovery.StreamServerInterceptor(rec),
+	}
+	if opts.APIToken != "" {
+		check := bearerAuth(opts.APIToken)
+		unary = append(unary, selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(check), selector.MatchFunc(needsAuth)))
+		stream = append(stream, selector.StreamServerInterceptor(auth.StreamServerInterceptor(check), selector.MatchFunc(needsAuth)))
+	}
+	s.grpc = grpc.NewServer(
+		grpc.ChainUnaryInterceptor(unary...),
+		grpc.ChainStreamInterceptor(stream...),
+		grpc.MaxRecvMsgSize(opts.MaxMessageBytes),
+		grpc.MaxSendMsgSize(opts.MaxMessageBytes),
+		// Detect vanished HoldLock clients on half-open connections.
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
+	)
+	healthpb.RegisterHealthServer(s.grpc, s.health)
+	reflection.Register(s.grpc)
+	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	return s
+}
+
+// GRPC is the underlying server, for registering services.
+func (s *Server) GRPC() *grpc.Server { return s.grpc }
+
+// Stopping is cancelled when shutdown begins, before in-flight calls are
+// drained: long waits and sessions watch it to end promptly.
+func (s *Server) Stopping() context.Context { return s.stopping }
+
+// Serve serves on lis until ctx is cancelled, then shuts down gracefully:
+// health turns NOT_SERVING, Stopping is cancelled (sessions release their
+// locks), in-flight calls drain for at most ShutdownTimeout, then the rest
+// are cut. It returns nil after a shutdown caused by ctx.
+func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
+	probeCtx, stopProbe := context.WithCancel(ctx)
+	probeDone := make(chan struct{})
+	s.probe(probeCtx) // first verdict before accepting calls
+	go func() {
+		defer close(probeDone)
+		s.probeLoop(probeCtx)
+	}()
+	defer func() { stopProbe(); <-probeDone }()
+
+	served := make(chan error, 1)
+	go func() { served <- s.grpc.Serve(lis) }()
+	select {
+	case err := <-served:
+		return err
+	case <-ctx.Done():
+	}
+	s.opts.Log.Info("shutting down", "drain_timeout", s.opts.ShutdownTimeout.String())
+	stopProbe()
+	<-probeDone
+	s.health.Shutdown() // NOT_SERVING for everything, and it stays so
+	s.stop()
+	drained := make(chan struct{})
+	go func() {
+		s.grpc.GracefulStop()
+		close(drained)
+	}()
+	select {
+	case <-drained:
+	case <-time.After(s.opts.ShutdownTimeout):
+		s.opts.Log.Warn("drain timeout: cutting remaining calls")
+		s.grpc.Stop()
+		<-drained
+	}
+	<-served
+	s.opts.Log.Info("stopped")
+	return nil
+}
+
+func (s *Server) probeLoop(ctx context.Context) {
+	t := time.NewTicker(s.opts.HealthInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.probe(ctx)
+		}
+	}
+}
+
+// probe sets every service's health from one store ping.
+func (s *Server) probe(ctx context.Context) {
+	ok := true
+	if s.opts.Store != nil {
+		if err := s.opts.Store.Ping(ctx); err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			ok = false
+			s.mu.Lock()
+			was := s.serving
+			s.mu.Unlock()
+			if was {
+				s.opts.Log.Error("store unreachable: health is NOT_SERVING", "error", err)
+			}
+		}
+	}
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if ok {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	s.mu.Lock()
+	changed := s.serving != ok
+	s.serving = ok
+	s.mu.Unlock()
+	if changed && ok {
+		s.opts.Log.Info("store reachable: health is SERVING")
+	}
+	s.health.SetServingStatus("", st)
+	for name := range s.grpc.GetServiceInfo() {
+		s.health.SetServingStatus(name, st)
+	}
+}
+
+// needsAuth exempts health checks and reflection, which probes and tools
+// call without credentials.
+func needsAuth(_ context.Context, c interceptors.CallMeta) bool {
+	return c.Service != healthpb.Health_ServiceDesc.ServiceName &&
+		!strings.HasPrefix(c.Service, "grpc.reflection.")
+}
+
+func bearerAuth(token string) auth.AuthFunc {
+	want := sha256.Sum256([]byte(token))
+	return func(ctx context.Context) (context.Context, error) {
+		got, err := auth.AuthFromMD(ctx, "bearer")
+		if err != nil {
+			return nil, err
+		}
+		// Comparing digests keeps the comparison constant-time regardless
+		// of the presented token's length.
+		sum := sha256.Sum256([]byte(got))
+		if subtle.ConstantTimeCompare(sum[:], want[:]) != 1 {
+			return nil, status.Error(codes.Unauthenticated, "invalid bearer token")
+		}
+		return ctx, nil
+	}
+}
+
+func codeToLevel(c codes.Code) logging.Level {
+	switch c {
+	case codes.OK, codes.Canceled:
+		return logging.LevelDebug
+	case codes.Unknown, codes.Internal, codes.DataLoss:
+		return logging.LevelError
+	case codes.Unavailable, codes.DeadlineExceeded:
+		return logging.LevelWarn
+	default:
+		return logging.LevelInfo
+	}
+}
+
+func interceptorLogger(l *slog.Logger) logging.Logger {
+	return logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
+		l.Log(ctx, slog.Level(lvl), msg, fields...)
+	})
+}
+
+// Listen opens the listener for addr: "host:port" or "unix:///path". A
+// stale unix socket file is replaced.
+func Listen(network, address string) (net.Listener, error) {
+	if network == "unix" {
+		if err := os.Remove(address); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("listen: remove stale socket: %w", err)
+		}
+	}
+	return net.Listen(network, address)
+}
