@@ -1,0 +1,115 @@
+// Package resilience is the idiomatic Go client of the resilience sidecar:
+// Dial, typed errors, and helpers built on the generated stubs in
+// clients/go/resiliencev1.
+package resilience
+
+import (
+	"errors"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// ErrorDomain is the ErrorInfo domain of the sidecar's errors.
+const ErrorDomain = "resilience.sidecar"
+
+// Sentinel errors for the sidecar's stable ErrorInfo reasons. Errors
+// returned by this package match them with errors.Is.
+var (
+	ErrLeaseLost              = errors.New("resilience: lease lost")
+	ErrIdempotencyKeyMismatch = errors.New("resilience: idempotency key reused with a different fingerprint")
+	ErrBreakerOpen            = errors.New("resilience: breaker open")
+	ErrUpstreamUnknown        = errors.New("resilience: upstream unknown")
+	ErrStoreUnavailable       = errors.New("resilience: store unavailable")
+	ErrSagaNotFound           = errors.New("resilience: saga not found")
+	ErrSagaStateConflict      = errors.New("resilience: saga state conflict")
+	ErrLimitExceeded          = errors.New("resilience: limit exceeded")
+	ErrClockSkew              = errors.New("resilience: clock skew")
+	ErrShuttingDown           = errors.New("resilience: sidecar shutting down")
+	// ErrInvalidArgument matches every INVALID_ARGUMENT; Error.Violations
+	// names the fields.
+	ErrInvalidArgument = errors.New("resilience: invalid argument")
+)
+
+var reasons = map[string]error{
+	"LEASE_LOST":               ErrLeaseLost,
+	"IDEMPOTENCY_KEY_MISMATCH": ErrIdempotencyKeyMismatch,
+	"BREAKER_OPEN":             ErrBreakerOpen,
+	"UPSTREAM_UNKNOWN":         ErrUpstreamUnknown,
+	"STORE_UNAVAILABLE":        ErrStoreUnavailable,
+	"SAGA_NOT_FOUND":           ErrSagaNotFound,
+	"SAGA_STATE_CONFLICT":      ErrSagaStateConflict,
+	"LIMIT_EXCEEDED":           ErrLimitExceeded,
+	"CLOCK_SKEW":               ErrClockSkew,
+	"SHUTTING_DOWN":            ErrShuttingDown,
+}
+
+// Error is a sidecar error with its decoded details. It matches the
+// sentinel of its reason (errors.Is) and keeps the gRPC status
+// (status.FromError still works on it).
+type Error struct {
+	Code    codes.Code
+	Message string
+	// Reason is the ErrorInfo reason ("" when the error carries none).
+	Reason string
+	// RetryDelay is the server's RetryInfo hint (0 when none).
+	RetryDelay time.Duration
+	// Violations maps field name to description for INVALID_ARGUMENT.
+	Violations map[string]string
+
+	st *status.Status
+}
+
+func (e *Error) Error() string {
+	if e.Reason != "" {
+		return "resilience: " + e.Code.String() + " " + e.Reason + ": " + e.Message
+	}
+	return "resilience: " + e.Code.String() + ": " + e.Message
+}
+
+// Is matches the sentinel of the error's reason.
+func (e *Error) Is(target error) bool {
+	if target == ErrInvalidArgument {
+		return e.Code == codes.InvalidArgument
+	}
+	s, ok := reasons[e.Reason]
+	return ok && s == target
+}
+
+// GRPCStatus lets status.FromError and status.Code see the original status.
+func (e *Error) GRPCStatus() *status.Status { return e.st }
+
+// FromError decodes a gRPC error from the sidecar into *Error. It returns
+// nil for nil and err unchanged when it is not a gRPC status.
+func FromError(err error) error {
+	if err == nil {
+		return nil
+	}
+	var already *Error
+	if errors.As(err, &already) {
+		return err
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	e := &Error{Code: st.Code(), Message: st.Message(), st: st}
+	for _, d := range st.Details() {
+		switch d := d.(type) {
+		case *errdetails.ErrorInfo:
+			if d.GetDomain() == ErrorDomain {
+				e.Reason = d.GetReason()
+			}
+		case *errdetails.RetryInfo:
+			e.RetryDelay = d.GetRetryDelay().AsDuration()
+		case *errdetails.BadRequest:
+			e.Violations = map[string]string{}
+			for _, v := range d.GetFieldViolations() {
+				e.Violations[v.GetField()] = v.GetDescription()
+			}
+		}
+	}
+	return e
+}
