@@ -480,4 +480,3 @@ func (b bearerCreds) GetRequestMetadata(context.Context, ...string) (map[string]
 	return map[string]string{"authorization": "Bearer " + string(b)}, nil
 }
 func (bearerCreds) RequireTransportSecurity() bool { return false }
-

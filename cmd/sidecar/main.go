@@ -90,7 +90,6 @@ func openStores(ctx context.Context, cfg *config.Config, log *slog.Logger) (stor
 	}, nil
 }
 
-
 func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	log.Info("starting sidecar", "config", cfg)
 	st, err := openStores(ctx, cfg, log)
