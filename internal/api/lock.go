@@ -244,21 +244,28 @@ func (s *LockServer) HoldLock(stream v1.LockService_HoldLockServer) error {
 			if m.GetRelease() == nil {
 				return status.Error(codes.InvalidArgument, "session already holds the lock: only release may follow acquire")
 			}
-			if err := release(); err != nil {
-				if errors.Is(err, lock.ErrLeaseLost) {
-					return stream.Send(lostPB(err))
-				}
-				return s.fail(ctx, err)
-			}
-			return stream.Send(&v1.HoldLockResponse{Event: &v1.HoldLockResponse_Released_{Released: &v1.HoldLockResponse_Released{}}})
+			return s.releaseAndReport(ctx, stream, release)
 		case err := <-recvErr:
-			// Client closed its side or vanished: release (deferred).
+			// A client that closed its sending side still reads: tell it.
+			// One that vanished gets the deferred release only.
 			if errors.Is(err, io.EOF) {
-				return nil
+				return s.releaseAndReport(ctx, stream, release)
 			}
 			return err
 		}
 	}
+}
+
+// releaseAndReport ends a session at the client's request: `released`, or
+// `lost` when the lease was already gone.
+func (s *LockServer) releaseAndReport(ctx context.Context, stream v1.LockService_HoldLockServer, release func() error) error {
+	if err := release(); err != nil {
+		if errors.Is(err, lock.ErrLeaseLost) {
+			return stream.Send(lostPB(err))
+		}
+		return s.fail(ctx, err)
+	}
+	return stream.Send(&v1.HoldLockResponse{Event: &v1.HoldLockResponse_Released_{Released: &v1.HoldLockResponse_Released{}}})
 }
 
 func lostPB(err error) *v1.HoldLockResponse {

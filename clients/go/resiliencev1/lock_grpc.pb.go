@@ -50,7 +50,8 @@ type LockServiceClient interface {
 	RenewLock(ctx context.Context, in *RenewLockRequest, opts ...grpc.CallOption) (*RenewLockResponse, error)
 	// HoldLock is a session: send `acquire`, receive `acquired` (or
 	// `not_acquired`); the sidecar renews the lease in the background and
-	// releases it when the client sends `release` or the stream ends. A lost
+	// releases it when the client sends `release`, closes its side of the
+	// stream (both answered with `released`), or vanishes. A lost
 	// lease is reported with `lost` before the stream closes.
 	HoldLock(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[HoldLockRequest, HoldLockResponse], error)
 	// GetLock inspects a lock without taking it. It never returns the lease_id.
@@ -142,7 +143,8 @@ type LockServiceServer interface {
 	RenewLock(context.Context, *RenewLockRequest) (*RenewLockResponse, error)
 	// HoldLock is a session: send `acquire`, receive `acquired` (or
 	// `not_acquired`); the sidecar renews the lease in the background and
-	// releases it when the client sends `release` or the stream ends. A lost
+	// releases it when the client sends `release`, closes its side of the
+	// stream (both answered with `released`), or vanishes. A lost
 	// lease is reported with `lost` before the stream closes.
 	HoldLock(grpc.BidiStreamingServer[HoldLockRequest, HoldLockResponse]) error
 	// GetLock inspects a lock without taking it. It never returns the lease_id.
