@@ -7,8 +7,6 @@ import (
 	"log/slog"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
@@ -165,8 +163,10 @@ func ValidateHoldLock(r *v1.HoldLockRequest) (lock.HoldOptions, error) {
 			Owner: a.GetOwner(),
 		},
 	}
-	if mh := a.GetMaxHold(); mh != nil && mh.AsDuration() != 0 {
-		opts.MaxHold = v.duration("acquire.max_hold", mh, 0, MinLockTTL, MaxLockTTL)
+	// max_hold: 0 (or unset) means no bound; otherwise 100ms-24h.
+	opts.MaxHold = v.duration("acquire.max_hold", a.GetMaxHold(), 0, 0, MaxLockTTL)
+	if opts.MaxHold > 0 && opts.MaxHold < MinLockTTL {
+		v.add("acquire.max_hold", "must be 0 (no bound) or between %v and %v, got %v", MinLockTTL, MaxLockTTL, opts.MaxHold)
 	}
 	return opts, v.err()
 }
@@ -242,7 +242,9 @@ func (s *LockServer) HoldLock(stream v1.LockService_HoldLockServer) error {
 			return stream.Send(lostPB(lock.ErrShutdown))
 		case m := <-msgs:
 			if m.GetRelease() == nil {
-				return status.Error(codes.InvalidArgument, "session already holds the lock: only release may follow acquire")
+				var v violations
+				v.add("acquire", "the session already holds the lock: only release may follow acquire")
+				return s.fail(ctx, v.err())
 			}
 			return s.releaseAndReport(ctx, stream, release)
 		case err := <-recvErr:

@@ -259,9 +259,32 @@ func interceptorLogger(l *slog.Logger) logging.Logger {
 // stale unix socket file is replaced.
 func Listen(network, address string) (net.Listener, error) {
 	if network == "unix" {
-		if err := os.Remove(address); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("listen: remove stale socket: %w", err)
+		if err := removeStaleSocket(address); err != nil {
+			return nil, err
 		}
 	}
 	return net.Listen(network, address)
+}
+
+// removeStaleSocket removes a socket file nobody listens on. It refuses to
+// remove anything else, or a socket another process still serves.
+func removeStaleSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	if fi.Mode()&os.ModeSocket == 0 {
+		return fmt.Errorf("listen: %s exists and is not a socket", path)
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("listen: %s: another process is serving on this socket", path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("listen: remove stale socket: %w", err)
+	}
+	return nil
 }

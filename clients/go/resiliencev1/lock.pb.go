@@ -85,14 +85,14 @@ func (HoldLockResponse_Lost_Reason) EnumDescriptor() ([]byte, []int) {
 // Lease is proof of holding a lock.
 type Lease struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Key   string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Key   string                 `protobuf:"bytes,1,opt,name=key" json:"key,omitempty"`
 	// Secret needed to release or renew. Never logged, never shown to others.
-	LeaseId string `protobuf:"bytes,2,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
+	LeaseId string `protobuf:"bytes,2,opt,name=lease_id,json=leaseId" json:"lease_id,omitempty"`
 	// Strictly increasing per key across all grants. Pass it to the resource
 	// the lock protects so it can refuse writes from a stale holder.
-	FencingToken  uint64                 `protobuf:"varint,3,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
-	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
-	Owner         string                 `protobuf:"bytes,5,opt,name=owner,proto3" json:"owner,omitempty"`
+	FencingToken  uint64                 `protobuf:"varint,3,opt,name=fencing_token,json=fencingToken" json:"fencing_token,omitempty"`
+	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=expire_time,json=expireTime" json:"expire_time,omitempty"`
+	Owner         string                 `protobuf:"bytes,5,opt,name=owner" json:"owner,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -165,9 +165,9 @@ func (x *Lease) GetOwner() string {
 // Holder describes the current holder of a lock, without its secret.
 type Holder struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Owner         string                 `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
-	FencingToken  uint64                 `protobuf:"varint,2,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
-	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	Owner         string                 `protobuf:"bytes,1,opt,name=owner" json:"owner,omitempty"`
+	FencingToken  uint64                 `protobuf:"varint,2,opt,name=fencing_token,json=fencingToken" json:"fencing_token,omitempty"`
+	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,3,opt,name=expire_time,json=expireTime" json:"expire_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -226,13 +226,13 @@ func (x *Holder) GetExpireTime() *timestamppb.Timestamp {
 type AcquireLockRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// 1-512 bytes of UTF-8 without control characters.
-	Key string `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Key string `protobuf:"bytes,1,opt,name=key" json:"key,omitempty"`
 	// Lease lifetime: 100ms-24h, default 10s.
-	Ttl *durationpb.Duration `protobuf:"bytes,2,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	Ttl *durationpb.Duration `protobuf:"bytes,2,opt,name=ttl" json:"ttl,omitempty"`
 	// How long to wait for a held lock: 0-5m, default 0 (try once).
-	WaitTimeout *durationpb.Duration `protobuf:"bytes,3,opt,name=wait_timeout,json=waitTimeout,proto3" json:"wait_timeout,omitempty"`
+	WaitTimeout *durationpb.Duration `protobuf:"bytes,3,opt,name=wait_timeout,json=waitTimeout" json:"wait_timeout,omitempty"`
 	// Free label shown to others (GetLock, not_acquired), at most 512 bytes.
-	Owner         string `protobuf:"bytes,4,opt,name=owner,proto3" json:"owner,omitempty"`
+	Owner         string `protobuf:"bytes,4,opt,name=owner" json:"owner,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -297,11 +297,11 @@ func (x *AcquireLockRequest) GetOwner() string {
 
 type AcquireLockResponse struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
-	Acquired bool                   `protobuf:"varint,1,opt,name=acquired,proto3" json:"acquired,omitempty"`
+	Acquired bool                   `protobuf:"varint,1,opt,name=acquired" json:"acquired,omitempty"`
 	// Set when acquired.
-	Lease *Lease `protobuf:"bytes,2,opt,name=lease,proto3" json:"lease,omitempty"`
+	Lease *Lease `protobuf:"bytes,2,opt,name=lease" json:"lease,omitempty"`
 	// Set when not acquired: who holds the lock now.
-	Holder        *Holder `protobuf:"bytes,3,opt,name=holder,proto3" json:"holder,omitempty"`
+	Holder        *Holder `protobuf:"bytes,3,opt,name=holder" json:"holder,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -359,8 +359,8 @@ func (x *AcquireLockResponse) GetHolder() *Holder {
 
 type ReleaseLockRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
-	LeaseId       string                 `protobuf:"bytes,2,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key" json:"key,omitempty"`
+	LeaseId       string                 `protobuf:"bytes,2,opt,name=lease_id,json=leaseId" json:"lease_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -447,10 +447,10 @@ func (*ReleaseLockResponse) Descriptor() ([]byte, []int) {
 
 type RenewLockRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
-	Key     string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
-	LeaseId string                 `protobuf:"bytes,2,opt,name=lease_id,json=leaseId,proto3" json:"lease_id,omitempty"`
+	Key     string                 `protobuf:"bytes,1,opt,name=key" json:"key,omitempty"`
+	LeaseId string                 `protobuf:"bytes,2,opt,name=lease_id,json=leaseId" json:"lease_id,omitempty"`
 	// New lifetime from now: 100ms-24h, default 10s.
-	Ttl           *durationpb.Duration `protobuf:"bytes,3,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	Ttl           *durationpb.Duration `protobuf:"bytes,3,opt,name=ttl" json:"ttl,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -508,7 +508,7 @@ func (x *RenewLockRequest) GetTtl() *durationpb.Duration {
 
 type RenewLockResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=expire_time,json=expireTime" json:"expire_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -621,11 +621,11 @@ type isHoldLockRequest_Msg interface {
 }
 
 type HoldLockRequest_Acquire_ struct {
-	Acquire *HoldLockRequest_Acquire `protobuf:"bytes,1,opt,name=acquire,proto3,oneof"`
+	Acquire *HoldLockRequest_Acquire `protobuf:"bytes,1,opt,name=acquire,oneof"`
 }
 
 type HoldLockRequest_Release_ struct {
-	Release *HoldLockRequest_Release `protobuf:"bytes,2,opt,name=release,proto3,oneof"`
+	Release *HoldLockRequest_Release `protobuf:"bytes,2,opt,name=release,oneof"`
 }
 
 func (*HoldLockRequest_Acquire_) isHoldLockRequest_Msg() {}
@@ -733,23 +733,23 @@ type isHoldLockResponse_Event interface {
 }
 
 type HoldLockResponse_Acquired struct {
-	Acquired *Lease `protobuf:"bytes,1,opt,name=acquired,proto3,oneof"`
+	Acquired *Lease `protobuf:"bytes,1,opt,name=acquired,oneof"`
 }
 
 type HoldLockResponse_NotAcquired_ struct {
-	NotAcquired *HoldLockResponse_NotAcquired `protobuf:"bytes,2,opt,name=not_acquired,json=notAcquired,proto3,oneof"`
+	NotAcquired *HoldLockResponse_NotAcquired `protobuf:"bytes,2,opt,name=not_acquired,json=notAcquired,oneof"`
 }
 
 type HoldLockResponse_Renewed_ struct {
-	Renewed *HoldLockResponse_Renewed `protobuf:"bytes,3,opt,name=renewed,proto3,oneof"`
+	Renewed *HoldLockResponse_Renewed `protobuf:"bytes,3,opt,name=renewed,oneof"`
 }
 
 type HoldLockResponse_Released_ struct {
-	Released *HoldLockResponse_Released `protobuf:"bytes,4,opt,name=released,proto3,oneof"`
+	Released *HoldLockResponse_Released `protobuf:"bytes,4,opt,name=released,oneof"`
 }
 
 type HoldLockResponse_Lost_ struct {
-	Lost *HoldLockResponse_Lost `protobuf:"bytes,5,opt,name=lost,proto3,oneof"`
+	Lost *HoldLockResponse_Lost `protobuf:"bytes,5,opt,name=lost,oneof"`
 }
 
 func (*HoldLockResponse_Acquired) isHoldLockResponse_Event() {}
@@ -764,7 +764,7 @@ func (*HoldLockResponse_Lost_) isHoldLockResponse_Event() {}
 
 type GetLockRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Key           string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Key           string                 `protobuf:"bytes,1,opt,name=key" json:"key,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -808,12 +808,12 @@ func (x *GetLockRequest) GetKey() string {
 
 type GetLockResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Held  bool                   `protobuf:"varint,1,opt,name=held,proto3" json:"held,omitempty"`
+	Held  bool                   `protobuf:"varint,1,opt,name=held" json:"held,omitempty"`
 	// Set when held.
-	Holder *Holder `protobuf:"bytes,2,opt,name=holder,proto3" json:"holder,omitempty"`
+	Holder *Holder `protobuf:"bytes,2,opt,name=holder" json:"holder,omitempty"`
 	// The highest fencing token granted for this key that the store still
 	// remembers (0 if none). The next grant is strictly greater.
-	LastFencingToken uint64 `protobuf:"varint,3,opt,name=last_fencing_token,json=lastFencingToken,proto3" json:"last_fencing_token,omitempty"`
+	LastFencingToken uint64 `protobuf:"varint,3,opt,name=last_fencing_token,json=lastFencingToken" json:"last_fencing_token,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -872,15 +872,15 @@ func (x *GetLockResponse) GetLastFencingToken() uint64 {
 // Acquire opens the session; it must be the first message.
 type HoldLockRequest_Acquire struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Key   string                 `protobuf:"bytes,1,opt,name=key,proto3" json:"key,omitempty"`
+	Key   string                 `protobuf:"bytes,1,opt,name=key" json:"key,omitempty"`
 	// Lease lifetime, renewed about every ttl/3: 100ms-24h, default 10s.
-	Ttl *durationpb.Duration `protobuf:"bytes,2,opt,name=ttl,proto3" json:"ttl,omitempty"`
+	Ttl *durationpb.Duration `protobuf:"bytes,2,opt,name=ttl" json:"ttl,omitempty"`
 	// 0-5m, default 0.
-	WaitTimeout *durationpb.Duration `protobuf:"bytes,3,opt,name=wait_timeout,json=waitTimeout,proto3" json:"wait_timeout,omitempty"`
-	Owner       string               `protobuf:"bytes,4,opt,name=owner,proto3" json:"owner,omitempty"`
+	WaitTimeout *durationpb.Duration `protobuf:"bytes,3,opt,name=wait_timeout,json=waitTimeout" json:"wait_timeout,omitempty"`
+	Owner       string               `protobuf:"bytes,4,opt,name=owner" json:"owner,omitempty"`
 	// After max_hold the sidecar releases the lock and sends `lost` with
 	// reason MAX_HOLD. 0 means no limit; otherwise 100ms-24h.
-	MaxHold       *durationpb.Duration `protobuf:"bytes,5,opt,name=max_hold,json=maxHold,proto3" json:"max_hold,omitempty"`
+	MaxHold       *durationpb.Duration `protobuf:"bytes,5,opt,name=max_hold,json=maxHold" json:"max_hold,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -990,7 +990,7 @@ func (*HoldLockRequest_Release) Descriptor() ([]byte, []int) {
 // NotAcquired: the wait ended without the lock; the stream then closes.
 type HoldLockResponse_NotAcquired struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Holder        *Holder                `protobuf:"bytes,1,opt,name=holder,proto3" json:"holder,omitempty"`
+	Holder        *Holder                `protobuf:"bytes,1,opt,name=holder" json:"holder,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1035,7 +1035,7 @@ func (x *HoldLockResponse_NotAcquired) GetHolder() *Holder {
 // Renewed: the background renewal moved the expiry.
 type HoldLockResponse_Renewed struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=expire_time,json=expireTime,proto3" json:"expire_time,omitempty"`
+	ExpireTime    *timestamppb.Timestamp `protobuf:"bytes,1,opt,name=expire_time,json=expireTime" json:"expire_time,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1117,8 +1117,8 @@ func (*HoldLockResponse_Released) Descriptor() ([]byte, []int) {
 // Lost: the lock is no longer held; the stream then closes.
 type HoldLockResponse_Lost struct {
 	state         protoimpl.MessageState       `protogen:"open.v1"`
-	Reason        HoldLockResponse_Lost_Reason `protobuf:"varint,1,opt,name=reason,proto3,enum=resilience.v1.HoldLockResponse_Lost_Reason" json:"reason,omitempty"`
-	Message       string                       `protobuf:"bytes,2,opt,name=message,proto3" json:"message,omitempty"`
+	Reason        HoldLockResponse_Lost_Reason `protobuf:"varint,1,opt,name=reason,enum=resilience.v1.HoldLockResponse_Lost_Reason" json:"reason,omitempty"`
+	Message       string                       `protobuf:"bytes,2,opt,name=message" json:"message,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1249,7 +1249,7 @@ const file_resilience_v1_lock_proto_rawDesc = "" +
 	"\vReleaseLock\x12!.resilience.v1.ReleaseLockRequest\x1a\".resilience.v1.ReleaseLockResponse\x12N\n" +
 	"\tRenewLock\x12\x1f.resilience.v1.RenewLockRequest\x1a .resilience.v1.RenewLockResponse\x12O\n" +
 	"\bHoldLock\x12\x1e.resilience.v1.HoldLockRequest\x1a\x1f.resilience.v1.HoldLockResponse(\x010\x01\x12H\n" +
-	"\aGetLock\x12\x1d.resilience.v1.GetLockRequest\x1a\x1e.resilience.v1.GetLockResponseBRZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1b\x06proto3"
+	"\aGetLock\x12\x1d.resilience.v1.GetLockRequest\x1a\x1e.resilience.v1.GetLockResponseBYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
 
 var (
 	file_resilience_v1_lock_proto_rawDescOnce sync.Once

@@ -1,0 +1,196 @@
+package resilience_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/protoadapt"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/seed-a88e5317/resilience-sidecar/clients/go/resilience"
+)
+
+func statusErr(t *testing.T, code codes.Code, msg string, details ...protoadapt.MessageV1) error {
+	t.Helper()
+	st := status.New(code, msg)
+	if len(details) > 0 {
+		var err error
+		if st, err = st.WithDetails(details...); err != nil {
+			t.Fatalf("WithDetails: %v", err)
+		}
+	}
+	return st.Err()
+}
+
+func info(reason string) *errdetails.ErrorInfo {
+	return &errdetails.ErrorInfo{Domain: resilience.ErrorDomain, Reason: reason}
+}
+
+var allSentinels = []error{
+	resilience.ErrLeaseLost, resilience.ErrIdempotencyKeyMismatch, resilience.ErrBreakerOpen,
+	resilience.ErrUpstreamUnknown, resilience.ErrStoreUnavailable, resilience.ErrSagaNotFound,
+	resilience.ErrSagaStateConflict, resilience.ErrLimitExceeded, resilience.ErrClockSkew,
+	resilience.ErrShuttingDown, resilience.ErrInvalidArgument,
+}
+
+func TestFromErrorDecodesDetails(t *testing.T) {
+	cases := []struct {
+		name       string
+		err        func(t *testing.T) error
+		code       codes.Code
+		reason     string
+		sentinels  []error // all and only these match
+		retry      time.Duration
+		violations map[string]string
+	}{
+		{
+			name: "lease lost",
+			err: func(t *testing.T) error {
+				return statusErr(t, codes.FailedPrecondition, "lease lost", info("LEASE_LOST"))
+			},
+			code: codes.FailedPrecondition, reason: "LEASE_LOST", sentinels: []error{resilience.ErrLeaseLost},
+		},
+		{
+			name: "store unavailable with retry",
+			err: func(t *testing.T) error {
+				return statusErr(t, codes.Unavailable, "store unavailable", info("STORE_UNAVAILABLE"),
+					&errdetails.RetryInfo{RetryDelay: durationpb.New(1500 * time.Millisecond)})
+			},
+			code: codes.Unavailable, reason: "STORE_UNAVAILABLE", sentinels: []error{resilience.ErrStoreUnavailable}, retry: 1500 * time.Millisecond,
+		},
+		{
+			name: "retry info before error info",
+			err: func(t *testing.T) error {
+				return statusErr(t, codes.Unavailable, "open", &errdetails.RetryInfo{RetryDelay: durationpb.New(30 * time.Second)}, info("BREAKER_OPEN"))
+			},
+			code: codes.Unavailable, reason: "BREAKER_OPEN", sentinels: []error{resilience.ErrBreakerOpen}, retry: 30 * time.Second,
+		},
+		{
+			name: "bad request",
+			err: func(t *testing.T) error {
+				return statusErr(t, codes.InvalidArgument, "invalid argument", &errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{
+					{Field: "key", Description: "must not be empty"},
+					{Field: "acquire.max_hold", Description: "must be between 100ms and 24h0m0s"},
+				}})
+			},
+			code: codes.InvalidArgument, sentinels: []error{resilience.ErrInvalidArgument},
+			violations: map[string]string{"key": "must not be empty", "acquire.max_hold": "must be between 100ms and 24h0m0s"},
+		},
+		{
+			name: "invalid argument with a reason",
+			err: func(t *testing.T) error {
+				return statusErr(t, codes.InvalidArgument, "too many", info("LIMIT_EXCEEDED"),
+					&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: "count", Description: "at most 1000"}}})
+			},
+			code: codes.InvalidArgument, reason: "LIMIT_EXCEEDED", sentinels: []error{resilience.ErrLimitExceeded, resilience.ErrInvalidArgument},
+			violations: map[string]string{"count": "at most 1000"},
+		},
+		{
+			name: "shutting down",
+			err: func(t *testing.T) error {
+				return statusErr(t, codes.Unavailable, "bye", info("SHUTTING_DOWN"), &errdetails.RetryInfo{RetryDelay: durationpb.New(time.Second)})
+			},
+			code: codes.Unavailable, reason: "SHUTTING_DOWN", sentinels: []error{resilience.ErrShuttingDown}, retry: time.Second,
+		},
+		{
+			name: "every other reason: clock skew",
+			err: func(t *testing.T) error {
+				return statusErr(t, codes.FailedPrecondition, "skew", info("CLOCK_SKEW"))
+			},
+			code: codes.FailedPrecondition, reason: "CLOCK_SKEW", sentinels: []error{resilience.ErrClockSkew},
+		},
+		{
+			name: "foreign domain is not ours",
+			err: func(t *testing.T) error {
+				return statusErr(t, codes.FailedPrecondition, "x", &errdetails.ErrorInfo{Domain: "googleapis.com", Reason: "LEASE_LOST"})
+			},
+			code: codes.FailedPrecondition,
+		},
+		{
+			name: "unknown reason",
+			err: func(t *testing.T) error {
+				return statusErr(t, codes.Aborted, "x", info("SOMETHING_NEW"))
+			},
+			code: codes.Aborted, reason: "SOMETHING_NEW",
+		},
+		{
+			name: "no details",
+			err: func(t *testing.T) error {
+				return status.Error(codes.Internal, "internal error")
+			},
+			code: codes.Internal,
+		},
+		{
+			name: "wrapped status",
+			err: func(t *testing.T) error {
+				return fmt.Errorf("acquire orders: %w", statusErr(t, codes.FailedPrecondition, "lease lost", info("LEASE_LOST")))
+			},
+			code: codes.FailedPrecondition, reason: "LEASE_LOST", sentinels: []error{resilience.ErrLeaseLost},
+		},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			in := tc.err(t)
+			err := resilience.FromError(in)
+			var e *resilience.Error
+			if !errors.As(err, &e) {
+				t.Fatalf("FromError(%v) = %T %v; want *resilience.Error", in, err, err)
+			}
+			if e.Code != tc.code || e.Reason != tc.reason || e.RetryDelay != tc.retry {
+				t.Errorf("decoded code %v reason %q retry %v; want %v %q %v", e.Code, e.Reason, e.RetryDelay, tc.code, tc.reason, tc.retry)
+			}
+			if !maps.Equal(e.Violations, tc.violations) {
+				t.Errorf("Violations = %v; want %v", e.Violations, tc.violations)
+			}
+			for _, s := range allSentinels {
+				want := false
+				for _, w := range tc.sentinels {
+					want = want || w == s
+				}
+				if got := errors.Is(err, s); got != want {
+					t.Errorf("errors.Is(err, %v) = %v; want %v", s, got, want)
+				}
+			}
+			// The gRPC status survives the decoding, details included.
+			if got := status.Code(err); got != tc.code {
+				t.Errorf("status.Code = %v; want %v", got, tc.code)
+			}
+			st, ok := status.FromError(err)
+			if !ok || st.Code() != tc.code || len(st.Details()) != len(status.Convert(in).Details()) {
+				t.Errorf("status.FromError = %v, %v; want the original status", st, ok)
+			}
+			if e.Message != status.Convert(in).Message() || e.Error() == "" {
+				t.Errorf("Message = %q, Error() = %q", e.Message, e.Error())
+			}
+			if again := resilience.FromError(err); again != err {
+				t.Errorf("FromError is not idempotent: %v then %v", err, again)
+			}
+		})
+	}
+}
+
+func TestFromErrorPassesThroughNonStatus(t *testing.T) {
+	if err := resilience.FromError(nil); err != nil {
+		t.Fatalf("FromError(nil) = %v; want nil", err)
+	}
+	plain := errors.New("dial failed")
+	wrappedEOF := fmt.Errorf("read: %w", io.EOF)
+	for _, in := range []error{plain, io.EOF, wrappedEOF, context.Canceled, context.DeadlineExceeded} {
+		out := resilience.FromError(in)
+		if out != in {
+			t.Errorf("FromError(%v) = %v (%T); want the same error back", in, out, out)
+		}
+		var e *resilience.Error
+		if errors.As(out, &e) {
+			t.Errorf("FromError(%v) became a *resilience.Error", in)
+		}
+	}
+}
