@@ -59,3 +59,28 @@ bench: tools redis build
 
 clean:
 	rm -rf $(BIN)
+
+# ---- Container image and static binary (issue 8; see Dockerfile, docs/kubernetes.md) ----
+IMAGE ?= ghcr.io/seed-a88e5317/resilience-sidecar:dev
+
+.PHONY: build-static image
+
+## build-static: the image's binary (CGO_ENABLED=0, -trimpath), checked to be statically linked.
+build-static:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/sidecar-static ./cmd/sidecar
+	@if command -v file >/dev/null 2>&1; then \
+		file $(BIN)/sidecar-static; \
+		file $(BIN)/sidecar-static | grep -Eq 'statically linked|static-pie linked' \
+			|| { echo "build-static: $(BIN)/sidecar-static is not statically linked" >&2; exit 1; }; \
+	else \
+		ldd $(BIN)/sidecar-static 2>&1 | tee /dev/stderr | grep -Eq 'not a dynamic executable|statically linked' \
+			|| { echo "build-static: $(BIN)/sidecar-static is not statically linked" >&2; exit 1; }; \
+	fi
+
+## image: the container image $(IMAGE); needs a running Docker engine.
+image:
+	@docker info >/dev/null 2>&1 || { \
+		echo "make image: no Docker engine answers ('docker info' failed), so no image was built." >&2; \
+		echo "  Build it where Docker runs (make image IMAGE=...), or check the binary here with 'make build-static'." >&2; \
+		exit 1; }
+	docker build -t $(IMAGE) .

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -141,4 +142,61 @@ func LoadScripts(ctx context.Context, c redis.UniversalClient, scripts ...*redis
 		}
 	}
 	return nil
+}
+
+// scriptNames maps a script's SHA to the name given to NewScript, for
+// metrics and traces. Written only at package initialisation.
+var scriptNames sync.Map
+
+// NewScript is redis.NewScript with a name ("lock.acquire") under which the
+// script's calls are measured.
+func NewScript(name, src string) *redis.Script {
+	s := redis.NewScript(src)
+	scriptNames.Store(s.Hash(), name)
+	return s
+}
+
+// OpName names a command for metrics: the script name for EVALSHA/EVAL of
+// a named script, else the lower-case command name.
+func OpName(cmd redis.Cmder) string {
+	name := cmd.Name()
+	if (name == "evalsha" || name == "eval") && len(cmd.Args()) > 1 {
+		if sha, ok := cmd.Args()[1].(string); ok {
+			if n, ok := scriptNames.Load(sha); ok {
+				return n.(string)
+			}
+		}
+	}
+	return name
+}
+
+// latencyHook reports every command's latency to observe.
+type latencyHook struct {
+	observe func(op string, d time.Duration)
+}
+
+// Instrument makes c report each command's latency (and each pipeline's,
+// as op "pipeline") to observe.
+func Instrument(c redis.UniversalClient, observe func(op string, d time.Duration)) {
+	c.AddHook(latencyHook{observe: observe})
+}
+
+func (latencyHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (h latencyHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		start := time.Now()
+		err := next(ctx, cmd)
+		h.observe(OpName(cmd), time.Since(start))
+		return err
+	}
+}
+
+func (h latencyHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		start := time.Now()
+		err := next(ctx, cmds)
+		h.observe("pipeline", time.Since(start))
+		return err
+	}
 }

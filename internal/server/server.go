@@ -22,6 +22,8 @@ import (
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/recovery"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/selector"
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"go.opentelemetry.io/otel/trace"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
@@ -30,8 +32,13 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
+	"github.com/seed-a88e5317/resilience-sidecar/internal/metrics"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
 )
+
+// LivenessService is the health service name that is SERVING for as long
+// as the process serves, whatever the store's state (for liveness probes).
+const LivenessService = "liveness"
 
 // Options configure a Server. Zero values get the defaults noted.
 type Options struct {
@@ -47,6 +54,10 @@ type Options struct {
 	// NOT_SERVING while it fails.
 	Store          store.Pinger
 	HealthInterval time.Duration
+	// Metrics receives per-RPC metrics and the store's up gauge (nil: none).
+	Metrics *metrics.Metrics
+	// TracerProvider traces every RPC (nil: the global provider).
+	TracerProvider trace.TracerProvider
 }
 
 // Server is a gRPC server with the sidecar's cross-cutting behaviour.
@@ -87,20 +98,25 @@ func New(opts Options) *Server {
 		opts.Log.ErrorContext(ctx, "panic in handler", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 		return status.Error(codes.Internal, "internal error")
 	})
-	unary := []grpc.UnaryServerInterceptor{
-		logging.UnaryServerInterceptor(logger, logOpts...),
-		recovery.UnaryServerInterceptor(rec),
+	var unary []grpc.UnaryServerInterceptor
+	var stream []grpc.StreamServerInterceptor
+	if opts.Metrics != nil {
+		unary = append(unary, opts.Metrics.GRPC.UnaryServerInterceptor())
+		stream = append(stream, opts.Metrics.GRPC.StreamServerInterceptor())
 	}
-	stream := []grpc.StreamServerInterceptor{
-		logging.StreamServerInterceptor(logger, logOpts...),
-		recovery.StreamServerInterceptor(rec),
-	}
+	unary = append(unary, logging.UnaryServerInterceptor(logger, logOpts...), recovery.UnaryServerInterceptor(rec))
+	stream = append(stream, logging.StreamServerInterceptor(logger, logOpts...), recovery.StreamServerInterceptor(rec))
 	if opts.APIToken != "" {
 		check := bearerAuth(opts.APIToken)
 		unary = append(unary, selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(check), selector.MatchFunc(needsAuth)))
 		stream = append(stream, selector.StreamServerInterceptor(auth.StreamServerInterceptor(check), selector.MatchFunc(needsAuth)))
 	}
+	var otelOpts []otelgrpc.Option
+	if opts.TracerProvider != nil {
+		otelOpts = append(otelOpts, otelgrpc.WithTracerProvider(opts.TracerProvider))
+	}
 	s.grpc = grpc.NewServer(
+		grpc.StatsHandler(otelgrpc.NewServerHandler(otelOpts...)),
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
 		grpc.MaxRecvMsgSize(opts.MaxMessageBytes),
@@ -112,6 +128,10 @@ func New(opts Options) *Server {
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	// "liveness" reports only that the process serves: a store outage makes
+	// the sidecar unready ("" and every service NOT_SERVING) but restarting
+	// it would not bring the store back.
+	s.health.SetServingStatus(LivenessService, healthpb.HealthCheckResponse_SERVING)
 	return s
 }
 
@@ -136,6 +156,10 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	}()
 	defer func() { stopProbe(); <-probeDone }()
 
+	if s.opts.Metrics != nil {
+		// Every registered RPC's series exist from the start, at zero.
+		s.opts.Metrics.GRPC.InitializeMetrics(s.grpc)
+	}
 	served := make(chan error, 1)
 	go func() { served <- s.grpc.Serve(lis) }()
 	select {
@@ -199,6 +223,7 @@ func (s *Server) probe(ctx context.Context) {
 	if ok {
 		st = healthpb.HealthCheckResponse_SERVING
 	}
+	s.opts.Metrics.SetStoreUp(ok)
 	s.mu.Lock()
 	changed := s.serving != ok
 	s.serving = ok

@@ -1,0 +1,321 @@
+package inject
+
+import (
+	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"fmt"
+	"math/big"
+	"net"
+	"os"
+	"reflect"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	jsonpatch "github.com/evanphx/json-patch/v5"
+	"go.uber.org/goleak"
+	corev1 "k8s.io/api/core/v1"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// applyPatch applies an RFC 6902 patch to a JSON document, failing the test
+// on any error, and checks that every operation is an "add".
+func applyPatch(t *testing.T, doc, patch []byte) []byte {
+	t.Helper()
+	var ops []map[string]any
+	if err := json.Unmarshal(patch, &ops); err != nil {
+		t.Fatalf("patch is not a JSON array of operations: %v\n%s", err, patch)
+	}
+	for _, op := range ops {
+		if op["op"] != "add" {
+			t.Errorf("patch operation %v: the injector must only add", op)
+		}
+	}
+	p, err := jsonpatch.DecodePatch(patch)
+	if err != nil {
+		t.Fatalf("decode patch: %v", err)
+	}
+	out, err := p.Apply(doc)
+	if err != nil {
+		t.Fatalf("apply patch: %v\npatch: %s", err, patch)
+	}
+	return out
+}
+
+// sameJSON reports whether two JSON documents hold the same value.
+func sameJSON(t *testing.T, a, b []byte) bool {
+	t.Helper()
+	var va, vb any
+	if err := json.Unmarshal(a, &va); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, a)
+	}
+	if err := json.Unmarshal(b, &vb); err != nil {
+		t.Fatalf("not JSON: %v\n%s", err, b)
+	}
+	return reflect.DeepEqual(va, vb)
+}
+
+func indentJSON(t *testing.T, b []byte) []byte {
+	t.Helper()
+	var buf bytes.Buffer
+	if err := json.Indent(&buf, b, "", "  "); err != nil {
+		t.Fatalf("indent: %v", err)
+	}
+	buf.WriteByte('\n')
+	return buf.Bytes()
+}
+
+// reviewOf wraps a Pod (as JSON) in an admission.k8s.io/v1 AdmissionReview
+// for its CREATE in namespace ns, as the API server sends it.
+func reviewOf(t *testing.T, uid, ns string, pod []byte) []byte {
+	t.Helper()
+	review := map[string]any{
+		"apiVersion": "admission.k8s.io/v1",
+		"kind":       "AdmissionReview",
+		"request": map[string]any{
+			"uid":                uid,
+			"kind":               map[string]string{"group": "", "version": "v1", "kind": "Pod"},
+			"resource":           map[string]string{"group": "", "version": "v1", "resource": "pods"},
+			"requestKind":        map[string]string{"group": "", "version": "v1", "kind": "Pod"},
+			"requestResource":    map[string]string{"group": "", "version": "v1", "resource": "pods"},
+			"namespace":          ns,
+			"operation":          "CREATE",
+			"userInfo":           map[string]any{"username": "system:serviceaccount:kube-system:replicaset-controller"},
+			"object":             json.RawMessage(pod),
+			"oldObject":          nil,
+			"dryRun":             false,
+			"options":            map[string]string{"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+			"name":               "",
+			"subResource":        "",
+			"requestSubResource": "",
+		},
+	}
+	b, err := json.Marshal(review)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// checkHardened fails the test for each property of a long-running
+// container that the manifests and the injector promise: requests and
+// limits for cpu and memory (requests within limits), a securityContext
+// that runs as non-root (here or at the Pod level) on a read-only root
+// filesystem without privilege escalation or capabilities, and liveness
+// and readiness probes on a container that serves a port.
+func checkHardened(t *testing.T, where string, c corev1.Container, pod *corev1.PodSpec) {
+	t.Helper()
+	for _, r := range []corev1.ResourceName{corev1.ResourceCPU, corev1.ResourceMemory} {
+		req, okReq := c.Resources.Requests[r]
+		lim, okLim := c.Resources.Limits[r]
+		if !okReq || !okLim {
+			t.Errorf("%s: container %q: resources.requests and resources.limits must both set %s", where, c.Name, r)
+			continue
+		}
+		if req.Cmp(lim) > 0 {
+			t.Errorf("%s: container %q: %s request %s exceeds limit %s", where, c.Name, r, req.String(), lim.String())
+		}
+	}
+	sc := c.SecurityContext
+	if sc == nil {
+		t.Errorf("%s: container %q has no securityContext", where, c.Name)
+		return
+	}
+	nonRoot := sc.RunAsNonRoot != nil && *sc.RunAsNonRoot
+	if sc.RunAsNonRoot == nil && pod.SecurityContext != nil && pod.SecurityContext.RunAsNonRoot != nil {
+		nonRoot = *pod.SecurityContext.RunAsNonRoot
+	}
+	if !nonRoot {
+		t.Errorf("%s: container %q: runAsNonRoot must be true", where, c.Name)
+	}
+	if sc.RunAsUser != nil && *sc.RunAsUser == 0 {
+		t.Errorf("%s: container %q: runAsUser 0 contradicts runAsNonRoot", where, c.Name)
+	}
+	if sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
+		t.Errorf("%s: container %q: readOnlyRootFilesystem must be true", where, c.Name)
+	}
+	if sc.AllowPrivilegeEscalation == nil || *sc.AllowPrivilegeEscalation {
+		t.Errorf("%s: container %q: allowPrivilegeEscalation must be false", where, c.Name)
+	}
+	if sc.Privileged != nil && *sc.Privileged {
+		t.Errorf("%s: container %q must not be privileged", where, c.Name)
+	}
+	if sc.Capabilities == nil || !slices.Equal(sc.Capabilities.Drop, []corev1.Capability{"ALL"}) || len(sc.Capabilities.Add) > 0 {
+		t.Errorf("%s: container %q: capabilities must drop ALL and add none", where, c.Name)
+	}
+	seccomp := sc.SeccompProfile
+	if seccomp == nil && pod.SecurityContext != nil {
+		seccomp = pod.SecurityContext.SeccompProfile
+	}
+	if seccomp == nil || seccomp.Type != corev1.SeccompProfileTypeRuntimeDefault {
+		t.Errorf("%s: container %q: seccompProfile must be RuntimeDefault", where, c.Name)
+	}
+	if c.Image == "" || !strings.Contains(c.Image, ":") {
+		t.Errorf("%s: container %q: image %q must carry a tag", where, c.Name, c.Image)
+	}
+	if c.ImagePullPolicy == "" {
+		t.Errorf("%s: container %q: imagePullPolicy must be explicit", where, c.Name)
+	}
+	if len(c.Ports) > 0 {
+		if c.LivenessProbe == nil || c.ReadinessProbe == nil {
+			t.Errorf("%s: container %q serves ports but lacks a liveness or readiness probe", where, c.Name)
+		}
+	}
+}
+
+// checkSidecar fails the test unless c is the resilience sidecar as a
+// native sidecar with gRPC health probes on its gRPC port, listening on all
+// addresses, with Redis from a Secret.
+func checkSidecar(t *testing.T, where string, spec *corev1.PodSpec) {
+	t.Helper()
+	var sidecar *corev1.Container
+	for i := range spec.InitContainers {
+		if spec.InitContainers[i].Name == ContainerName {
+			sidecar = &spec.InitContainers[i]
+		}
+	}
+	if sidecar == nil {
+		t.Errorf("%s: no init container %q", where, ContainerName)
+		return
+	}
+	if spec.InitContainers[0].Name != ContainerName {
+		t.Errorf("%s: the sidecar must be the first init container, so that the others can use it", where)
+	}
+	if sidecar.RestartPolicy == nil || *sidecar.RestartPolicy != corev1.ContainerRestartPolicyAlways {
+		t.Errorf("%s: the sidecar needs restartPolicy: Always (a native sidecar)", where)
+	}
+	var port int32
+	for _, p := range sidecar.Ports {
+		if p.Name == grpcPortName {
+			port = p.ContainerPort
+		}
+	}
+	if port == 0 {
+		t.Errorf("%s: the sidecar declares no port %q", where, grpcPortName)
+	}
+	if !slices.Contains(sidecar.Args, fmt.Sprintf("--listen=0.0.0.0:%d", port)) {
+		t.Errorf("%s: the sidecar must listen on 0.0.0.0:%d for the kubelet's probes; args %q", where, port, sidecar.Args)
+	}
+	if !slices.ContainsFunc(sidecar.Args, func(a string) bool { return strings.HasPrefix(a, "--metrics-listen=0.0.0.0:") }) {
+		t.Errorf("%s: the sidecar must serve metrics on 0.0.0.0; args %q", where, sidecar.Args)
+	}
+	for name, p := range map[string]*corev1.Probe{
+		"startupProbe": sidecar.StartupProbe, "livenessProbe": sidecar.LivenessProbe, "readinessProbe": sidecar.ReadinessProbe,
+	} {
+		switch {
+		case p == nil:
+			t.Errorf("%s: the sidecar has no %s", where, name)
+		case p.GRPC == nil:
+			t.Errorf("%s: the sidecar's %s must be a grpc.health.v1 probe", where, name)
+		case p.GRPC.Port != port:
+			t.Errorf("%s: the sidecar's %s probes port %d, not its gRPC port %d", where, name, p.GRPC.Port, port)
+		}
+	}
+	if p := sidecar.LivenessProbe; p != nil && p.GRPC != nil && (p.GRPC.Service == nil || *p.GRPC.Service != LivenessService) {
+		t.Errorf("%s: the liveness probe must check the %q service, so that a Redis outage restarts nothing", where, LivenessService)
+	}
+	var redis *corev1.EnvVar
+	for i, e := range sidecar.Env {
+		if e.Name == "SIDECAR_REDIS_URL" {
+			redis = &sidecar.Env[i]
+		}
+	}
+	if redis == nil || redis.ValueFrom == nil || redis.ValueFrom.SecretKeyRef == nil || redis.ValueFrom.SecretKeyRef.Key != RedisURLKey {
+		t.Errorf("%s: the sidecar must take SIDECAR_REDIS_URL from a Secret's %q key", where, RedisURLKey)
+	}
+	checkHardened(t, where, *sidecar, spec)
+	// The value is the app's choice when it set one.
+	for _, list := range [][]corev1.Container{spec.InitContainers, spec.Containers} {
+		for _, c := range list {
+			if c.Name != ContainerName && !slices.ContainsFunc(c.Env, func(e corev1.EnvVar) bool { return e.Name == AddrEnv }) {
+				t.Errorf("%s: container %q has no %s", where, c.Name, AddrEnv)
+			}
+		}
+	}
+}
+
+// testCA is a certificate authority for the TLS tests.
+type testCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	pem  []byte
+}
+
+func newTestCA(t *testing.T, name string) *testCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: name},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
+}
+
+func (ca *testCA) pool() *x509.CertPool {
+	p := x509.NewCertPool()
+	p.AddCert(ca.cert)
+	return p
+}
+
+// issue writes a server certificate for 127.0.0.1 and the injector's
+// Service name, signed by ca, and its key, to the two files.
+func (ca *testCA) issue(t *testing.T, certFile, keyFile string, serial int64) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(serial),
+		Subject:      pkix.Name{CommonName: "resilience-injector.resilience-system.svc"},
+		DNSNames:     []string{"resilience-injector.resilience-system.svc"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+	writeFile(t, keyFile, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}))
+}
+
+func writeFile(t *testing.T, name string, data []byte) {
+	t.Helper()
+	if err := os.WriteFile(name, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+}

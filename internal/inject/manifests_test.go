@@ -1,0 +1,714 @@
+package inject
+
+import (
+	"bytes"
+	"encoding/json"
+	"io"
+	"net/url"
+	"os"
+	"path"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+
+	admissionv1 "k8s.io/api/admission/v1"
+	admissionregv1 "k8s.io/api/admissionregistration/v1"
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	policyv1 "k8s.io/api/policy/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"sigs.k8s.io/yaml"
+)
+
+// k8sDir is the manifests' folder, from this package's folder.
+const k8sDir = "../../deploy/k8s"
+
+// kustomization is the part of kustomize's Kustomization the manifests
+// use; decoding it strictly rejects anything else.
+type kustomization struct {
+	APIVersion string   `json:"apiVersion"`
+	Kind       string   `json:"kind"`
+	Resources  []string `json:"resources"`
+	Labels     []struct {
+		Pairs            map[string]string `json:"pairs"`
+		IncludeSelectors bool              `json:"includeSelectors"`
+	} `json:"labels,omitempty"`
+}
+
+// manifest is one decoded YAML document.
+type manifest struct {
+	file string // relative to k8sDir
+	kind string
+	obj  metav1.Object
+}
+
+// newTyped returns an empty object of the k8s.io/api type for the
+// document's apiVersion and kind, or nil for a kind the manifests should
+// not hold.
+func newTyped(apiVersion, kind string) metav1.Object {
+	switch apiVersion + "/" + kind {
+	case "v1/Namespace":
+		return &corev1.Namespace{}
+	case "v1/ServiceAccount":
+		return &corev1.ServiceAccount{}
+	case "v1/Service":
+		return &corev1.Service{}
+	case "v1/Secret":
+		return &corev1.Secret{}
+	case "v1/ConfigMap":
+		return &corev1.ConfigMap{}
+	case "apps/v1/Deployment":
+		return &appsv1.Deployment{}
+	case "apps/v1/StatefulSet":
+		return &appsv1.StatefulSet{}
+	case "policy/v1/PodDisruptionBudget":
+		return &policyv1.PodDisruptionBudget{}
+	case "admissionregistration.k8s.io/v1/MutatingWebhookConfiguration":
+		return &admissionregv1.MutatingWebhookConfiguration{}
+	}
+	return nil
+}
+
+// splitYAML splits a multi-document YAML file on its "---" lines, dropping
+// documents that hold only comments or blank lines.
+func splitYAML(data []byte) [][]byte {
+	var docs [][]byte
+	var cur bytes.Buffer
+	flush := func() {
+		for _, line := range strings.Split(cur.String(), "\n") {
+			if l := strings.TrimSpace(line); l != "" && !strings.HasPrefix(l, "#") {
+				docs = append(docs, bytes.Clone(cur.Bytes()))
+				break
+			}
+		}
+		cur.Reset()
+	}
+	for _, line := range strings.SplitAfter(string(data), "\n") {
+		if strings.TrimRight(line, "\r\n") == "---" {
+			flush()
+			continue
+		}
+		cur.WriteString(line)
+	}
+	flush()
+	return docs
+}
+
+// loadKustomization walks the kustomizations from dir, checks that each
+// lists only what exists and everything there is, and returns the
+// manifests of every listed file, each decoded strictly into its
+// k8s.io/api type.
+func loadKustomization(t *testing.T, dir string) []manifest {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(k8sDir, dir, "kustomization.yaml"))
+	if err != nil {
+		t.Fatalf("%s: %v", dir, err)
+	}
+	var k kustomization
+	if err := yaml.UnmarshalStrict(data, &k); err != nil {
+		t.Fatalf("%s/kustomization.yaml: %v", dir, err)
+	}
+	if k.APIVersion != "kustomize.config.k8s.io/v1beta1" || k.Kind != "Kustomization" {
+		t.Errorf("%s/kustomization.yaml: apiVersion %q kind %q", dir, k.APIVersion, k.Kind)
+	}
+	entries, err := os.ReadDir(filepath.Join(k8sDir, dir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range entries {
+		name := e.Name()
+		listed := slices.Contains(k.Resources, name)
+		switch {
+		case e.IsDir() && !listed:
+			t.Errorf("%s: folder %s is not in kustomization.yaml", dir, name)
+		case !e.IsDir() && strings.HasSuffix(name, ".yaml") && name != "kustomization.yaml" && !listed:
+			t.Errorf("%s: %s is not in kustomization.yaml's resources", dir, name)
+		}
+	}
+	var out []manifest
+	for _, r := range k.Resources {
+		rel := path.Join(dir, r)
+		fi, err := os.Stat(filepath.Join(k8sDir, rel))
+		if err != nil {
+			t.Errorf("%s/kustomization.yaml lists %s: %v", dir, r, err)
+			continue
+		}
+		if fi.IsDir() {
+			out = append(out, loadKustomization(t, rel)...)
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(k8sDir, rel))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i, doc := range splitYAML(data) {
+			var tm metav1.TypeMeta
+			if err := yaml.Unmarshal(doc, &tm); err != nil {
+				t.Errorf("%s document %d: %v", rel, i, err)
+				continue
+			}
+			obj := newTyped(tm.APIVersion, tm.Kind)
+			if obj == nil {
+				t.Errorf("%s document %d: unexpected %s %s", rel, i, tm.APIVersion, tm.Kind)
+				continue
+			}
+			if err := yaml.UnmarshalStrict(doc, obj); err != nil {
+				t.Errorf("%s document %d (%s): %v", rel, i, tm.Kind, err)
+				continue
+			}
+			out = append(out, manifest{file: rel, kind: tm.Kind, obj: obj})
+		}
+	}
+	return out
+}
+
+// cluster indexes the manifests by kind, namespace and name.
+type cluster map[string]manifest
+
+func key(kind, ns, name string) string { return kind + "/" + ns + "/" + name }
+
+func get[T metav1.Object](c cluster, kind, ns, name string) (T, bool) {
+	m, ok := c[key(kind, ns, name)]
+	if !ok {
+		var zero T
+		return zero, false
+	}
+	v, ok := m.obj.(T)
+	return v, ok
+}
+
+func loadCluster(t *testing.T) cluster {
+	t.Helper()
+	c := cluster{}
+	for _, m := range loadKustomization(t, ".") {
+		k := key(m.kind, m.obj.GetNamespace(), m.obj.GetName())
+		if prev, dup := c[k]; dup {
+			t.Errorf("%s: %s is also defined in %s", m.file, k, prev.file)
+		}
+		c[k] = m
+	}
+	if len(c) == 0 {
+		t.Fatal("no manifests")
+	}
+	return c
+}
+
+// workload is a Deployment or StatefulSet, seen through its Pod template.
+type workload struct {
+	file, name, ns string
+	selector       *metav1.LabelSelector
+	template       *corev1.PodTemplateSpec
+}
+
+func (c cluster) workloads() []workload {
+	var ws []workload
+	for _, m := range c {
+		switch o := m.obj.(type) {
+		case *appsv1.Deployment:
+			ws = append(ws, workload{m.file, o.Name, o.Namespace, o.Spec.Selector, &o.Spec.Template})
+		case *appsv1.StatefulSet:
+			ws = append(ws, workload{m.file, o.Name, o.Namespace, o.Spec.Selector, &o.Spec.Template})
+		}
+	}
+	sort.Slice(ws, func(i, j int) bool { return ws[i].file+ws[i].name < ws[j].file+ws[j].name })
+	return ws
+}
+
+func TestManifestsParseStrictly(t *testing.T) {
+	c := loadCluster(t)
+	namespaces := map[string]bool{}
+	for _, m := range c {
+		if ns, ok := m.obj.(*corev1.Namespace); ok {
+			namespaces[ns.Name] = true
+		}
+	}
+	for k, m := range c {
+		switch m.obj.(type) {
+		case *corev1.Namespace, *admissionregv1.MutatingWebhookConfiguration:
+			if m.obj.GetNamespace() != "" {
+				t.Errorf("%s: %s is cluster-scoped but has a namespace", m.file, k)
+			}
+		default:
+			if !namespaces[m.obj.GetNamespace()] {
+				t.Errorf("%s: %s is in namespace %q, which the manifests do not create", m.file, k, m.obj.GetNamespace())
+			}
+		}
+	}
+}
+
+// A document with a misspelt field must fail, or the test above proves
+// nothing.
+func TestStrictDecodingRejectsUnknownFields(t *testing.T) {
+	doc := []byte("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec:\n  replicas: 1\n  replica: 2\n")
+	if err := yaml.UnmarshalStrict(doc, &appsv1.Deployment{}); err == nil || !strings.Contains(err.Error(), "replica") {
+		t.Fatalf("UnmarshalStrict accepted an unknown field: %v", err)
+	}
+	if docs := splitYAML([]byte("# only a comment\n---\na: 1\n---\n\n")); len(docs) != 1 {
+		t.Fatalf("splitYAML: %d documents", len(docs))
+	}
+}
+
+func TestWorkloadsAreHardened(t *testing.T) {
+	c := loadCluster(t)
+	ws := c.workloads()
+	if len(ws) < 4 {
+		t.Fatalf("found %d workloads, want the injector, Redis and two demo apps", len(ws))
+	}
+	for _, w := range ws {
+		where := w.file + " " + w.name
+		spec := &w.template.Spec
+		sel, err := metav1.LabelSelectorAsSelector(w.selector)
+		if err != nil || sel.Empty() || !sel.Matches(labels.Set(w.template.Labels)) {
+			t.Errorf("%s: the selector does not match the Pod template's labels", where)
+		}
+		if spec.AutomountServiceAccountToken == nil || *spec.AutomountServiceAccountToken {
+			t.Errorf("%s: automountServiceAccountToken must be false (nothing here calls the API)", where)
+		}
+		if spec.HostNetwork || spec.HostPID || spec.HostIPC {
+			t.Errorf("%s: host namespaces are not allowed", where)
+		}
+		volumes := map[string]corev1.Volume{}
+		for _, v := range spec.Volumes {
+			volumes[v.Name] = v
+		}
+		claims := map[string]bool{}
+		for _, m := range c {
+			if ss, ok := m.obj.(*appsv1.StatefulSet); ok && ss.Name == w.name {
+				for _, pvc := range ss.Spec.VolumeClaimTemplates {
+					claims[pvc.Name] = true
+				}
+			}
+		}
+		for _, list := range [][]corev1.Container{spec.InitContainers, spec.Containers} {
+			for _, ctr := range list {
+				checkHardened(t, where, ctr, spec)
+				for _, vm := range ctr.VolumeMounts {
+					if _, ok := volumes[vm.Name]; !ok && !claims[vm.Name] {
+						t.Errorf("%s: container %q mounts %q, which the Pod does not declare", where, ctr.Name, vm.Name)
+					}
+				}
+				checkEnvRefs(t, c, where, w.ns, ctr)
+				checkProbePorts(t, where, ctr)
+			}
+		}
+		for _, ctr := range spec.InitContainers {
+			if ctr.RestartPolicy == nil || *ctr.RestartPolicy != corev1.ContainerRestartPolicyAlways {
+				t.Errorf("%s: init container %q is not a native sidecar", where, ctr.Name)
+			}
+		}
+		for _, v := range spec.Volumes {
+			switch {
+			case v.Secret != nil:
+				checkKeys(t, c, where, "Secret", w.ns, v.Secret.SecretName, v.Secret.Items)
+			case v.ConfigMap != nil:
+				checkKeys(t, c, where, "ConfigMap", w.ns, v.ConfigMap.Name, v.ConfigMap.Items)
+			}
+		}
+	}
+}
+
+// checkEnvRefs: every Secret or ConfigMap key an env var reads exists.
+func checkEnvRefs(t *testing.T, c cluster, where, ns string, ctr corev1.Container) {
+	t.Helper()
+	for _, e := range ctr.Env {
+		if e.ValueFrom == nil {
+			continue
+		}
+		if r := e.ValueFrom.SecretKeyRef; r != nil {
+			checkKeys(t, c, where, "Secret", ns, r.Name, []corev1.KeyToPath{{Key: r.Key}})
+		}
+		if r := e.ValueFrom.ConfigMapKeyRef; r != nil {
+			checkKeys(t, c, where, "ConfigMap", ns, r.Name, []corev1.KeyToPath{{Key: r.Key}})
+		}
+	}
+}
+
+// checkKeys: the Secret or ConfigMap exists in ns and holds the keys.
+// The injector's TLS Secret is made at install time (gen-cert.sh or
+// cert-manager), so it is the one Secret allowed to be missing.
+func checkKeys(t *testing.T, c cluster, where, kind, ns, name string, items []corev1.KeyToPath) {
+	t.Helper()
+	var keys []string
+	switch kind {
+	case "Secret":
+		s, ok := get[*corev1.Secret](c, "Secret", ns, name)
+		if !ok {
+			if name != "resilience-injector-tls" {
+				t.Errorf("%s: Secret %s/%s is not in the manifests", where, ns, name)
+			}
+			return
+		}
+		for k := range s.StringData {
+			keys = append(keys, k)
+		}
+		for k := range s.Data {
+			keys = append(keys, k)
+		}
+	case "ConfigMap":
+		cm, ok := get[*corev1.ConfigMap](c, "ConfigMap", ns, name)
+		if !ok {
+			t.Errorf("%s: ConfigMap %s/%s is not in the manifests", where, ns, name)
+			return
+		}
+		for k := range cm.Data {
+			keys = append(keys, k)
+		}
+	}
+	for _, it := range items {
+		if !slices.Contains(keys, it.Key) {
+			t.Errorf("%s: %s %s/%s has no key %q", where, kind, ns, name, it.Key)
+		}
+	}
+}
+
+// checkProbePorts: probes aim at a port the container declares.
+func checkProbePorts(t *testing.T, where string, ctr corev1.Container) {
+	t.Helper()
+	declared := func(p intstr.IntOrString) bool {
+		return slices.ContainsFunc(ctr.Ports, func(cp corev1.ContainerPort) bool {
+			return (p.Type == intstr.String && cp.Name == p.StrVal) || (p.Type == intstr.Int && cp.ContainerPort == p.IntVal)
+		})
+	}
+	for _, p := range []*corev1.Probe{ctr.StartupProbe, ctr.LivenessProbe, ctr.ReadinessProbe} {
+		if p == nil {
+			continue
+		}
+		var port intstr.IntOrString
+		switch {
+		case p.GRPC != nil:
+			port = intstr.FromInt32(p.GRPC.Port)
+		case p.HTTPGet != nil:
+			port = p.HTTPGet.Port
+		case p.TCPSocket != nil:
+			port = p.TCPSocket.Port
+		default:
+			continue
+		}
+		if !declared(port) {
+			t.Errorf("%s: container %q probes port %s, which it does not declare", where, ctr.Name, port.String())
+		}
+	}
+}
+
+func TestServicesReachTheirPods(t *testing.T) {
+	c := loadCluster(t)
+	for _, m := range c {
+		svc, ok := m.obj.(*corev1.Service)
+		if !ok {
+			continue
+		}
+		var target *workload
+		for _, w := range c.workloads() {
+			if w.ns == svc.Namespace && labels.SelectorFromSet(svc.Spec.Selector).Matches(labels.Set(w.template.Labels)) {
+				target = &w
+			}
+		}
+		if len(svc.Spec.Selector) == 0 || target == nil {
+			t.Errorf("%s: Service %s selects no workload", m.file, svc.Name)
+			continue
+		}
+		for _, p := range svc.Spec.Ports {
+			found := false
+			for _, ctr := range target.template.Spec.Containers {
+				for _, cp := range ctr.Ports {
+					if cp.Name == p.TargetPort.StrVal || cp.ContainerPort == p.TargetPort.IntVal {
+						found = true
+					}
+				}
+			}
+			if !found {
+				t.Errorf("%s: Service %s port %s targets %s, which no container of %s declares",
+					m.file, svc.Name, p.Name, p.TargetPort.String(), target.name)
+			}
+		}
+	}
+}
+
+// TestSidecarManifests: the hand-written native sidecar is exactly what the
+// injector adds for the annotations of the injected demo, and the injected
+// demo, run through the injector configured by its own Deployment's
+// arguments, ends up with the same sidecar.
+func TestSidecarManifests(t *testing.T) {
+	c := loadCluster(t)
+	app, ok := get[*appsv1.Deployment](c, "Deployment", "resilience-demo", "demo-app")
+	if !ok {
+		t.Fatal("no Deployment resilience-demo/demo-app")
+	}
+	injected, ok := get[*appsv1.Deployment](c, "Deployment", "resilience-demo", "demo-injected")
+	if !ok {
+		t.Fatal("no Deployment resilience-demo/demo-injected")
+	}
+	checkSidecar(t, "demo-app", &app.Spec.Template.Spec)
+	for _, ctr := range app.Spec.Template.Spec.Containers {
+		for _, e := range ctr.Env {
+			if e.Name == AddrEnv && e.Value != "127.0.0.1:50051" {
+				t.Errorf("demo-app: container %q: %s=%q", ctr.Name, AddrEnv, e.Value)
+			}
+		}
+	}
+	if alreadyInjected(&injected.Spec.Template.Spec) {
+		t.Error("demo-injected declares the sidecar itself")
+	}
+
+	cfg := injectorConfig(t, c)
+	in, _ := newTestInjector(t, cfg)
+	podJSON, err := json.Marshal(corev1.Pod{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
+		ObjectMeta: injected.Spec.Template.ObjectMeta,
+		Spec:       injected.Spec.Template.Spec,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var review admissionv1.AdmissionReview
+	if err := json.Unmarshal(reviewOf(t, "demo", injected.Namespace, podJSON), &review); err != nil {
+		t.Fatal(err)
+	}
+	resp := in.Admit(review.Request)
+	if !resp.Allowed || resp.Patch == nil {
+		t.Fatalf("the injector refused demo-injected: %+v", resp.Result)
+	}
+	var pod corev1.Pod
+	if err := json.Unmarshal(applyPatch(t, podJSON, resp.Patch), &pod); err != nil {
+		t.Fatal(err)
+	}
+	checkSidecar(t, "demo-injected after injection", &pod.Spec)
+	for _, ctr := range pod.Spec.Containers {
+		checkHardened(t, "demo-injected after injection", ctr, &pod.Spec)
+	}
+	got, want := pod.Spec.InitContainers[0], app.Spec.Template.Spec.InitContainers[0]
+	if !equality.Semantic.DeepEqual(got, want) {
+		g, _ := yaml.Marshal(got)
+		w, _ := yaml.Marshal(want)
+		t.Errorf("the injected sidecar differs from demo/app.yaml's:\ninjected:\n%s\napp.yaml:\n%s", g, w)
+	}
+	for _, v := range app.Spec.Template.Spec.Volumes {
+		i := slices.IndexFunc(pod.Spec.Volumes, func(x corev1.Volume) bool { return x.Name == v.Name })
+		if i < 0 || !equality.Semantic.DeepEqual(pod.Spec.Volumes[i], v) {
+			t.Errorf("volume %q: the injector's differs from demo/app.yaml's", v.Name)
+		}
+	}
+}
+
+// injectorConfig is the Config that the injector's Deployment runs with,
+// parsed from its arguments by Main's own flag parser.
+func injectorConfig(t *testing.T, c cluster) Config {
+	t.Helper()
+	d, ok := get[*appsv1.Deployment](c, "Deployment", "resilience-system", "resilience-injector")
+	if !ok {
+		t.Fatal("no Deployment resilience-system/resilience-injector")
+	}
+	ctr := d.Spec.Template.Spec.Containers[0]
+	if len(ctr.Args) == 0 || ctr.Args[0] != "inject" {
+		t.Fatalf("the injector's args must start with the subcommand inject: %q", ctr.Args)
+	}
+	o, err := parseFlags(ctr.Args[1:], io.Discard)
+	if err != nil {
+		t.Fatalf("the injector's args do not parse: %v", err)
+	}
+	for _, f := range []string{o.tlsCert, o.tlsKey} {
+		if !slices.ContainsFunc(ctr.VolumeMounts, func(vm corev1.VolumeMount) bool {
+			return strings.HasPrefix(f, strings.TrimSuffix(vm.MountPath, "/")+"/")
+		}) {
+			t.Errorf("the injector reads %s, which is on no volume it mounts", f)
+		}
+	}
+	if o.cfg.SidecarImage != ctr.Image {
+		t.Errorf("--sidecar-image %q differs from the injector's own image %q: they are one binary, release them together",
+			o.cfg.SidecarImage, ctr.Image)
+	}
+	return o.cfg
+}
+
+func TestWebhookConfiguration(t *testing.T) {
+	c := loadCluster(t)
+	var hooks []*admissionregv1.MutatingWebhookConfiguration
+	for _, m := range c {
+		if h, ok := m.obj.(*admissionregv1.MutatingWebhookConfiguration); ok {
+			hooks = append(hooks, h)
+		}
+	}
+	if len(hooks) != 1 || len(hooks[0].Webhooks) != 1 {
+		t.Fatalf("want one MutatingWebhookConfiguration with one webhook, got %d", len(hooks))
+	}
+	wh := hooks[0].Webhooks[0]
+	if !slices.Equal(wh.AdmissionReviewVersions, []string{"v1"}) {
+		t.Errorf("admissionReviewVersions %q: the injector speaks v1 only", wh.AdmissionReviewVersions)
+	}
+	if wh.SideEffects == nil || *wh.SideEffects != admissionregv1.SideEffectClassNone {
+		t.Error("sideEffects must be None (the injector has none, and dry-run requests need it)")
+	}
+	if wh.FailurePolicy == nil || *wh.FailurePolicy != admissionregv1.Fail {
+		t.Error("failurePolicy must be Fail: a Pod that asked for the sidecar must not start without it")
+	}
+	if wh.TimeoutSeconds == nil || *wh.TimeoutSeconds < 1 || *wh.TimeoutSeconds > 10 {
+		t.Errorf("timeoutSeconds %v must be set, at most 10", wh.TimeoutSeconds)
+	}
+	if wh.ReinvocationPolicy != nil && *wh.ReinvocationPolicy != admissionregv1.NeverReinvocationPolicy {
+		t.Error("reinvocationPolicy: the injector leaves an injected Pod alone, so reinvoking it adds nothing")
+	}
+	if len(wh.Rules) != 1 {
+		t.Fatalf("want one rule, got %d", len(wh.Rules))
+	}
+	r := wh.Rules[0]
+	if !slices.Equal(r.APIGroups, []string{""}) || !slices.Equal(r.APIVersions, []string{"v1"}) ||
+		!slices.Equal(r.Resources, []string{"pods"}) || !slices.Equal(r.Operations, []admissionregv1.OperationType{admissionregv1.Create}) {
+		t.Errorf("rule %+v: want CREATE of core/v1 pods only", r)
+	}
+
+	svcRef := wh.ClientConfig.Service
+	if svcRef == nil || wh.ClientConfig.URL != nil {
+		t.Fatal("clientConfig must name the injector's Service")
+	}
+	if svcRef.Path == nil || *svcRef.Path != MutatePath {
+		t.Errorf("clientConfig.service.path must be %s", MutatePath)
+	}
+	svc, ok := get[*corev1.Service](c, "Service", svcRef.Namespace, svcRef.Name)
+	if !ok {
+		t.Fatalf("clientConfig names Service %s/%s, which the manifests do not define", svcRef.Namespace, svcRef.Name)
+	}
+	port := int32(443)
+	if svcRef.Port != nil {
+		port = *svcRef.Port
+	}
+	if !slices.ContainsFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool { return p.Port == port }) {
+		t.Errorf("Service %s has no port %d", svc.Name, port)
+	}
+	d, _ := get[*appsv1.Deployment](c, "Deployment", "resilience-system", "resilience-injector")
+	if d == nil || !labels.SelectorFromSet(svc.Spec.Selector).Matches(labels.Set(d.Spec.Template.Labels)) {
+		t.Error("the webhook's Service does not select the injector's Pods")
+	}
+	if d != nil && (d.Spec.Replicas == nil || *d.Spec.Replicas < 2) {
+		t.Error("with failurePolicy Fail the injector needs at least two replicas")
+	}
+	pdbFound := false
+	for _, m := range c {
+		if pdb, ok := m.obj.(*policyv1.PodDisruptionBudget); ok && d != nil && pdb.Namespace == d.Namespace {
+			sel, err := metav1.LabelSelectorAsSelector(pdb.Spec.Selector)
+			pdbFound = err == nil && sel.Matches(labels.Set(d.Spec.Template.Labels))
+		}
+	}
+	if !pdbFound {
+		t.Error("no PodDisruptionBudget covers the injector")
+	}
+	if sa, ok := get[*corev1.ServiceAccount](c, "ServiceAccount", "resilience-system", "resilience-injector"); !ok ||
+		sa.AutomountServiceAccountToken == nil || *sa.AutomountServiceAccountToken ||
+		d == nil || d.Spec.Template.Spec.ServiceAccountName != sa.Name {
+		t.Error("the injector must run as its own ServiceAccount, with no token mounted")
+	}
+
+	// Only opted-in namespaces, never the system's or the injector's own.
+	sel, err := metav1.LabelSelectorAsSelector(wh.NamespaceSelector)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nsLabels := func(name string, extra map[string]string) labels.Set {
+		l := labels.Set{"kubernetes.io/metadata.name": name}
+		for k, v := range extra {
+			l[k] = v
+		}
+		return l
+	}
+	optIn := map[string]string{NamespaceLabel: "enabled"}
+	for _, tc := range []struct {
+		ns     labels.Set
+		wanted bool
+	}{
+		{nsLabels("shop", optIn), true},
+		{nsLabels("shop", nil), false},
+		{nsLabels("shop", map[string]string{NamespaceLabel: "disabled"}), false},
+		{nsLabels("kube-system", optIn), false},
+		{nsLabels(svcRef.Namespace, optIn), false},
+	} {
+		if sel.Matches(tc.ns) != tc.wanted {
+			t.Errorf("namespaceSelector on %v: matches=%v, want %v", tc.ns, !tc.wanted, tc.wanted)
+		}
+	}
+	for _, m := range c {
+		if ns, ok := m.obj.(*corev1.Namespace); ok {
+			l := labels.Set(ns.Labels)
+			l["kubernetes.io/metadata.name"] = ns.Name
+			if want := ns.Name == "resilience-demo"; sel.Matches(l) != want {
+				t.Errorf("namespace %s: selected=%v, want %v", ns.Name, !want, want)
+			}
+		}
+	}
+	if len(wh.MatchConditions) != 1 || !strings.Contains(wh.MatchConditions[0].Expression, "'"+AnnotationPrefix+"'") {
+		t.Errorf("matchConditions must send only Pods with a %s annotation: %+v", AnnotationPrefix, wh.MatchConditions)
+	}
+}
+
+func TestDevelopmentRedis(t *testing.T) {
+	c := loadCluster(t)
+	ss, ok := get[*appsv1.StatefulSet](c, "StatefulSet", "resilience-demo", "redis")
+	if !ok {
+		t.Fatal("no StatefulSet resilience-demo/redis")
+	}
+	if len(ss.Spec.VolumeClaimTemplates) != 1 {
+		t.Fatal("Redis needs a volumeClaimTemplate for persistence")
+	}
+	ctr := ss.Spec.Template.Spec.Containers[0]
+	if !slices.ContainsFunc(ctr.VolumeMounts, func(vm corev1.VolumeMount) bool {
+		return vm.Name == ss.Spec.VolumeClaimTemplates[0].Name && vm.MountPath == "/data"
+	}) {
+		t.Error("Redis must keep /data on the claim")
+	}
+	args := strings.Join(ctr.Args, " ")
+	for _, want := range []string{"--dir /data", "--appendonly yes", "--maxmemory-policy noeviction", "--requirepass $(REDIS_PASSWORD)"} {
+		if !strings.Contains(args, want) {
+			t.Errorf("Redis args %q lack %q", args, want)
+		}
+	}
+	if svc, ok := get[*corev1.Service](c, "Service", ss.Namespace, ss.Spec.ServiceName); !ok || svc.Spec.ClusterIP != corev1.ClusterIPNone {
+		t.Errorf("serviceName %q must be a headless Service", ss.Spec.ServiceName)
+	}
+
+	// The sidecar's Redis URL reaches this Redis with its password.
+	sec, _ := get[*corev1.Secret](c, "Secret", "resilience-demo", "resilience-redis")
+	auth, _ := get[*corev1.Secret](c, "Secret", "resilience-demo", "redis-auth")
+	if sec == nil || auth == nil {
+		t.Fatal("Secrets resilience-redis and redis-auth are missing")
+	}
+	u, err := url.Parse(sec.StringData[RedisURLKey])
+	if err != nil {
+		t.Fatal(err)
+	}
+	pw, _ := u.User.Password()
+	if u.Scheme != "redis" || u.Hostname() != ss.Spec.ServiceName+"."+ss.Namespace+".svc" || u.Port() != "6379" ||
+		pw != auth.StringData["password"] {
+		t.Errorf("redis-url %q does not reach the Redis of redis.yaml with redis-auth's password", u.Redacted())
+	}
+}
+
+func TestGenCertScript(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join(k8sDir, "injector", "gen-cert.sh"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := loadCluster(t)
+	d, _ := get[*appsv1.Deployment](c, "Deployment", "resilience-system", "resilience-injector")
+	if d == nil {
+		t.Fatal("no injector Deployment")
+	}
+	var secret string
+	for _, v := range d.Spec.Template.Spec.Volumes {
+		if v.Secret != nil {
+			secret = v.Secret.SecretName
+		}
+	}
+	for name, want := range map[string]string{
+		"NAMESPACE": d.Namespace, "SERVICE": "resilience-injector", "SECRET": secret, "WEBHOOK": "resilience-sidecar-injector",
+	} {
+		re := regexp.MustCompile(name + `="\$\{` + name + `:-([^}]*)\}"`)
+		m := re.FindSubmatch(data)
+		if m == nil || string(m[1]) != want {
+			t.Errorf("gen-cert.sh: default %s is %q, want %q (the manifests' name)", name, m, want)
+		}
+	}
+}

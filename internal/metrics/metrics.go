@@ -1,0 +1,167 @@
+// Package metrics defines the sidecar's Prometheus metrics in one registry:
+// per-RPC metrics from go-grpc-middleware's provider, Go runtime and process
+// collectors, and the domain series (resilience_*).
+//
+// Label cardinality is bounded by construction: lock keys, idempotency keys
+// and saga ids are never labels; breaker and upstream names are, since they
+// are bounded by configuration and the breaker limit.
+package metrics
+
+import (
+	"net/http"
+	"time"
+
+	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// Metrics holds every series the sidecar exports. A nil *Metrics is valid
+// and records nothing, so packages and tests need no registry.
+type Metrics struct {
+	reg *prometheus.Registry
+
+	// GRPC are the per-RPC counters and latency histograms.
+	GRPC *grpcprom.ServerMetrics
+
+	LockAcquire *prometheus.CounterVec // result: acquired|busy|timeout
+	LockWait    prometheus.Histogram
+	LockHeld    prometheus.Gauge
+
+	IdempotencyOutcome *prometheus.CounterVec // outcome
+
+	BreakerState       *prometheus.GaugeVec   // breaker; 0 closed, 1 half-open, 2 open
+	BreakerTransitions *prometheus.CounterVec // breaker, to
+
+	UpstreamRequests *prometheus.CounterVec   // upstream, code
+	UpstreamLatency  *prometheus.HistogramVec // upstream
+
+	SagaTotal *prometheus.CounterVec // state
+	SagaStuck prometheus.Gauge
+
+	StoreUp      prometheus.Gauge
+	StoreLatency *prometheus.HistogramVec // op
+}
+
+// New registers every series in a fresh registry.
+func New() *Metrics {
+	reg := prometheus.NewRegistry()
+	f := func(c prometheus.Collector) { reg.MustRegister(c) }
+	m := &Metrics{
+		reg: reg,
+		GRPC: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
+			grpcprom.WithHistogramBuckets([]float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}))),
+		LockAcquire: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "resilience_lock_acquire_total", Help: "Lock acquisitions by result: acquired, busy (try found it held), timeout (a wait ended without it).",
+		}, []string{"result"}),
+		LockWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "resilience_lock_wait_seconds", Help: "Time AcquireLock and HoldLock calls with a wait spent until granted or given up.",
+			Buckets: []float64{.001, .005, .01, .05, .1, .5, 1, 5, 10, 30, 60, 300},
+		}),
+		LockHeld: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "resilience_lock_held", Help: "HoldLock sessions currently holding a lock on this sidecar.",
+		}),
+		IdempotencyOutcome: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "resilience_idempotency_outcome_total", Help: "CheckOrRecordIdempotency outcomes: started, in_progress, completed, mismatch.",
+		}, []string{"outcome"}),
+		BreakerState: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "resilience_breaker_state", Help: "Breaker state: 0 closed, 1 half-open, 2 open.",
+		}, []string{"breaker"}),
+		BreakerTransitions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "resilience_breaker_transitions_total", Help: "Breaker state changes by target state.",
+		}, []string{"breaker", "to"}),
+		UpstreamRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "resilience_upstream_requests_total", Help: "HTTP attempts to upstreams by status code (or error kind).",
+		}, []string{"upstream", "code"}),
+		UpstreamLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "resilience_upstream_request_duration_seconds", Help: "Latency of HTTP attempts to upstreams.",
+			Buckets: prometheus.DefBuckets,
+		}, []string{"upstream"}),
+		SagaTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "resilience_saga_total", Help: "Sagas reaching each state.",
+		}, []string{"state"}),
+		SagaStuck: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "resilience_saga_stuck", Help: "Sagas needing a person: COMPENSATION_FAILED, as last seen by the recovery worker.",
+		}),
+		StoreUp: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "resilience_store_up", Help: "1 when the store answered the last health probe, else 0.",
+		}),
+		StoreLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "resilience_store_latency_seconds", Help: "Latency of store operations by operation (script or command).",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+		}, []string{"op"}),
+	}
+	f(collectors.NewGoCollector())
+	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	f(m.GRPC)
+	for _, c := range []prometheus.Collector{m.LockAcquire, m.LockWait, m.LockHeld, m.IdempotencyOutcome,
+		m.BreakerState, m.BreakerTransitions, m.UpstreamRequests, m.UpstreamLatency, m.SagaTotal, m.SagaStuck,
+		m.StoreUp, m.StoreLatency} {
+		f(c)
+	}
+	return m
+}
+
+// Registry is the registry holding every series (for tests and handlers).
+func (m *Metrics) Registry() *prometheus.Registry { return m.reg }
+
+// Handler serves the registry in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// Lock outcomes, the values of the result label.
+const (
+	LockAcquired = "acquired"
+	LockBusy     = "busy"
+	LockTimeout  = "timeout"
+)
+
+// ObserveLockAcquire records one acquisition's result and, when it waited,
+// how long.
+func (m *Metrics) ObserveLockAcquire(result string, waited bool, d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.LockAcquire.WithLabelValues(result).Inc()
+	if waited {
+		m.LockWait.Observe(d.Seconds())
+	}
+}
+
+// LockSessionHeld adds delta (+1 or -1) to the held-sessions gauge.
+func (m *Metrics) LockSessionHeld(delta float64) {
+	if m == nil {
+		return
+	}
+	m.LockHeld.Add(delta)
+}
+
+// ObserveIdempotency counts one CheckOrRecord outcome.
+func (m *Metrics) ObserveIdempotency(outcome string) {
+	if m == nil {
+		return
+	}
+	m.IdempotencyOutcome.WithLabelValues(outcome).Inc()
+}
+
+// ObserveStore records one store operation's latency.
+func (m *Metrics) ObserveStore(op string, d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.StoreLatency.WithLabelValues(op).Observe(d.Seconds())
+}
+
+// SetStoreUp records the last health probe's verdict.
+func (m *Metrics) SetStoreUp(up bool) {
+	if m == nil {
+		return
+	}
+	v := 0.0
+	if up {
+		v = 1
+	}
+	m.StoreUp.Set(v)
+}
