@@ -24,7 +24,7 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 `
 
-var acquireScript = redisx.NewScript("lock.acquire", lockPrelude + `
+var acquireScript = redisx.NewScript("lock.acquire", lockPrelude+`
 local h = redis.call('HMGET', KEYS[1], 'lease', 'owner', 'exp', 'fence')
 local fence = tonumber(h[4]) or 0
 local exp = tonumber(h[3]) or 0
@@ -42,7 +42,7 @@ redis.call('PEXPIRE', KEYS[1], ttl + tonumber(ARGV[4]))
 return {1, ARGV[2], string.format('%.0f', fence), string.format('%.0f', exp)}
 `)
 
-var releaseScript = redisx.NewScript("lock.release", lockPrelude + `
+var releaseScript = redisx.NewScript("lock.release", lockPrelude+`
 local h = redis.call('HMGET', KEYS[1], 'lease', 'exp')
 if h[1] ~= ARGV[1] then return 0 end
 redis.call('HDEL', KEYS[1], 'lease', 'owner', 'exp')
@@ -51,7 +51,7 @@ redis.call('SPUBLISH', ARGV[2], 'released')
 return 1
 `)
 
-var renewScript = redisx.NewScript("lock.renew", lockPrelude + `
+var renewScript = redisx.NewScript("lock.renew", lockPrelude+`
 local h = redis.call('HMGET', KEYS[1], 'lease', 'exp')
 if h[1] ~= ARGV[1] or (tonumber(h[2]) or 0) <= now then return '-1' end
 local exp = now + tonumber(ARGV[2])
@@ -60,7 +60,7 @@ redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) + tonumber(ARGV[3]))
 return string.format('%.0f', exp)
 `)
 
-var getScript = redisx.NewScript("lock.get", lockPrelude + `
+var getScript = redisx.NewScript("lock.get", lockPrelude+`
 local h = redis.call('HMGET', KEYS[1], 'lease', 'owner', 'exp', 'fence')
 local exp = tonumber(h[3]) or 0
 local held = 0
