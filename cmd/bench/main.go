@@ -38,6 +38,9 @@ type Env struct {
 	OnRedis  *grpc.ClientConn
 	Embedded *grpc.ClientConn
 	Floor    *grpc.ClientConn
+	// TB owns what a scenario starts itself (e.g. a sidecar with its own
+	// config file); it is cleaned up when the bench ends.
+	TB testharness.TB
 }
 
 // Row is one measured line. Op is called repeatedly by each worker; i
@@ -99,6 +102,7 @@ func main() {
 		OnRedis:  onRedis.Conn(tb),
 		Embedded: embedded.Conn(tb),
 		Floor:    dial(tb, floorAddr),
+		TB:       tb,
 	}
 	var rows []Row
 	for _, g := range groups {

@@ -16,19 +16,25 @@ import (
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"syscall"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/redis/go-redis/extra/redisotel/v9"
 
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/api"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/breaker"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/clock"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/config"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/idempotency"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/inject"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/lock"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/metrics"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/server"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/tracing"
 )
 
 func main() {
@@ -52,8 +58,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		fmt.Fprintln(stderr, err)
 		return 2
 	}
-	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.SlogLevel()}))
-	if err := serve(ctx, cfg, log); err != nil {
+	log := slog.New(tracing.LogHandler(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.SlogLevel()})))
+	if err := serve(ctx, cfg, getenv, log); err != nil {
 		log.Error("sidecar failed", "error", err)
 		return 1
 	}
@@ -62,37 +68,60 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 // stores are the capability stores of one backend.
 type stores struct {
-	lock   lock.Store
-	pinger store.Pinger
-	close  func() error
+	lock        lock.Store
+	idempotency idempotency.Store
+	clock       clock.Store
+	breaker     breaker.Store // nil on the embedded store: shared breakers run locally
+	pinger      store.Pinger
+	close       func() error
 }
 
-func openStores(ctx context.Context, cfg *config.Config, log *slog.Logger) (stores, error) {
+func openStores(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log *slog.Logger) (stores, error) {
 	if cfg.UsesEmbeddedStore() {
 		log.Warn("running on the EMBEDDED IN-MEMORY STORE: state is not shared with other sidecars and is lost on exit; set --redis-url for anything but development")
 		m := lock.NewMemoryStore(nil)
-		return stores{lock: m, pinger: m, close: func() error { return nil }}, nil
+		return stores{lock: m, idempotency: idempotency.NewMemoryStore(nil), clock: clock.NewMemoryStore(), pinger: m, close: func() error { return nil }}, nil
 	}
 	rdb, err := redisx.NewClient(cfg.RedisURL, redisx.Mode(cfg.RedisMode), cfg.StoreTimeout)
 	if err != nil {
 		return stores{}, err
 	}
 	log.Info("using Redis store", "mode", string(cfg.RedisMode), "url", config.RedactURL(cfg.RedisURL))
+	redisx.Instrument(rdb, m.ObserveStore)
+	if err := redisotel.InstrumentTracing(rdb, redisotel.WithDBStatement(false)); err != nil {
+		return stores{}, fmt.Errorf("redis tracing: %w", err)
+	}
 	// Redis may come up after the sidecar: health stays NOT_SERVING until
 	// it answers, and scripts load on first use (EVALSHA falls back to EVAL).
-	if err := redisx.LoadScripts(ctx, rdb, lock.Scripts...); err != nil {
+	if err := redisx.LoadScripts(ctx, rdb, slices.Concat(lock.Scripts, idempotency.Scripts, clock.Scripts, breaker.Scripts)...); err != nil {
 		log.Warn("could not preload scripts; Redis unreachable for now", "error", err)
 	}
 	return stores{
-		lock:   lock.NewRedisStore(rdb, cfg.Namespace, cfg.StoreTimeout),
-		pinger: redisx.Pinger{Client: rdb, Timeout: cfg.StoreTimeout},
-		close:  func() error { return rdb.Close() },
+		lock:        lock.NewRedisStore(rdb, cfg.Namespace, cfg.StoreTimeout),
+		idempotency: idempotency.NewRedisStore(rdb, cfg.Namespace, cfg.StoreTimeout),
+		clock:       clock.NewRedisStore(rdb, cfg.Namespace, cfg.StoreTimeout),
+		breaker:     breaker.NewRedisStore(rdb, cfg.Namespace, cfg.StoreTimeout),
+		pinger:      redisx.Pinger{Client: rdb, Timeout: cfg.StoreTimeout},
+		close:       func() error { return rdb.Close() },
 	}, nil
 }
 
-func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
+func serve(ctx context.Context, cfg *config.Config, getenv func(string) string, log *slog.Logger) error {
 	log.Info("starting sidecar", "config", cfg)
-	st, err := openStores(ctx, cfg, log)
+	shutdownTracing, tracingOn, err := tracing.Setup(ctx, getenv)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		fctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := shutdownTracing(fctx); err != nil {
+			log.Warn("flushing traces failed", "error", err)
+		}
+	}()
+	log.Info("tracing", "otlp", tracingOn)
+	m := metrics.New()
+	st, err := openStores(ctx, cfg, m, log)
 	if err != nil {
 		return err
 	}
@@ -110,12 +139,24 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		ShutdownTimeout: cfg.ShutdownTimeout,
 		Store:           st.pinger,
 		HealthInterval:  cfg.HealthInterval,
+		Metrics:         m,
 	})
 	lockSvc := lock.NewService(st.lock, nil, log)
-	v1.RegisterLockServiceServer(srv.GRPC(), api.NewLockServer(srv.Stopping(), lockSvc, log))
+	v1.RegisterLockServiceServer(srv.GRPC(), api.NewLockServer(srv.Stopping(), lockSvc, log, api.WithMetrics(m)))
+	idemSvc := idempotency.NewService(st.idempotency, nil, log)
+	v1.RegisterIdempotencyServiceServer(srv.GRPC(), api.NewIdempotencyServer(srv.Stopping(), idemSvc, log, cfg.MaxResultBytes, api.WithMetrics(m)))
+	clockSvc := clock.NewService(st.clock, 0, log)
+	v1.RegisterClockServiceServer(srv.GRPC(), api.NewClockServer(clockSvc, clock.NewHLC(nil, cfg.MaxOffset), clock.NewULIDs(nil, nil), log, api.WithMetrics(m)))
+	brkSvc, upstreams, err := newBreakers(cfg, st.breaker, m, log)
+	if err != nil {
+		return err
+	}
+	defer brkSvc.Close()
+	defer upstreams.Close()
+	v1.RegisterBreakerServiceServer(srv.GRPC(), api.NewBreakerServer(brkSvc, upstreams, log))
 
 	if cfg.MetricsListen != "" {
-		stopMetrics, err := serveMetrics(cfg.MetricsListen, log)
+		stopMetrics, err := serveMetrics(cfg.MetricsListen, m.Handler(), log)
 		if err != nil {
 			return err
 		}
@@ -126,13 +167,13 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 }
 
 // serveMetrics serves Prometheus /metrics until the returned stop is called.
-func serveMetrics(addr string, log *slog.Logger) (stop func(), err error) {
+func serveMetrics(addr string, h http.Handler, log *slog.Logger) (stop func(), err error) {
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("metrics_listen: %w", err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.Handler())
+	mux.Handle("GET /metrics", h)
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	done := make(chan struct{})
 	go func() {

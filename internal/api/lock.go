@@ -11,6 +11,7 @@ import (
 
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/lock"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/metrics"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
 )
 
@@ -34,12 +35,28 @@ type LockServer struct {
 	// stopping is cancelled when the sidecar shuts down: waits end and
 	// sessions release their locks.
 	stopping context.Context
+	metrics  *metrics.Metrics
 }
 
 // NewLockServer serves svc. Calls in flight when stopping is cancelled end
 // promptly: waits with UNAVAILABLE, sessions by releasing their lock.
-func NewLockServer(stopping context.Context, svc *lock.Service, log *slog.Logger) *LockServer {
-	return &LockServer{svc: svc, log: log, stopping: stopping}
+func NewLockServer(stopping context.Context, svc *lock.Service, log *slog.Logger, opts ...Option) *LockServer {
+	o := applyOptions(opts)
+	return &LockServer{svc: svc, log: log, stopping: stopping, metrics: o.metrics}
+}
+
+// observeAcquire records an acquisition's outcome: acquired, busy (a try
+// found it held) or timeout (a wait ended without it).
+func (s *LockServer) observeAcquire(ok bool, wait time.Duration, start time.Time) {
+	result := metrics.LockAcquired
+	switch {
+	case ok:
+	case wait > 0:
+		result = metrics.LockTimeout
+	default:
+		result = metrics.LockBusy
+	}
+	s.metrics.ObserveLockAcquire(result, wait > 0, time.Since(start))
 }
 
 // withStopping returns ctx cancelled also when the sidecar shuts down.
@@ -77,10 +94,12 @@ func (s *LockServer) AcquireLock(ctx context.Context, r *v1.AcquireLockRequest) 
 	}
 	ctx, done := s.withStopping(ctx)
 	defer done()
+	start := time.Now()
 	lease, holder, ok, err := s.svc.Acquire(ctx, r.GetKey(), opts)
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
+	s.observeAcquire(ok, opts.Wait, start)
 	if !ok {
 		return &v1.AcquireLockResponse{Holder: holderPB(holder)}, nil
 	}
@@ -188,11 +207,13 @@ func (s *LockServer) HoldLock(stream v1.LockService_HoldLockServer) error {
 		return s.fail(ctx, err)
 	}
 	acqCtx, done := s.withStopping(ctx)
+	start := time.Now()
 	sess, holder, ok, err := s.svc.Hold(acqCtx, first.GetAcquire().GetKey(), opts)
 	done()
 	if err != nil {
 		return s.fail(ctx, err)
 	}
+	s.observeAcquire(ok, opts.Wait, start)
 	if !ok {
 		return stream.Send(&v1.HoldLockResponse{Event: &v1.HoldLockResponse_NotAcquired_{
 			NotAcquired: &v1.HoldLockResponse_NotAcquired{Holder: holderPB(holder)}}})
@@ -203,6 +224,8 @@ func (s *LockServer) HoldLock(stream v1.LockService_HoldLockServer) error {
 		return sess.Release(rctx)
 	}
 	defer release() //nolint:errcheck // idempotent; the explicit paths report its error
+	s.metrics.LockSessionHeld(1)
+	defer s.metrics.LockSessionHeld(-1)
 	if err := stream.Send(&v1.HoldLockResponse{Event: &v1.HoldLockResponse_Acquired{Acquired: leasePB(sess.Lease())}}); err != nil {
 		return err
 	}

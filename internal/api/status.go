@@ -7,6 +7,8 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"strconv"
+	"strings"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -15,8 +17,12 @@ import (
 	"google.golang.org/protobuf/protoadapt"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/seed-a88e5317/resilience-sidecar/internal/breaker"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/clock"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/idempotency"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/lock"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/upstream"
 )
 
 // ErrorDomain is the ErrorInfo domain of every error the sidecar returns.
@@ -28,6 +34,18 @@ const (
 	ReasonStoreUnavailable = "STORE_UNAVAILABLE"
 	ReasonLimitExceeded    = "LIMIT_EXCEEDED"
 	ReasonShuttingDown     = "SHUTTING_DOWN"
+
+	ReasonIdempotencyKeyMismatch = "IDEMPOTENCY_KEY_MISMATCH"
+
+	ReasonClockSkew = "CLOCK_SKEW"
+
+	ReasonBreakerOpen     = "BREAKER_OPEN"
+	ReasonUpstreamUnknown = "UPSTREAM_UNKNOWN"
+	// Beyond DESIGN.md's list: a report for a permit that is not
+	// outstanding, and an upstream that gave no response.
+	ReasonPermitUnknown       = "PERMIT_UNKNOWN"
+	ReasonUpstreamUnavailable = "UPSTREAM_UNAVAILABLE"
+	ReasonUpstreamTimeout     = "UPSTREAM_TIMEOUT"
 )
 
 // storeRetryDelay is the retry hint for a store outage: about one health
@@ -51,6 +69,21 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 		return withDetails(codes.Unavailable, "sidecar is shutting down; retry on another instance", ReasonShuttingDown, nil, time.Second)
 	case errors.Is(err, lock.ErrLeaseLost):
 		return withDetails(codes.FailedPrecondition, "lease lost: it expired or is held by someone else; the critical section may have run unprotected", ReasonLeaseLost, nil, 0)
+	case errors.Is(err, idempotency.ErrLeaseLost):
+		return withDetails(codes.FailedPrecondition, "lease lost: the idempotency key was taken over after the lease expired, or was released or completed; the operation may have run twice", ReasonLeaseLost, nil, 0)
+	case errors.Is(err, idempotency.ErrKeyMismatch):
+		return withDetails(codes.FailedPrecondition, "idempotency key reused with a different fingerprint: a different request needs a new key", ReasonIdempotencyKeyMismatch, nil, 0)
+	case errors.Is(err, clock.ErrClockSkew):
+		return clockSkewStatus(err)
+	case errors.Is(err, clock.ErrExhausted):
+		return withDetails(codes.OutOfRange, "lamport clock exhausted: it would pass 2^63-1; nothing was changed", ReasonLimitExceeded, nil, 0)
+	case errors.Is(err, clock.ErrRegressed):
+		// Logged loudly by the clock service, with the clock and values.
+		return status.Error(codes.Internal, "lamport clock went backwards in the store, which lost writes (Redis restarted without appendfsync always?): refusing to hand out a value twice; ObserveLamport with the highest value known repairs it")
+	case errors.Is(err, breaker.ErrOpen), errors.Is(err, breaker.ErrPermitUnknown), errors.Is(err, breaker.ErrLimitExceeded),
+		errors.Is(err, upstream.ErrInvalidRequest), errors.Is(err, upstream.ErrUnavailable),
+		errors.Is(err, upstream.ErrTimeout), errors.Is(err, upstream.ErrResponseTooLarge):
+		return breakerStatus(err)
 	case errors.Is(err, store.ErrUnavailable):
 		return withDetails(codes.Unavailable, "store unavailable", ReasonStoreUnavailable, nil, storeRetryDelay)
 	case errors.Is(err, context.DeadlineExceeded):
@@ -72,4 +105,51 @@ func withDetails(code codes.Code, msg, reason string, meta map[string]string, re
 		st = withD
 	}
 	return st.Err()
+}
+
+// clockSkewStatus is FAILED_PRECONDITION/CLOCK_SKEW with how far ahead the
+// remote timestamp was and the allowed offset, in the message and in the
+// ErrorInfo metadata (ahead, max_offset).
+func clockSkewStatus(err error) error {
+	var skew *clock.SkewError
+	if !errors.As(err, &skew) {
+		return withDetails(codes.FailedPrecondition, "remote timestamp too far ahead of this sidecar's clock; it was not adopted", ReasonClockSkew, nil, 0)
+	}
+	return withDetails(codes.FailedPrecondition,
+		"remote timestamp is "+skew.Ahead.String()+" ahead of this sidecar's clock, more than max_offset "+skew.MaxOffset.String()+"; it was not adopted",
+		ReasonClockSkew, map[string]string{"ahead": skew.Ahead.String(), "max_offset": skew.MaxOffset.String()}, 0)
+}
+
+// breakerStatus maps the errors of the breaker service and of the calls
+// the sidecar makes to upstreams. Their messages carry no secrets (no
+// URLs, no permit ids).
+func breakerStatus(err error) error {
+	var open *breaker.OpenError
+	var req *upstream.RequestError
+	switch {
+	case errors.As(err, &open):
+		return withDetails(codes.Unavailable, "breaker "+strconv.Quote(open.Breaker)+" is "+open.State.String()+": the call was not made",
+			ReasonBreakerOpen, map[string]string{"breaker": open.Breaker, "state": open.State.String()}, open.RetryAfter)
+	case errors.Is(err, breaker.ErrPermitUnknown):
+		return withDetails(codes.FailedPrecondition, "permit unknown: never issued, already reported, or expired (an expired permit was counted as a failure)", ReasonPermitUnknown, nil, 0)
+	case errors.Is(err, breaker.ErrLimitExceeded):
+		return withDetails(codes.ResourceExhausted, err.Error(), ReasonLimitExceeded, nil, 0)
+	case errors.As(err, &req):
+		st := status.New(codes.InvalidArgument, "invalid argument: "+req.Field+": "+req.Msg)
+		details := []protoadapt.MessageV1{&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: req.Field, Description: req.Msg}}}}
+		if req.Target {
+			details = append(details, &errdetails.ErrorInfo{Domain: ErrorDomain, Reason: ReasonUpstreamUnknown})
+		}
+		if d, derr := st.WithDetails(details...); derr == nil {
+			st = d
+		}
+		return st.Err()
+	case errors.Is(err, upstream.ErrResponseTooLarge):
+		return withDetails(codes.ResourceExhausted, strings.TrimPrefix(err.Error(), "upstream: "), ReasonLimitExceeded, nil, 0)
+	case errors.Is(err, upstream.ErrTimeout):
+		// The request may have been processed: no RetryInfo.
+		return withDetails(codes.DeadlineExceeded, err.Error(), ReasonUpstreamTimeout, nil, 0)
+	default: // upstream.ErrUnavailable
+		return withDetails(codes.Unavailable, err.Error(), ReasonUpstreamUnavailable, nil, 0)
+	}
 }

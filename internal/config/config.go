@@ -79,15 +79,23 @@ type Config struct {
 	// HealthInterval is how often the store is probed for the health
 	// service (100ms-1m, default 1s).
 	HealthInterval time.Duration `yaml:"health_interval"`
+	// MaxOffset is how far ahead of this sidecar's wall clock a remote
+	// hybrid logical clock timestamp may be before UpdateHlc refuses it
+	// with CLOCK_SKEW (1ms-1m, default 500ms).
+	MaxOffset time.Duration `yaml:"max_offset"`
 	// MaxMessageBytes is the gRPC max receive message size (1024-67108864,
 	// default 4194304).
 	MaxMessageBytes int `yaml:"max_message_bytes"`
-	// Breakers holds the file's breaker policies by name, as raw YAML
-	// (not validated yet). Nil when the file declares none.
-	Breakers map[string]yaml.Node `yaml:"breakers"`
-	// Upstreams holds the file's upstreams by name, as raw YAML (not
-	// validated yet). Nil when the file declares none.
-	Upstreams map[string]yaml.Node `yaml:"upstreams"`
+	// MaxResultBytes bounds a stored idempotency result, data plus metadata
+	// keys and values (1024-67108864, default 1048576).
+	MaxResultBytes int `yaml:"max_result_bytes"`
+	// Breakers holds the file's breaker policies by name, validated and
+	// with defaults filled in (see BreakerPolicy); "default" covers the
+	// names not declared. Nil when the file declares none.
+	Breakers map[string]BreakerPolicy `yaml:"breakers"`
+	// Upstreams holds the file's upstreams by name, validated and with
+	// defaults filled in (see Upstream). Nil when the file declares none.
+	Upstreams map[string]Upstream `yaml:"upstreams"`
 }
 
 // ListenNetworkAddress returns the arguments for net.Listen: ("unix",
@@ -167,7 +175,9 @@ func (c Config) attrs() []slog.Attr {
 		slog.String("store_timeout", c.StoreTimeout.String()),
 		slog.String("shutdown_timeout", c.ShutdownTimeout.String()),
 		slog.String("health_interval", c.HealthInterval.String()),
+		slog.String("max_offset", c.MaxOffset.String()),
 		slog.Int("max_message_bytes", c.MaxMessageBytes),
+		slog.Int("max_result_bytes", c.MaxResultBytes),
 		slog.Int("breakers", len(c.Breakers)),
 		slog.Int("upstreams", len(c.Upstreams)),
 	}

@@ -13,8 +13,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"gopkg.in/yaml.v3"
 )
 
 // env is a fake environment.
@@ -82,7 +80,9 @@ func TestDefaults(t *testing.T) {
 		StoreTimeout:    time.Second,
 		ShutdownTimeout: 10 * time.Second,
 		HealthInterval:  time.Second,
+		MaxOffset:       500 * time.Millisecond,
 		MaxMessageBytes: 4194304,
+		MaxResultBytes:  1048576,
 	}
 	if fmt.Sprintf("%#v", *c) != fmt.Sprintf("%#v", want) || c.APIToken != "" || c.APITokenFile != "" ||
 		c.RedisURL != "" || c.ConfigFile != "" || c.Breakers != nil || c.Upstreams != nil {
@@ -129,8 +129,12 @@ func TestPrecedence(t *testing.T) {
 			get: func(c *Config) string { return c.ShutdownTimeout.String() }},
 		{key: "health_interval", def: "1s", file: "100ms", env: "2s", flag: "1m0s",
 			get: func(c *Config) string { return c.HealthInterval.String() }},
+		{key: "max_offset", def: "500ms", file: "1ms", env: "2s", flag: "1m0s",
+			get: func(c *Config) string { return c.MaxOffset.String() }},
 		{key: "max_message_bytes", def: "4194304", file: "1024", env: "2048", flag: "67108864",
 			get: func(c *Config) string { return strconv.Itoa(c.MaxMessageBytes) }},
+		{key: "max_result_bytes", def: "1048576", file: "1024", env: "2048", flag: "67108864",
+			get: func(c *Config) string { return strconv.Itoa(c.MaxResultBytes) }},
 	}
 	for _, tc := range tests {
 		flagName := "--" + strings.ReplaceAll(tc.key, "_", "-")
@@ -299,6 +303,11 @@ func TestBounds(t *testing.T) {
 		{"health_interval", "99999999ns", "must be between 100ms and 1m0s, got 99.999999ms", nil},
 		{"health_interval", "1m", "", nil},
 		{"health_interval", "60000000001ns", "must be between 100ms and 1m0s, got 1m0.000000001s", nil},
+		{"max_offset", "1ms", "", nil},
+		{"max_offset", "999us", "must be between 1ms and 1m0s, got 999µs", nil},
+		{"max_offset", "0", "must be between 1ms and 1m0s, got 0s", nil},
+		{"max_offset", "1m", "", nil},
+		{"max_offset", "61s", "must be between 1ms and 1m0s, got 1m1s", nil},
 		{"max_message_bytes", "1024", "", nil},
 		{"max_message_bytes", "1023", "must be between 1024 and 67108864, got 1023", nil},
 		{"max_message_bytes", "67108864", "", nil},
@@ -306,6 +315,10 @@ func TestBounds(t *testing.T) {
 		{"max_message_bytes", "99999999999999999999", "must be between 1024 and 67108864", nil},
 		{"max_message_bytes", "4MiB", `must be an integer number of bytes, got "4MiB"`, nil},
 		{"max_message_bytes", "0x400", `must be an integer number of bytes`, nil},
+		{"max_result_bytes", "1024", "", nil},
+		{"max_result_bytes", "1023", "must be between 1024 and 67108864, got 1023", nil},
+		{"max_result_bytes", "67108865", "must be between 1024 and 67108864, got 67108865", nil},
+		{"max_result_bytes", "1MiB", `must be an integer number of bytes, got "1MiB"`, nil},
 	}
 	for _, tc := range tests {
 		flagName := "--" + strings.ReplaceAll(tc.key, "_", "-")
@@ -390,7 +403,7 @@ func TestFileKeys(t *testing.T) {
 		{"null value is absent", "namespace:\nlisten: ~\n", "", nil},
 		{"empty file", "# nothing here\n", "", nil},
 		{"unquoted int", "max_message_bytes: 2048\n", "", nil},
-		{"anchor and alias", "namespace: &ns shop\nlisten: \"127.0.0.1:7\"\nbreakers: {a: &b {x: 1}, c: *b}\n", "", nil},
+		{"anchor and alias", "namespace: &ns shop\nlisten: \"127.0.0.1:7\"\nbreakers: {a: &b {consecutive_failures: 1}, c: *b}\n", "", nil},
 		{"breakers not a mapping", "breakers: [a]\n", "breakers", []string{"must be a mapping of names"}},
 		{"upstreams duplicate name", "upstreams:\n  a: {}\n  a: {}\n", "upstreams", []string{`duplicate name "a"`}},
 		{"null breakers", "breakers:\n", "", nil},
@@ -437,23 +450,19 @@ func TestDesignExample(t *testing.T) {
 	if len(c.Breakers) != 2 || len(c.Upstreams) != 1 {
 		t.Fatalf("breakers %d upstreams %d", len(c.Breakers), len(c.Upstreams))
 	}
-	p := c.Breakers["payments"]
-	if p.Kind != yaml.MappingNode {
-		t.Errorf("breakers.payments kind = %v", p.Kind)
+	wantPayments := BreakerPolicy{Scope: "shared", FailureRate: 0.5, Window: 20 * time.Second, MinCalls: 10,
+		OpenDuration: 30 * time.Second, HalfOpenMaxCalls: 1, MinReporters: 1}
+	if p := c.Breakers["payments"]; p != wantPayments {
+		t.Errorf("breakers.payments = %+v, want %+v", p, wantPayments)
 	}
-	var b struct {
-		Scope       string  `yaml:"scope"`
-		FailureRate float64 `yaml:"failure_rate"`
+	if p := c.Breakers["default"]; p.Scope != "local" || p.ConsecutiveFailures != 5 || p.OpenDuration != 30*time.Second || p.HalfOpenMaxCalls != 1 {
+		t.Errorf("breakers.default = %+v", p)
 	}
-	if err := p.Decode(&b); err != nil || b.Scope != "shared" || b.FailureRate != 0.5 {
-		t.Errorf("decode breakers.payments: %+v, %v", b, err)
-	}
-	u := c.Upstreams["payments"]
-	var up struct {
-		URL string `yaml:"url"`
-	}
-	if err := u.Decode(&up); err != nil || up.URL != "http://127.0.0.1:8081" {
-		t.Errorf("decode upstreams.payments: %+v, %v", up, err)
+	wantUp := Upstream{URL: "http://127.0.0.1:8081", Timeout: 2 * time.Second, Breaker: "payments",
+		Retry:        Retry{MaxAttempts: 3, InitialBackoff: 100 * time.Millisecond, MaxBackoff: 2 * time.Second},
+		MaxBodyBytes: 4 << 20, MaxConnections: 100}
+	if u := c.Upstreams["payments"]; u != wantUp {
+		t.Errorf("upstreams.payments = %+v, want %+v", u, wantUp)
 	}
 }
 

@@ -29,6 +29,8 @@ const (
 	maxHealthInterval  = time.Minute
 	minMessageBytes    = 1024
 	maxMessageBytes    = 64 << 20
+	minResultBytes     = 1024
+	maxResultBytes     = 64 << 20
 
 	maxNamespaceLen = 64
 	// maxUnixPathLen is the longest socket path Linux accepts (sun_path is
@@ -39,6 +41,13 @@ const (
 
 	unixPrefix = "unix://"
 	envPrefix  = "SIDECAR_"
+)
+
+// Bounds of max_offset, the tolerance of the hybrid logical clock for
+// remote clocks running ahead of this one.
+const (
+	minMaxOffset = time.Millisecond
+	maxMaxOffset = time.Minute
 )
 
 // field describes one setting: its spellings, default, parsing and validation.
@@ -122,6 +131,9 @@ func fields() []field {
 		durationField("health_interval", "1s", minHealthInterval, maxHealthInterval,
 			"how often the store is probed for the health service",
 			func(c *Config) *time.Duration { return &c.HealthInterval }),
+		durationField("max_offset", "500ms", minMaxOffset, maxMaxOffset,
+			"how far ahead of this sidecar's clock a remote hybrid logical clock timestamp may be before UpdateHlc refuses it (CLOCK_SKEW)",
+			func(c *Config) *time.Duration { return &c.MaxOffset }),
 		{
 			key: "max_message_bytes", typ: "bytes", def: strconv.Itoa(4 << 20), inFile: true,
 			usage: fmt.Sprintf("gRPC max receive message size (%d-%d)", minMessageBytes, maxMessageBytes),
@@ -139,6 +151,24 @@ func fields() []field {
 					return fmt.Errorf("must be between %d and %d, got %d", minMessageBytes, maxMessageBytes, n)
 				}
 				c.MaxMessageBytes = int(n)
+				return nil
+			},
+		},
+		{
+			key: "max_result_bytes", typ: "bytes", def: strconv.Itoa(1 << 20), inFile: true,
+			usage: fmt.Sprintf("largest idempotency result stored, data plus metadata (%d-%d); a request carrying it must also fit max_message_bytes", minResultBytes, maxResultBytes),
+			set: func(c *Config, s string) error {
+				n, err := strconv.ParseInt(s, 10, 64)
+				if err != nil {
+					if errors.Is(err, strconv.ErrRange) {
+						return fmt.Errorf("must be between %d and %d, got %s", minResultBytes, maxResultBytes, quoteValue(s))
+					}
+					return fmt.Errorf("must be an integer number of bytes, got %s", quoteValue(s))
+				}
+				if n < minResultBytes || n > maxResultBytes {
+					return fmt.Errorf("must be between %d and %d, got %d", minResultBytes, maxResultBytes, n)
+				}
+				c.MaxResultBytes = int(n)
 				return nil
 			},
 		},

@@ -92,7 +92,12 @@ func Load(args []string, getenv func(string) string, usageOut io.Writer) (*Confi
 		if file, err = readFile(c.ConfigFile); err != nil {
 			return nil, err
 		}
-		c.Breakers, c.Upstreams = file.breakers, file.upstreams
+		if c.Breakers, err = parseBreakers(c.ConfigFile, file.breakers); err != nil {
+			return nil, err
+		}
+		if c.Upstreams, err = parseUpstreams(c.ConfigFile, file.upstreams, c.Breakers); err != nil {
+			return nil, err
+		}
 	}
 
 	for _, f := range specs {

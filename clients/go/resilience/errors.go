@@ -4,6 +4,7 @@
 package resilience
 
 import (
+	"context"
 	"errors"
 	"time"
 
@@ -70,9 +71,16 @@ func (e *Error) Error() string {
 }
 
 // Is matches the sentinel of the error's reason.
+// A DEADLINE_EXCEEDED or CANCELLED error also matches the context error
+// of the same meaning, so callers can test for their own deadline.
 func (e *Error) Is(target error) bool {
-	if target == ErrInvalidArgument {
+	switch target {
+	case ErrInvalidArgument:
 		return e.Code == codes.InvalidArgument
+	case context.DeadlineExceeded:
+		return e.Code == codes.DeadlineExceeded
+	case context.Canceled:
+		return e.Code == codes.Canceled
 	}
 	s, ok := reasons[e.Reason]
 	return ok && s == target

@@ -24,7 +24,8 @@ func TestWithLockCancelsCallbackWhenLeaseIsLost(t *testing.T) {
 	c := locks(t)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	err := resilience.WithLock(ctx, c, "client/maxhold", func(ctx context.Context, lease resilience.Lease) error {
+	key := "client/maxhold-" + t.Name() + time.Now().Format("150405.000000000")
+	err := resilience.WithLock(ctx, c, key, func(ctx context.Context, lease resilience.Lease) error {
 		<-ctx.Done() // the sidecar ends the session at max_hold
 		if !errors.Is(context.Cause(ctx), resilience.ErrLeaseLost) {
 			t.Errorf("cause = %v, want ErrLeaseLost", context.Cause(ctx))
@@ -35,7 +36,7 @@ func TestWithLockCancelsCallbackWhenLeaseIsLost(t *testing.T) {
 		t.Fatalf("WithLock = %v, want ErrLeaseLost", err)
 	}
 	// The lock is free again.
-	r, err := c.AcquireLock(ctx, &v1.AcquireLockRequest{Key: "client/maxhold"})
+	r, err := c.AcquireLock(ctx, &v1.AcquireLockRequest{Key: key})
 	if err != nil || !r.GetAcquired() {
 		t.Fatalf("after lost session: %v %v", r, err)
 	}

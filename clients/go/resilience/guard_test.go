@@ -1,0 +1,125 @@
+package resilience_test
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/seed-a88e5317/resilience-sidecar/clients/go/resilience"
+	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
+)
+
+func breakers(t *testing.T) v1.BreakerServiceClient {
+	t.Helper()
+	conn, err := resilience.Dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return v1.NewBreakerServiceClient(conn)
+}
+
+func guardCtx(t *testing.T) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func counts(t *testing.T, c v1.BreakerServiceClient, name string) *v1.Breaker {
+	t.Helper()
+	r, err := c.GetBreaker(guardCtx(t), &v1.GetBreakerRequest{Breaker: name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.GetBreaker()
+}
+
+var errDown = errors.New("dependency down")
+
+func TestGuardOpensAndFailsFast(t *testing.T) {
+	c := breakers(t)
+	ctx := guardCtx(t)
+	name := "guard/" + rand.Text()
+	if err := resilience.Guard(ctx, c, name, func(context.Context) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	for range 5 { // the default policy: 5 failures in a row
+		if err := resilience.Guard(ctx, c, name, func(context.Context) error { return errDown }); !errors.Is(err, errDown) {
+			t.Fatalf("Guard = %v, want fn's error", err)
+		}
+	}
+	ran := false
+	err := resilience.Guard(ctx, c, name, func(context.Context) error { ran = true; return nil })
+	var e *resilience.Error
+	if ran || !errors.Is(err, resilience.ErrBreakerOpen) || !errors.As(err, &e) || e.RetryDelay <= 0 ||
+		status.Code(err) != codes.Unavailable {
+		t.Fatalf("open breaker: ran %v, err %v", ran, err)
+	}
+	b := counts(t, c, name)
+	if b.GetState() != v1.BreakerState_BREAKER_STATE_OPEN || b.GetCounts().GetOutstandingPermits() != 0 {
+		t.Fatalf("breaker %v", b)
+	}
+}
+
+func TestGuardOutcomes(t *testing.T) {
+	c := breakers(t)
+	name := "guard/" + rand.Text()
+
+	// A cancelled caller is not the dependency's fault.
+	ctx, cancel := context.WithCancel(guardCtx(t))
+	err := resilience.Guard(ctx, c, name, func(ctx context.Context) error {
+		cancel()
+		<-ctx.Done()
+		return ctx.Err()
+	})
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("Guard = %v", err)
+	}
+	if b := counts(t, c, name); b.GetCounts().GetCalls() != 0 || b.GetCounts().GetOutstandingPermits() != 0 {
+		t.Fatalf("a cancelled call was counted, or its permit left out: %v", b.GetCounts())
+	}
+
+	// WithOutcome: "not found" is not a failure.
+	errNotFound := errors.New("not found")
+	notFailure := resilience.WithOutcome(func(err error) v1.CallOutcome {
+		if errors.Is(err, errNotFound) {
+			return v1.CallOutcome_CALL_OUTCOME_SUCCESS
+		}
+		return v1.CallOutcome_CALL_OUTCOME_FAILURE
+	})
+	for range 3 {
+		if err := resilience.Guard(guardCtx(t), c, name, func(context.Context) error { return errNotFound }, notFailure); !errors.Is(err, errNotFound) {
+			t.Fatal(err)
+		}
+	}
+	if b := counts(t, c, name); b.GetCounts().GetCalls() != 3 || b.GetCounts().GetFailures() != 0 {
+		t.Fatalf("counts %v, want 3 calls and no failure", b.GetCounts())
+	}
+
+	// A panic is a failure, and still a panic.
+	func() {
+		defer func() {
+			if recover() == nil {
+				t.Fatal("the panic was swallowed")
+			}
+		}()
+		_ = resilience.Guard(guardCtx(t), c, name, func(context.Context) error { panic("boom") })
+	}()
+	if b := counts(t, c, name); b.GetCounts().GetFailures() != 1 || b.GetCounts().GetOutstandingPermits() != 0 {
+		t.Fatalf("after a panic: %v", b.GetCounts())
+	}
+}
+
+func TestGuardInvalidName(t *testing.T) {
+	err := resilience.Guard(guardCtx(t), breakers(t), "", func(context.Context) error { return nil })
+	var e *resilience.Error
+	if !errors.Is(err, resilience.ErrInvalidArgument) || !errors.As(err, &e) || e.Violations["breaker"] == "" {
+		t.Fatalf("Guard with an empty name = %v", err)
+	}
+}

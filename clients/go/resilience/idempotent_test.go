@@ -1,0 +1,210 @@
+package resilience_test
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/seed-a88e5317/resilience-sidecar/clients/go/resilience"
+	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
+)
+
+func idempotency(t *testing.T) v1.IdempotencyServiceClient {
+	t.Helper()
+	conn, err := resilience.Dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return v1.NewIdempotencyServiceClient(conn)
+}
+
+// freshKey returns a key no earlier run of the test binary used (the
+// sidecar lives as long as TestMain).
+func freshKey(t *testing.T) string {
+	return t.Name() + "/" + rand.Text()
+}
+
+func idemTestCtx(t *testing.T) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+func TestIdempotentRunsOnceForConcurrentDuplicates(t *testing.T) {
+	c := idempotency(t)
+	ctx := idemTestCtx(t)
+	key := freshKey(t)
+	var runs atomic.Int32
+	release := make(chan struct{})
+	fn := func(ctx context.Context) (resilience.Result, error) {
+		runs.Add(1)
+		<-release // keep the duplicates waiting
+		return resilience.Result{Data: []byte("done"), Metadata: map[string]string{"status": "201"}}, nil
+	}
+	var wg sync.WaitGroup
+	results := make([]resilience.Result, 20)
+	errs := make([]error, len(results))
+	for i := range results {
+		wg.Go(func() {
+			results[i], errs[i] = resilience.Idempotent(ctx, c, key, "fp", fn, resilience.WithInProgressWait(time.Second))
+		})
+	}
+	time.Sleep(200 * time.Millisecond) // let duplicates arrive while it runs (not required for correctness)
+	close(release)
+	wg.Wait()
+	if n := runs.Load(); n != 1 {
+		t.Fatalf("ran %d times, want 1", n)
+	}
+	for i := range results {
+		if errs[i] != nil || string(results[i].Data) != "done" || results[i].Metadata["status"] != "201" {
+			t.Fatalf("caller %d: %+v, %v", i, results[i], errs[i])
+		}
+	}
+}
+
+func TestIdempotentReleasesOnError(t *testing.T) {
+	c := idempotency(t)
+	ctx := idemTestCtx(t)
+	key := freshKey(t)
+	boom := errors.New("payment declined")
+	_, err := resilience.Idempotent(ctx, c, key, "fp", func(ctx context.Context) (resilience.Result, error) {
+		if e := resilience.ExecutionFrom(ctx); e == nil || e.Attempt != 1 || e.Key != key {
+			t.Errorf("execution = %+v", e)
+		}
+		return resilience.Result{}, boom
+	})
+	if !errors.Is(err, boom) {
+		t.Fatalf("err = %v, want the function's error", err)
+	}
+	// Released: the next call runs again, as a first attempt.
+	res, err := resilience.Idempotent(ctx, c, key, "fp", func(ctx context.Context) (resilience.Result, error) {
+		if a := resilience.ExecutionFrom(ctx).Attempt; a != 1 {
+			t.Errorf("attempt %d after a release, want 1", a)
+		}
+		return resilience.Result{Data: []byte("ok")}, nil
+	})
+	if err != nil || string(res.Data) != "ok" {
+		t.Fatalf("retry after release: %+v, %v", res, err)
+	}
+}
+
+func TestIdempotentReleasesOnPanic(t *testing.T) {
+	c := idempotency(t)
+	ctx := idemTestCtx(t)
+	key := freshKey(t)
+	func() {
+		defer func() {
+			if r := recover(); r != "boom" {
+				t.Fatalf("recovered %v, want the function's panic", r)
+			}
+		}()
+		_, _ = resilience.Idempotent(ctx, c, key, "fp", func(context.Context) (resilience.Result, error) { panic("boom") })
+	}()
+	g, err := c.GetIdempotency(ctx, &v1.GetIdempotencyRequest{Key: key})
+	if err != nil || g.GetState() != v1.GetIdempotencyResponse_STATE_ABSENT {
+		t.Fatalf("after panic: %v, %v; want released", g, err)
+	}
+}
+
+func TestIdempotentKeyMismatch(t *testing.T) {
+	c := idempotency(t)
+	ctx := idemTestCtx(t)
+	key := freshKey(t)
+	ok := func(context.Context) (resilience.Result, error) { return resilience.Result{}, nil }
+	if _, err := resilience.Idempotent(ctx, c, key, resilience.Fingerprint([]byte("a")), ok); err != nil {
+		t.Fatal(err)
+	}
+	_, err := resilience.Idempotent(ctx, c, key, resilience.Fingerprint([]byte("b")), ok)
+	if !errors.Is(err, resilience.ErrIdempotencyKeyMismatch) {
+		t.Fatalf("err = %v, want ErrIdempotencyKeyMismatch", err)
+	}
+}
+
+// An executor that dies after a checkpoint is taken over once its lease
+// expires; the takeover resumes from the checkpoint, and the dead
+// executor's late completion is refused.
+func TestIdempotentTakeoverResumesFromCheckpoint(t *testing.T) {
+	c := idempotency(t)
+	ctx := idemTestCtx(t)
+	key := freshKey(t)
+	dead, err := c.CheckOrRecordIdempotency(ctx, &v1.CheckOrRecordIdempotencyRequest{Key: key, Fingerprint: "fp", LeaseTtl: durationpb.New(time.Second)})
+	if err != nil || dead.GetOutcome() != v1.CheckOrRecordIdempotencyResponse_OUTCOME_STARTED {
+		t.Fatalf("claim: %v, %v", dead, err)
+	}
+	if _, err := c.CheckpointIdempotency(ctx, &v1.CheckpointIdempotencyRequest{Key: key, LeaseId: dead.GetLeaseId(), RecoveryPoint: "charged", Data: []byte("ch_7")}); err != nil {
+		t.Fatal(err)
+	}
+	var phases []string
+	res, err := resilience.Idempotent(ctx, c, key, "fp", func(ctx context.Context) (resilience.Result, error) {
+		e := resilience.ExecutionFrom(ctx)
+		if e.Attempt != 2 || e.RecoveryPoint != "charged" || string(e.RecoveryData) != "ch_7" {
+			t.Errorf("execution = %+v; want attempt 2 resuming after charged", e)
+		}
+		if e.RecoveryPoint != "charged" {
+			phases = append(phases, "charge")
+		}
+		phases = append(phases, "ship")
+		if err := e.Checkpoint(ctx, "shipped", nil); err != nil {
+			return resilience.Result{}, err
+		}
+		return resilience.Result{Data: e.RecoveryData}, nil
+	})
+	if err != nil || string(res.Data) != "ch_7" || len(phases) != 1 || phases[0] != "ship" {
+		t.Fatalf("takeover: %+v, %v, phases %v", res, err, phases)
+	}
+	_, err = c.CompleteIdempotency(ctx, &v1.CompleteIdempotencyRequest{Key: key, LeaseId: dead.GetLeaseId()})
+	if !errors.Is(resilience.FromError(err), resilience.ErrLeaseLost) {
+		t.Fatalf("late completion: %v, want ErrLeaseLost", err)
+	}
+}
+
+// A function that outlives its lease while another caller takes over gets
+// its result back with ErrLeaseLost.
+func TestIdempotentReportsLeaseLost(t *testing.T) {
+	c := idempotency(t)
+	ctx := idemTestCtx(t)
+	key := freshKey(t)
+	res, err := resilience.Idempotent(ctx, c, key, "fp", func(ctx context.Context) (resilience.Result, error) {
+		// Another caller waits for the lease to expire and takes over.
+		other, err := c.CheckOrRecordIdempotency(ctx, &v1.CheckOrRecordIdempotencyRequest{Key: key, Fingerprint: "fp", WaitTimeout: durationpb.New(30 * time.Second)})
+		if err != nil || other.GetOutcome() != v1.CheckOrRecordIdempotencyResponse_OUTCOME_STARTED || other.GetAttempt() != 2 {
+			t.Errorf("takeover: %v, %v", other, err)
+		}
+		return resilience.Result{Data: []byte("late")}, nil
+	}, resilience.WithLeaseTTL(time.Second))
+	if !errors.Is(err, resilience.ErrLeaseLost) || string(res.Data) != "late" {
+		t.Fatalf("Idempotent = %+v, %v; want the result and ErrLeaseLost", res, err)
+	}
+}
+
+func TestIdempotentHonoursContext(t *testing.T) {
+	c := idempotency(t)
+	key := freshKey(t)
+	held, err := c.CheckOrRecordIdempotency(idemTestCtx(t), &v1.CheckOrRecordIdempotencyRequest{Key: key, Fingerprint: "fp", LeaseTtl: durationpb.New(time.Minute)})
+	if err != nil || held.GetOutcome() != v1.CheckOrRecordIdempotencyResponse_OUTCOME_STARTED {
+		t.Fatal(held, err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	_, err = resilience.Idempotent(ctx, c, key, "fp", func(context.Context) (resilience.Result, error) {
+		t.Error("ran while another caller holds the key")
+		return resilience.Result{}, nil
+	}, resilience.WithInProgressWait(time.Minute))
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err = %v, want context.DeadlineExceeded", err)
+	}
+}
+
+func TestFingerprint(t *testing.T) {
+	a, b := resilience.Fingerprint([]byte("x")), resilience.Fingerprint([]byte("y"))
+	if a == b || len(a) != len("sha256:")+64 || a != resilience.Fingerprint([]byte("x")) {
+		t.Fatalf("fingerprints %q %q", a, b)
+	}
+}

@@ -1,0 +1,48 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+
+	"github.com/seed-a88e5317/resilience-sidecar/internal/breaker"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/config"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/metrics"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/upstream"
+)
+
+// responseOverhead is room left in a gRPC message for an ExecuteCall
+// response's status, headers and framing: a body may use the rest.
+const responseOverhead = 64 << 10
+
+// newBreakers builds the breaker service from the config's policies (shared
+// breakers in shared; nil on the embedded store, where they run locally)
+// and the caller of the config's upstreams. Close both when done.
+func newBreakers(cfg *config.Config, shared breaker.Store, m *metrics.Metrics, log *slog.Logger) (*breaker.Service, *upstream.Caller, error) {
+	policies := make(map[string]breaker.Policy, len(cfg.Breakers))
+	for name, p := range cfg.Breakers {
+		policies[name] = p.Policy()
+		if shared == nil && p.Scope == "shared" {
+			log.Warn("breaker has scope shared, but on the embedded store it is local to this sidecar (min_reporters ignored)", "breaker", name)
+		}
+	}
+	svc, err := breaker.NewService(breaker.Options{Policies: policies, Shared: shared, Log: log, Metrics: m})
+	if err != nil {
+		return nil, nil, fmt.Errorf("breakers: %w", err)
+	}
+	ups := make([]upstream.Config, 0, len(cfg.Upstreams))
+	for name, u := range cfg.Upstreams {
+		ups = append(ups, upstream.Config{
+			Name: name, URL: u.URL, Timeout: u.Timeout, Breaker: u.Breaker,
+			MaxAttempts: u.Retry.MaxAttempts, InitialBackoff: u.Retry.InitialBackoff, MaxBackoff: u.Retry.MaxBackoff,
+			MaxBodyBytes: u.MaxBodyBytes, MaxConns: u.MaxConnections,
+		})
+	}
+	bodyLimit := max(int64(cfg.MaxMessageBytes)-responseOverhead, int64(cfg.MaxMessageBytes)/2)
+	caller, err := upstream.New(ups, upstream.Options{Breakers: svc, Log: log, Metrics: m, BodyLimit: bodyLimit})
+	if err != nil {
+		svc.Close()
+		return nil, nil, err
+	}
+	log.Info("breakers ready", "declared_policies", len(policies), "upstreams", caller.Names(), "shared_store", shared != nil)
+	return svc, caller, nil
+}

@@ -1,0 +1,179 @@
+package e2e
+
+import (
+	"net/http"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+)
+
+// scrape fetches and strictly parses a Prometheus text endpoint.
+type scrape map[string]*dto.MetricFamily
+
+func scrapeMetrics(t *testing.T, addr string) scrape {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	defer resp.Body.Close()
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("metrics do not parse: %v", err)
+	}
+	return fams
+}
+
+// value returns the value of the series name{labels} (counter, gauge, or
+// a histogram's sample count), and whether it exists.
+func (s scrape) value(name string, labels ...string) (float64, bool) {
+	fam, ok := s[name]
+	if !ok {
+		return 0, false
+	}
+	want := map[string]string{}
+	for i := 0; i+1 < len(labels); i += 2 {
+		want[labels[i]] = labels[i+1]
+	}
+next:
+	for _, m := range fam.GetMetric() {
+		got := map[string]string{}
+		for _, l := range m.GetLabel() {
+			got[l.GetName()] = l.GetValue()
+		}
+		for k, v := range want {
+			if got[k] != v {
+				continue next
+			}
+		}
+		switch {
+		case m.GetCounter() != nil:
+			return m.GetCounter().GetValue(), true
+		case m.GetGauge() != nil:
+			return m.GetGauge().GetValue(), true
+		case m.GetHistogram() != nil:
+			return float64(m.GetHistogram().GetSampleCount()), true
+		}
+	}
+	return 0, false
+}
+
+func (s scrape) mustValue(t *testing.T, name string, labels ...string) float64 {
+	t.Helper()
+	v, ok := s.value(name, labels...)
+	if !ok {
+		var names []string
+		for n := range s {
+			if strings.HasPrefix(n, "resilience_") {
+				names = append(names, n)
+			}
+		}
+		sort.Strings(names)
+		t.Fatalf("series %s%v missing; resilience series present: %v", name, labels, names)
+	}
+	return v
+}
+
+func TestMetricsLock(t *testing.T) {
+	rd := testharness.StartRedis(t)
+	bin := testharness.BuildSidecar(t)
+	maddr := testharness.FreeAddr(t)
+	sc := testharness.StartSidecar(t, bin, "--redis-url", rd.URL(), "--metrics-listen", maddr)
+	c := lockClient(t, sc)
+	ctx := ctxT(t, time.Minute)
+
+	before := scrapeMetrics(t, maddr)
+	for _, name := range []string{"go_goroutines", "process_resident_memory_bytes", "resilience_store_up", "resilience_lock_held"} {
+		before.mustValue(t, name)
+	}
+	if v := before.mustValue(t, "resilience_store_up"); v != 1 {
+		t.Fatalf("store_up = %v with Redis running", v)
+	}
+
+	// 1 acquired, 2 busy, 1 timeout (a wait that ends without the lock).
+	r, err := c.AcquireLock(ctx, &v1.AcquireLockRequest{Key: "m", Ttl: durationpb.New(time.Hour)})
+	if err != nil || !r.GetAcquired() {
+		t.Fatal(r, err)
+	}
+	for range 2 {
+		if _, err := c.AcquireLock(ctx, &v1.AcquireLockRequest{Key: "m"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := c.AcquireLock(ctx, &v1.AcquireLockRequest{Key: "m", WaitTimeout: durationpb.New(200 * time.Millisecond)}); err != nil {
+		t.Fatal(err)
+	}
+	stream, err := c.HoldLock(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&v1.HoldLockRequest{Msg: &v1.HoldLockRequest_Acquire_{Acquire: &v1.HoldLockRequest_Acquire{Key: "held"}}}); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := stream.Recv(); err != nil || m.GetAcquired() == nil {
+		t.Fatal(m, err)
+	}
+
+	after := scrapeMetrics(t, maddr)
+	delta := func(name string, labels ...string) float64 {
+		b, _ := before.value(name, labels...)
+		return after.mustValue(t, name, labels...) - b
+	}
+	checks := []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"resilience_lock_acquire_total", []string{"result", "acquired"}, 2}, // the call and the session
+		{"resilience_lock_acquire_total", []string{"result", "busy"}, 2},
+		{"resilience_lock_acquire_total", []string{"result", "timeout"}, 1},
+		{"resilience_lock_wait_seconds", nil, 1},
+		{"resilience_lock_held", nil, 1},
+		{"grpc_server_handled_total", []string{"grpc_method", "AcquireLock", "grpc_code", "OK"}, 4},
+	}
+	for _, c := range checks {
+		if got := delta(c.name, c.labels...); got != c.want {
+			t.Errorf("%s%v moved by %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+	if got := delta("resilience_store_latency_seconds", "op", "lock.acquire"); got < 5 {
+		t.Errorf("store latency samples for lock.acquire moved by %v, want >= 5", got)
+	}
+
+	// The session ends: the held gauge goes back down.
+	if err := stream.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := stream.Recv(); err != nil {
+			break
+		}
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for scrapeMetrics(t, maddr).mustValue(t, "resilience_lock_held") != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("resilience_lock_held did not return to 0 after the session ended")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	// Store down: resilience_store_up turns 0.
+	rd.Kill()
+	deadline = time.Now().Add(20 * time.Second)
+	for scrapeMetrics(t, maddr).mustValue(t, "resilience_store_up") != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("resilience_store_up stayed 1 with Redis killed")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}

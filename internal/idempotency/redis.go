@@ -1,0 +1,420 @@
+package idempotency
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
+)
+
+// A record is one hash at rs:{ns/key}:idem:
+//
+//	st     "p" in progress, "c" completed
+//	fp     fingerprint
+//	lease  lease id of the owner (in progress) or of the completer
+//	exp    lease expiry, ms (in progress)
+//	ttl    lease ttl, ms (in progress; a checkpoint extends the lease by it)
+//	ret    retention, ms
+//	att    attempts
+//	ct ut  create and update time, ms
+//	cp cpd cpt   last checkpoint: name, data, time ms (in progress)
+//	data meta done   result data, encoded metadata, completion time ms
+//
+// Expiry is decided by comparing exp with Redis TIME; the key itself
+// expires retention after the lease (in progress) or after the completion,
+// which is when the record is forgotten. Completions and releases are
+// announced on the sharded channel rs:{ns/key}:idem:done, in the same slot.
+const idemPrelude = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function ms(x) return string.format('%.0f', x) end
+`
+
+// KEYS[1] record; ARGV fingerprint, lease, ttl ms, retention ms.
+var checkOrRecordScript = redisx.NewScript("idempotency.check_or_record", idemPrelude+`
+local h = redis.call('HMGET', KEYS[1], 'st', 'fp', 'lease', 'exp', 'att', 'cp', 'cpd', 'cpt', 'data', 'meta', 'done')
+local ttl = tonumber(ARGV[3])
+local att = 1
+if h[1] then
+  if h[2] ~= ARGV[1] then return {'M'} end
+  if h[1] == 'c' then return {'C', h[9] or '', h[10] or '', tonumber(h[11]) or 0} end
+  local exp = tonumber(h[4]) or 0
+  att = tonumber(h[5]) or 1
+  if exp > now then
+    if h[3] == ARGV[2] then return {'S', att, exp, h[6] or '', h[7] or '', tonumber(h[8]) or 0} end
+    return {'P', att, exp, exp - now}
+  end
+  att = att + 1
+else
+  redis.call('HSET', KEYS[1], 'st', 'p', 'fp', ARGV[1], 'ct', ms(now))
+end
+local exp = now + ttl
+redis.call('HSET', KEYS[1], 'lease', ARGV[2], 'exp', ms(exp), 'ttl', ARGV[3], 'ret', ARGV[4], 'att', att, 'ut', ms(now))
+redis.call('PEXPIRE', KEYS[1], ttl + tonumber(ARGV[4]))
+return {'S', att, exp, h[6] or '', h[7] or '', tonumber(h[8]) or 0}
+`)
+
+// KEYS[1] record; ARGV lease, data, metadata, channel.
+var completeScript = redisx.NewScript("idempotency.complete", idemPrelude+`
+local h = redis.call('HMGET', KEYS[1], 'st', 'lease', 'ret', 'done')
+if h[2] ~= ARGV[1] then return -1 end
+local ret = tonumber(h[3]) or 0
+if h[1] == 'c' then return (tonumber(h[4]) or 0) + ret end
+redis.call('HSET', KEYS[1], 'st', 'c', 'data', ARGV[2], 'meta', ARGV[3], 'done', ms(now), 'ut', ms(now))
+redis.call('HDEL', KEYS[1], 'exp', 'ttl', 'cp', 'cpd', 'cpt')
+redis.call('PEXPIRE', KEYS[1], ret)
+redis.call('SPUBLISH', ARGV[4], 'c')
+return now + ret
+`)
+
+// KEYS[1] record; ARGV lease, recovery point, data.
+var checkpointScript = redisx.NewScript("idempotency.checkpoint", idemPrelude+`
+local h = redis.call('HMGET', KEYS[1], 'st', 'lease', 'ttl', 'ret')
+if h[1] ~= 'p' or h[2] ~= ARGV[1] then return -1 end
+local ttl = tonumber(h[3])
+local exp = now + ttl
+redis.call('HSET', KEYS[1], 'cp', ARGV[2], 'cpd', ARGV[3], 'cpt', ms(now), 'exp', ms(exp), 'ut', ms(now))
+redis.call('PEXPIRE', KEYS[1], ttl + tonumber(h[4]))
+return exp
+`)
+
+// KEYS[1] record; ARGV lease, channel.
+var releaseScript = redisx.NewScript("idempotency.release", `
+local h = redis.call('HMGET', KEYS[1], 'st', 'lease')
+if h[1] ~= 'p' or h[2] ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('SPUBLISH', ARGV[2], 'r')
+return 1
+`)
+
+// KEYS[1] record.
+var getScript = redisx.NewScript("idempotency.get", idemPrelude+`
+local h = redis.call('HMGET', KEYS[1], 'st', 'fp', 'att', 'ct', 'ut', 'exp', 'done', 'ret', 'cp')
+if not h[1] then return {''} end
+return {h[1], h[2] or '', h[3] or '0', h[4] or '0', h[5] or '0', h[6] or '0', h[7] or '0', h[8] or '0', h[9] or '', ms(now)}
+`)
+
+// Scripts are the Lua scripts of the Redis idempotency store, for preloading.
+var Scripts = []*redis.Script{checkOrRecordScript, completeScript, checkpointScript, releaseScript, getScript}
+
+// RedisStore is the Store on Redis (standalone, Sentinel or Cluster). Every
+// method is one script, one round trip, bounded by the store timeout.
+type RedisStore struct {
+	rdb     redis.UniversalClient
+	ns      string
+	timeout time.Duration
+
+	mu      sync.Mutex
+	watches map[string]*redisWatch
+}
+
+type redisWatch struct {
+	ps    *redis.PubSub
+	subs  map[chan struct{}]struct{}
+	ready chan struct{}
+	err   error
+}
+
+// NewRedisStore returns a store for namespace ns whose calls each take at
+// most timeout before failing with store.ErrUnavailable.
+func NewRedisStore(rdb redis.UniversalClient, ns string, timeout time.Duration) *RedisStore {
+	return &RedisStore{rdb: rdb, ns: ns, timeout: timeout, watches: map[string]*redisWatch{}}
+}
+
+func (r *RedisStore) key(key string) string     { return redisx.Key(r.ns, key, "idem") }
+func (r *RedisStore) channel(key string) string { return redisx.Key(r.ns, key, "idem:done") }
+
+func (r *RedisStore) run(ctx context.Context, s *redis.Script, key string, args ...any) (any, error) {
+	sctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	v, err := s.Run(sctx, r.rdb, []string{r.key(key)}, args...).Result()
+	return v, redisx.Classify(ctx, err)
+}
+
+// CheckOrRecord implements Store.
+func (r *RedisStore) CheckOrRecord(ctx context.Context, key, leaseID string, opts Options) (Claim, error) {
+	v, err := r.run(ctx, checkOrRecordScript, key, opts.Fingerprint, leaseID, opts.LeaseTTL.Milliseconds(), opts.Retention.Milliseconds())
+	if err != nil {
+		return Claim{}, err
+	}
+	a, _ := v.([]any)
+	bad := fmt.Errorf("idempotency: bad reply %v", v)
+	if len(a) == 0 {
+		return Claim{}, bad
+	}
+	tag, _ := a[0].(string)
+	switch {
+	case tag == "M" && len(a) == 1:
+		return Claim{}, ErrKeyMismatch
+	case tag == "C" && len(a) == 4:
+		data, _ := a[1].(string)
+		meta, _ := a[2].(string)
+		done, _ := a[3].(int64)
+		md, err := decodeMetadata([]byte(meta))
+		if err != nil {
+			return Claim{}, err
+		}
+		res := Result{Metadata: md}
+		if data != "" {
+			res.Data = []byte(data)
+		}
+		return Claim{Outcome: Completed, Result: res, CompleteTime: time.UnixMilli(done)}, nil
+	case tag == "P" && len(a) == 4:
+		att, _ := a[1].(int64)
+		exp, _ := a[2].(int64)
+		rem, _ := a[3].(int64)
+		return Claim{Outcome: InProgress, Attempt: int(att), LeaseExpireTime: time.UnixMilli(exp), LeaseRemaining: time.Duration(rem) * time.Millisecond}, nil
+	case tag == "S" && len(a) == 6:
+		att, _ := a[1].(int64)
+		exp, _ := a[2].(int64)
+		c := Claim{Outcome: Started, LeaseID: leaseID, Attempt: int(att), LeaseExpireTime: time.UnixMilli(exp)}
+		if name, _ := a[3].(string); name != "" {
+			data, _ := a[4].(string)
+			at, _ := a[5].(int64)
+			c.Checkpoint = &Checkpoint{RecoveryPoint: name, Time: time.UnixMilli(at)}
+			if data != "" {
+				c.Checkpoint.Data = []byte(data)
+			}
+		}
+		return c, nil
+	}
+	return Claim{}, bad
+}
+
+// Complete implements Store.
+func (r *RedisStore) Complete(ctx context.Context, key, leaseID string, res Result) (time.Time, error) {
+	v, err := r.run(ctx, completeScript, key, leaseID, res.Data, encodeMetadata(res.Metadata), r.channel(key))
+	return expiryReply(v, err)
+}
+
+// Checkpoint implements Store.
+func (r *RedisStore) Checkpoint(ctx context.Context, key, leaseID string, cp Checkpoint) (time.Time, error) {
+	v, err := r.run(ctx, checkpointScript, key, leaseID, cp.RecoveryPoint, cp.Data)
+	return expiryReply(v, err)
+}
+
+// expiryReply reads a script's answer: a time in ms, or -1 for a lost lease.
+func expiryReply(v any, err error) (time.Time, error) {
+	if err != nil {
+		return time.Time{}, err
+	}
+	n, ok := v.(int64)
+	switch {
+	case !ok:
+		return time.Time{}, fmt.Errorf("idempotency: bad reply %v", v)
+	case n < 0:
+		return time.Time{}, ErrLeaseLost
+	}
+	return time.UnixMilli(n), nil
+}
+
+// Release implements Store.
+func (r *RedisStore) Release(ctx context.Context, key, leaseID string) error {
+	v, err := r.run(ctx, releaseScript, key, leaseID, r.channel(key))
+	if err != nil {
+		return err
+	}
+	if n, _ := v.(int64); n != 1 {
+		return ErrLeaseLost
+	}
+	return nil
+}
+
+// Get implements Store.
+func (r *RedisStore) Get(ctx context.Context, key string) (Info, error) {
+	v, err := r.run(ctx, getScript, key)
+	if err != nil {
+		return Info{}, err
+	}
+	a, _ := v.([]any)
+	s := make([]string, len(a))
+	for i, x := range a {
+		s[i], _ = x.(string)
+	}
+	if len(s) == 1 && s[0] == "" {
+		return Info{State: Absent}, nil
+	}
+	if len(s) != 10 || (s[0] != "p" && s[0] != "c") {
+		return Info{}, fmt.Errorf("idempotency: bad reply %v", v)
+	}
+	var n [6]int64
+	for i := range n {
+		if n[i], err = strconv.ParseInt(s[2+i], 10, 64); err != nil {
+			return Info{}, fmt.Errorf("idempotency: bad reply %v", v)
+		}
+	}
+	now, err := strconv.ParseInt(s[9], 10, 64)
+	if err != nil {
+		return Info{}, fmt.Errorf("idempotency: bad reply %v", v)
+	}
+	att, ct, ut, exp, done, ret := n[0], n[1], n[2], n[3], n[4], time.Duration(n[5])*time.Millisecond
+	info := Info{
+		Fingerprint: s[1],
+		Attempts:    int(att),
+		CreateTime:  time.UnixMilli(ct),
+		UpdateTime:  time.UnixMilli(ut),
+	}
+	switch {
+	case s[0] == "c":
+		info.State = Done
+		info.CompleteTime = time.UnixMilli(done)
+		info.ExpireTime = info.CompleteTime.Add(ret)
+	default:
+		info.State = LeaseExpired
+		if exp > now {
+			info.State = Running
+		}
+		info.LeaseExpireTime = time.UnixMilli(exp)
+		info.ExpireTime = info.LeaseExpireTime.Add(ret)
+		info.RecoveryPoint = s[8]
+	}
+	return info, nil
+}
+
+// WatchDone implements Store. Watchers of one key share one sharded
+// subscription; it is confirmed by Redis before WatchDone returns.
+func (r *RedisStore) WatchDone(ctx context.Context, key string) (<-chan struct{}, func(), error) {
+	ch := make(chan struct{}, 1)
+	r.mu.Lock()
+	w := r.watches[key]
+	create := w == nil
+	if create {
+		w = &redisWatch{subs: map[chan struct{}]struct{}{}, ready: make(chan struct{})}
+		r.watches[key] = w
+	}
+	w.subs[ch] = struct{}{}
+	r.mu.Unlock()
+
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			r.mu.Lock()
+			defer r.mu.Unlock()
+			delete(w.subs, ch)
+			if len(w.subs) == 0 {
+				if r.watches[key] == w {
+					delete(r.watches, key)
+				}
+				if w.ps != nil {
+					_ = w.ps.Close()
+				}
+			}
+		})
+	}
+
+	if create {
+		// The creator stays subscribed until it returns, so the watch
+		// cannot be torn down while it is being set up.
+		sctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+		ps := r.rdb.SSubscribe(sctx, r.channel(key))
+		_, err := ps.Receive(sctx)
+		cancel()
+		r.mu.Lock()
+		if err != nil {
+			_ = ps.Close()
+			w.err = redisx.Classify(context.Background(), err)
+			if r.watches[key] == w {
+				delete(r.watches, key)
+			}
+		} else {
+			w.ps = ps
+			go r.pump(w, ps.Channel())
+		}
+		close(w.ready)
+		r.mu.Unlock()
+	}
+	select {
+	case <-w.ready:
+	case <-ctx.Done():
+		stop()
+		return nil, nil, ctx.Err()
+	}
+	if w.err != nil {
+		stop()
+		return nil, nil, w.err
+	}
+	return ch, stop, nil
+}
+
+// pump fans messages out to the watchers; it ends when the last watcher's
+// stop closes the subscription.
+func (r *RedisStore) pump(w *redisWatch, msgs <-chan *redis.Message) {
+	for range msgs {
+		r.mu.Lock()
+		for ch := range w.subs {
+			select {
+			case ch <- struct{}{}:
+			default:
+			}
+		}
+		r.mu.Unlock()
+	}
+}
+
+// Delete removes key's record, as Redis eviction or a failover that lost
+// the last writes might.
+func (r *RedisStore) Delete(ctx context.Context, key string) error {
+	return r.rdb.Del(ctx, r.key(key)).Err()
+}
+
+// encodeMetadata writes m as a count and length-prefixed pairs in key
+// order, so that equal maps encode equally. An empty map is "".
+func encodeMetadata(m map[string]string) []byte {
+	if len(m) == 0 {
+		return nil
+	}
+	keys := slices.Sorted(maps.Keys(m))
+	b := binary.AppendUvarint(nil, uint64(len(m)))
+	for _, k := range keys {
+		b = binary.AppendUvarint(b, uint64(len(k)))
+		b = append(b, k...)
+		b = binary.AppendUvarint(b, uint64(len(m[k])))
+		b = append(b, m[k]...)
+	}
+	return b
+}
+
+var errBadMetadata = errors.New("idempotency: stored metadata is malformed")
+
+// decodeMetadata reads what encodeMetadata wrote; "" is nil.
+func decodeMetadata(b []byte) (map[string]string, error) {
+	if len(b) == 0 {
+		return nil, nil
+	}
+	next := func() (string, bool) {
+		n, k := binary.Uvarint(b)
+		if k <= 0 || n > uint64(len(b)-k) {
+			return "", false
+		}
+		s := string(b[k : k+int(n)])
+		b = b[k+int(n):]
+		return s, true
+	}
+	count, k := binary.Uvarint(b)
+	if k <= 0 || count > uint64(len(b)) {
+		return nil, errBadMetadata
+	}
+	b = b[k:]
+	m := make(map[string]string, count)
+	for range count {
+		key, ok1 := next()
+		val, ok2 := next()
+		if !ok1 || !ok2 {
+			return nil, errBadMetadata
+		}
+		m[key] = val
+	}
+	if len(b) != 0 {
+		return nil, errBadMetadata
+	}
+	return m, nil
+}

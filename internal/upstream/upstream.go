@@ -1,0 +1,624 @@
+// Package upstream makes the HTTP calls the sidecar performs itself
+// (ExecuteCall, saga compensations): only to upstreams named in the config,
+// under their base URL, through each upstream's circuit breaker, with
+// per-attempt timeouts, bounded bodies, pooled connections, and retries
+// with exponential backoff and full jitter that honour Retry-After.
+//
+// Retries happen on connection failures, timeouts, other transport errors,
+// 502, 503, 504 and 429, and only when repeating the request is safe: for
+// GET, HEAD, PUT, DELETE and OPTIONS, or any method with an idempotency key
+// (sent as the Idempotency-Key header). Every attempt asks the breaker
+// first; 5xx, timeouts and transport errors count as failures, everything
+// else (4xx included) as successes. Redirects are not followed: a 3xx is
+// returned as it is, so a call never leaves its upstream.
+package upstream
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/seed-a88e5317/resilience-sidecar/internal/breaker"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/metrics"
+)
+
+// Defaults and bounds of an upstream's settings (the config file is
+// checked against the same).
+const (
+	DefaultTimeout        = 10 * time.Second
+	MinTimeout            = time.Millisecond
+	MaxTimeout            = 5 * time.Minute
+	DefaultMaxAttempts    = 3
+	MaxMaxAttempts        = 10
+	DefaultInitialBackoff = 100 * time.Millisecond
+	DefaultMaxBackoff     = 2 * time.Second
+	MinBackoff            = time.Millisecond
+	MaxBackoff            = 5 * time.Minute
+	DefaultMaxBodyBytes   = 4 << 20
+	MaxMaxBodyBytes       = 64 << 20
+	DefaultMaxConns       = 100
+	MaxMaxConns           = 10_000
+
+	// DefaultCallTimeout bounds a whole call, attempts and backoffs, when
+	// the request gives no timeout; MaxCallTimeout bounds the one it gives.
+	DefaultCallTimeout = 30 * time.Second
+	MaxCallTimeout     = 10 * time.Minute
+
+	// maxResponseHeaderBytes bounds an upstream's response headers.
+	maxResponseHeaderBytes = 64 << 10
+	// reportTimeout bounds the breaker report of an attempt, made even
+	// when the caller has gone.
+	reportTimeout = 2 * time.Second
+	// permitSlack is added to an attempt's timeout for its permit's TTL.
+	permitSlack = 5 * time.Second
+)
+
+// Errors. Every error of Do is one of these (matched with errors.Is), a
+// *breaker.OpenError, a breaker error (ErrLimitExceeded), or the caller's
+// context error.
+var (
+	// ErrInvalidRequest matches *RequestError: the request was refused
+	// before anything was sent.
+	ErrInvalidRequest = errors.New("upstream: invalid request")
+	// ErrUnknownTarget matches a *RequestError whose Target is set: the
+	// request does not name a configured upstream or leaves its base URL.
+	ErrUnknownTarget = errors.New("upstream: not a configured upstream")
+	// ErrUnavailable: the last attempt failed without a response (the
+	// connection could not be made, or broke). See *CallError.
+	ErrUnavailable = errors.New("upstream: unavailable")
+	// ErrTimeout: the last attempt got no response in time; the request
+	// may have been processed. See *CallError.
+	ErrTimeout = errors.New("upstream: timed out")
+	// ErrResponseTooLarge: the response body exceeds max_body_bytes.
+	ErrResponseTooLarge = errors.New("upstream: response body too large")
+)
+
+// RequestError is a request refused before any attempt.
+type RequestError struct {
+	// Field is the request field at fault (upstream, method, path, query,
+	// headers, body, idempotency_key).
+	Field string
+	Msg   string
+	// Target: the request does not name a configured upstream target (an
+	// unknown upstream, an absolute URL, a path leaving the base URL).
+	Target bool
+}
+
+func (e *RequestError) Error() string { return "upstream: " + e.Field + ": " + e.Msg }
+
+// Is matches ErrInvalidRequest, and ErrUnknownTarget when Target is set.
+func (e *RequestError) Is(target error) bool {
+	return target == ErrInvalidRequest || e.Target && target == ErrUnknownTarget
+}
+
+// CallError is a call whose last attempt got no response.
+type CallError struct {
+	Upstream string
+	Attempts int
+	// Kind is ErrUnavailable or ErrTimeout.
+	Kind  error
+	Cause error
+}
+
+func (e *CallError) Error() string {
+	what := "no connection"
+	if e.Kind == ErrTimeout {
+		what = "no response in time"
+	}
+	return fmt.Sprintf("upstream %q: %s after %d attempt(s): %s", e.Upstream, what, e.Attempts, describe(e.Cause))
+}
+
+// Is matches Kind.
+func (e *CallError) Is(target error) bool { return target == e.Kind }
+
+func (e *CallError) Unwrap() error { return e.Cause }
+
+// describe says what went wrong without the URL.
+func describe(err error) string {
+	var op *net.OpError
+	switch {
+	case errors.As(err, &op) && op.Err != nil:
+		return op.Op + ": " + op.Err.Error()
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	}
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err.Error()
+	}
+	return err.Error()
+}
+
+// Config is one upstream. Zero values get the defaults noted.
+type Config struct {
+	Name string
+	// URL is the base URL: http or https, a host, an optional path prefix.
+	URL string
+	// Timeout bounds one attempt (DefaultTimeout).
+	Timeout time.Duration
+	// Breaker names the upstream's circuit breaker (default: Name).
+	Breaker string
+	// MaxAttempts counts the first try (DefaultMaxAttempts).
+	MaxAttempts int
+	// InitialBackoff and MaxBackoff shape the retry delay: attempt n waits
+	// a uniform random time in [0, min(MaxBackoff, InitialBackoff*2^(n-1))]
+	// (DefaultInitialBackoff, DefaultMaxBackoff).
+	InitialBackoff, MaxBackoff time.Duration
+	// MaxBodyBytes bounds request and response bodies
+	// (DefaultMaxBodyBytes).
+	MaxBodyBytes int64
+	// MaxConns bounds the connections to the upstream (DefaultMaxConns).
+	MaxConns int
+}
+
+// Breakers is the breaker service an upstream call goes through.
+type Breakers interface {
+	Allow(ctx context.Context, name string, ttl time.Duration) (breaker.Decision, error)
+	Report(ctx context.Context, permitID string, o breaker.Outcome, dur time.Duration) (breaker.ReportResult, error)
+}
+
+// Options configure a Caller.
+type Options struct {
+	// Breakers; required.
+	Breakers Breakers
+	Log      *slog.Logger
+	Metrics  *metrics.Metrics
+	// BodyLimit, when > 0, caps every upstream's MaxBodyBytes (the gRPC
+	// message limit leaves no room for more).
+	BodyLimit int64
+	// Rand returns a uniform number in [0, 1) for the jitter (default
+	// math/rand/v2). Sleep waits d or until ctx ends (default a timer).
+	// Both are for tests.
+	Rand  func() float64
+	Sleep func(ctx context.Context, d time.Duration) error
+}
+
+type target struct {
+	Config
+	base   *url.URL
+	client *http.Client
+}
+
+// Caller makes calls to the configured upstreams. It is safe for
+// concurrent use; Close releases idle connections.
+type Caller struct {
+	targets map[string]*target
+	names   []string
+	opts    Options
+}
+
+// New checks the upstreams and prepares a connection pool for each.
+func New(cfgs []Config, opts Options) (*Caller, error) {
+	if opts.Breakers == nil {
+		return nil, errors.New("upstream: Options.Breakers is required")
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	if opts.Rand == nil {
+		opts.Rand = rand.Float64
+	}
+	if opts.Sleep == nil {
+		opts.Sleep = sleep
+	}
+	c := &Caller{targets: map[string]*target{}, opts: opts}
+	for _, cfg := range cfgs {
+		t, err := newTarget(cfg, opts.BodyLimit)
+		if err != nil {
+			return nil, fmt.Errorf("upstream %q: %w", cfg.Name, err)
+		}
+		if _, dup := c.targets[cfg.Name]; dup {
+			return nil, fmt.Errorf("upstream %q: declared twice", cfg.Name)
+		}
+		c.targets[cfg.Name] = t
+		c.names = append(c.names, cfg.Name)
+	}
+	slices.Sort(c.names)
+	return c, nil
+}
+
+func newTarget(cfg Config, bodyLimit int64) (*target, error) {
+	base, err := parseBase(cfg.URL)
+	if err != nil {
+		return nil, fmt.Errorf("url: %w", err)
+	}
+	def := func(v *time.Duration, d time.Duration) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&cfg.Timeout, DefaultTimeout)
+	def(&cfg.InitialBackoff, DefaultInitialBackoff)
+	def(&cfg.MaxBackoff, DefaultMaxBackoff)
+	if cfg.Breaker == "" {
+		cfg.Breaker = cfg.Name
+	}
+	if cfg.MaxAttempts == 0 {
+		cfg.MaxAttempts = DefaultMaxAttempts
+	}
+	if cfg.MaxBodyBytes == 0 {
+		cfg.MaxBodyBytes = DefaultMaxBodyBytes
+	}
+	if bodyLimit > 0 {
+		cfg.MaxBodyBytes = min(cfg.MaxBodyBytes, bodyLimit)
+	}
+	if cfg.MaxConns == 0 {
+		cfg.MaxConns = DefaultMaxConns
+	}
+	switch {
+	case cfg.Name == "":
+		return nil, errors.New("name: must not be empty")
+	case cfg.Timeout < MinTimeout || cfg.Timeout > MaxTimeout:
+		return nil, fmt.Errorf("timeout: must be between %v and %v, got %v", MinTimeout, MaxTimeout, cfg.Timeout)
+	case cfg.MaxAttempts < 1 || cfg.MaxAttempts > MaxMaxAttempts:
+		return nil, fmt.Errorf("retry.max_attempts: must be between 1 and %d, got %d", MaxMaxAttempts, cfg.MaxAttempts)
+	case cfg.InitialBackoff < MinBackoff || cfg.InitialBackoff > MaxBackoff:
+		return nil, fmt.Errorf("retry.initial_backoff: must be between %v and %v, got %v", MinBackoff, MaxBackoff, cfg.InitialBackoff)
+	case cfg.MaxBackoff < cfg.InitialBackoff || cfg.MaxBackoff > MaxBackoff:
+		return nil, fmt.Errorf("retry.max_backoff: must be between initial_backoff (%v) and %v, got %v", cfg.InitialBackoff, MaxBackoff, cfg.MaxBackoff)
+	case cfg.MaxBodyBytes < 1 || cfg.MaxBodyBytes > MaxMaxBodyBytes:
+		return nil, fmt.Errorf("max_body_bytes: must be between 1 and %d, got %d", MaxMaxBodyBytes, cfg.MaxBodyBytes)
+	case cfg.MaxConns < 1 || cfg.MaxConns > MaxMaxConns:
+		return nil, fmt.Errorf("max_connections: must be between 1 and %d, got %d", MaxMaxConns, cfg.MaxConns)
+	}
+	tr := &http.Transport{
+		// Upstreams are reached directly: no proxy from the environment.
+		Proxy:                  nil,
+		DialContext:            (&net.Dialer{Timeout: cfg.Timeout, KeepAlive: 30 * time.Second}).DialContext,
+		ForceAttemptHTTP2:      true,
+		MaxConnsPerHost:        cfg.MaxConns,
+		MaxIdleConns:           cfg.MaxConns,
+		MaxIdleConnsPerHost:    cfg.MaxConns,
+		IdleConnTimeout:        90 * time.Second,
+		TLSHandshakeTimeout:    10 * time.Second,
+		ExpectContinueTimeout:  time.Second,
+		MaxResponseHeaderBytes: maxResponseHeaderBytes,
+		// Bodies pass through as the upstream sent them.
+		DisableCompression: true,
+	}
+	client := &http.Client{
+		Transport: tr,
+		CheckRedirect: func(*http.Request, []*http.Request) error {
+			return http.ErrUseLastResponse
+		},
+	}
+	return &target{Config: cfg, base: base, client: client}, nil
+}
+
+// Close releases idle connections. Calls in flight are not affected.
+func (c *Caller) Close() {
+	for _, t := range c.targets {
+		t.client.CloseIdleConnections()
+	}
+}
+
+// Names returns the configured upstreams, sorted.
+func (c *Caller) Names() []string { return slices.Clone(c.names) }
+
+// Lookup returns an upstream's settings, with defaults applied.
+func (c *Caller) Lookup(name string) (Config, bool) {
+	t, ok := c.targets[name]
+	if !ok {
+		return Config{}, false
+	}
+	return t.Config, true
+}
+
+// Header is one request or response header field.
+type Header struct{ Name, Value string }
+
+// Request is one call.
+type Request struct {
+	Upstream string
+	// Method: GET when empty.
+	Method string
+	// Path (escaped, starting with "/") and Query (escaped, no "?") are
+	// appended to the upstream's base URL.
+	Path, Query string
+	Headers     []Header
+	Body        []byte
+	// Timeout bounds the whole call (DefaultCallTimeout; at most
+	// MaxCallTimeout), within ctx's deadline.
+	Timeout time.Duration
+	// IdempotencyKey, when set, is sent as Idempotency-Key and makes any
+	// method retryable.
+	IdempotencyKey string
+}
+
+// Response is the last attempt's response.
+type Response struct {
+	Status   int
+	Headers  []Header
+	Body     []byte
+	Attempts int
+	// BreakerState is the upstream's breaker after the last attempt.
+	BreakerState breaker.State
+}
+
+// attemptResult is what one attempt produced.
+type attemptResult struct {
+	resp    *Response
+	err     error // transport error or ErrResponseTooLarge; nil with resp
+	timeout bool
+	retryIn time.Duration // Retry-After, when given
+}
+
+// Do performs the call. An HTTP response of any status is returned as a
+// *Response, the last one when retries ran out. Errors are listed at the
+// package's error variables; when the breaker refuses an attempt after an
+// earlier one got a response, that response is returned.
+func (c *Caller) Do(ctx context.Context, r Request) (*Response, error) {
+	t, ok := c.targets[r.Upstream]
+	if !ok {
+		msg := "unknown upstream " + strconv.Quote(r.Upstream)
+		if len(c.names) > 0 {
+			msg += " (configured: " + strings.Join(c.names, ", ") + ")"
+		} else {
+			msg += " (the config declares no upstreams)"
+		}
+		return nil, &RequestError{Field: "upstream", Target: true, Msg: msg}
+	}
+	method := r.Method
+	if method == "" {
+		method = http.MethodGet
+	}
+	safe, known := methods[method]
+	if !known {
+		return nil, &RequestError{Field: "method", Msg: fmt.Sprintf("must be one of GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS, got %q", method)}
+	}
+	u, err := resolve(t.base, r.Path, r.Query)
+	if err != nil {
+		return nil, err
+	}
+	header, err := buildHeader(r.Headers, r.IdempotencyKey)
+	if err != nil {
+		return nil, err
+	}
+	if int64(len(r.Body)) > t.MaxBodyBytes {
+		return nil, &RequestError{Field: "body", Msg: fmt.Sprintf("must be at most %d bytes (the upstream's max_body_bytes), got %d", t.MaxBodyBytes, len(r.Body))}
+	}
+	retryable := safe || r.IdempotencyKey != ""
+	timeout := r.Timeout
+	if timeout <= 0 {
+		timeout = DefaultCallTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, min(timeout, MaxCallTimeout))
+	defer cancel()
+
+	var last attemptResult
+	for attempt := 1; ; attempt++ {
+		deadline, _ := ctx.Deadline()
+		budget := time.Until(deadline)
+		if budget <= 0 {
+			return finish(t, last, attempt-1, ctx.Err())
+		}
+		perAttempt := min(t.Timeout, budget)
+		dec, err := c.opts.Breakers.Allow(ctx, t.Breaker, min(perAttempt+permitSlack, breaker.MaxPermitTTL))
+		if err != nil {
+			return nil, err
+		}
+		if !dec.Allowed {
+			if last.resp != nil {
+				last.resp.BreakerState = dec.State
+				last.resp.Attempts = attempt - 1
+				return last.resp, nil
+			}
+			return nil, &breaker.OpenError{Breaker: t.Breaker, State: dec.State, RetryAfter: dec.RetryAfter}
+		}
+		start := time.Now()
+		last = c.attempt(ctx, t, method, u, header, r.Body, perAttempt)
+		elapsed := time.Since(start)
+		outcome := classify(ctx, last)
+		c.observe(t, last, elapsed)
+		rctx, rcancel := context.WithTimeout(context.WithoutCancel(ctx), reportTimeout)
+		rep, rerr := c.opts.Breakers.Report(rctx, dec.PermitID, outcome, elapsed)
+		rcancel()
+		state := dec.State
+		if rerr == nil {
+			state = rep.State
+		} else {
+			c.opts.Log.Warn("upstream: breaker report failed", "upstream", t.Name, "breaker", t.Breaker, "error", rerr)
+		}
+		if last.resp != nil {
+			last.resp.Attempts, last.resp.BreakerState = attempt, state
+		}
+		if outcome == breaker.Ignored {
+			// The caller went away.
+			return nil, ctx.Err()
+		}
+		if !retryable || attempt >= t.MaxAttempts || !shouldRetry(last) {
+			return finish(t, last, attempt, nil)
+		}
+		wait := c.backoff(t, attempt)
+		if last.retryIn > 0 {
+			wait = max(wait, last.retryIn)
+		}
+		if deadline, _ := ctx.Deadline(); time.Until(deadline) <= wait {
+			// No time for another attempt after the wait: the last
+			// answer is the answer.
+			return finish(t, last, attempt, nil)
+		}
+		c.opts.Log.Debug("upstream: retrying", "upstream", t.Name, "attempt", attempt, "wait", wait.String())
+		if err := c.opts.Sleep(ctx, wait); err != nil {
+			if errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil {
+				return finish(t, last, attempt, nil)
+			}
+			return nil, err
+		}
+	}
+}
+
+// finish turns the last attempt into Do's result.
+func finish(t *target, last attemptResult, attempts int, ctxErr error) (*Response, error) {
+	switch {
+	case last.resp != nil && last.err == nil:
+		return last.resp, nil
+	case last.err != nil && errors.Is(last.err, ErrResponseTooLarge):
+		return nil, last.err
+	case last.err != nil:
+		kind := ErrUnavailable
+		if last.timeout {
+			kind = ErrTimeout
+		}
+		return nil, &CallError{Upstream: t.Name, Attempts: attempts, Kind: kind, Cause: last.err}
+	case ctxErr != nil:
+		return nil, ctxErr
+	}
+	return nil, context.DeadlineExceeded
+}
+
+// attempt makes one HTTP request and reads the response, bounded by
+// perAttempt.
+func (c *Caller) attempt(ctx context.Context, t *target, method string, u *url.URL, header http.Header, body []byte, perAttempt time.Duration) attemptResult {
+	actx, cancel := context.WithTimeout(ctx, perAttempt)
+	defer cancel()
+	var rd io.Reader
+	if len(body) > 0 {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(actx, method, u.String(), rd)
+	if err != nil {
+		return attemptResult{err: err}
+	}
+	req.Header = header.Clone()
+	resp, err := t.client.Do(req)
+	if err != nil {
+		return attemptResult{err: err, timeout: isTimeout(actx, err)}
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, t.MaxBodyBytes+1))
+	if err != nil {
+		return attemptResult{err: err, timeout: isTimeout(actx, err)}
+	}
+	out := attemptResult{resp: &Response{Status: resp.StatusCode, Headers: toHeaders(resp.Header)}}
+	if int64(len(data)) > t.MaxBodyBytes {
+		out.err = fmt.Errorf("%w: upstream %q sent more than max_body_bytes (%d)", ErrResponseTooLarge, t.Name, t.MaxBodyBytes)
+		return out
+	}
+	out.resp.Body = data
+	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
+		out.retryIn = retryAfter(resp.Header.Get("Retry-After"), time.Now())
+	}
+	return out
+}
+
+func isTimeout(actx context.Context, err error) bool {
+	var ne net.Error
+	return errors.Is(err, context.DeadlineExceeded) || actx.Err() == context.DeadlineExceeded ||
+		errors.As(err, &ne) && ne.Timeout()
+}
+
+// classify is the breaker outcome of an attempt: 5xx, timeouts and
+// transport errors are failures; a call the caller cancelled is ignored.
+func classify(ctx context.Context, a attemptResult) breaker.Outcome {
+	switch {
+	case errors.Is(ctx.Err(), context.Canceled):
+		return breaker.Ignored
+	case a.resp != nil:
+		if a.resp.Status >= 500 {
+			return breaker.Failure
+		}
+		return breaker.Success
+	}
+	return breaker.Failure
+}
+
+// shouldRetry: no response, or 429, 502, 503, 504.
+func shouldRetry(a attemptResult) bool {
+	if a.resp == nil {
+		return a.err != nil
+	}
+	if a.err != nil {
+		return false // a response too large is final
+	}
+	switch a.resp.Status {
+	case http.StatusTooManyRequests, http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return true
+	}
+	return false
+}
+
+// backoff is the full-jitter delay after the attempt-th attempt.
+func (c *Caller) backoff(t *target, attempt int) time.Duration {
+	ceiling := t.InitialBackoff
+	for i := 1; i < attempt && ceiling < t.MaxBackoff; i++ {
+		ceiling *= 2
+	}
+	ceiling = min(ceiling, t.MaxBackoff)
+	return time.Duration(c.opts.Rand() * float64(ceiling))
+}
+
+// retryAfter reads a Retry-After value: delay-seconds or an HTTP date.
+// Zero when absent or unreadable.
+func retryAfter(v string, now time.Time) time.Duration {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return 0
+	}
+	if n, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if n <= 0 {
+			return 0
+		}
+		return time.Duration(min(n, int64(MaxCallTimeout/time.Second))) * time.Second
+	}
+	if at, err := http.ParseTime(v); err == nil && at.After(now) {
+		return min(at.Sub(now), MaxCallTimeout)
+	}
+	return 0
+}
+
+func toHeaders(h http.Header) []Header {
+	keys := make([]string, 0, len(h))
+	for k := range h {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var out []Header
+	for _, k := range keys {
+		for _, v := range h[k] {
+			out = append(out, Header{Name: k, Value: v})
+		}
+	}
+	return out
+}
+
+func (c *Caller) observe(t *target, a attemptResult, d time.Duration) {
+	m := c.opts.Metrics
+	if m == nil {
+		return
+	}
+	code := "error"
+	switch {
+	case a.resp != nil:
+		code = strconv.Itoa(a.resp.Status)
+	case a.timeout:
+		code = "timeout"
+	}
+	m.UpstreamRequests.WithLabelValues(t.Name, code).Inc()
+	m.UpstreamLatency.WithLabelValues(t.Name).Observe(d.Seconds())
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-timer.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
