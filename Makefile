@@ -34,9 +34,10 @@ generate: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc
 	buf generate
 
 ## check-generated: fails when committed generated code differs from what make generate writes.
+GENERATED := clients/go/resiliencev1
+
 check-generated: generate
-	@git add -N clients 2>/dev/null || true
-	@git diff --exit-code --stat -- clients || { echo "generated code is stale: run 'make generate' and commit" >&2; exit 1; }
+	@test -z "$$(git status --porcelain -- $(GENERATED))" || { git status --short -- $(GENERATED); echo "generated code is stale: run 'make generate' and commit" >&2; exit 1; }
 
 lint: $(BIN)/buf
 	$(GO) vet ./...

@@ -99,10 +99,10 @@ func TestBreakerSharedAcrossSidecars(t *testing.T) {
 	rd := testharness.StartRedis(t)
 	cfg := brkConfig(t, `
 breakers:
-  fleet:  {scope: shared, consecutive_failures: 3, open_duration: 1s, half_open_max_calls: 2}
+  fleet:  {scope: shared, consecutive_failures: 3, open_duration: 3s, half_open_max_calls: 2}
   mine:   {scope: local, consecutive_failures: 3, open_duration: 1m}
   quorum: {scope: shared, consecutive_failures: 2, min_reporters: 2, open_duration: 1m}
-  probe:  {scope: shared, consecutive_failures: 1, open_duration: 500ms}
+  probe:  {scope: shared, consecutive_failures: 1, open_duration: 2s}
 `)
 	sc := brkSidecars(t, 3, rd.URL(), cfg)
 	a, b, c := sc[0], sc[1], sc[2]
@@ -270,11 +270,11 @@ func TestBreakerExecuteCall(t *testing.T) {
 	up := newBrkUpstream(t)
 	cfg := brkConfig(t, fmt.Sprintf(`
 breakers:
-  api: {consecutive_failures: 3, open_duration: 1s}
+  api: {consecutive_failures: 3, open_duration: 3s}
 upstreams:
   api:
     url: %s/v1
-    timeout: 300ms
+    timeout: 1s
     retry: {max_attempts: 3, initial_backoff: 10ms, max_backoff: 50ms}
     max_body_bytes: 1024
 `, up.URL))
@@ -355,8 +355,8 @@ upstreams:
 			retry = ri.GetRetryDelay().AsDuration()
 		}
 	}
-	if retry <= 0 || retry > time.Second {
-		t.Fatalf("RetryInfo %v, want the time until half-open (at most 1s)", retry)
+	if retry <= 0 || retry > 3*time.Second {
+		t.Fatalf("RetryInfo %v, want the time until half-open (at most 3s)", retry)
 	}
 	if up.hits.Load() != 3 {
 		t.Fatalf("the open breaker let a request through (%d hits)", up.hits.Load())

@@ -25,7 +25,7 @@ func newBreakers(cfg *config.Config, shared breaker.Store, m *metrics.Metrics, l
 			log.Warn("breaker has scope shared, but on the embedded store it is local to this sidecar (min_reporters ignored)", "breaker", name)
 		}
 	}
-	svc, err := breaker.NewService(breaker.Options{Policies: policies, Shared: shared, Log: log, Metrics: m})
+	svc, err := breaker.NewService(breaker.Options{Policies: policies, Shared: shared, MaxBreakers: cfg.MaxBreakers, Log: log, Metrics: m})
 	if err != nil {
 		return nil, nil, fmt.Errorf("breakers: %w", err)
 	}

@@ -287,7 +287,7 @@ func TestBreakerAPIExecuteCall(t *testing.T) {
 
 	sc := startBreakers(t, map[string]breaker.Policy{"pay": {ConsecutiveFailures: 2, OpenDuration: 7 * time.Second}},
 		[]upstream.Config{
-			{Name: "pay", URL: srv.URL + "/api", MaxBodyBytes: 1024, Timeout: 100 * time.Millisecond},
+			{Name: "pay", URL: srv.URL + "/api", MaxBodyBytes: 1024, Timeout: time.Second},
 			{Name: "dead", URL: deadURL, MaxAttempts: 2},
 		})
 	ctx := rpcCtx(t)

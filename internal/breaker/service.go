@@ -136,9 +136,11 @@ type Service struct {
 	pending   []pendingReport
 	dropped   int
 
-	stop      chan struct{}
-	done      chan struct{}
-	closeOnce sync.Once
+	// life ends when Close is called; done is closed when the recovery
+	// goroutine has returned.
+	life context.Context
+	stop context.CancelFunc
+	done chan struct{}
 }
 
 // entry is one breaker this process tracks.
@@ -179,9 +181,9 @@ func NewService(opts Options) (*Service, error) {
 		maxPending:  opts.MaxPendingReports,
 		interval:    opts.RecoveryInterval,
 		reg:         map[string]*entry{},
-		stop:        make(chan struct{}),
 		done:        make(chan struct{}),
 	}
+	s.life, s.stop = context.WithCancel(context.Background())
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -204,10 +206,12 @@ func NewService(opts Options) (*Service, error) {
 		s.interval = DefaultRecoveryInterval
 	}
 	if _, err := io.ReadFull(s.entropy, s.reporter[:]); err != nil {
+		s.stop()
 		return nil, fmt.Errorf("breaker: reporter id: %w", err)
 	}
 	for name, p := range opts.Policies {
 		if err := p.Validate(); err != nil {
+			s.stop()
 			return nil, fmt.Errorf("breaker %q: %w", name, err)
 		}
 		if name == DefaultName {
@@ -234,7 +238,7 @@ func NewService(opts Options) (*Service, error) {
 // Close stops the recovery goroutine. Reports still pending for an
 // unreachable store are dropped (their permits expire as failures).
 func (s *Service) Close() {
-	s.closeOnce.Do(func() { close(s.stop) })
+	s.stop()
 	<-s.done
 }
 
@@ -612,10 +616,14 @@ func (s *Service) observe(e *entry, st State) {
 	if s.metrics != nil {
 		s.metrics.BreakerState.WithLabelValues(e.name).Set(metricState(st))
 	}
-	if old == 0 && st == Closed {
-		return // first sight of a closed breaker: nothing changed
+	from := old.String()
+	if old == 0 {
+		if st == Closed {
+			return // first sight of a closed breaker: nothing changed
+		}
+		from = "unseen"
 	}
-	s.log.Info("breaker state changed", "breaker", e.name, "from", old.String(), "to", st.String(), "scope", e.policy.Scope.String())
+	s.log.Info("breaker state changed", "breaker", e.name, "from", from, "to", st.String(), "scope", e.policy.Scope.String())
 	if s.metrics != nil {
 		s.metrics.BreakerTransitions.WithLabelValues(e.name, st.String()).Inc()
 	}
@@ -660,19 +668,13 @@ func (s *Service) recoveryLoop() {
 	defer close(s.done)
 	t := time.NewTicker(s.interval)
 	defer t.Stop()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	go func() {
-		<-s.stop
-		cancel()
-	}()
 	for {
 		select {
-		case <-s.stop:
+		case <-s.life.Done():
 			return
 		case <-t.C:
 		}
-		s.recover(ctx)
+		s.recover(s.life)
 	}
 }
 

@@ -256,6 +256,9 @@ func runConformance(t *testing.T, newStore func(*testing.T) storeUnderTest) {
 	t.Run("an unreported permit counts as a failure when it expires", func(t *testing.T) {
 		st := newStore(t)
 		s := st.store
+		// Long enough that the reopened breaker is still open at the end,
+		// however slow the machine.
+		open := 2 * time.Second
 		p := breaker.Policy{ConsecutiveFailures: 2, OpenDuration: open}
 		_, p1 := allow(t, s, "b", p, repA, 50*time.Millisecond)
 		_, p2 := allow(t, s, "b", p, repA, 50*time.Millisecond)

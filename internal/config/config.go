@@ -89,6 +89,10 @@ type Config struct {
 	// MaxResultBytes bounds a stored idempotency result, data plus metadata
 	// keys and values (1024-67108864, default 1048576).
 	MaxResultBytes int `yaml:"max_result_bytes"`
+	// MaxBreakers bounds the circuit breakers one sidecar tracks
+	// (1-1000000, default 10000); beyond it a new name is
+	// RESOURCE_EXHAUSTED/LIMIT_EXCEEDED.
+	MaxBreakers int `yaml:"max_breakers"`
 	// Breakers holds the file's breaker policies by name, validated and
 	// with defaults filled in (see BreakerPolicy); "default" covers the
 	// names not declared. Nil when the file declares none.
@@ -178,6 +182,7 @@ func (c Config) attrs() []slog.Attr {
 		slog.String("max_offset", c.MaxOffset.String()),
 		slog.Int("max_message_bytes", c.MaxMessageBytes),
 		slog.Int("max_result_bytes", c.MaxResultBytes),
+		slog.Int("max_breakers", c.MaxBreakers),
 		slog.Int("breakers", len(c.Breakers)),
 		slog.Int("upstreams", len(c.Upstreams)),
 	}

@@ -83,6 +83,7 @@ func TestDefaults(t *testing.T) {
 		MaxOffset:       500 * time.Millisecond,
 		MaxMessageBytes: 4194304,
 		MaxResultBytes:  1048576,
+		MaxBreakers:     10000,
 	}
 	if fmt.Sprintf("%#v", *c) != fmt.Sprintf("%#v", want) || c.APIToken != "" || c.APITokenFile != "" ||
 		c.RedisURL != "" || c.ConfigFile != "" || c.Breakers != nil || c.Upstreams != nil {
@@ -135,6 +136,8 @@ func TestPrecedence(t *testing.T) {
 			get: func(c *Config) string { return strconv.Itoa(c.MaxMessageBytes) }},
 		{key: "max_result_bytes", def: "1048576", file: "1024", env: "2048", flag: "67108864",
 			get: func(c *Config) string { return strconv.Itoa(c.MaxResultBytes) }},
+		{key: "max_breakers", def: "10000", file: "1", env: "500", flag: "1000000",
+			get: func(c *Config) string { return strconv.Itoa(c.MaxBreakers) }},
 	}
 	for _, tc := range tests {
 		flagName := "--" + strings.ReplaceAll(tc.key, "_", "-")
@@ -319,6 +322,9 @@ func TestBounds(t *testing.T) {
 		{"max_result_bytes", "1023", "must be between 1024 and 67108864, got 1023", nil},
 		{"max_result_bytes", "67108865", "must be between 1024 and 67108864, got 67108865", nil},
 		{"max_result_bytes", "1MiB", `must be an integer number of bytes, got "1MiB"`, nil},
+		{"max_breakers", "1", "", nil},
+		{"max_breakers", "0", `must be a whole number between 1 and 1000000, got "0"`, nil},
+		{"max_breakers", "1000001", `must be a whole number between 1 and 1000000, got "1000001"`, nil},
 	}
 	for _, tc := range tests {
 		flagName := "--" + strings.ReplaceAll(tc.key, "_", "-")

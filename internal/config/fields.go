@@ -30,6 +30,8 @@ const (
 	minMessageBytes    = 1024
 	maxMessageBytes    = 64 << 20
 	minResultBytes     = 1024
+	minBreakers        = 1
+	maxBreakers        = 1_000_000
 	maxResultBytes     = 64 << 20
 
 	maxNamespaceLen = 64
@@ -169,6 +171,18 @@ func fields() []field {
 					return fmt.Errorf("must be between %d and %d, got %d", minResultBytes, maxResultBytes, n)
 				}
 				c.MaxResultBytes = int(n)
+				return nil
+			},
+		},
+		{
+			key: "max_breakers", typ: "count", def: "10000", inFile: true,
+			usage: fmt.Sprintf("most circuit breakers one sidecar tracks; idle undeclared ones are forgotten to make room (%d-%d)", minBreakers, maxBreakers),
+			set: func(c *Config, s string) error {
+				n, err := strconv.ParseInt(s, 10, 64)
+				if err != nil || n < minBreakers || n > maxBreakers {
+					return fmt.Errorf("must be a whole number between %d and %d, got %s", minBreakers, maxBreakers, quoteValue(s))
+				}
+				c.MaxBreakers = int(n)
 				return nil
 			},
 		},

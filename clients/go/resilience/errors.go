@@ -29,6 +29,9 @@ var (
 	ErrLimitExceeded          = errors.New("resilience: limit exceeded")
 	ErrClockSkew              = errors.New("resilience: clock skew")
 	ErrShuttingDown           = errors.New("resilience: sidecar shutting down")
+	ErrPermitUnknown          = errors.New("resilience: breaker permit unknown, expired or already reported")
+	ErrUpstreamUnavailable    = errors.New("resilience: upstream gave no response")
+	ErrUpstreamTimeout        = errors.New("resilience: upstream timed out")
 	// ErrInvalidArgument matches every INVALID_ARGUMENT; Error.Violations
 	// names the fields.
 	ErrInvalidArgument = errors.New("resilience: invalid argument")
@@ -45,6 +48,9 @@ var reasons = map[string]error{
 	"LIMIT_EXCEEDED":           ErrLimitExceeded,
 	"CLOCK_SKEW":               ErrClockSkew,
 	"SHUTTING_DOWN":            ErrShuttingDown,
+	"PERMIT_UNKNOWN":           ErrPermitUnknown,
+	"UPSTREAM_UNAVAILABLE":     ErrUpstreamUnavailable,
+	"UPSTREAM_TIMEOUT":         ErrUpstreamTimeout,
 }
 
 // Error is a sidecar error with its decoded details. It matches the

@@ -192,10 +192,10 @@ func (CallOutcome) EnumDescriptor() ([]byte, []int) {
 type AllowCallRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// 1-512 bytes of UTF-8 without control characters.
-	Breaker string `protobuf:"bytes,1,opt,name=breaker,proto3" json:"breaker,omitempty"`
+	Breaker string `protobuf:"bytes,1,opt,name=breaker" json:"breaker,omitempty"`
 	// How long the permit waits for its report before it counts as a
 	// failure: 1ms-10m, default 60s.
-	PermitTtl     *durationpb.Duration `protobuf:"bytes,2,opt,name=permit_ttl,json=permitTtl,proto3" json:"permit_ttl,omitempty"`
+	PermitTtl     *durationpb.Duration `protobuf:"bytes,2,opt,name=permit_ttl,json=permitTtl" json:"permit_ttl,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -246,19 +246,19 @@ func (x *AllowCallRequest) GetPermitTtl() *durationpb.Duration {
 
 type AllowCallResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
-	Allowed bool                   `protobuf:"varint,1,opt,name=allowed,proto3" json:"allowed,omitempty"`
+	Allowed bool                   `protobuf:"varint,1,opt,name=allowed" json:"allowed,omitempty"`
 	// Set when allowed: pass it to ReportCall.
-	PermitId string `protobuf:"bytes,2,opt,name=permit_id,json=permitId,proto3" json:"permit_id,omitempty"`
+	PermitId string `protobuf:"bytes,2,opt,name=permit_id,json=permitId" json:"permit_id,omitempty"`
 	// The state the call was decided in.
-	State BreakerState `protobuf:"varint,3,opt,name=state,proto3,enum=resilience.v1.BreakerState" json:"state,omitempty"`
+	State BreakerState `protobuf:"varint,3,opt,name=state,enum=resilience.v1.BreakerState" json:"state,omitempty"`
 	// Set when not allowed: when asking again makes sense (open: the time
 	// until half-open; half-open: the time until a probe slot may free up).
-	RetryAfter *durationpb.Duration `protobuf:"bytes,4,opt,name=retry_after,json=retryAfter,proto3" json:"retry_after,omitempty"`
+	RetryAfter *durationpb.Duration `protobuf:"bytes,4,opt,name=retry_after,json=retryAfter" json:"retry_after,omitempty"`
 	// Set when allowed: when an unreported permit counts as a failure.
-	PermitExpireTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=permit_expire_time,json=permitExpireTime,proto3" json:"permit_expire_time,omitempty"`
+	PermitExpireTime *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=permit_expire_time,json=permitExpireTime" json:"permit_expire_time,omitempty"`
 	// True when a shared breaker was decided by this sidecar's local
 	// fallback because the store is unreachable.
-	Degraded      bool `protobuf:"varint,6,opt,name=degraded,proto3" json:"degraded,omitempty"`
+	Degraded      bool `protobuf:"varint,6,opt,name=degraded" json:"degraded,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -337,11 +337,11 @@ func (x *AllowCallResponse) GetDegraded() bool {
 
 type ReportCallRequest struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
-	PermitId string                 `protobuf:"bytes,1,opt,name=permit_id,json=permitId,proto3" json:"permit_id,omitempty"`
-	Outcome  CallOutcome            `protobuf:"varint,2,opt,name=outcome,proto3,enum=resilience.v1.CallOutcome" json:"outcome,omitempty"`
+	PermitId string                 `protobuf:"bytes,1,opt,name=permit_id,json=permitId" json:"permit_id,omitempty"`
+	Outcome  CallOutcome            `protobuf:"varint,2,opt,name=outcome,enum=resilience.v1.CallOutcome" json:"outcome,omitempty"`
 	// How long the call took, for slow-call detection: 0-24h. Unset: the
 	// time since AllowCall.
-	Duration      *durationpb.Duration `protobuf:"bytes,3,opt,name=duration,proto3" json:"duration,omitempty"`
+	Duration      *durationpb.Duration `protobuf:"bytes,3,opt,name=duration" json:"duration,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -400,13 +400,13 @@ func (x *ReportCallRequest) GetDuration() *durationpb.Duration {
 type ReportCallResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The breaker's state after the report.
-	State BreakerState `protobuf:"varint,1,opt,name=state,proto3,enum=resilience.v1.BreakerState" json:"state,omitempty"`
+	State BreakerState `protobuf:"varint,1,opt,name=state,enum=resilience.v1.BreakerState" json:"state,omitempty"`
 	// False when the outcome was not counted: the permit belongs to an
 	// earlier generation of the breaker (it changed state meanwhile), or the
 	// store was unreachable and the report is kept to be replayed.
-	Counted bool `protobuf:"varint,2,opt,name=counted,proto3" json:"counted,omitempty"`
+	Counted bool `protobuf:"varint,2,opt,name=counted" json:"counted,omitempty"`
 	// True when the store was unreachable and the local fallback answered.
-	Degraded      bool `protobuf:"varint,3,opt,name=degraded,proto3" json:"degraded,omitempty"`
+	Degraded      bool `protobuf:"varint,3,opt,name=degraded" json:"degraded,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -465,8 +465,8 @@ func (x *ReportCallResponse) GetDegraded() bool {
 // HttpHeader is one header field; a name may repeat.
 type HttpHeader struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Name          string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	Value         string                 `protobuf:"bytes,2,opt,name=value,proto3" json:"value,omitempty"`
+	Name          string                 `protobuf:"bytes,1,opt,name=name" json:"name,omitempty"`
+	Value         string                 `protobuf:"bytes,2,opt,name=value" json:"value,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -518,26 +518,26 @@ func (x *HttpHeader) GetValue() string {
 type ExecuteCallRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// A name from the `upstreams` section of the sidecar's config.
-	Upstream string `protobuf:"bytes,1,opt,name=upstream,proto3" json:"upstream,omitempty"`
+	Upstream string `protobuf:"bytes,1,opt,name=upstream" json:"upstream,omitempty"`
 	// GET (default), HEAD, POST, PUT, PATCH, DELETE or OPTIONS.
-	Method string `protobuf:"bytes,2,opt,name=method,proto3" json:"method,omitempty"`
+	Method string `protobuf:"bytes,2,opt,name=method" json:"method,omitempty"`
 	// Escaped path starting with "/", appended to the upstream's base URL.
 	// It may not leave the base URL ("..", an absolute URL, "//host").
-	Path string `protobuf:"bytes,3,opt,name=path,proto3" json:"path,omitempty"`
+	Path string `protobuf:"bytes,3,opt,name=path" json:"path,omitempty"`
 	// Escaped query string without the leading "?".
-	Query string `protobuf:"bytes,4,opt,name=query,proto3" json:"query,omitempty"`
+	Query string `protobuf:"bytes,4,opt,name=query" json:"query,omitempty"`
 	// Request headers, at most 100 and 64 KiB. Hop-by-hop headers, Host,
 	// Content-Length and Idempotency-Key (use the field) are refused.
-	Headers []*HttpHeader `protobuf:"bytes,5,rep,name=headers,proto3" json:"headers,omitempty"`
+	Headers []*HttpHeader `protobuf:"bytes,5,rep,name=headers" json:"headers,omitempty"`
 	// Request body, at most the upstream's max_body_bytes (default 4 MiB).
-	Body []byte `protobuf:"bytes,6,opt,name=body,proto3" json:"body,omitempty"`
+	Body []byte `protobuf:"bytes,6,opt,name=body" json:"body,omitempty"`
 	// Bound on the whole call, every attempt and backoff included:
 	// 1ms-10m, default 30s, and never past the gRPC deadline.
-	Timeout *durationpb.Duration `protobuf:"bytes,7,opt,name=timeout,proto3" json:"timeout,omitempty"`
+	Timeout *durationpb.Duration `protobuf:"bytes,7,opt,name=timeout" json:"timeout,omitempty"`
 	// Forwarded as the Idempotency-Key header. Setting it makes any method
 	// retryable; without it only GET, HEAD, PUT, DELETE and OPTIONS are
 	// retried. 1-512 printable ASCII characters.
-	IdempotencyKey string `protobuf:"bytes,8,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
+	IdempotencyKey string `protobuf:"bytes,8,opt,name=idempotency_key,json=idempotencyKey" json:"idempotency_key,omitempty"`
 	unknownFields  protoimpl.UnknownFields
 	sizeCache      protoimpl.SizeCache
 }
@@ -631,15 +631,15 @@ func (x *ExecuteCallRequest) GetIdempotencyKey() string {
 type ExecuteCallResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// HTTP status of the last attempt.
-	Status  int32         `protobuf:"varint,1,opt,name=status,proto3" json:"status,omitempty"`
-	Headers []*HttpHeader `protobuf:"bytes,2,rep,name=headers,proto3" json:"headers,omitempty"`
+	Status  int32         `protobuf:"varint,1,opt,name=status" json:"status,omitempty"`
+	Headers []*HttpHeader `protobuf:"bytes,2,rep,name=headers" json:"headers,omitempty"`
 	// At most the upstream's max_body_bytes; a larger body is
 	// RESOURCE_EXHAUSTED/LIMIT_EXCEEDED.
-	Body []byte `protobuf:"bytes,3,opt,name=body,proto3" json:"body,omitempty"`
+	Body []byte `protobuf:"bytes,3,opt,name=body" json:"body,omitempty"`
 	// Attempts made, 1 or more.
-	Attempts int32 `protobuf:"varint,4,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	Attempts int32 `protobuf:"varint,4,opt,name=attempts" json:"attempts,omitempty"`
 	// The upstream's breaker after the last attempt.
-	BreakerState  BreakerState `protobuf:"varint,5,opt,name=breaker_state,json=breakerState,proto3,enum=resilience.v1.BreakerState" json:"breaker_state,omitempty"`
+	BreakerState  BreakerState `protobuf:"varint,5,opt,name=breaker_state,json=breakerState,enum=resilience.v1.BreakerState" json:"breaker_state,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -713,23 +713,23 @@ func (x *ExecuteCallResponse) GetBreakerState() BreakerState {
 // the trip conditions.
 type BreakerPolicy struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	Scope BreakerScope           `protobuf:"varint,1,opt,name=scope,proto3,enum=resilience.v1.BreakerScope" json:"scope,omitempty"`
+	Scope BreakerScope           `protobuf:"varint,1,opt,name=scope,enum=resilience.v1.BreakerScope" json:"scope,omitempty"`
 	// Trip after this many failures in a row (0: off).
-	ConsecutiveFailures uint32 `protobuf:"varint,2,opt,name=consecutive_failures,json=consecutiveFailures,proto3" json:"consecutive_failures,omitempty"`
+	ConsecutiveFailures uint32 `protobuf:"varint,2,opt,name=consecutive_failures,json=consecutiveFailures" json:"consecutive_failures,omitempty"`
 	// Trip when failures/calls over the window reaches this (0: off).
-	FailureRate float64              `protobuf:"fixed64,3,opt,name=failure_rate,json=failureRate,proto3" json:"failure_rate,omitempty"`
-	Window      *durationpb.Duration `protobuf:"bytes,4,opt,name=window,proto3" json:"window,omitempty"`
+	FailureRate float64              `protobuf:"fixed64,3,opt,name=failure_rate,json=failureRate" json:"failure_rate,omitempty"`
+	Window      *durationpb.Duration `protobuf:"bytes,4,opt,name=window" json:"window,omitempty"`
 	// Calls the window must hold before a rate can trip.
-	MinCalls uint32 `protobuf:"varint,5,opt,name=min_calls,json=minCalls,proto3" json:"min_calls,omitempty"`
+	MinCalls uint32 `protobuf:"varint,5,opt,name=min_calls,json=minCalls" json:"min_calls,omitempty"`
 	// A call at least this long is slow (0: off).
-	SlowCallDuration *durationpb.Duration `protobuf:"bytes,6,opt,name=slow_call_duration,json=slowCallDuration,proto3" json:"slow_call_duration,omitempty"`
+	SlowCallDuration *durationpb.Duration `protobuf:"bytes,6,opt,name=slow_call_duration,json=slowCallDuration" json:"slow_call_duration,omitempty"`
 	// Trip when slow calls/calls over the window reaches this (0: off).
-	SlowCallRate     float64              `protobuf:"fixed64,7,opt,name=slow_call_rate,json=slowCallRate,proto3" json:"slow_call_rate,omitempty"`
-	OpenDuration     *durationpb.Duration `protobuf:"bytes,8,opt,name=open_duration,json=openDuration,proto3" json:"open_duration,omitempty"`
-	HalfOpenMaxCalls uint32               `protobuf:"varint,9,opt,name=half_open_max_calls,json=halfOpenMaxCalls,proto3" json:"half_open_max_calls,omitempty"`
+	SlowCallRate     float64              `protobuf:"fixed64,7,opt,name=slow_call_rate,json=slowCallRate" json:"slow_call_rate,omitempty"`
+	OpenDuration     *durationpb.Duration `protobuf:"bytes,8,opt,name=open_duration,json=openDuration" json:"open_duration,omitempty"`
+	HalfOpenMaxCalls uint32               `protobuf:"varint,9,opt,name=half_open_max_calls,json=halfOpenMaxCalls" json:"half_open_max_calls,omitempty"`
 	// Shared scope: distinct sidecars whose failures must be in the window
 	// before the breaker opens.
-	MinReporters  uint32 `protobuf:"varint,10,opt,name=min_reporters,json=minReporters,proto3" json:"min_reporters,omitempty"`
+	MinReporters  uint32 `protobuf:"varint,10,opt,name=min_reporters,json=minReporters" json:"min_reporters,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -838,17 +838,17 @@ func (x *BreakerPolicy) GetMinReporters() uint32 {
 type BreakerCounts struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Calls, failures and slow calls in the sliding window (closed state).
-	Calls               uint32 `protobuf:"varint,1,opt,name=calls,proto3" json:"calls,omitempty"`
-	Failures            uint32 `protobuf:"varint,2,opt,name=failures,proto3" json:"failures,omitempty"`
-	SlowCalls           uint32 `protobuf:"varint,3,opt,name=slow_calls,json=slowCalls,proto3" json:"slow_calls,omitempty"`
-	ConsecutiveFailures uint32 `protobuf:"varint,4,opt,name=consecutive_failures,json=consecutiveFailures,proto3" json:"consecutive_failures,omitempty"`
+	Calls               uint32 `protobuf:"varint,1,opt,name=calls" json:"calls,omitempty"`
+	Failures            uint32 `protobuf:"varint,2,opt,name=failures" json:"failures,omitempty"`
+	SlowCalls           uint32 `protobuf:"varint,3,opt,name=slow_calls,json=slowCalls" json:"slow_calls,omitempty"`
+	ConsecutiveFailures uint32 `protobuf:"varint,4,opt,name=consecutive_failures,json=consecutiveFailures" json:"consecutive_failures,omitempty"`
 	// Half-open: probes admitted and not yet reported, and successes so far.
-	HalfOpenInFlight  uint32 `protobuf:"varint,5,opt,name=half_open_in_flight,json=halfOpenInFlight,proto3" json:"half_open_in_flight,omitempty"`
-	HalfOpenSuccesses uint32 `protobuf:"varint,6,opt,name=half_open_successes,json=halfOpenSuccesses,proto3" json:"half_open_successes,omitempty"`
+	HalfOpenInFlight  uint32 `protobuf:"varint,5,opt,name=half_open_in_flight,json=halfOpenInFlight" json:"half_open_in_flight,omitempty"`
+	HalfOpenSuccesses uint32 `protobuf:"varint,6,opt,name=half_open_successes,json=halfOpenSuccesses" json:"half_open_successes,omitempty"`
 	// Permits issued and not yet reported or expired.
-	OutstandingPermits uint32 `protobuf:"varint,7,opt,name=outstanding_permits,json=outstandingPermits,proto3" json:"outstanding_permits,omitempty"`
+	OutstandingPermits uint32 `protobuf:"varint,7,opt,name=outstanding_permits,json=outstandingPermits" json:"outstanding_permits,omitempty"`
 	// Distinct sidecars with a failure or slow call in the window.
-	FailureReporters uint32 `protobuf:"varint,8,opt,name=failure_reporters,json=failureReporters,proto3" json:"failure_reporters,omitempty"`
+	FailureReporters uint32 `protobuf:"varint,8,opt,name=failure_reporters,json=failureReporters" json:"failure_reporters,omitempty"`
 	unknownFields    protoimpl.UnknownFields
 	sizeCache        protoimpl.SizeCache
 }
@@ -941,18 +941,18 @@ func (x *BreakerCounts) GetFailureReporters() uint32 {
 
 type Breaker struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
-	Name   string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
-	State  BreakerState           `protobuf:"varint,2,opt,name=state,proto3,enum=resilience.v1.BreakerState" json:"state,omitempty"`
-	Policy *BreakerPolicy         `protobuf:"bytes,3,opt,name=policy,proto3" json:"policy,omitempty"`
+	Name   string                 `protobuf:"bytes,1,opt,name=name" json:"name,omitempty"`
+	State  BreakerState           `protobuf:"varint,2,opt,name=state,enum=resilience.v1.BreakerState" json:"state,omitempty"`
+	Policy *BreakerPolicy         `protobuf:"bytes,3,opt,name=policy" json:"policy,omitempty"`
 	// True when the config file declares this name; false for the default
 	// policy.
-	Declared bool           `protobuf:"varint,4,opt,name=declared,proto3" json:"declared,omitempty"`
-	Counts   *BreakerCounts `protobuf:"bytes,5,opt,name=counts,proto3" json:"counts,omitempty"`
+	Declared bool           `protobuf:"varint,4,opt,name=declared" json:"declared,omitempty"`
+	Counts   *BreakerCounts `protobuf:"bytes,5,opt,name=counts" json:"counts,omitempty"`
 	// Open: when probes will be admitted.
-	NextTransitionTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=next_transition_time,json=nextTransitionTime,proto3" json:"next_transition_time,omitempty"`
+	NextTransitionTime *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=next_transition_time,json=nextTransitionTime" json:"next_transition_time,omitempty"`
 	// True when the store is unreachable and this shared breaker runs on
 	// this sidecar's local fallback; the state shown is the fallback's.
-	Degraded      bool `protobuf:"varint,7,opt,name=degraded,proto3" json:"degraded,omitempty"`
+	Degraded      bool `protobuf:"varint,7,opt,name=degraded" json:"degraded,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1038,7 +1038,7 @@ func (x *Breaker) GetDegraded() bool {
 
 type GetBreakerRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Breaker       string                 `protobuf:"bytes,1,opt,name=breaker,proto3" json:"breaker,omitempty"`
+	Breaker       string                 `protobuf:"bytes,1,opt,name=breaker" json:"breaker,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1082,7 +1082,7 @@ func (x *GetBreakerRequest) GetBreaker() string {
 
 type GetBreakerResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Breaker       *Breaker               `protobuf:"bytes,1,opt,name=breaker,proto3" json:"breaker,omitempty"`
+	Breaker       *Breaker               `protobuf:"bytes,1,opt,name=breaker" json:"breaker,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1127,9 +1127,9 @@ func (x *GetBreakerResponse) GetBreaker() *Breaker {
 type ListBreakersRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// 1-100, default 50.
-	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageSize int32 `protobuf:"varint,1,opt,name=page_size,json=pageSize" json:"page_size,omitempty"`
 	// From the previous response's next_page_token.
-	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1181,9 +1181,9 @@ func (x *ListBreakersRequest) GetPageToken() string {
 type ListBreakersResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Sorted by name.
-	Breakers []*Breaker `protobuf:"bytes,1,rep,name=breakers,proto3" json:"breakers,omitempty"`
+	Breakers []*Breaker `protobuf:"bytes,1,rep,name=breakers" json:"breakers,omitempty"`
 	// Empty on the last page.
-	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1234,9 +1234,9 @@ func (x *ListBreakersResponse) GetNextPageToken() string {
 
 type ResetBreakerRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
-	Breaker string                 `protobuf:"bytes,1,opt,name=breaker,proto3" json:"breaker,omitempty"`
+	Breaker string                 `protobuf:"bytes,1,opt,name=breaker" json:"breaker,omitempty"`
 	// Why, for the log: at most 512 bytes.
-	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	Reason        string `protobuf:"bytes,2,opt,name=reason" json:"reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1287,7 +1287,7 @@ func (x *ResetBreakerRequest) GetReason() string {
 
 type ResetBreakerResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Breaker       *Breaker               `protobuf:"bytes,1,opt,name=breaker,proto3" json:"breaker,omitempty"`
+	Breaker       *Breaker               `protobuf:"bytes,1,opt,name=breaker" json:"breaker,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1441,7 +1441,7 @@ const file_resilience_v1_breaker_proto_rawDesc = "" +
 	"\n" +
 	"GetBreaker\x12 .resilience.v1.GetBreakerRequest\x1a!.resilience.v1.GetBreakerResponse\x12W\n" +
 	"\fListBreakers\x12\".resilience.v1.ListBreakersRequest\x1a#.resilience.v1.ListBreakersResponse\x12W\n" +
-	"\fResetBreaker\x12\".resilience.v1.ResetBreakerRequest\x1a#.resilience.v1.ResetBreakerResponseBRZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1b\x06proto3"
+	"\fResetBreaker\x12\".resilience.v1.ResetBreakerRequest\x1a#.resilience.v1.ResetBreakerResponseBYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
 
 var (
 	file_resilience_v1_breaker_proto_rawDescOnce sync.Once
