@@ -29,6 +29,8 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+
 	"github.com/seed-a88e5317/resilience-sidecar/internal/breaker"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/metrics"
 )
@@ -288,7 +290,11 @@ func newTarget(cfg Config, bodyLimit int64) (*target, error) {
 		DisableCompression: true,
 	}
 	client := &http.Client{
-		Transport: tr,
+		// A client span per attempt, and the caller's trace carried on to
+		// the upstream with traceparent.
+		Transport: otelhttp.NewTransport(tr, otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string {
+			return "upstream " + cfg.Name + " " + r.Method
+		})),
 		CheckRedirect: func(*http.Request, []*http.Request) error {
 			return http.ErrUseLastResponse
 		},
