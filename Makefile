@@ -8,7 +8,7 @@ BIN   := $(CURDIR)/.bin
 GO    ?= go
 export PATH := $(BIN):$(PATH)
 
-.PHONY: all build run test test-go lint generate check-generated bench tools clean redis
+.PHONY: all build run test test-go test-clients lint generate check-generated bench tools clean redis
 
 all: build
 
@@ -32,9 +32,10 @@ run: build
 
 generate: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc
 	buf generate
+	BUF=$(BIN)/buf clients/node/scripts/generate.sh
 
 ## check-generated: fails when committed generated code differs from what make generate writes.
-GENERATED := clients/go/resiliencev1
+GENERATED := clients/go/resiliencev1 clients/node/src/gen
 
 check-generated: generate
 	@test -z "$$(git status --porcelain -- $(GENERATED))" || { git status --short -- $(GENERATED); echo "generated code is stale: run 'make generate' and commit" >&2; exit 1; }
@@ -49,7 +50,11 @@ redis:
 	@scripts/ensure-redis.sh
 
 ## test: everything CI runs.
-test: tools redis check-generated lint test-go
+test: tools redis check-generated lint test-go test-clients
+
+## test-clients: each language's client tests against the real sidecar binary.
+test-clients: build redis
+	SIDECAR_BIN=$(BIN)/sidecar clients/node/test.sh
 
 test-go:
 	$(GO) test -race -count=1 -timeout 15m ./...

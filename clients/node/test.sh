@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Tests of the Node client: install (npm ci, from package-lock.json), compile
+# (tsc), and run the tests (node --test). The tests start a real
+# redis-server (from PATH) and the real sidecar binary themselves, on free
+# loopback ports, and stop them at the end.
+#
+#   SIDECAR_BIN   the sidecar binary (default ../../.bin/sidecar, built here if missing)
+#
+# Runs from any directory; exits non-zero when anything fails.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+if [ -z "${SIDECAR_BIN:-}" ] && [ ! -x ../../.bin/sidecar ]; then
+  echo "test.sh: building ../../.bin/sidecar" >&2
+  (cd ../.. && go build -o .bin/sidecar ./cmd/sidecar)
+fi
+command -v redis-server >/dev/null || { echo "test.sh: redis-server is not on PATH (scripts/ensure-redis.sh installs it)" >&2; exit 1; }
+
+npm ci --no-audit --no-fund --loglevel=error
+rm -rf dist build-test
+npm run --silent build
+npm run --silent build:test
+node --test --test-concurrency=1 --test-timeout=120000 build-test/test/*.test.js

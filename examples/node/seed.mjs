@@ -1,0 +1,106 @@
+// The seed scenario with the Node.js client of the resilience sidecar:
+//
+//  1. Charge a payment exactly once under retries: the "charge" request is
+//     sent 3 times with the same idempotency key (two at once, as a client
+//     retrying on a timeout would, then a late retry); the payment provider's
+//     ledger shows one charge and every call returns the same result.
+//  2. Reserve stock under a lock, with a fencing check: two workers reserve
+//     concurrently under the lock `stock/<sku>`; the stock store refuses any
+//     write whose fencing token is lower than the highest it has seen, so a
+//     holder that paused past its lease cannot overwrite newer data.
+//
+// Run a sidecar (make run), then: cd examples/node && npm install && node seed.mjs
+// SIDECAR_ADDR picks another sidecar (default 127.0.0.1:50051).
+
+import { randomUUID } from "node:crypto";
+import { setTimeout as sleep } from "node:timers/promises";
+
+import { createClient, fingerprint, idempotent, withLock } from "@seed-a88e5317/resilience-sidecar";
+
+const client = createClient();
+const run = randomUUID().slice(0, 8); // fresh keys each run
+let failed = false;
+const check = (ok, what) => {
+  console.log(`${what}: ${ok}`);
+  if (!ok) failed = true;
+};
+
+// ---- 1. A payment charged once ----
+
+// The payment provider: charging is not idempotent, every call moves money.
+const ledger = [];
+async function providerCharge(orderId, amountCents) {
+  await sleep(200); // slow enough for the retry to arrive while it runs
+  const charge = { chargeId: `ch_${ledger.length + 1}_${run}`, orderId, amountCents };
+  ledger.push(charge);
+  return charge;
+}
+
+// The request handler: the client's Idempotency-Key guards the charge.
+async function handleCharge(idempotencyKey, request) {
+  const body = JSON.stringify(request);
+  const result = await idempotent(client, `payments/${idempotencyKey}`, fingerprint(body), async () => {
+    const charge = await providerCharge(request.orderId, request.amountCents);
+    return { data: JSON.stringify(charge), metadata: { status: "201" } };
+  });
+  return { status: Number(result.metadata.status), body: new TextDecoder().decode(result.data) };
+}
+
+const orderId = `order-${run}`;
+const request = { orderId, amountCents: 4200 };
+const key = `charge-${orderId}`;
+const responses = await Promise.all([handleCharge(key, request), handleCharge(key, request)]);
+responses.push(await handleCharge(key, request)); // a late retry
+responses.forEach((r, i) => console.log(`charge attempt ${i + 1}: ${r.status} ${r.body}`));
+console.log(`ledger: ${ledger.length} charge(s) for ${orderId}`);
+check(ledger.length === 1, "charged exactly once");
+check(responses.every((r) => r.status === 201 && r.body === responses[0].body), "every attempt returned the same result");
+
+// ---- 2. Stock reserved under a lock, with a fencing check ----
+
+// The stock store: it remembers the highest fencing token it has seen and
+// refuses writes carrying a lower one.
+const sku = `sku-${run}`;
+const stock = { available: 5, highestToken: 0n };
+function writeStock(token, available) {
+  if (token < stock.highestToken) {
+    throw new Error(`stale fencing token ${token} < ${stock.highestToken}: write refused`);
+  }
+  stock.highestToken = token;
+  stock.available = available;
+}
+
+async function reserve(worker, quantity) {
+  return withLock(
+    client,
+    `stock/${sku}`,
+    async (signal, lease) => {
+      const before = stock.available; // read ...
+      await sleep(50); // ... think ...
+      signal.throwIfAborted(); // stop if the lease was lost meanwhile
+      if (before < quantity) throw new Error(`only ${before} of ${sku} left`);
+      writeStock(lease.fencingToken, before - quantity); // ... write, fenced
+      console.log(`reserve by ${worker}: token ${lease.fencingToken}, stock ${before} -> ${before - quantity}`);
+      return lease.fencingToken;
+    },
+    { owner: worker, ttlMs: 5_000, waitMs: 10_000 },
+  );
+}
+
+const tokens = await Promise.all([reserve("worker-a", 2), reserve("worker-b", 2)]);
+check(stock.available === 1, `stock left ${stock.available}, expected 1`);
+
+// A holder that paused past its lease comes back with its old token.
+const stale = tokens[0] < tokens[1] ? tokens[0] : tokens[1];
+let refused = false;
+try {
+  writeStock(stale, 100);
+} catch (e) {
+  refused = true;
+  console.log(`late write by the paused holder: ${e.message}`);
+}
+check(refused && stock.available === 1, `stale write with token ${stale} refused`);
+
+client.close();
+console.log(failed ? "seed scenario FAILED" : "seed scenario OK");
+process.exit(failed ? 1 : 0);
