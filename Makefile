@@ -33,9 +33,10 @@ run: build
 generate: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc
 	buf generate
 	BUF=$(BIN)/buf clients/node/scripts/generate.sh
+	clients/python/generate.sh
 
 ## check-generated: fails when committed generated code differs from what make generate writes.
-GENERATED := clients/go/resiliencev1 clients/node/src/gen
+GENERATED := clients/go/resiliencev1 clients/node/src/gen clients/python/resilience_sidecar/v1
 
 check-generated: generate
 	@test -z "$$(git status --porcelain -- $(GENERATED))" || { git status --short -- $(GENERATED); echo "generated code is stale: run 'make generate' and commit" >&2; exit 1; }
@@ -55,6 +56,7 @@ test: tools redis check-generated lint test-go test-clients
 ## test-clients: each language's client tests against the real sidecar binary.
 test-clients: build redis
 	SIDECAR_BIN=$(BIN)/sidecar clients/node/test.sh
+	SIDECAR_BIN=$(BIN)/sidecar clients/python/test.sh
 
 test-go:
 	$(GO) test -race -count=1 -timeout 15m ./...

@@ -1,0 +1,330 @@
+"""Typed errors of the resilience sidecar.
+
+Every failure the sidecar reports is a gRPC status carrying
+``google.rpc.ErrorInfo`` (domain ``resilience.sidecar`` and a stable
+``reason``), ``google.rpc.BadRequest`` field violations for
+``INVALID_ARGUMENT`` and ``google.rpc.RetryInfo`` where retrying after a
+delay is the right move. :func:`from_rpc_error` decodes such a status into a
+:class:`SidecarError` subclass chosen by its reason (else by its code), so
+callers can write ``except LeaseLost:`` instead of comparing strings.
+
+Calls made through :class:`resilience_sidecar.Client` (its helpers and its
+raw stubs alike) raise these errors instead of ``grpc.RpcError``: catch
+:class:`SidecarError` (or a subclass). Its ``code`` is an attribute (a
+``grpc.StatusCode``), and ``rpc_error`` keeps the original ``grpc.RpcError``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+__all__ = [
+    "ERROR_DOMAIN",
+    "BreakerOpen",
+    "ClockSkew",
+    "DeadlineExceeded",
+    "IdempotencyKeyMismatch",
+    "InvalidArgument",
+    "LeaseLost",
+    "LimitExceeded",
+    "NotAcquired",
+    "PermitUnknown",
+    "ResilienceError",
+    "SagaNotFound",
+    "SagaStateConflict",
+    "ShuttingDown",
+    "SidecarError",
+    "StillInProgress",
+    "StoreUnavailable",
+    "Unauthenticated",
+    "Unavailable",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+    "UpstreamUnknown",
+    "from_rpc_error",
+]
+
+#: The ErrorInfo domain of the sidecar's errors.
+ERROR_DOMAIN = "resilience.sidecar"
+
+_STATUS_DETAILS_KEY = "grpc-status-details-bin"
+
+
+class ResilienceError(Exception):
+    """Base of every exception this package raises."""
+
+
+class SidecarError(ResilienceError):
+    """A failed call to the sidecar, with its decoded status details.
+
+    Attributes:
+        code: the gRPC status code (``grpc.StatusCode``).
+        reason: the ErrorInfo reason in domain ``resilience.sidecar``
+            (``"LEASE_LOST"``, ``"STORE_UNAVAILABLE"``, ...), or ``""``.
+        message: the status message.
+        retry_delay: the RetryInfo hint in seconds, or ``None``.
+        violations: field name -> description, from BadRequest (empty when
+            none).
+        metadata: the ErrorInfo metadata (e.g. ``breaker`` and ``state`` for
+            BREAKER_OPEN).
+        rpc_error: the original ``grpc.RpcError``, when there is one.
+    """
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        reason: str = "",
+        message: str = "",
+        retry_delay: float | None = None,
+        violations: Mapping[str, str] | None = None,
+        *,
+        metadata: Mapping[str, str] | None = None,
+        rpc_error: grpc.RpcError | None = None,
+    ) -> None:
+        self.code = code
+        self.reason = reason
+        self.message = message
+        self.retry_delay = retry_delay
+        self.violations: dict[str, str] = dict(violations or {})
+        self.metadata: dict[str, str] = dict(metadata or {})
+        self.rpc_error = rpc_error
+        super().__init__(self._text())
+
+    def _text(self) -> str:
+        code = self.code.name if isinstance(self.code, grpc.StatusCode) else str(self.code)
+        head = f"{code} {self.reason}" if self.reason else code
+        text = f"{head}: {self.message}" if self.message else head
+        if self.violations:
+            text += " (" + "; ".join(f"{f}: {d}" for f, d in self.violations.items()) + ")"
+        if self.retry_delay is not None:
+            text += f" [retry after {self.retry_delay:g}s]"
+        return text
+
+    def __str__(self) -> str:
+        return self._text()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(code={self.code!r}, reason={self.reason!r}, "
+            f"message={self.message!r}, retry_delay={self.retry_delay!r}, violations={self.violations!r})"
+        )
+
+    def __reduce__(self) -> Any:  # picklable, e.g. across multiprocessing (rpc_error is dropped)
+        extra = {k: v for k, v in self.__dict__.items() if k not in _CORE_FIELDS}
+        return (
+            _rebuild,
+            (type(self), self.code, self.reason, self.message, self.retry_delay, self.violations, self.metadata),
+            extra,
+        )
+
+
+_CORE_FIELDS = frozenset({"code", "reason", "message", "retry_delay", "violations", "metadata", "rpc_error"})
+
+
+def _rebuild(cls: type[SidecarError], code, reason, message, retry_delay, violations, metadata) -> SidecarError:
+    err = cls.__new__(cls)
+    SidecarError.__init__(err, code, reason, message, retry_delay, violations, metadata=metadata)
+    return err
+
+
+class InvalidArgument(SidecarError):
+    """INVALID_ARGUMENT: ``violations`` names every offending field."""
+
+
+class UpstreamUnknown(InvalidArgument):
+    """INVALID_ARGUMENT/UPSTREAM_UNKNOWN: not an upstream of the sidecar's config."""
+
+
+class LeaseLost(SidecarError):
+    """FAILED_PRECONDITION/LEASE_LOST: the lease expired or is someone else's.
+
+    The critical section (or the idempotent operation) may have run without
+    its guarantee. Raised by the sidecar, and by :meth:`Client.lock` when a
+    HoldLock session reports the loss; ``lost_reason`` then tells why
+    (``"LEASE_LOST"``, ``"MAX_HOLD"``, ``"SHUTDOWN"``,
+    ``"STORE_UNAVAILABLE"`` or ``"STREAM_ENDED"``).
+    """
+
+    lost_reason: str = "LEASE_LOST"
+
+
+class IdempotencyKeyMismatch(SidecarError):
+    """FAILED_PRECONDITION/IDEMPOTENCY_KEY_MISMATCH: key reused for another request."""
+
+
+class PermitUnknown(SidecarError):
+    """FAILED_PRECONDITION/PERMIT_UNKNOWN: a breaker permit never issued, already reported or expired."""
+
+
+class ClockSkew(SidecarError):
+    """FAILED_PRECONDITION/CLOCK_SKEW: a remote HLC timestamp too far ahead."""
+
+
+class LimitExceeded(SidecarError):
+    """LIMIT_EXCEEDED: a bound was hit (a clock's range, a breaker count, a body size)."""
+
+
+class SagaNotFound(SidecarError):
+    """SAGA_NOT_FOUND."""
+
+
+class SagaStateConflict(SidecarError):
+    """SAGA_STATE_CONFLICT."""
+
+
+class Unavailable(SidecarError):
+    """UNAVAILABLE: the sidecar, or what it depends on, cannot answer now.
+
+    Without a reason it is the transport: the sidecar is not running or not
+    reachable at the address. Retrying later (after ``retry_delay`` when set)
+    is the right move.
+    """
+
+
+class StoreUnavailable(Unavailable):
+    """UNAVAILABLE/STORE_UNAVAILABLE: the sidecar's store (Redis) did not answer."""
+
+
+class ShuttingDown(Unavailable):
+    """UNAVAILABLE/SHUTTING_DOWN: the sidecar is stopping; retry on another instance."""
+
+
+class BreakerOpen(Unavailable):
+    """UNAVAILABLE/BREAKER_OPEN: the breaker refused the call; see ``retry_delay``."""
+
+
+class UpstreamUnavailable(Unavailable):
+    """UNAVAILABLE/UPSTREAM_UNAVAILABLE: the upstream gave no response."""
+
+
+class DeadlineExceeded(SidecarError):
+    """DEADLINE_EXCEEDED: no answer within the call's deadline."""
+
+
+class UpstreamTimeout(DeadlineExceeded):
+    """DEADLINE_EXCEEDED/UPSTREAM_TIMEOUT: the upstream call timed out (it may have been processed)."""
+
+
+class Unauthenticated(SidecarError):
+    """UNAUTHENTICATED: the API token is missing or wrong."""
+
+
+class NotAcquired(ResilienceError):
+    """The lock wait ended without the lock (an outcome, not a sidecar failure).
+
+    Attributes: ``key``, ``holder`` (the holder's owner label),
+    ``fencing_token`` (the holder's) and ``expire_time`` (the holder's lease
+    expiry, a UTC datetime, or None).
+    """
+
+    def __init__(self, key: str, holder: str = "", fencing_token: int = 0, expire_time: Any = None) -> None:
+        self.key = key
+        self.holder = holder
+        self.fencing_token = fencing_token
+        self.expire_time = expire_time
+        super().__init__(f"lock {key!r} not acquired: held by {holder!r} (fencing token {fencing_token})")
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.key, self.holder, self.fencing_token, self.expire_time))
+
+
+class StillInProgress(ResilienceError, TimeoutError):
+    """An idempotent operation was still run by another caller when the wait ended."""
+
+    def __init__(self, key: str, waited: float) -> None:
+        self.key = key
+        self.waited = waited
+        super().__init__(f"idempotency key {key!r} still in progress after waiting {waited:.1f}s")
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.key, self.waited))
+
+
+_BY_REASON: dict[str, type[SidecarError]] = {
+    "LEASE_LOST": LeaseLost,
+    "IDEMPOTENCY_KEY_MISMATCH": IdempotencyKeyMismatch,
+    "BREAKER_OPEN": BreakerOpen,
+    "UPSTREAM_UNKNOWN": UpstreamUnknown,
+    "UPSTREAM_UNAVAILABLE": UpstreamUnavailable,
+    "UPSTREAM_TIMEOUT": UpstreamTimeout,
+    "STORE_UNAVAILABLE": StoreUnavailable,
+    "SAGA_NOT_FOUND": SagaNotFound,
+    "SAGA_STATE_CONFLICT": SagaStateConflict,
+    "LIMIT_EXCEEDED": LimitExceeded,
+    "CLOCK_SKEW": ClockSkew,
+    "SHUTTING_DOWN": ShuttingDown,
+    "PERMIT_UNKNOWN": PermitUnknown,
+}
+
+_BY_CODE: dict[grpc.StatusCode, type[SidecarError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+    grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+}
+
+
+def error_class(code: grpc.StatusCode, reason: str) -> type[SidecarError]:
+    """The SidecarError subclass for a code and reason."""
+    cls = _BY_REASON.get(reason)
+    if cls is not None:
+        return cls
+    return _BY_CODE.get(code, SidecarError)
+
+
+def from_rpc_error(err: BaseException, *, addr: str | None = None) -> BaseException:
+    """Decodes a ``grpc.RpcError`` into the matching :class:`SidecarError`.
+
+    An error that is already a SidecarError, or that carries no status
+    (not a ``grpc.Call``), is returned unchanged. ``addr``, when given, is
+    named in the message of a transport failure (UNAVAILABLE without a
+    reason), so that "the sidecar is not running" is plain.
+    """
+    if isinstance(err, SidecarError) or not isinstance(err, grpc.RpcError):
+        return err
+    code_fn = getattr(err, "code", None)
+    if not callable(code_fn):
+        return err
+    code = code_fn()
+    details_fn = getattr(err, "details", None)
+    message = (details_fn() if callable(details_fn) else "") or ""
+    trailers_fn = getattr(err, "trailing_metadata", None)
+    trailers = (trailers_fn() if callable(trailers_fn) else None) or ()
+
+    reason = ""
+    retry_delay: float | None = None
+    violations: dict[str, str] = {}
+    metadata: dict[str, str] = {}
+    for key, value in trailers:
+        if key != _STATUS_DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        try:
+            st = status_pb2.Status.FromString(value)
+        except Exception:  # a malformed trailer: keep what the status says
+            continue
+        for detail in st.details:
+            if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                info = error_details_pb2.ErrorInfo()
+                detail.Unpack(info)
+                if info.domain == ERROR_DOMAIN:
+                    reason = info.reason
+                    metadata = dict(info.metadata)
+            elif detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+                retry = error_details_pb2.RetryInfo()
+                detail.Unpack(retry)
+                retry_delay = retry.retry_delay.ToTimedelta().total_seconds()
+            elif detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+                bad = error_details_pb2.BadRequest()
+                detail.Unpack(bad)
+                for v in bad.field_violations:
+                    violations[v.field] = v.description
+
+    if code == grpc.StatusCode.UNAVAILABLE and not reason and addr:
+        message = f"sidecar at {addr} is not reachable (is it running?): {message}"
+    elif code == grpc.StatusCode.DEADLINE_EXCEEDED and not reason and addr:
+        message = f"no answer from the sidecar at {addr} within the call's deadline: {message}"
+    cls = error_class(code, reason)
+    return cls(code, reason, message, retry_delay, violations, metadata=metadata, rpc_error=err)
