@@ -55,6 +55,19 @@ const (
 	AnnotationStatus = AnnotationPrefix + "status"
 )
 
+// Prometheus's conventional scrape annotations. The injector adds all three,
+// for the sidecar's metrics port, to a Pod that has no annotation under
+// PrometheusPrefix; a Pod that has one (its app's own metrics, or
+// prometheus.io/scrape: "false") keeps its own and gets none of them.
+const (
+	PrometheusPrefix = "prometheus.io/"
+	PrometheusScrape = PrometheusPrefix + "scrape"
+	PrometheusPort   = PrometheusPrefix + "port"
+	PrometheusPath   = PrometheusPrefix + "path"
+	// MetricsPath is the path the sidecar serves its metrics on.
+	MetricsPath = "/metrics"
+)
+
 // NamespaceLabel is the label a Kubernetes namespace carries (value
 // "enabled") for the webhook to see its Pods at all; the manifests in
 // deploy/k8s select on it.

@@ -16,7 +16,10 @@
 //   - sets SIDECAR_ADDR=127.0.0.1:<port> in every other container that does
 //     not set it already;
 //   - mounts the ConfigMap and the API token Secret named by annotations;
-//   - marks the Pod with resilience.seed-a88e5317.io/status: injected.
+//   - marks the Pod with resilience.seed-a88e5317.io/status: injected;
+//   - adds the Prometheus scrape annotations prometheus.io/scrape, port and
+//     path for the sidecar's metrics, unless the Pod has an annotation under
+//     prometheus.io/ of its own.
 //
 // The patch only adds: fields of the Pod that this package's k8s.io/api
 // version does not know are kept as they are. A Pod that already has a

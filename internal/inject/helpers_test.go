@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"maps"
 	"math/big"
 	"net"
 	"os"
@@ -241,6 +242,45 @@ func checkSidecar(t *testing.T, where string, spec *corev1.PodSpec) {
 				t.Errorf("%s: container %q has no %s", where, c.Name, AddrEnv)
 			}
 		}
+	}
+}
+
+// sidecarMetricsPort is the port the sidecar init container declares as
+// its metrics port, or 0.
+func sidecarMetricsPort(spec *corev1.PodSpec) int32 {
+	for _, c := range spec.InitContainers {
+		if c.Name != ContainerName {
+			continue
+		}
+		for _, p := range c.Ports {
+			if p.Name == metricsPortName {
+				return p.ContainerPort
+			}
+		}
+	}
+	return 0
+}
+
+// checkScrapeAnnotations: a Pod that came with no prometheus.io/
+// annotation leaves the injector with the three that point Prometheus at
+// the sidecar's metrics port; one that came with any keeps exactly its own.
+func checkScrapeAnnotations(t *testing.T, where string, before, after map[string]string, metricsPort int32) {
+	t.Helper()
+	prom := func(ann map[string]string) map[string]string {
+		out := map[string]string{}
+		for k, v := range ann {
+			if strings.HasPrefix(k, PrometheusPrefix) {
+				out[k] = v
+			}
+		}
+		return out
+	}
+	want := prom(before)
+	if len(want) == 0 {
+		want = map[string]string{PrometheusScrape: "true", PrometheusPort: fmt.Sprint(metricsPort), PrometheusPath: MetricsPath}
+	}
+	if got := prom(after); !maps.Equal(got, want) {
+		t.Errorf("%s: prometheus.io annotations %v, want %v", where, got, want)
 	}
 }
 

@@ -66,6 +66,7 @@ func TestAdmissionReviews(t *testing.T) {
 		{name: "basic", wantAllowed: true, wantPatch: true, decision: decisionInjected},
 		{name: "full", wantAllowed: true, wantPatch: true, decision: decisionInjected},
 		{name: "port-conflict-resolved", wantAllowed: true, wantPatch: true, decision: decisionInjected},
+		{name: "own-scrape-annotations", wantAllowed: true, wantPatch: true, decision: decisionInjected},
 		{name: "already-injected", wantAllowed: true, decision: decisionAlready},
 		{name: "opt-out", wantAllowed: true, decision: decisionNotRequested},
 		{name: "no-annotations", wantAllowed: true, decision: decisionNotRequested},
@@ -162,6 +163,11 @@ func TestAdmissionReviews(t *testing.T) {
 			if pod.Annotations[AnnotationStatus] != statusInjected {
 				t.Errorf("status annotation %q", pod.Annotations[AnnotationStatus])
 			}
+			var sentPod corev1.Pod
+			if err := json.Unmarshal(sent.Request.Object.Raw, &sentPod); err != nil {
+				t.Fatal(err)
+			}
+			checkScrapeAnnotations(t, tt.name, sentPod.Annotations, pod.Annotations, sidecarMetricsPort(&pod.Spec))
 
 			// Idempotent: the patched Pod, reviewed again, is left alone.
 			again := postReview(t, in, reviewOf(t, "again", sent.Request.Namespace, patched))

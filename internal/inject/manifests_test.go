@@ -3,7 +3,9 @@ package inject
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"io"
+	"maps"
 	"net/url"
 	"os"
 	"path"
@@ -29,6 +31,15 @@ import (
 // k8sDir is the manifests' folder, from this package's folder.
 const k8sDir = "../../deploy/k8s"
 
+// grafanaDashboard is the Grafana dashboard, from this package's folder.
+const grafanaDashboard = "../../deploy/grafana/resilience-sidecar.json"
+
+// optionalKustomizations are folders of k8sDir that are kustomizations of
+// their own, applied on purpose and never listed in k8sDir's
+// kustomization.yaml: monitoring needs the Prometheus Operator's CRDs, which
+// not every cluster has. The tests load them with the rest.
+var optionalKustomizations = []string{"monitoring"}
+
 // kustomization is the part of kustomize's Kustomization the manifests
 // use; decoding it strictly rejects anything else.
 type kustomization struct {
@@ -39,6 +50,27 @@ type kustomization struct {
 		Pairs            map[string]string `json:"pairs"`
 		IncludeSelectors bool              `json:"includeSelectors"`
 	} `json:"labels,omitempty"`
+}
+
+// serviceMonitor is the part of the Prometheus Operator's ServiceMonitor
+// (monitoring.coreos.com/v1) that the manifests use. There is no k8s.io/api
+// type for it; decoding strictly into this one rejects any other field, so a
+// field added to the manifests must be added here, with a check.
+type serviceMonitor struct {
+	metav1.TypeMeta   `json:",inline"`
+	metav1.ObjectMeta `json:"metadata"`
+	Spec              struct {
+		Selector          metav1.LabelSelector `json:"selector"`
+		NamespaceSelector struct {
+			Any        bool     `json:"any,omitempty"`
+			MatchNames []string `json:"matchNames,omitempty"`
+		} `json:"namespaceSelector"`
+		Endpoints []struct {
+			Port     string `json:"port"`
+			Path     string `json:"path"`
+			Interval string `json:"interval"`
+		} `json:"endpoints"`
+	} `json:"spec"`
 }
 
 // manifest is one decoded YAML document.
@@ -71,6 +103,8 @@ func newTyped(apiVersion, kind string) metav1.Object {
 		return &policyv1.PodDisruptionBudget{}
 	case "admissionregistration.k8s.io/v1/MutatingWebhookConfiguration":
 		return &admissionregv1.MutatingWebhookConfiguration{}
+	case "monitoring.coreos.com/v1/ServiceMonitor":
+		return &serviceMonitor{}
 	}
 	return nil
 }
@@ -101,9 +135,10 @@ func splitYAML(data []byte) [][]byte {
 }
 
 // loadKustomization walks the kustomizations from dir, checks that each
-// lists only what exists and everything there is, and returns the
+// lists only what exists and everything there is (but the
+// optionalKustomizations, which it must not list), and returns the
 // manifests of every listed file, each decoded strictly into its
-// k8s.io/api type.
+// k8s.io/api type, with the labels the kustomizations add.
 func loadKustomization(t *testing.T, dir string) []manifest {
 	t.Helper()
 	data, err := os.ReadFile(filepath.Join(k8sDir, dir, "kustomization.yaml"))
@@ -125,6 +160,10 @@ func loadKustomization(t *testing.T, dir string) []manifest {
 		name := e.Name()
 		listed := slices.Contains(k.Resources, name)
 		switch {
+		case e.IsDir() && slices.Contains(optionalKustomizations, path.Join(dir, name)):
+			if listed {
+				t.Errorf("%s: %s must not be in kustomization.yaml: it is applied on its own (see docs/kubernetes.md)", dir, name)
+			}
 		case e.IsDir() && !listed:
 			t.Errorf("%s: folder %s is not in kustomization.yaml", dir, name)
 		case !e.IsDir() && strings.HasSuffix(name, ".yaml") && name != "kustomization.yaml" && !listed:
@@ -165,6 +204,21 @@ func loadKustomization(t *testing.T, dir string) []manifest {
 			out = append(out, manifest{file: rel, kind: tm.Kind, obj: obj})
 		}
 	}
+	// kustomize's labels, without selectors or templates: on every object's
+	// metadata, this kustomization's and those it includes.
+	for _, l := range k.Labels {
+		if l.IncludeSelectors {
+			t.Errorf("%s/kustomization.yaml: includeSelectors: true is not modelled by this test", dir)
+		}
+		for _, m := range out {
+			ls := m.obj.GetLabels()
+			if ls == nil {
+				ls = map[string]string{}
+			}
+			maps.Copy(ls, l.Pairs)
+			m.obj.SetLabels(ls)
+		}
+	}
 	return out
 }
 
@@ -186,7 +240,11 @@ func get[T metav1.Object](c cluster, kind, ns, name string) (T, bool) {
 func loadCluster(t *testing.T) cluster {
 	t.Helper()
 	c := cluster{}
-	for _, m := range loadKustomization(t, ".") {
+	ms := loadKustomization(t, ".")
+	for _, dir := range optionalKustomizations {
+		ms = append(ms, loadKustomization(t, dir)...)
+	}
+	for _, m := range ms {
 		k := key(m.kind, m.obj.GetNamespace(), m.obj.GetName())
 		if prev, dup := c[k]; dup {
 			t.Errorf("%s: %s is also defined in %s", m.file, k, prev.file)
@@ -218,6 +276,93 @@ func (c cluster) workloads() []workload {
 	}
 	sort.Slice(ws, func(i, j int) bool { return ws[i].file+ws[i].name < ws[j].file+ws[j].name })
 	return ws
+}
+
+// selectedBy returns the workloads in the Service's namespace whose Pods
+// its selector matches.
+func (c cluster) selectedBy(svc *corev1.Service) []workload {
+	var ws []workload
+	if len(svc.Spec.Selector) == 0 {
+		return nil
+	}
+	for _, w := range c.workloads() {
+		if w.ns == svc.Namespace && labels.SelectorFromSet(svc.Spec.Selector).Matches(labels.Set(w.template.Labels)) {
+			ws = append(ws, w)
+		}
+	}
+	return ws
+}
+
+// pod is the Pod the workload runs: its template, after injection when the
+// template asks for the sidecar.
+func (c cluster) pod(t *testing.T, w workload) *corev1.Pod {
+	t.Helper()
+	if w.template.Annotations[AnnotationInject] != "true" {
+		return &corev1.Pod{ObjectMeta: w.template.ObjectMeta, Spec: w.template.Spec}
+	}
+	return c.admit(t, w.ns, w.template)
+}
+
+// admit runs the Pod template through the injector configured by the
+// injector Deployment's own arguments, as the API server would at the
+// Pod's creation, and returns the patched Pod.
+func (c cluster) admit(t *testing.T, ns string, tmpl *corev1.PodTemplateSpec) *corev1.Pod {
+	t.Helper()
+	in, _ := newTestInjector(t, injectorConfig(t, c))
+	podJSON, err := json.Marshal(corev1.Pod{
+		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
+		ObjectMeta: tmpl.ObjectMeta,
+		Spec:       tmpl.Spec,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var review admissionv1.AdmissionReview
+	if err := json.Unmarshal(reviewOf(t, "manifests", ns, podJSON), &review); err != nil {
+		t.Fatal(err)
+	}
+	resp := in.Admit(review.Request)
+	if !resp.Allowed || resp.Patch == nil {
+		t.Fatalf("the injector refused a Pod template of namespace %s: %+v", ns, resp.Result)
+	}
+	var pod corev1.Pod
+	if err := json.Unmarshal(applyPatch(t, podJSON, resp.Patch), &pod); err != nil {
+		t.Fatal(err)
+	}
+	return &pod
+}
+
+// findPort resolves a Service port's targetPort in a Pod as the endpoints
+// controller does (k8s.io/kubernetes/pkg/api/v1/pod.FindPort): a name is
+// looked up, with the protocol, in the containers and then in the native
+// sidecar init containers. It returns the port and the container that
+// declares it ("" for a number).
+func findPort(spec *corev1.PodSpec, sp corev1.ServicePort) (int32, string, bool) {
+	if sp.TargetPort.Type == intstr.Int {
+		return sp.TargetPort.IntVal, "", sp.TargetPort.IntVal != 0
+	}
+	proto := func(p corev1.Protocol) corev1.Protocol {
+		if p == "" {
+			return corev1.ProtocolTCP
+		}
+		return p
+	}
+	var sidecars []corev1.Container
+	for _, ic := range spec.InitContainers {
+		if ic.RestartPolicy != nil && *ic.RestartPolicy == corev1.ContainerRestartPolicyAlways {
+			sidecars = append(sidecars, ic)
+		}
+	}
+	for _, list := range [][]corev1.Container{spec.Containers, sidecars} {
+		for _, ctr := range list {
+			for _, cp := range ctr.Ports {
+				if cp.Name == sp.TargetPort.StrVal && proto(cp.Protocol) == proto(sp.Protocol) {
+					return cp.ContainerPort, ctr.Name, true
+				}
+			}
+		}
+	}
+	return 0, "", false
 }
 
 func TestManifestsParseStrictly(t *testing.T) {
@@ -396,6 +541,9 @@ func checkProbePorts(t *testing.T, where string, ctr corev1.Container) {
 	}
 }
 
+// TestServicesReachTheirPods: every Service selects a workload, and each of
+// its target ports resolves in the Pods of every workload it selects (after
+// injection, for the Pods that ask for the sidecar).
 func TestServicesReachTheirPods(t *testing.T) {
 	c := loadCluster(t)
 	for _, m := range c {
@@ -403,28 +551,18 @@ func TestServicesReachTheirPods(t *testing.T) {
 		if !ok {
 			continue
 		}
-		var target *workload
-		for _, w := range c.workloads() {
-			if w.ns == svc.Namespace && labels.SelectorFromSet(svc.Spec.Selector).Matches(labels.Set(w.template.Labels)) {
-				target = &w
-			}
-		}
-		if len(svc.Spec.Selector) == 0 || target == nil {
+		targets := c.selectedBy(svc)
+		if len(targets) == 0 {
 			t.Errorf("%s: Service %s selects no workload", m.file, svc.Name)
 			continue
 		}
-		for _, p := range svc.Spec.Ports {
-			found := false
-			for _, ctr := range target.template.Spec.Containers {
-				for _, cp := range ctr.Ports {
-					if cp.Name == p.TargetPort.StrVal || cp.ContainerPort == p.TargetPort.IntVal {
-						found = true
-					}
+		for _, w := range targets {
+			pod := c.pod(t, w)
+			for _, p := range svc.Spec.Ports {
+				if _, _, ok := findPort(&pod.Spec, p); !ok {
+					t.Errorf("%s: Service %s port %s targets %s, which no container of %s declares",
+						m.file, svc.Name, p.Name, p.TargetPort.String(), w.name)
 				}
-			}
-			if !found {
-				t.Errorf("%s: Service %s port %s targets %s, which no container of %s declares",
-					m.file, svc.Name, p.Name, p.TargetPort.String(), target.name)
 			}
 		}
 	}
@@ -456,28 +594,7 @@ func TestSidecarManifests(t *testing.T) {
 		t.Error("demo-injected declares the sidecar itself")
 	}
 
-	cfg := injectorConfig(t, c)
-	in, _ := newTestInjector(t, cfg)
-	podJSON, err := json.Marshal(corev1.Pod{
-		TypeMeta:   metav1.TypeMeta{APIVersion: "v1", Kind: "Pod"},
-		ObjectMeta: injected.Spec.Template.ObjectMeta,
-		Spec:       injected.Spec.Template.Spec,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var review admissionv1.AdmissionReview
-	if err := json.Unmarshal(reviewOf(t, "demo", injected.Namespace, podJSON), &review); err != nil {
-		t.Fatal(err)
-	}
-	resp := in.Admit(review.Request)
-	if !resp.Allowed || resp.Patch == nil {
-		t.Fatalf("the injector refused demo-injected: %+v", resp.Result)
-	}
-	var pod corev1.Pod
-	if err := json.Unmarshal(applyPatch(t, podJSON, resp.Patch), &pod); err != nil {
-		t.Fatal(err)
-	}
+	pod := c.admit(t, injected.Namespace, &injected.Spec.Template)
 	checkSidecar(t, "demo-injected after injection", &pod.Spec)
 	for _, ctr := range pod.Spec.Containers {
 		checkHardened(t, "demo-injected after injection", ctr, &pod.Spec)
@@ -709,6 +826,221 @@ func TestGenCertScript(t *testing.T) {
 		m := re.FindSubmatch(data)
 		if m == nil || string(m[1]) != want {
 			t.Errorf("gen-cert.sh: default %s is %q, want %q (the manifests' name)", name, m, want)
+		}
+	}
+}
+
+// promDuration is a Prometheus duration, as the ServiceMonitor CRD's
+// pattern for interval accepts it.
+var promDuration = regexp.MustCompile(`^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$`)
+
+// TestMetricsManifests: every Pod that runs the sidecar carries the
+// Prometheus scrape annotations for its metrics port and is scraped by a
+// ServiceMonitor, whose Services reach exactly that port; and the injected
+// demo's own scrape annotations are the ones the injector would add.
+func TestMetricsManifests(t *testing.T) {
+	c := loadCluster(t)
+	var monitors []string
+	for k, m := range c {
+		if _, ok := m.obj.(*serviceMonitor); ok {
+			monitors = append(monitors, k)
+		}
+	}
+	if len(monitors) == 0 {
+		t.Fatal("no ServiceMonitor in the manifests")
+	}
+	sort.Strings(monitors)
+	scraped := map[string]bool{} // namespace/name of the workloads a ServiceMonitor scrapes
+	for _, k := range monitors {
+		m := c[k]
+		sm := m.obj.(*serviceMonitor)
+		where := m.file + " " + sm.Name
+		sel, err := metav1.LabelSelectorAsSelector(&sm.Spec.Selector)
+		if err != nil || sel.Empty() {
+			t.Errorf("%s: selector %+v: %v (an empty one selects every Service)", where, sm.Spec.Selector, err)
+			continue
+		}
+		if sm.Spec.NamespaceSelector.Any {
+			t.Errorf("%s: namespaceSelector.any selects matching Services in every namespace; name the namespaces", where)
+		}
+		namespaces := sm.Spec.NamespaceSelector.MatchNames
+		if len(namespaces) == 0 {
+			namespaces = []string{sm.Namespace}
+		}
+		var services []*corev1.Service
+		for _, o := range c {
+			if svc, ok := o.obj.(*corev1.Service); ok && slices.Contains(namespaces, svc.Namespace) && sel.Matches(labels.Set(svc.Labels)) {
+				services = append(services, svc)
+			}
+		}
+		if len(services) == 0 {
+			t.Errorf("%s: selects no Service (selector %s in %q)", where, sel, namespaces)
+			continue
+		}
+		if len(sm.Spec.Endpoints) == 0 {
+			t.Errorf("%s: no endpoints", where)
+		}
+		for _, ep := range sm.Spec.Endpoints {
+			if ep.Path != MetricsPath {
+				t.Errorf("%s: endpoint path %q, the sidecar serves %s", where, ep.Path, MetricsPath)
+			}
+			if ep.Interval == "" || ep.Interval == "0" || !promDuration.MatchString(ep.Interval) {
+				t.Errorf("%s: endpoint interval %q is not a positive Prometheus duration", where, ep.Interval)
+			}
+			for _, svc := range services {
+				i := slices.IndexFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool { return p.Name == ep.Port })
+				if ep.Port == "" || i < 0 {
+					t.Errorf("%s: endpoint port %q is not the name of a port of Service %s", where, ep.Port, svc.Name)
+					continue
+				}
+				targets := c.selectedBy(svc)
+				if len(targets) == 0 {
+					t.Errorf("%s: Service %s selects no workload", where, svc.Name)
+				}
+				for _, w := range targets {
+					pod := c.pod(t, w)
+					port, ctr, ok := findPort(&pod.Spec, svc.Spec.Ports[i])
+					if want := sidecarMetricsPort(&pod.Spec); !ok || ctr != ContainerName || port != want {
+						t.Errorf("%s: Service %s port %s (targetPort %s) reaches %q port %d in %s, not the sidecar's metrics port %d",
+							where, svc.Name, ep.Port, svc.Spec.Ports[i].TargetPort.String(), ctr, port, w.name, want)
+						continue
+					}
+					scraped[w.ns+"/"+w.name] = true
+				}
+			}
+		}
+	}
+
+	sidecars := 0
+	for _, w := range c.workloads() {
+		pod := c.pod(t, w)
+		mp := sidecarMetricsPort(&pod.Spec)
+		if mp == 0 {
+			continue // no sidecar here
+		}
+		sidecars++
+		where := w.file + " " + w.name
+		sc := pod.Spec.InitContainers[slices.IndexFunc(pod.Spec.InitContainers, func(c corev1.Container) bool { return c.Name == ContainerName })]
+		if arg := fmt.Sprintf("--metrics-listen=0.0.0.0:%d", mp); !slices.Contains(sc.Args, arg) {
+			t.Errorf("%s: the sidecar declares metrics port %d but its args %q lack %s", where, mp, sc.Args, arg)
+		}
+		checkScrapeAnnotations(t, where, nil, pod.Annotations, mp)
+		if !scraped[w.ns+"/"+w.name] {
+			t.Errorf("%s: no ServiceMonitor scrapes its sidecar", where)
+		}
+		// A template that asks for injection and writes the annotations
+		// itself writes what the injector would add without them.
+		if w.template.Annotations[AnnotationInject] == "true" {
+			tmpl := w.template.DeepCopy()
+			maps.DeleteFunc(tmpl.Annotations, func(k, _ string) bool { return strings.HasPrefix(k, PrometheusPrefix) })
+			checkScrapeAnnotations(t, where+" (without its prometheus.io annotations, injected)",
+				nil, c.admit(t, w.ns, tmpl).Annotations, mp)
+		}
+	}
+	if sidecars < 2 {
+		t.Errorf("found %d workloads running the sidecar, want both demo apps", sidecars)
+	}
+}
+
+// dashboardPanel is the part of a Grafana panel that holds queries; rows
+// hold panels.
+type dashboardPanel struct {
+	Title   string `json:"title"`
+	Targets []struct {
+		Expr string `json:"expr"`
+	} `json:"targets"`
+	Panels []dashboardPanel `json:"panels"`
+}
+
+// seriesPrefixes are the prefixes of what the sidecar exports (see
+// docs/observability.md).
+var seriesPrefixes = []string{"resilience_", "grpc_server_", "go_", "process_"}
+
+// TestDashboardSeriesPrefixes is a light guard on the Grafana dashboard:
+// every series its panels query is one of the sidecar's prefixes. (The
+// deeper check, that each is exported, is in internal/metrics.)
+func TestDashboardSeriesPrefixes(t *testing.T) {
+	data, err := os.ReadFile(grafanaDashboard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var dash struct {
+		Panels []dashboardPanel `json:"panels"`
+	}
+	if err := json.Unmarshal(data, &dash); err != nil {
+		t.Fatalf("%s: %v", grafanaDashboard, err)
+	}
+	seen := 0
+	var walk func([]dashboardPanel)
+	walk = func(ps []dashboardPanel) {
+		for _, p := range ps {
+			for _, tg := range p.Targets {
+				names := promSeries(tg.Expr)
+				if len(names) == 0 {
+					t.Errorf("panel %q: no series found in %q", p.Title, tg.Expr)
+				}
+				for _, n := range names {
+					seen++
+					if !slices.ContainsFunc(seriesPrefixes, func(pre string) bool { return strings.HasPrefix(n, pre) }) {
+						t.Errorf("panel %q queries %s, which is not a sidecar series (prefixes %q)", p.Title, n, seriesPrefixes)
+					}
+				}
+			}
+			walk(p.Panels)
+		}
+	}
+	walk(dash.Panels)
+	if seen == 0 {
+		t.Fatal("the dashboard queries no series")
+	}
+}
+
+var (
+	promStrings  = regexp.MustCompile(`"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|` + "`[^`]*`")
+	promMatchers = regexp.MustCompile(`\{[^}]*\}`)
+	promRanges   = regexp.MustCompile(`\[[^\]]*\]`)
+	promGrouping = regexp.MustCompile(`\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)`)
+	promIdent    = regexp.MustCompile(`[A-Za-z_:][A-Za-z0-9_:]*`)
+	promKeywords = []string{"and", "or", "unless", "bool", "offset", "by", "without", "on", "ignoring",
+		"group_left", "group_right", "inf", "nan", "Inf", "NaN"}
+)
+
+// promSeries returns the series names a PromQL expression selects, found
+// lightly: with strings, label matchers, ranges and grouping labels taken
+// out, what remains of the identifiers that are not functions (followed by
+// a parenthesis), keywords, parts of numbers or durations, or Grafana
+// variables. Selectors by {__name__=...} are not seen.
+func promSeries(expr string) []string {
+	e := promStrings.ReplaceAllString(expr, " ")
+	e = promMatchers.ReplaceAllString(e, " ")
+	e = promRanges.ReplaceAllString(e, " ")
+	e = promGrouping.ReplaceAllString(e, " ")
+	var names []string
+	for _, loc := range promIdent.FindAllStringIndex(e, -1) {
+		name := e[loc[0]:loc[1]]
+		if loc[0] > 0 && strings.ContainsAny(e[loc[0]-1:loc[0]], "0123456789.$") {
+			continue // 1e-3, 5m, $job
+		}
+		if strings.HasPrefix(strings.TrimLeft(e[loc[1]:], " \t\n"), "(") || slices.Contains(promKeywords, name) {
+			continue
+		}
+		names = append(names, name)
+	}
+	return names
+}
+
+func TestPromSeries(t *testing.T) {
+	for expr, want := range map[string][]string{
+		`histogram_quantile(0.99, sum by (le, op) (rate(resilience_store_latency_seconds_bucket{job=~"$job", op!="}"}[5m])))`: {
+			"resilience_store_latency_seconds_bucket"},
+		`sum(rate(http_requests_total[$__rate_interval])) without (pod) / on(pod) group_left(node) kube_pod_info`: {
+			"http_requests_total", "kube_pod_info"},
+		`max(resilience_saga_stuck offset 1h) > bool 1e-3 and go_goroutines`: {"resilience_saga_stuck", "go_goroutines"},
+		`label_replace(up, "dst", "$1", "src", "(.*)")`:                      {"up"},
+		`sum(resilience_lock_held{job=~"$job"})`:                             {"resilience_lock_held"},
+	} {
+		if got := promSeries(expr); !slices.Equal(got, want) {
+			t.Errorf("promSeries(%q) = %q, want %q", expr, got, want)
 		}
 	}
 }

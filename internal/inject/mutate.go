@@ -2,8 +2,11 @@ package inject
 
 import (
 	"fmt"
+	"maps"
 	"net"
+	"slices"
 	"strconv"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 )
@@ -74,7 +77,7 @@ func conflicts(spec *corev1.PodSpec, s settings) []string {
 // an order where every path refers to the document as the earlier
 // operations left it: environment and volumes first, then the sidecar at
 // the head of the init containers (which shifts their indexes), then the
-// status annotation.
+// annotations (podAnnotations).
 func patchFor(pod *corev1.Pod, s settings, cfg Config) []patchOp {
 	var ops []patchOp
 	addr := corev1.EnvVar{Name: AddrEnv, Value: net.JoinHostPort("127.0.0.1", strconv.Itoa(int(s.port)))}
@@ -112,13 +115,39 @@ func patchFor(pod *corev1.Pod, s settings, cfg Config) []patchOp {
 		ops = append(ops, add(sidecar, "spec", "initContainers", "0"))
 	}
 
+	ann := podAnnotations(pod.Annotations, s)
 	if pod.Annotations == nil {
-		ops = append(ops, add(map[string]string{AnnotationStatus: statusInjected}, "metadata", "annotations"))
-	} else if pod.Annotations[AnnotationStatus] != statusInjected {
-		// add replaces an existing member (RFC 6902 section 4.1).
-		ops = append(ops, add(statusInjected, "metadata", "annotations", AnnotationStatus))
+		ops = append(ops, add(ann, "metadata", "annotations"))
+	} else {
+		keys := slices.Sorted(maps.Keys(ann))
+		for _, k := range keys {
+			// add replaces an existing member (RFC 6902 section 4.1).
+			ops = append(ops, add(ann[k], "metadata", "annotations", k))
+		}
 	}
 	return ops
+}
+
+// podAnnotations returns the annotations the injector sets on the Pod, given
+// the ones it has: the status annotation, unless already there, and the
+// Prometheus scrape annotations for the sidecar's metrics, unless the Pod has
+// any annotation under PrometheusPrefix (the annotations describe one
+// endpoint per Pod, so a Pod that chose its own, or opted out with
+// prometheus.io/scrape: "false", keeps its choice untouched).
+func podAnnotations(existing map[string]string, s settings) map[string]string {
+	ann := map[string]string{}
+	if existing[AnnotationStatus] != statusInjected {
+		ann[AnnotationStatus] = statusInjected
+	}
+	for k := range existing {
+		if strings.HasPrefix(k, PrometheusPrefix) {
+			return ann
+		}
+	}
+	ann[PrometheusScrape] = "true"
+	ann[PrometheusPort] = strconv.Itoa(int(s.metricsPort))
+	ann[PrometheusPath] = MetricsPath
+	return ann
 }
 
 func hasEnv(env []corev1.EnvVar, name string) bool {
