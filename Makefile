@@ -57,6 +57,7 @@ test: tools redis check-generated lint test-go test-clients
 test-clients: build redis
 	SIDECAR_BIN=$(BIN)/sidecar clients/node/test.sh
 	SIDECAR_BIN=$(BIN)/sidecar clients/python/test.sh
+	SIDECAR_BIN=$(BIN)/sidecar clients/java/test.sh
 
 test-go:
 	$(GO) test -race -count=1 -timeout 15m ./...
