@@ -119,3 +119,23 @@ func moduleRoot(t *testing.T) string {
 		dir = parent
 	}
 }
+
+// TestReadmeListsEveryFlag keeps the README's configuration table complete:
+// every flag the binary's --help lists must appear in it.
+func TestReadmeListsEveryFlag(t *testing.T) {
+	root := moduleRoot(t)
+	readme, err := os.ReadFile(filepath.Join(root, "README.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, _ := exec.Command(testharness.BuildSidecar(t), "--help").CombinedOutput()
+	flags := regexp.MustCompile(`(?m)^  (--[a-z][a-z-]*)`).FindAllStringSubmatch(string(out), -1)
+	if len(flags) < 10 {
+		t.Fatalf("--help lists %d flags; output:\n%s", len(flags), out)
+	}
+	for _, f := range flags {
+		if !strings.Contains(string(readme), "`"+f[1]+"`") {
+			t.Errorf("README.md does not document %s", f[1])
+		}
+	}
+}

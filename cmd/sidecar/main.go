@@ -32,6 +32,7 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/lock"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/metrics"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/saga"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/server"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/tracing"
@@ -72,6 +73,7 @@ type stores struct {
 	idempotency idempotency.Store
 	clock       clock.Store
 	breaker     breaker.Store // nil on the embedded store: shared breakers run locally
+	saga        saga.Store
 	pinger      store.Pinger
 	close       func() error
 }
@@ -79,8 +81,12 @@ type stores struct {
 func openStores(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log *slog.Logger) (stores, error) {
 	if cfg.UsesEmbeddedStore() {
 		log.Warn("running on the EMBEDDED IN-MEMORY STORE: state is not shared with other sidecars and is lost on exit; set --redis-url for anything but development")
+		if cfg.RedisWaitReplicas > 0 {
+			log.Warn("redis_wait_replicas is ignored on the embedded store, which has no replicas")
+		}
 		m := lock.NewMemoryStore(nil)
-		return stores{lock: m, idempotency: idempotency.NewMemoryStore(nil), clock: clock.NewMemoryStore(), pinger: m, close: func() error { return nil }}, nil
+		return stores{lock: m, idempotency: idempotency.NewMemoryStore(nil), clock: clock.NewMemoryStore(), saga: saga.NewMemoryStore(nil),
+			pinger: m, close: func() error { return nil }}, nil
 	}
 	rdb, err := redisx.NewClient(cfg.RedisURL, redisx.Mode(cfg.RedisMode), cfg.StoreTimeout)
 	if err != nil {
@@ -93,14 +99,21 @@ func openStores(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log
 	}
 	// Redis may come up after the sidecar: health stays NOT_SERVING until
 	// it answers, and scripts load on first use (EVALSHA falls back to EVAL).
-	if err := redisx.LoadScripts(ctx, rdb, slices.Concat(lock.Scripts, idempotency.Scripts, clock.Scripts, breaker.Scripts)...); err != nil {
+	if err := redisx.LoadScripts(ctx, rdb, slices.Concat(lock.Scripts, idempotency.Scripts, clock.Scripts, breaker.Scripts, saga.Scripts)...); err != nil {
 		log.Warn("could not preload scripts; Redis unreachable for now", "error", err)
 	}
+	// Grants and idempotency records wait for replicas when asked to, so a
+	// failover is less likely to lose one (docs/topologies.md).
+	wait := redisx.Wait{Replicas: cfg.RedisWaitReplicas, Timeout: cfg.RedisWaitTimeout}
+	if wait.Replicas > 0 {
+		log.Info("lock grants and idempotency records wait for replicas", "replicas", wait.Replicas, "timeout", wait.Timeout.String())
+	}
 	return stores{
-		lock:        lock.NewRedisStore(rdb, cfg.Namespace, cfg.StoreTimeout),
-		idempotency: idempotency.NewRedisStore(rdb, cfg.Namespace, cfg.StoreTimeout),
+		lock:        lock.NewRedisStore(rdb, cfg.Namespace, cfg.StoreTimeout, lock.WithWait(wait)),
+		idempotency: idempotency.NewRedisStore(rdb, cfg.Namespace, cfg.StoreTimeout, idempotency.WithWait(wait)),
 		clock:       clock.NewRedisStore(rdb, cfg.Namespace, cfg.StoreTimeout),
 		breaker:     breaker.NewRedisStore(rdb, cfg.Namespace, cfg.StoreTimeout),
+		saga:        saga.NewRedisStore(rdb, cfg.Namespace, cfg.StoreTimeout),
 		pinger:      redisx.Pinger{Client: rdb, Timeout: cfg.StoreTimeout},
 		close:       func() error { return rdb.Close() },
 	}, nil
@@ -154,6 +167,12 @@ func serve(ctx context.Context, cfg *config.Config, getenv func(string) string, 
 	defer brkSvc.Close()
 	defer upstreams.Close()
 	v1.RegisterBreakerServiceServer(srv.GRPC(), api.NewBreakerServer(brkSvc, upstreams, log))
+	sagaSvc, err := newSagas(cfg, st, upstreams, m, log)
+	if err != nil {
+		return err
+	}
+	defer sagaSvc.Close()
+	v1.RegisterSagaServiceServer(srv.GRPC(), api.NewSagaServer(sagaSvc, log))
 
 	if cfg.MetricsListen != "" {
 		stopMetrics, err := serveMetrics(cfg.MetricsListen, m.Handler(), log)

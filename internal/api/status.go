@@ -21,6 +21,7 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/clock"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/idempotency"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/lock"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/saga"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/upstream"
 )
@@ -38,6 +39,9 @@ const (
 	ReasonIdempotencyKeyMismatch = "IDEMPOTENCY_KEY_MISMATCH"
 
 	ReasonClockSkew = "CLOCK_SKEW"
+
+	ReasonSagaNotFound      = "SAGA_NOT_FOUND"
+	ReasonSagaStateConflict = "SAGA_STATE_CONFLICT"
 
 	ReasonBreakerOpen     = "BREAKER_OPEN"
 	ReasonUpstreamUnknown = "UPSTREAM_UNKNOWN"
@@ -84,6 +88,9 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 		errors.Is(err, upstream.ErrInvalidRequest), errors.Is(err, upstream.ErrUnavailable),
 		errors.Is(err, upstream.ErrTimeout), errors.Is(err, upstream.ErrResponseTooLarge):
 		return breakerStatus(err)
+	case errors.Is(err, saga.ErrNotFound), errors.Is(err, saga.ErrStateConflict), errors.Is(err, saga.ErrAlreadyExists),
+		errors.Is(err, saga.ErrTooManySteps):
+		return sagaStatus(err)
 	case errors.Is(err, store.ErrUnavailable):
 		return withDetails(codes.Unavailable, "store unavailable", ReasonStoreUnavailable, nil, storeRetryDelay)
 	case errors.Is(err, context.DeadlineExceeded):
@@ -152,4 +159,24 @@ func breakerStatus(err error) error {
 	default: // upstream.ErrUnavailable
 		return withDetails(codes.Unavailable, err.Error(), ReasonUpstreamUnavailable, nil, 0)
 	}
+}
+
+// sagaStatus maps the saga service's errors. A conflict carries the saga's
+// current state (a SagaState name) as ErrorInfo metadata "state".
+func sagaStatus(err error) error {
+	var c *saga.ConflictError
+	switch {
+	case errors.Is(err, saga.ErrNotFound):
+		return withDetails(codes.NotFound, "saga not found (never started, or removed after its retention)", ReasonSagaNotFound, nil, 0)
+	case errors.Is(err, saga.ErrTooManySteps):
+		return withDetails(codes.ResourceExhausted, "the saga has the most steps allowed (saga_max_steps)", ReasonLimitExceeded, nil, 0)
+	case errors.As(err, &c):
+		code := codes.FailedPrecondition
+		if c.Exists {
+			code = codes.AlreadyExists
+		}
+		return withDetails(code, strings.TrimPrefix(c.Error(), "saga: "), ReasonSagaStateConflict,
+			map[string]string{"state": sagaStatePB[c.State].String()}, 0)
+	}
+	return withDetails(codes.FailedPrecondition, "saga state conflict", ReasonSagaStateConflict, nil, 0)
 }

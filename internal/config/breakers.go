@@ -62,6 +62,11 @@ type Upstream struct {
 	MaxBodyBytes int64
 	// MaxConnections bounds the pool to the upstream (1-10000, default 100).
 	MaxConnections int
+	// CompensationRetry is how a saga compensation on the upstream is
+	// retried, each try being one call with Retry: max_attempts 1-1000
+	// (default 10), initial_backoff 1ms-1h (default 1s), max_backoff
+	// initial-1h (default 1m).
+	CompensationRetry Retry
 }
 
 // Retry is an upstream's retry policy.
@@ -79,7 +84,7 @@ const maxNameBytes = 512
 var breakerKeys = []string{"consecutive_failures", "failure_rate", "half_open_max_calls", "min_calls", "min_reporters",
 	"open_duration", "scope", "slow_call_duration", "slow_call_rate", "window"}
 
-var upstreamKeys = []string{"breaker", "max_body_bytes", "max_connections", "retry", "timeout", "url"}
+var upstreamKeys = []string{"breaker", "compensation_retry", "max_body_bytes", "max_connections", "retry", "timeout", "url"}
 
 var retryKeys = []string{"initial_backoff", "max_attempts", "max_backoff"}
 
@@ -288,7 +293,7 @@ func parseUpstreams(path string, raw map[string]yaml.Node, breakers map[string]B
 			return nil, err
 		}
 		s := section{path: path, prefix: "upstreams." + fieldName(name)}
-		m, err := s.entries(&n, upstreamKeys, "retry")
+		m, err := s.entries(&n, upstreamKeys, "retry", "compensation_retry")
 		if err != nil {
 			return nil, err
 		}
@@ -330,6 +335,9 @@ func parseUpstreams(path string, raw map[string]yaml.Node, breakers map[string]B
 			return nil, err
 		}
 		if u.Retry.MaxBackoff, err = rs.duration(rm, "max_backoff", max(upstream.DefaultMaxBackoff, u.Retry.InitialBackoff), u.Retry.InitialBackoff, upstream.MaxBackoff); err != nil {
+			return nil, err
+		}
+		if u.CompensationRetry, err = parseCompensationRetry(s, m["compensation_retry"]); err != nil {
 			return nil, err
 		}
 		out[name] = u

@@ -87,7 +87,8 @@ upstreams:
 		t.Fatal(err)
 	}
 	want := Upstream{URL: "https://pay.internal:8443/api/v2/", Timeout: 750 * time.Millisecond, Breaker: "shared-pay",
-		Retry: Retry{MaxAttempts: 5, InitialBackoff: 50 * time.Millisecond, MaxBackoff: 2 * time.Second}, MaxBodyBytes: 1024, MaxConnections: 8}
+		Retry: Retry{MaxAttempts: 5, InitialBackoff: 50 * time.Millisecond, MaxBackoff: 2 * time.Second}, MaxBodyBytes: 1024, MaxConnections: 8,
+		CompensationRetry: Retry{MaxAttempts: 10, InitialBackoff: time.Second, MaxBackoff: time.Minute}}
 	if got := c.Upstreams["payments"]; got != want {
 		t.Errorf("payments = %+v\n want %+v", got, want)
 	}

@@ -74,6 +74,14 @@ type Config struct {
 	LogLevel string `yaml:"log_level"`
 	// StoreTimeout bounds one store call before UNAVAILABLE (50ms-30s, default 1s).
 	StoreTimeout time.Duration `yaml:"store_timeout"`
+	// RedisWaitReplicas is how many replicas must acknowledge (Redis WAIT)
+	// the writes that grant or extend a lock and that start, checkpoint or
+	// complete an idempotency key before the sidecar reports them (0-16,
+	// default 0: do not wait). See docs/topologies.md.
+	RedisWaitReplicas int `yaml:"redis_wait_replicas"`
+	// RedisWaitTimeout bounds that wait (1ms-30s, default 500ms; below
+	// StoreTimeout when RedisWaitReplicas is set).
+	RedisWaitTimeout time.Duration `yaml:"redis_wait_timeout"`
 	// ShutdownTimeout bounds draining in-flight calls at SIGTERM (0s-5m, default 10s).
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 	// HealthInterval is how often the store is probed for the health
@@ -100,6 +108,20 @@ type Config struct {
 	// Upstreams holds the file's upstreams by name, validated and with
 	// defaults filled in (see Upstream). Nil when the file declares none.
 	Upstreams map[string]Upstream `yaml:"upstreams"`
+	// SagaRetention is how long COMPLETED and COMPENSATED sagas are kept
+	// (1m-8760h, default 168h).
+	SagaRetention time.Duration `yaml:"saga_retention"`
+	// SagaLeaseTTL is the lease of a sidecar compensating a saga
+	// (500ms-10m, default 15s).
+	SagaLeaseTTL time.Duration `yaml:"saga_lease_ttl"`
+	// SagaRecoveryInterval is how often the saga recovery worker runs
+	// (10ms-10m, default 5s).
+	SagaRecoveryInterval time.Duration `yaml:"saga_recovery_interval"`
+	// SagaMaxBodyBytes bounds a compensation's body (1-16777216, default
+	// 65536).
+	SagaMaxBodyBytes int `yaml:"saga_max_body_bytes"`
+	// SagaMaxSteps bounds a saga's steps (1-100000, default 1000).
+	SagaMaxSteps int `yaml:"saga_max_steps"`
 }
 
 // ListenNetworkAddress returns the arguments for net.Listen: ("unix",
@@ -177,6 +199,8 @@ func (c Config) attrs() []slog.Attr {
 		slog.Bool("api_token_set", c.APIToken != ""),
 		slog.String("log_level", c.LogLevel),
 		slog.String("store_timeout", c.StoreTimeout.String()),
+		slog.Int("redis_wait_replicas", c.RedisWaitReplicas),
+		slog.String("redis_wait_timeout", c.RedisWaitTimeout.String()),
 		slog.String("shutdown_timeout", c.ShutdownTimeout.String()),
 		slog.String("health_interval", c.HealthInterval.String()),
 		slog.String("max_offset", c.MaxOffset.String()),
@@ -185,6 +209,11 @@ func (c Config) attrs() []slog.Attr {
 		slog.Int("max_breakers", c.MaxBreakers),
 		slog.Int("breakers", len(c.Breakers)),
 		slog.Int("upstreams", len(c.Upstreams)),
+		slog.String("saga_retention", c.SagaRetention.String()),
+		slog.String("saga_lease_ttl", c.SagaLeaseTTL.String()),
+		slog.String("saga_recovery_interval", c.SagaRecoveryInterval.String()),
+		slog.Int("saga_max_body_bytes", c.SagaMaxBodyBytes),
+		slog.Int("saga_max_steps", c.SagaMaxSteps),
 	}
 }
 

@@ -72,18 +72,25 @@ func TestDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Config{
-		Listen:          "127.0.0.1:50051",
-		RedisMode:       RedisStandalone,
-		Namespace:       "default",
-		MetricsListen:   "127.0.0.1:9090",
-		LogLevel:        "info",
-		StoreTimeout:    time.Second,
-		ShutdownTimeout: 10 * time.Second,
-		HealthInterval:  time.Second,
-		MaxOffset:       500 * time.Millisecond,
-		MaxMessageBytes: 4194304,
-		MaxResultBytes:  1048576,
-		MaxBreakers:     10000,
+		Listen:           "127.0.0.1:50051",
+		RedisMode:        RedisStandalone,
+		Namespace:        "default",
+		MetricsListen:    "127.0.0.1:9090",
+		LogLevel:         "info",
+		StoreTimeout:     time.Second,
+		RedisWaitTimeout: 500 * time.Millisecond,
+		ShutdownTimeout:  10 * time.Second,
+		HealthInterval:   time.Second,
+		MaxOffset:        500 * time.Millisecond,
+		MaxMessageBytes:  4194304,
+		MaxResultBytes:   1048576,
+		MaxBreakers:      10000,
+
+		SagaRetention:        7 * 24 * time.Hour,
+		SagaLeaseTTL:         15 * time.Second,
+		SagaRecoveryInterval: 5 * time.Second,
+		SagaMaxBodyBytes:     65536,
+		SagaMaxSteps:         1000,
 	}
 	if fmt.Sprintf("%#v", *c) != fmt.Sprintf("%#v", want) || c.APIToken != "" || c.APITokenFile != "" ||
 		c.RedisURL != "" || c.ConfigFile != "" || c.Breakers != nil || c.Upstreams != nil {
@@ -126,6 +133,10 @@ func TestPrecedence(t *testing.T) {
 			get: func(c *Config) string { return c.LogLevel }},
 		{key: "store_timeout", def: "1s", file: "2s", env: "3s", flag: "250ms",
 			get: func(c *Config) string { return c.StoreTimeout.String() }},
+		{key: "redis_wait_replicas", def: "0", file: "1", env: "2", flag: "16",
+			get: func(c *Config) string { return strconv.Itoa(c.RedisWaitReplicas) }},
+		{key: "redis_wait_timeout", def: "500ms", file: "1ms", env: "100ms", flag: "999ms",
+			get: func(c *Config) string { return c.RedisWaitTimeout.String() }},
 		{key: "shutdown_timeout", def: "10s", file: "0s", env: "1m0s", flag: "5m0s",
 			get: func(c *Config) string { return c.ShutdownTimeout.String() }},
 		{key: "health_interval", def: "1s", file: "100ms", env: "2s", flag: "1m0s",
@@ -297,6 +308,17 @@ func TestBounds(t *testing.T) {
 		{"store_timeout", "abc", `must be a duration such as "250ms" or "2s", got "abc"`, nil},
 		{"store_timeout", "5", `must be a duration`, nil},
 		{"store_timeout", "", `must be a duration`, nil},
+		{"redis_wait_replicas", "0", "", nil},
+		{"redis_wait_replicas", "16", "", nil},
+		{"redis_wait_replicas", "17", `must be a whole number between 0 and 16, got "17"`, nil},
+		{"redis_wait_replicas", "-1", `must be a whole number between 0 and 16, got "-1"`, nil},
+		{"redis_wait_replicas", "one", `must be a whole number between 0 and 16, got "one"`, nil},
+		{"redis_wait_timeout", "1ms", "", nil},
+		{"redis_wait_timeout", "0", "must be between 1ms and 30s, got 0s", nil},
+		{"redis_wait_timeout", "31s", "must be between 1ms and 30s, got 31s", nil},
+		{"redis_wait_timeout", "2s", "", nil}, // no replicas awaited: not tied to store_timeout
+		{"redis_wait_timeout", "1s", "must be below store_timeout (1s) when redis_wait_replicas is set, got 1s", []string{"--redis-wait-replicas=1"}},
+		{"redis_wait_timeout", "300ms", "", []string{"--redis-wait-replicas=1", "--store-timeout=400ms"}},
 		{"shutdown_timeout", "0s", "", nil},
 		{"shutdown_timeout", "0", "", nil},
 		{"shutdown_timeout", "-1ns", "must be between 0s and 5m0s, got -1ns", nil},
@@ -466,7 +488,8 @@ func TestDesignExample(t *testing.T) {
 	}
 	wantUp := Upstream{URL: "http://127.0.0.1:8081", Timeout: 2 * time.Second, Breaker: "payments",
 		Retry:        Retry{MaxAttempts: 3, InitialBackoff: 100 * time.Millisecond, MaxBackoff: 2 * time.Second},
-		MaxBodyBytes: 4 << 20, MaxConnections: 100}
+		MaxBodyBytes: 4 << 20, MaxConnections: 100,
+		CompensationRetry: Retry{MaxAttempts: 10, InitialBackoff: time.Second, MaxBackoff: time.Minute}}
 	if u := c.Upstreams["payments"]; u != wantUp {
 		t.Errorf("upstreams.payments = %+v, want %+v", u, wantUp)
 	}

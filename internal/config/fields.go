@@ -45,6 +45,15 @@ const (
 	envPrefix  = "SIDECAR_"
 )
 
+// Bounds of redis_wait_replicas and redis_wait_timeout (Redis WAIT after
+// the writes that hand out ownership).
+const (
+	minWaitReplicas = 0
+	maxWaitReplicas = 16
+	minWaitTimeout  = time.Millisecond
+	maxWaitTimeout  = 30 * time.Second
+)
+
 // Bounds of max_offset, the tolerance of the hybrid logical clock for
 // remote clocks running ahead of this one.
 const (
@@ -74,7 +83,7 @@ const configKey = "config"
 // before redis_url, which depends on it). It returns a fresh slice on every
 // call.
 func fields() []field {
-	return []field{
+	return append([]field{
 		{
 			key: configKey, typ: "path", def: "", inFile: false,
 			usage: "YAML config file (flag and environment only)",
@@ -127,6 +136,19 @@ func fields() []field {
 		durationField("store_timeout", "1s", minStoreTimeout, maxStoreTimeout,
 			"how long one store call may take before UNAVAILABLE",
 			func(c *Config) *time.Duration { return &c.StoreTimeout }),
+		{
+			key: "redis_wait_replicas", typ: "count", def: "0", inFile: true,
+			usage: fmt.Sprintf("replicas that must acknowledge (Redis WAIT) a lock grant or renewal and an idempotency key's start, checkpoint or completion before it is reported; fewer in redis_wait_timeout is UNAVAILABLE, never a success (%d-%d, 0: do not wait)", minWaitReplicas, maxWaitReplicas),
+			set: func(c *Config, s string) error {
+				n, err := strconv.ParseInt(s, 10, 64)
+				if err != nil || n < minWaitReplicas || n > maxWaitReplicas {
+					return fmt.Errorf("must be a whole number between %d and %d, got %s", minWaitReplicas, maxWaitReplicas, quoteValue(s))
+				}
+				c.RedisWaitReplicas = int(n)
+				return nil
+			},
+		},
+		redisWaitTimeoutField(),
 		durationField("shutdown_timeout", "10s", minShutdownTimeout, maxShutdownTimeout,
 			"bound on draining in-flight calls at SIGTERM",
 			func(c *Config) *time.Duration { return &c.ShutdownTimeout }),
@@ -186,7 +208,26 @@ func fields() []field {
 				return nil
 			},
 		},
+	}, sagaFields()...)
+}
+
+// redisWaitTimeoutField is a duration field that must also leave room for
+// the write itself within store_timeout when replicas are awaited.
+func redisWaitTimeoutField() field {
+	f := durationField("redis_wait_timeout", "500ms", minWaitTimeout, maxWaitTimeout,
+		"how long the replicas of redis_wait_replicas have to acknowledge; below store_timeout",
+		func(c *Config) *time.Duration { return &c.RedisWaitTimeout })
+	bounds := f.check
+	f.check = func(c *Config) error {
+		if err := bounds(c); err != nil {
+			return err
+		}
+		if c.RedisWaitReplicas > 0 && c.RedisWaitTimeout >= c.StoreTimeout {
+			return fmt.Errorf("must be below store_timeout (%v) when redis_wait_replicas is set, got %v", c.StoreTimeout, c.RedisWaitTimeout)
+		}
+		return nil
 	}
+	return f
 }
 
 func durationField(key, def string, lo, hi time.Duration, usage string, ptr func(*Config) *time.Duration) field {

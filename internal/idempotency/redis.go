@@ -112,22 +112,41 @@ type RedisStore struct {
 	rdb     redis.UniversalClient
 	ns      string
 	timeout time.Duration
+	wait    redisx.Wait
 
 	mu      sync.Mutex
 	watches map[string]*redisWatch
 }
 
 type redisWatch struct {
-	ps    *redis.PubSub
+	sub   *redisx.ShardedSub
 	subs  map[chan struct{}]struct{}
 	ready chan struct{}
 	err   error
 }
 
+// RedisOption configures a RedisStore.
+type RedisOption func(*RedisStore)
+
+// WithWait makes the writes that start, checkpoint or complete a key wait
+// for w.Replicas replicas to acknowledge them (Redis WAIT on the same
+// connection) before they are reported. Fewer in w.Timeout is
+// store.ErrUnavailable (wrapping redisx.ErrNotReplicated), never a
+// success: an unacknowledged start is released again at once if Redis
+// lets us, else it lapses when its lease expires; a completion may be
+// repeated with the same lease.
+func WithWait(w redisx.Wait) RedisOption {
+	return func(r *RedisStore) { r.wait = w }
+}
+
 // NewRedisStore returns a store for namespace ns whose calls each take at
 // most timeout before failing with store.ErrUnavailable.
-func NewRedisStore(rdb redis.UniversalClient, ns string, timeout time.Duration) *RedisStore {
-	return &RedisStore{rdb: rdb, ns: ns, timeout: timeout, watches: map[string]*redisWatch{}}
+func NewRedisStore(rdb redis.UniversalClient, ns string, timeout time.Duration, opts ...RedisOption) *RedisStore {
+	r := &RedisStore{rdb: rdb, ns: ns, timeout: timeout, watches: map[string]*redisWatch{}}
+	for _, o := range opts {
+		o(r)
+	}
+	return r
 }
 
 func (r *RedisStore) key(key string) string     { return redisx.Key(r.ns, key, "idem") }
@@ -140,9 +159,37 @@ func (r *RedisStore) run(ctx context.Context, s *redis.Script, key string, args 
 	return v, redisx.Classify(ctx, err)
 }
 
+// runDurable is run for a write that must reach r.wait.Replicas replicas
+// when wrote(reply) says it changed something.
+func (r *RedisStore) runDurable(ctx context.Context, s *redis.Script, wrote func(any) bool, key string, args ...any) (any, error) {
+	sctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	v, err := redisx.RunWait(sctx, r.rdb, s, r.wait, wrote, []string{r.key(key)}, args...)
+	return v, redisx.Classify(ctx, err)
+}
+
+// started reports whether a check_or_record reply claimed the key.
+func started(v any) bool {
+	if a, _ := v.([]any); len(a) > 0 {
+		tag, _ := a[0].(string)
+		return tag == "S"
+	}
+	return false
+}
+
+// stored reports whether a complete or checkpoint reply wrote (not -1).
+func stored(v any) bool { n, ok := v.(int64); return ok && n >= 0 }
+
 // CheckOrRecord implements Store.
 func (r *RedisStore) CheckOrRecord(ctx context.Context, key, leaseID string, opts Options) (Claim, error) {
-	v, err := r.run(ctx, checkOrRecordScript, key, opts.Fingerprint, leaseID, opts.LeaseTTL.Milliseconds(), opts.Retention.Milliseconds())
+	v, err := r.runDurable(ctx, checkOrRecordScript, started, key, opts.Fingerprint, leaseID, opts.LeaseTTL.Milliseconds(), opts.Retention.Milliseconds())
+	if errors.Is(err, redisx.ErrNotReplicated) {
+		// Nobody will ever learn this lease id: give the key back now
+		// rather than when the lease expires. Best effort.
+		rctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+		_, _ = releaseScript.Run(rctx, r.rdb, []string{r.key(key)}, leaseID, r.channel(key)).Result()
+		cancel()
+	}
 	if err != nil {
 		return Claim{}, err
 	}
@@ -192,13 +239,13 @@ func (r *RedisStore) CheckOrRecord(ctx context.Context, key, leaseID string, opt
 
 // Complete implements Store.
 func (r *RedisStore) Complete(ctx context.Context, key, leaseID string, res Result) (time.Time, error) {
-	v, err := r.run(ctx, completeScript, key, leaseID, res.Data, encodeMetadata(res.Metadata), r.channel(key))
+	v, err := r.runDurable(ctx, completeScript, stored, key, leaseID, res.Data, encodeMetadata(res.Metadata), r.channel(key))
 	return expiryReply(v, err)
 }
 
 // Checkpoint implements Store.
 func (r *RedisStore) Checkpoint(ctx context.Context, key, leaseID string, cp Checkpoint) (time.Time, error) {
-	v, err := r.run(ctx, checkpointScript, key, leaseID, cp.RecoveryPoint, cp.Data)
+	v, err := r.runDurable(ctx, checkpointScript, stored, key, leaseID, cp.RecoveryPoint, cp.Data)
 	return expiryReply(v, err)
 }
 
@@ -304,8 +351,8 @@ func (r *RedisStore) WatchDone(ctx context.Context, key string) (<-chan struct{}
 				if r.watches[key] == w {
 					delete(r.watches, key)
 				}
-				if w.ps != nil {
-					_ = w.ps.Close()
+				if w.sub != nil {
+					_ = w.sub.Close()
 				}
 			}
 		})
@@ -314,20 +361,20 @@ func (r *RedisStore) WatchDone(ctx context.Context, key string) (<-chan struct{}
 	if create {
 		// The creator stays subscribed until it returns, so the watch
 		// cannot be torn down while it is being set up.
+		// The subscription follows the channel's slot when it moves to
+		// another Cluster node.
 		sctx, cancel := context.WithTimeout(context.Background(), r.timeout)
-		ps := r.rdb.SSubscribe(sctx, r.channel(key))
-		_, err := ps.Receive(sctx)
+		sub, err := redisx.SSubscribe(sctx, r.rdb, r.channel(key), r.timeout)
 		cancel()
 		r.mu.Lock()
 		if err != nil {
-			_ = ps.Close()
 			w.err = redisx.Classify(context.Background(), err)
 			if r.watches[key] == w {
 				delete(r.watches, key)
 			}
 		} else {
-			w.ps = ps
-			go r.pump(w, ps.Channel())
+			w.sub = sub
+			go r.pump(w, sub.C)
 		}
 		close(w.ready)
 		r.mu.Unlock()
@@ -347,7 +394,7 @@ func (r *RedisStore) WatchDone(ctx context.Context, key string) (<-chan struct{}
 
 // pump fans messages out to the watchers; it ends when the last watcher's
 // stop closes the subscription.
-func (r *RedisStore) pump(w *redisWatch, msgs <-chan *redis.Message) {
+func (r *RedisStore) pump(w *redisWatch, msgs <-chan struct{}) {
 	for range msgs {
 		r.mu.Lock()
 		for ch := range w.subs {

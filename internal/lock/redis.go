@@ -2,6 +2,7 @@ package lock
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -79,22 +80,39 @@ type RedisStore struct {
 	rdb     redis.UniversalClient
 	ns      string
 	timeout time.Duration
+	wait    redisx.Wait
 
 	mu      sync.Mutex
 	watches map[string]*redisWatch
 }
 
 type redisWatch struct {
-	ps    *redis.PubSub
+	sub   *redisx.ShardedSub
 	subs  map[chan struct{}]struct{}
 	ready chan struct{}
 	err   error
 }
 
+// RedisOption configures a RedisStore.
+type RedisOption func(*RedisStore)
+
+// WithWait makes grants and renewals wait for w.Replicas replicas to
+// acknowledge them (Redis WAIT on the same connection) before they are
+// reported. Fewer in w.Timeout is store.ErrUnavailable (wrapping
+// redisx.ErrNotReplicated), never a grant: an unacknowledged grant is
+// released again at once if Redis lets us, else it lapses at its TTL.
+func WithWait(w redisx.Wait) RedisOption {
+	return func(r *RedisStore) { r.wait = w }
+}
+
 // NewRedisStore returns a store for namespace ns whose calls each take at
 // most timeout before failing with store.ErrUnavailable.
-func NewRedisStore(rdb redis.UniversalClient, ns string, timeout time.Duration) *RedisStore {
-	return &RedisStore{rdb: rdb, ns: ns, timeout: timeout, watches: map[string]*redisWatch{}}
+func NewRedisStore(rdb redis.UniversalClient, ns string, timeout time.Duration, opts ...RedisOption) *RedisStore {
+	r := &RedisStore{rdb: rdb, ns: ns, timeout: timeout, watches: map[string]*redisWatch{}}
+	for _, o := range opts {
+		o(r)
+	}
+	return r
 }
 
 func (r *RedisStore) key(key string) string     { return redisx.Key(r.ns, key, "lock") }
@@ -107,9 +125,37 @@ func (r *RedisStore) run(ctx context.Context, s *redis.Script, key string, args 
 	return v, redisx.Classify(ctx, err)
 }
 
+// runDurable is run for a write that must reach r.wait.Replicas replicas
+// when wrote(reply) says it changed something.
+func (r *RedisStore) runDurable(ctx context.Context, s *redis.Script, wrote func(any) bool, key string, args ...any) (any, error) {
+	sctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	v, err := redisx.RunWait(sctx, r.rdb, s, r.wait, wrote, []string{r.key(key)}, args...)
+	return v, redisx.Classify(ctx, err)
+}
+
+// granted reports whether an acquire reply granted the lock.
+func granted(v any) bool {
+	if a, _ := v.([]any); len(a) > 0 {
+		n, _ := a[0].(int64)
+		return n == 1
+	}
+	return false
+}
+
+// renewed reports whether a renew reply extended the lease.
+func renewed(v any) bool { s, _ := v.(string); return s != "" && s != "-1" }
+
 // TryAcquire implements Store.
 func (r *RedisStore) TryAcquire(ctx context.Context, key, leaseID, owner string, ttl time.Duration) (Lease, Holder, bool, error) {
-	v, err := r.run(ctx, acquireScript, key, leaseID, owner, ttl.Milliseconds(), retentionMS)
+	v, err := r.runDurable(ctx, acquireScript, granted, key, leaseID, owner, ttl.Milliseconds(), retentionMS)
+	if errors.Is(err, redisx.ErrNotReplicated) {
+		// Nobody will ever learn this lease id: free the lock now rather
+		// than at its TTL. Best effort; a failed release is harmless.
+		rctx, cancel := context.WithTimeout(context.Background(), r.timeout)
+		_, _ = releaseScript.Run(rctx, r.rdb, []string{r.key(key)}, leaseID, r.channel(key)).Result()
+		cancel()
+	}
 	if err != nil {
 		return Lease{}, Holder{}, false, err
 	}
@@ -137,7 +183,7 @@ func (r *RedisStore) Release(ctx context.Context, key, leaseID string) error {
 
 // Renew implements Store.
 func (r *RedisStore) Renew(ctx context.Context, key, leaseID string, ttl time.Duration) (time.Time, error) {
-	v, err := r.run(ctx, renewScript, key, leaseID, ttl.Milliseconds(), retentionMS)
+	v, err := r.runDurable(ctx, renewScript, renewed, key, leaseID, ttl.Milliseconds(), retentionMS)
 	if err != nil {
 		return time.Time{}, err
 	}
@@ -210,8 +256,8 @@ func (r *RedisStore) WatchRelease(ctx context.Context, key string) (<-chan struc
 				if r.watches[key] == w {
 					delete(r.watches, key)
 				}
-				if w.ps != nil {
-					_ = w.ps.Close()
+				if w.sub != nil {
+					_ = w.sub.Close()
 				}
 			}
 		})
@@ -220,20 +266,20 @@ func (r *RedisStore) WatchRelease(ctx context.Context, key string) (<-chan struc
 	if create {
 		// The creator stays subscribed until it returns, so the watch
 		// cannot be torn down while it is being set up.
+		// The subscription follows the channel's slot when it moves to
+		// another Cluster node.
 		sctx, cancel := context.WithTimeout(context.Background(), r.timeout)
-		ps := r.rdb.SSubscribe(sctx, r.channel(key))
-		_, err := ps.Receive(sctx)
+		sub, err := redisx.SSubscribe(sctx, r.rdb, r.channel(key), r.timeout)
 		cancel()
 		r.mu.Lock()
 		if err != nil {
-			_ = ps.Close()
 			w.err = redisx.Classify(context.Background(), err)
 			if r.watches[key] == w {
 				delete(r.watches, key)
 			}
 		} else {
-			w.ps = ps
-			go r.pump(w, ps.Channel())
+			w.sub = sub
+			go r.pump(w, sub.C)
 		}
 		close(w.ready)
 		r.mu.Unlock()
@@ -253,7 +299,7 @@ func (r *RedisStore) WatchRelease(ctx context.Context, key string) (<-chan struc
 
 // pump fans release messages out to the watchers; it ends when the last
 // watcher's stop closes the subscription.
-func (r *RedisStore) pump(w *redisWatch, msgs <-chan *redis.Message) {
+func (r *RedisStore) pump(w *redisWatch, msgs <-chan struct{}) {
 	for range msgs {
 		r.mu.Lock()
 		for ch := range w.subs {

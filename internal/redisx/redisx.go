@@ -81,7 +81,8 @@ func Key(ns, id, suffix string) string {
 // for nil, redis.Nil unchanged, the caller's context error when the caller
 // gave up, an error wrapping store.ErrUnavailable when Redis could not be
 // reached or answered that it cannot serve now (LOADING, READONLY,
-// MASTERDOWN, CLUSTERDOWN, TRYAGAIN), and any other reply error wrapped.
+// MASTERDOWN, CLUSTERDOWN, TRYAGAIN, and MOVED or ASK that were not
+// followed in time while a slot moves), and any other reply error wrapped.
 func Classify(caller context.Context, err error) error {
 	if err == nil || errors.Is(err, redis.Nil) {
 		return err
@@ -92,7 +93,7 @@ func Classify(caller context.Context, err error) error {
 	var rerr redis.Error
 	if errors.As(err, &rerr) && !isNetError(err) {
 		msg := rerr.Error()
-		for _, p := range []string{"LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "NOREPLICAS"} {
+		for _, p := range []string{"LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "NOREPLICAS", "MOVED ", "ASK "} {
 			if strings.HasPrefix(msg, p) {
 				return store.Unavailable(err)
 			}

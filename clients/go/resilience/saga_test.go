@@ -1,0 +1,118 @@
+package resilience_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/seed-a88e5317/resilience-sidecar/clients/go/resilience"
+	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+)
+
+// TestSagaStepFailureCompensates runs a saga through a sidecar of its own
+// whose config declares the upstream the compensations go to: the third
+// step fails, so the sidecar undoes all three, newest first.
+func TestSagaStepFailureCompensates(t *testing.T) {
+	var mu sync.Mutex
+	var undone []string
+	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		mu.Lock()
+		undone = append(undone, r.URL.Path+" "+r.Header.Get("Idempotency-Key"))
+		mu.Unlock()
+	}))
+	defer hs.Close()
+	cfg := filepath.Join(t.TempDir(), "sidecar.yaml")
+	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("upstreams:\n  inventory: {url: %q}\n", hs.URL)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sc := testharness.StartSidecar(t, testharness.BuildSidecar(t), "--config", cfg)
+	sagas := v1.NewSagaServiceClient(sc.Conn(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	s, err := resilience.StartSaga(ctx, sagas, "order-7", "place-order", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	undo := func(what string) *v1.Compensation {
+		return &v1.Compensation{Upstream: "inventory", Method: "POST", Path: "/undo/" + what}
+	}
+	var ran []string
+	for _, step := range []string{"reserve", "charge"} {
+		if err := s.Step(ctx, step, undo(step), func(context.Context) error { ran = append(ran, step); return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	boom := errors.New("carrier refused the parcel")
+	err = s.Step(ctx, "ship", undo("ship"), func(context.Context) error { ran = append(ran, "ship"); return boom })
+	if !errors.Is(err, boom) {
+		t.Fatalf("Step = %v, want the step's error", err)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		g, err := sagas.GetSaga(ctx, &v1.GetSagaRequest{SagaId: "order-7"})
+		if err == nil && g.GetSaga().GetState() == v1.SagaState_SAGA_STATE_COMPENSATED {
+			if !strings.Contains(g.GetSaga().GetReason(), "carrier refused") {
+				t.Fatalf("reason %q", g.GetSaga().GetReason())
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("saga not compensated: %v %v", g, err)
+		}
+	}
+	mu.Lock()
+	got := strings.Join(undone, ", ")
+	mu.Unlock()
+	if got != "/undo/ship order-7:ship, /undo/charge order-7:charge, /undo/reserve order-7:reserve" || strings.Join(ran, ",") != "reserve,charge,ship" {
+		t.Fatalf("ran %v; compensations %s", ran, got)
+	}
+	// The saga is over: no more steps, and it cannot complete.
+	called := false
+	err = s.Step(ctx, "late", undo("late"), func(context.Context) error { called = true; return nil })
+	if !errors.Is(err, resilience.ErrSagaStateConflict) || called {
+		t.Fatalf("step after the abort: %v (ran %v)", err, called)
+	}
+	if err := s.Complete(ctx); !errors.Is(err, resilience.ErrSagaStateConflict) {
+		t.Fatalf("complete after the abort: %v", err)
+	}
+}
+
+// The shared sidecar of these tests declares no upstream, so its sagas can
+// only start, complete and abort without steps.
+func TestSagaWithoutSteps(t *testing.T) {
+	conn, err := resilience.Dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	sagas := v1.NewSagaServiceClient(conn)
+	ctx := context.Background()
+	s, err := resilience.StartSaga(ctx, sagas, "empty-1", "noop", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Complete(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := resilience.StartSaga(ctx, sagas, "empty-1", "other", 0); !errors.Is(err, resilience.ErrSagaStateConflict) {
+		t.Fatalf("start with another name: %v", err)
+	}
+	s2, _ := resilience.StartSaga(ctx, sagas, "empty-2", "noop", 0)
+	if err := s2.Abort(ctx, "bad\nreason "+strings.Repeat("é", 400)); err != nil {
+		t.Fatalf("abort with an unruly reason: %v", err)
+	}
+	if _, err := sagas.GetSaga(ctx, &v1.GetSagaRequest{SagaId: "empty-9"}); !errors.Is(resilience.FromError(err), resilience.ErrSagaNotFound) {
+		t.Fatalf("get unknown: %v", err)
+	}
+}

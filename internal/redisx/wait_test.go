@@ -1,0 +1,159 @@
+package redisx_test
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+)
+
+// incrScript writes when ARGV[1] is "w" and returns the new value, else
+// reads and returns -1.
+var incrScript = redisx.NewScript("test.incr", `
+if ARGV[1] == 'w' then return redis.call('INCR', KEYS[1]) end
+return -1
+`)
+
+func wroteReply(v any) bool { n, _ := v.(int64); return n >= 0 }
+
+func TestRedisRunWaitStandaloneWithReplica(t *testing.T) {
+	t.Parallel()
+	master := testharness.StartRedis(t, testharness.WithRedisArgs("--repl-diskless-sync-delay", "0"))
+	host, port, _ := net.SplitHostPort(master.Addr())
+	replica := testharness.StartRedis(t, testharness.WithRedisArgs("--replicaof", host, port))
+	c, err := redisx.NewClient(master.URL(), redisx.Standalone, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ctx := context.Background()
+	keys := []string{"rs:{t/k}:n"}
+	// The replica attaches asynchronously.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		n, err := c.Do(ctx, "wait", 1, 100).Int()
+		if err == nil && n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("replica never attached: %d %v", n, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	// Generous: success returns as soon as the replica acknowledges; a loaded
+	// machine can take a while to schedule the replica.
+	one := redisx.Wait{Replicas: 1, Timeout: 5 * time.Second}
+	v, err := redisx.RunWait(ctx, c, incrScript, one, wroteReply, keys, "w")
+	if err != nil || v != int64(1) {
+		t.Fatalf("write with WAIT 1 = %v, %v", v, err)
+	}
+	if got, err := replica.Client(t).Get(ctx, keys[0]).Result(); err != nil || got != "1" {
+		t.Fatalf("replica has %q, %v after WAIT said it acknowledged", got, err)
+	}
+
+	// The script cache is empty (as after a restart or failover): EVAL.
+	if err := c.ScriptFlush(ctx).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := redisx.RunWait(ctx, c, incrScript, one, wroteReply, keys, "w"); err != nil || v != int64(2) {
+		t.Fatalf("after SCRIPT FLUSH = %v, %v", v, err)
+	}
+
+	// More replicas than exist: the write is made but reported as failed.
+	v, err = redisx.RunWait(ctx, c, incrScript, redisx.Wait{Replicas: 2, Timeout: 100 * time.Millisecond}, wroteReply, keys, "w")
+	if !errors.Is(err, redisx.ErrNotReplicated) || v != int64(3) {
+		t.Fatalf("WAIT 2 with one replica = %v, %v; want the reply and ErrNotReplicated", v, err)
+	}
+	if cerr := redisx.Classify(ctx, err); !errors.Is(cerr, store.ErrUnavailable) || !strings.Contains(cerr.Error(), "1 of 2 replicas") {
+		t.Fatalf("Classify = %v; want store.ErrUnavailable naming the shortfall", cerr)
+	}
+
+	// A frozen replica does not acknowledge.
+	replica.Pause()
+	start := time.Now()
+	_, err = redisx.RunWait(ctx, c, incrScript, redisx.Wait{Replicas: 1, Timeout: 300 * time.Millisecond}, wroteReply, keys, "w")
+	if !errors.Is(err, redisx.ErrNotReplicated) {
+		t.Fatalf("with the replica paused: %v; want ErrNotReplicated", err)
+	}
+	if el := time.Since(start); el > 2*time.Second {
+		t.Fatalf("WAIT with a 300ms timeout took %v", el)
+	}
+	// A reply that wrote nothing is not held to the replicas.
+	if v, err := redisx.RunWait(ctx, c, incrScript, redisx.Wait{Replicas: 1, Timeout: 300 * time.Millisecond}, wroteReply, keys, "r"); err != nil || v != int64(-1) {
+		t.Fatalf("read with the replica paused = %v, %v", v, err)
+	}
+	replica.Resume()
+
+	// Without replicas requested, RunWait is Script.Run.
+	if v, err := redisx.RunWait(ctx, c, incrScript, redisx.Wait{}, wroteReply, keys, "w"); err != nil || v != int64(5) {
+		t.Fatalf("no wait = %v, %v", v, err)
+	}
+}
+
+// On Cluster the WAIT goes to the master of the key's slot, right after the
+// script on the same connection, also while the slot is being migrated
+// (ASK) and after it moved (MOVED).
+func TestClusterRunWaitFollowsTheSlot(t *testing.T) {
+	t.Parallel()
+	cl := testharness.StartCluster(t, 3, testharness.WithClusterReplicas(1))
+	c, err := redisx.NewClient(cl.URL(), redisx.Cluster, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ctx := context.Background()
+	one := redisx.Wait{Replicas: 1, Timeout: time.Second}
+	run := func(key string) int64 {
+		t.Helper()
+		v, err := redisx.RunWait(ctx, c, incrScript, one, wroteReply, []string{key}, "w")
+		if err != nil {
+			t.Fatalf("RunWait(%s): %v", key, err)
+		}
+		return v.(int64)
+	}
+	for _, k := range []string{"rs:{a}:n", "rs:{b}:n", "rs:{c}:n", "rs:{d}:n"} {
+		run(k)
+	}
+
+	const key = "rs:{moving}:n"
+	run(key)
+	slot := cl.KeySlot(t, key)
+	from := cl.Owner(t, slot)
+	var to *testharness.Redis
+	for _, m := range cl.Masters() {
+		if m != from {
+			to = m
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- cl.MoveSlot(ctx, slot, to, 300*time.Millisecond) }()
+	n := int64(1)
+	for moving := true; moving; {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			moving = false
+		default:
+		}
+		n++
+		if got := run(key); got != n {
+			t.Fatalf("INCR during the move = %d, want %d", got, n)
+		}
+	}
+	n++
+	if got := run(key); got != n {
+		t.Fatalf("INCR after the move = %d, want %d", got, n)
+	}
+	if v, err := to.Client(t).Get(ctx, key).Int64(); err != nil || v != n {
+		t.Fatalf("new owner holds %d, %v; want %d", v, err, n)
+	}
+}
