@@ -11,6 +11,7 @@ import type { CallOptions, Client, Interceptor } from "@connectrpc/connect";
 import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-node";
 
 import { BreakerService } from "./gen/resilience/v1/breaker_pb.js";
+import { SagaService } from "./gen/resilience/v1/saga_pb.js";
 import { ClockService } from "./gen/resilience/v1/clock_pb.js";
 import { IdempotencyService } from "./gen/resilience/v1/idempotency_pb.js";
 import { LockService } from "./gen/resilience/v1/lock_pb.js";
@@ -54,6 +55,7 @@ export interface SidecarClient {
   readonly idempotency: Client<typeof IdempotencyService>;
   readonly clock: Client<typeof ClockService>;
   readonly breaker: Client<typeof BreakerService>;
+  readonly saga: Client<typeof SagaService>;
   /** The address the client talks to. */
   readonly addr: string;
   /** The default deadline of unary calls in ms (0: none). */
@@ -100,6 +102,7 @@ export function createClient(options: ClientOptions = {}): SidecarClient {
     idempotency: wrap(IdempotencyService),
     clock: wrap(ClockService),
     breaker: wrap(BreakerService),
+    saga: wrap(SagaService),
     addr,
     timeoutMs,
     close: () => sessionManager.abort(),

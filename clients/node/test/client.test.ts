@@ -299,3 +299,14 @@ describe("a stopped sidecar is an error, not a hang", () => {
     }
   });
 });
+
+describe("every service is on the client", () => {
+  test("saga: StartSaga then GetSaga", async () => {
+    const sagaId = `node-${randomBytes(6).toString("hex")}`;
+    const started = await client.saga.startSaga({ sagaId, name: "checkout" });
+    assert.equal(started.saga?.sagaId, sagaId);
+    const got = await client.saga.getSaga({ sagaId });
+    assert.equal(got.saga?.name, "checkout");
+    assert.equal(got.saga?.state, 1); // SAGA_STATE_RUNNING
+  });
+});

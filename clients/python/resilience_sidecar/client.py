@@ -15,7 +15,7 @@ from ._util import Seconds, seconds
 from .errors import DeadlineExceeded, SidecarError, Unavailable
 from .idempotent import make_decorator, run_idempotent
 from .lock import LockSession
-from .v1 import breaker_pb2_grpc, clock_pb2_grpc, idempotency_pb2_grpc, lock_pb2_grpc
+from .v1 import breaker_pb2_grpc, clock_pb2_grpc, idempotency_pb2_grpc, lock_pb2_grpc, saga_pb2_grpc
 
 __all__ = ["Client", "DEFAULT_ADDR", "DEFAULT_TIMEOUT", "ENV_ADDR", "ENV_TOKEN", "ENV_TOKEN_FILE"]
 
@@ -58,7 +58,7 @@ class Client:
     localhost: the channel is plaintext and ignores HTTP proxies.
 
     Raw stubs (calls through them raise :class:`SidecarError` subclasses):
-    ``locks``, ``idempotency``, ``clocks``, ``breakers``, ``health``.
+    ``locks``, ``idempotency``, ``clocks``, ``breakers``, ``sagas``, ``health``.
     Helpers: :meth:`lock`, :meth:`idempotent`, :meth:`wait_ready`.
 
     Thread-safe; one per process is enough. Close it (or use ``with``)
@@ -93,6 +93,7 @@ class Client:
         self.idempotency = idempotency_pb2_grpc.IdempotencyServiceStub(self.channel)
         self.clocks = clock_pb2_grpc.ClockServiceStub(self.channel)
         self.breakers = breaker_pb2_grpc.BreakerServiceStub(self.channel)
+        self.sagas = saga_pb2_grpc.SagaServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
     # -- lifecycle --------------------------------------------------------------

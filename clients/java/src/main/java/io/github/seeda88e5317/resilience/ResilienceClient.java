@@ -31,6 +31,7 @@ import java.util.concurrent.ScheduledThreadPoolExecutor;
 import java.util.concurrent.TimeUnit;
 import java.util.function.Supplier;
 import resilience.v1.BreakerServiceGrpc;
+import resilience.v1.SagaServiceGrpc;
 import resilience.v1.ClockServiceGrpc;
 import resilience.v1.Idempotency.CheckOrRecordIdempotencyRequest;
 import resilience.v1.Idempotency.CheckOrRecordIdempotencyResponse;
@@ -92,6 +93,8 @@ public final class ResilienceClient implements AutoCloseable {
   private final ClockServiceGrpc.ClockServiceStub clocksAsync;
   private final BreakerServiceGrpc.BreakerServiceBlockingStub breakers;
   private final BreakerServiceGrpc.BreakerServiceStub breakersAsync;
+  private final SagaServiceGrpc.SagaServiceBlockingStub sagas;
+  private final SagaServiceGrpc.SagaServiceStub sagasAsync;
 
   private ResilienceClient(ManagedChannel channel, String address, Duration callTimeout) {
     this.channel = channel;
@@ -114,6 +117,8 @@ public final class ResilienceClient implements AutoCloseable {
     this.clocksAsync = ClockServiceGrpc.newStub(channel);
     this.breakers = BreakerServiceGrpc.newBlockingStub(channel);
     this.breakersAsync = BreakerServiceGrpc.newStub(channel);
+    this.sagas = SagaServiceGrpc.newBlockingStub(channel);
+    this.sagasAsync = SagaServiceGrpc.newStub(channel);
   }
 
   /** A client configured from the environment (see the class comment). */
@@ -173,6 +178,14 @@ public final class ResilienceClient implements AutoCloseable {
 
   public BreakerServiceGrpc.BreakerServiceStub breakersAsync() {
     return breakersAsync;
+  }
+
+  public SagaServiceGrpc.SagaServiceBlockingStub sagas() {
+    return sagas;
+  }
+
+  public SagaServiceGrpc.SagaServiceStub sagasAsync() {
+    return sagasAsync;
   }
 
   // ---- locks -------------------------------------------------------------------------------
