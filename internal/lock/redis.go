@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -82,15 +81,7 @@ type RedisStore struct {
 	timeout time.Duration
 	wait    redisx.Wait
 
-	mu      sync.Mutex
-	watches map[string]*redisWatch
-}
-
-type redisWatch struct {
-	sub   *redisx.ShardedSub
-	subs  map[chan struct{}]struct{}
-	ready chan struct{}
-	err   error
+	watches *redisx.Watches
 }
 
 // RedisOption configures a RedisStore.
@@ -108,7 +99,7 @@ func WithWait(w redisx.Wait) RedisOption {
 // NewRedisStore returns a store for namespace ns whose calls each take at
 // most timeout before failing with store.ErrUnavailable.
 func NewRedisStore(rdb redis.UniversalClient, ns string, timeout time.Duration, opts ...RedisOption) *RedisStore {
-	r := &RedisStore{rdb: rdb, ns: ns, timeout: timeout, watches: map[string]*redisWatch{}}
+	r := &RedisStore{rdb: rdb, ns: ns, timeout: timeout, watches: redisx.NewWatches(rdb, timeout)}
 	for _, o := range opts {
 		o(r)
 	}
@@ -235,81 +226,7 @@ func parseLockReply(v any) (flag bool, label string, fence uint64, exp time.Time
 // WatchRelease implements Store. Watchers of one key share one sharded
 // subscription; it is confirmed by Redis before WatchRelease returns.
 func (r *RedisStore) WatchRelease(ctx context.Context, key string) (<-chan struct{}, func(), error) {
-	ch := make(chan struct{}, 1)
-	r.mu.Lock()
-	w := r.watches[key]
-	create := w == nil
-	if create {
-		w = &redisWatch{subs: map[chan struct{}]struct{}{}, ready: make(chan struct{})}
-		r.watches[key] = w
-	}
-	w.subs[ch] = struct{}{}
-	r.mu.Unlock()
-
-	var once sync.Once
-	stop := func() {
-		once.Do(func() {
-			r.mu.Lock()
-			defer r.mu.Unlock()
-			delete(w.subs, ch)
-			if len(w.subs) == 0 {
-				if r.watches[key] == w {
-					delete(r.watches, key)
-				}
-				if w.sub != nil {
-					_ = w.sub.Close()
-				}
-			}
-		})
-	}
-
-	if create {
-		// The creator stays subscribed until it returns, so the watch
-		// cannot be torn down while it is being set up.
-		// The subscription follows the channel's slot when it moves to
-		// another Cluster node.
-		sctx, cancel := context.WithTimeout(context.Background(), r.timeout)
-		sub, err := redisx.SSubscribe(sctx, r.rdb, r.channel(key), r.timeout)
-		cancel()
-		r.mu.Lock()
-		if err != nil {
-			w.err = redisx.Classify(context.Background(), err)
-			if r.watches[key] == w {
-				delete(r.watches, key)
-			}
-		} else {
-			w.sub = sub
-			go r.pump(w, sub.C)
-		}
-		close(w.ready)
-		r.mu.Unlock()
-	}
-	select {
-	case <-w.ready:
-	case <-ctx.Done():
-		stop()
-		return nil, nil, ctx.Err()
-	}
-	if w.err != nil {
-		stop()
-		return nil, nil, w.err
-	}
-	return ch, stop, nil
-}
-
-// pump fans release messages out to the watchers; it ends when the last
-// watcher's stop closes the subscription.
-func (r *RedisStore) pump(w *redisWatch, msgs <-chan struct{}) {
-	for range msgs {
-		r.mu.Lock()
-		for ch := range w.subs {
-			select {
-			case ch <- struct{}{}:
-			default:
-			}
-		}
-		r.mu.Unlock()
-	}
+	return r.watches.Watch(ctx, r.channel(key))
 }
 
 // Evict deletes key's bookkeeping, as Redis eviction might.
