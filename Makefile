@@ -8,7 +8,7 @@ BIN   := $(CURDIR)/.bin
 GO    ?= go
 export PATH := $(BIN):$(PATH)
 
-.PHONY: all build run test test-go test-clients lint generate check-generated bench tools clean redis
+.PHONY: all build run test test-go test-clients lint generate check-generated bench tools clean redis postgres
 
 all: build
 
@@ -50,8 +50,11 @@ lint: $(BIN)/buf
 redis:
 	@scripts/ensure-redis.sh
 
+postgres:
+	@scripts/ensure-postgres.sh
+
 ## test: everything CI runs.
-test: tools redis check-generated lint test-go test-clients
+test: tools redis postgres check-generated lint test-go test-clients
 
 ## test-clients: each language's client tests against the real sidecar binary.
 test-clients: build redis
@@ -62,9 +65,10 @@ test-clients: build redis
 test-go:
 	$(GO) test -race -count=1 -timeout 15m ./...
 
-## bench: load benchmarks (not tests); prints one table.
-bench: tools redis build
-	$(GO) run ./cmd/bench
+## bench: load benchmarks and the issue-12 targets (not tests; docs/performance.md).
+## Parts: make bench BENCH_FLAGS='-groups locks,clock'
+bench: tools redis postgres build
+	$(GO) run ./cmd/bench $(BENCH_FLAGS)
 
 clean:
 	rm -rf $(BIN)

@@ -33,6 +33,8 @@ func runChild(mode string) int {
 	switch mode {
 	case "hold":
 		return childHold(os.Getenv("E2E_ADDR"), os.Getenv("E2E_KEY"))
+	case "subscribe":
+		return childSubscribe(os.Getenv("E2E_ADDR"))
 	default:
 		fmt.Fprintf(os.Stderr, "unknown child mode %q\n", mode)
 		return 2

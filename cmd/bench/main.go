@@ -1,9 +1,14 @@
 // Command bench is the load generator behind `make bench`. It starts a real
 // redis-server, the real sidecar binary twice (on that Redis and on the
-// embedded store) and a bare gRPC server (the floor), drives each scenario
-// at several concurrencies, and prints one table with throughput, p50/p99
-// latency and the ratios against the raw-Redis baseline and the gRPC floor
-// measured in the same run.
+// embedded store) and a bare gRPC server (the floor, which also serves the
+// echo baseline) in a child process. It first measures the performance
+// targets of issue 12 with a lean load generator (load.go, targets.go,
+// footprint.go: throughput, latency and each process's CPU per op against
+// the echo server and a naive Redis client, scaling, memory, sessions,
+// start time), then drives each scenario row at several concurrencies and
+// prints one table with throughput, p50/p99 latency and the ratios against
+// the raw-Redis baseline and the gRPC floor measured in the same run, and
+// finally one verdict line per target. -groups selects parts of the run.
 //
 // It is not a test: nothing here asserts a time.
 package main
@@ -41,6 +46,15 @@ type Env struct {
 	// TB owns what a scenario starts itself (e.g. a sidecar with its own
 	// config file); it is cleaned up when the bench ends.
 	TB testharness.TB
+
+	// The processes behind the connections, for CPU and memory accounting.
+	Bin             string // the sidecar binary
+	RedisAddr       string
+	RedisURL        string
+	OnRedisSidecar  *testharness.Sidecar
+	EmbeddedSidecar *testharness.Sidecar
+	FloorAddr       string
+	FloorPID        int
 }
 
 // Row is one measured line. Op is called repeatedly by each worker; i
@@ -70,52 +84,126 @@ type result struct {
 	throughput float64
 }
 
+// benchGroups are the parts of the run -groups selects from.
+var benchGroups = []string{"locks", "clock", "memory", "waiters", "sessions", "startup", "rows"}
+
 func main() {
 	if os.Getenv("BENCH_FLOOR_ADDR") != "" {
 		serveFloor(os.Getenv("BENCH_FLOOR_ADDR"))
 		return
 	}
-	dur := flag.Duration("duration", 2*time.Second, "measuring time per row and concurrency")
-	concs := flag.String("concurrency", "1,16,64", "comma-separated worker counts")
-	filter := flag.String("run", "", "only rows whose name contains this")
+	dur := flag.Duration("duration", time.Second, "rows: measuring time per row and concurrency")
+	concs := flag.String("concurrency", "1,16,64", "rows: comma-separated worker counts")
+	filter := flag.String("run", "", "rows: only rows whose name contains this")
+	sel := flag.String("groups", "all", "comma-separated parts to run: "+strings.Join(benchGroups, ", ")+" (or all)")
+	var to targetOpts
+	levels := flag.String("levels", "1,4,16,64,256,1024", "locks: concurrency levels of the scaling table (targets use 1 and 64)")
+	flag.IntVar(&to.conns, "conns", 4, "gRPC connections the lean load generator's workers share")
+	flag.DurationVar(&to.warm, "warm", 500*time.Millisecond, "targets: warm-up before each cell's window")
+	flag.DurationVar(&to.window, "window", 2*time.Second, "targets: measuring window of each cell")
+	flag.IntVar(&to.clockConc, "clock-concurrency", 8, "clock: workers of the NextLamport/NextUlid cells")
+	flag.IntVar(&to.sessions, "sessions", 10000, "sessions: concurrent HoldLock sessions")
+	flag.DurationVar(&to.sessionTTL, "session-ttl", 6*time.Second, "sessions: their TTL (held for 3 TTLs)")
+	flag.IntVar(&to.waiters, "waiters", 1000, "waiters: clients waiting on one key")
+	flag.IntVar(&to.startRounds, "start-rounds", 5, "startup: starts per store (median reported)")
 	flag.Parse()
-	var levels []int
-	for _, s := range strings.Split(*concs, ",") {
-		var n int
-		if _, err := fmt.Sscan(s, &n); err != nil || n < 1 {
-			log.Fatalf("bad -concurrency %q", *concs)
+	rowLevels, err := parseLevels(*concs)
+	if err != nil {
+		log.Fatalf("bad -concurrency: %v", err)
+	}
+	if to.levels, err = parseLevels(*levels); err != nil {
+		log.Fatalf("bad -levels: %v", err)
+	}
+	on := map[string]bool{}
+	for _, g := range strings.Split(*sel, ",") {
+		g = strings.TrimSpace(g)
+		if g == "all" {
+			for _, x := range benchGroups {
+				on[x] = true
+			}
+			continue
 		}
-		levels = append(levels, n)
+		if !slices.Contains(benchGroups, g) {
+			log.Fatalf("bad -groups: %q is none of %s", g, strings.Join(benchGroups, ", "))
+		}
+		on[g] = true
 	}
 
 	tb := &benchTB{}
 	defer tb.cleanup()
 	rd := testharness.StartRedis(tb)
 	bin := testharness.BuildSidecar(tb)
-	onRedis := testharness.StartSidecar(tb, bin, "--redis-url", rd.URL(), "--log-level", "error")
-	embedded := testharness.StartSidecar(tb, bin, "--log-level", "error")
+	// Both sidecars run as deployed by default (info logs, metrics served).
+	onRedis := testharness.StartSidecar(tb, bin, "--redis-url", rd.URL(), "--metrics-listen", testharness.FreeAddr(tb))
+	embedded := testharness.StartSidecar(tb, bin, "--metrics-listen", testharness.FreeAddr(tb))
 	floorAddr := testharness.FreeAddr(tb)
-	startFloor(tb, floorAddr)
+	floorPID := startFloor(tb, floorAddr)
 
 	env := &Env{
-		Redis:    rd.Client(tb),
-		OnRedis:  onRedis.Conn(tb),
-		Embedded: embedded.Conn(tb),
-		Floor:    dial(tb, floorAddr),
-		TB:       tb,
+		Redis:           rd.Client(tb),
+		OnRedis:         onRedis.Conn(tb),
+		Embedded:        embedded.Conn(tb),
+		Floor:           dial(tb, floorAddr),
+		TB:              tb,
+		Bin:             bin,
+		RedisAddr:       rd.Addr(),
+		RedisURL:        rd.URL(),
+		OnRedisSidecar:  onRedis,
+		EmbeddedSidecar: embedded,
+		FloorAddr:       floorAddr,
+		FloorPID:        floorPID,
 	}
+	start := time.Now()
+	fmt.Printf("bench: %d cores, redis-server %s (pid %d), sidecar %s (pids %d on Redis, %d embedded), echo/floor pid %d\n",
+		numCPU(), rd.Addr(), redisPID(env.Redis), bin, onRedis.PID(), embedded.PID(), floorPID)
+	tr := &targetRun{env: env, opts: to, out: os.Stdout}
+	for _, g := range []struct {
+		name string
+		run  func()
+	}{
+		{"locks", tr.runLocks}, {"clock", tr.runClock}, {"memory", tr.runMemory}, {"waiters", tr.runWaiters},
+		{"startup", tr.runStartup}, {"sessions", tr.runSessions},
+	} {
+		if on[g.name] {
+			fmt.Fprintf(os.Stderr, "bench: %s (%s)\n", g.name, time.Since(start).Round(time.Second))
+			g.run()
+		}
+	}
+	if on["rows"] {
+		fmt.Fprintf(os.Stderr, "bench: rows (%s)\n", time.Since(start).Round(time.Second))
+		runRows(env, rowLevels, *dur, *filter)
+	}
+	tr.printTargets()
+	fmt.Printf("\nbench: done in %s\n", time.Since(start).Round(time.Second))
+}
+
+func parseLevels(s string) ([]int, error) {
+	var levels []int
+	for _, f := range strings.Split(s, ",") {
+		var n int
+		if _, err := fmt.Sscan(f, &n); err != nil || n < 1 {
+			return nil, fmt.Errorf("%q", s)
+		}
+		levels = append(levels, n)
+	}
+	return levels, nil
+}
+
+// runRows measures every scenario row (the groups registry) at each level
+// and prints their table.
+func runRows(env *Env, levels []int, d time.Duration, filter string) {
 	var rows []Row
 	for _, g := range groups {
 		rows = append(rows, g(env)...)
 	}
-	fmt.Printf("bench: %d cores, %v per cell, redis-server %s, sidecar %s\n\n", numCPU(), *dur, rd.Addr(), bin)
+	fmt.Printf("\n== scenario rows: %v per cell, one connection per sidecar ==\n", d)
 	var results []result
 	for _, row := range rows {
-		if *filter != "" && !strings.Contains(row.Name, *filter) {
+		if filter != "" && !strings.Contains(row.Name, filter) {
 			continue
 		}
 		for _, c := range levels {
-			r := measure(row, c, *dur)
+			r := measure(row, c, d)
 			results = append(results, r)
 			fmt.Fprintf(os.Stderr, "  %-52s c=%-3d %10.0f/s\n", row.Name, c, r.throughput)
 		}
@@ -131,7 +219,7 @@ func measure(row Row, conc int, d time.Duration) result {
 	}
 	var ops, errs atomic.Int64
 	var firstErr atomic.Value
-	lat := make([][]time.Duration, conc)
+	lat := make([]hist, conc)
 	deadline := time.Now().Add(d)
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -142,7 +230,7 @@ func measure(row Row, conc int, d time.Duration) result {
 			for i := 0; time.Now().Before(deadline); i++ {
 				t0 := time.Now()
 				err := row.Op(ctx, w, i)
-				lat[w] = append(lat[w], time.Since(t0))
+				lat[w].add(time.Since(t0))
 				ops.Add(1)
 				if err != nil {
 					if errs.Add(1) == 1 {
@@ -154,19 +242,15 @@ func measure(row Row, conc int, d time.Duration) result {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	var all []time.Duration
-	for _, l := range lat {
-		all = append(all, l...)
+	var all hist
+	for i := range lat {
+		all.merge(&lat[i])
 	}
-	slices.Sort(all)
 	r := result{row: row, conc: conc, ops: ops.Load(), errs: errs.Load(), elapsed: elapsed}
 	if e, ok := firstErr.Load().(error); ok {
 		r.firstErr = e
 	}
-	if len(all) > 0 {
-		r.p50 = all[len(all)/2]
-		r.p99 = all[len(all)*99/100]
-	}
+	r.p50, r.p99 = all.quantile(0.50), all.quantile(0.99)
 	per := max(row.PerOp, 1)
 	r.throughput = float64(r.ops*int64(per)) / elapsed.Seconds()
 	return r
@@ -215,7 +299,8 @@ func trunc(s string, n int) string {
 }
 
 // serveFloor is the child process mode: a bare gRPC server with only the
-// health service, the cheapest unary call there is.
+// health service, the cheapest unary call there is, and the echo service
+// (the targets' baseline).
 func serveFloor(addr string) {
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -223,11 +308,12 @@ func serveFloor(addr string) {
 	}
 	s := grpc.NewServer()
 	healthpb.RegisterHealthServer(s, health.NewServer())
+	s.RegisterService(&echoDesc, struct{}{})
 	log.Fatal(s.Serve(lis))
 }
 
 // startFloor runs the floor server in its own process, like the sidecar.
-func startFloor(tb *benchTB, addr string) {
+func startFloor(tb *benchTB, addr string) (pid int) {
 	self, err := os.Executable()
 	if err != nil {
 		tb.Fatalf("bench: %v", err)
@@ -247,7 +333,7 @@ func startFloor(tb *benchTB, addr string) {
 		_, err := h.Check(ctx, &healthpb.HealthCheckRequest{})
 		cancel()
 		if err == nil {
-			return
+			return p.Pid
 		}
 		if i > 100 {
 			tb.Fatalf("bench: floor server not answering: %v", err)

@@ -27,6 +27,7 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/breaker"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/clock"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/config"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/events"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/idempotency"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/inject"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/lock"
@@ -74,6 +75,7 @@ type stores struct {
 	clock       clock.Store
 	breaker     breaker.Store // nil on the embedded store: shared breakers run locally
 	saga        saga.Store
+	events      events.Store
 	pinger      store.Pinger
 	close       func() error
 }
@@ -85,7 +87,7 @@ func openStores(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log
 			log.Warn("redis_wait_replicas is ignored on the embedded store, which has no replicas")
 		}
 		m := lock.NewMemoryStore(nil)
-		return stores{lock: m, idempotency: idempotency.NewMemoryStore(nil), clock: clock.NewMemoryStore(), saga: saga.NewMemoryStore(nil),
+		return stores{lock: m, idempotency: idempotency.NewMemoryStore(nil), clock: clock.NewMemoryStore(), saga: saga.NewMemoryStore(nil), events: events.NewMemoryStore(nil),
 			pinger: m, close: func() error { return nil }}, nil
 	}
 	rdb, err := redisx.NewClient(cfg.RedisURL, redisx.Mode(cfg.RedisMode), cfg.StoreTimeout)
@@ -94,12 +96,19 @@ func openStores(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log
 	}
 	log.Info("using Redis store", "mode", string(cfg.RedisMode), "url", config.RedactURL(cfg.RedisURL))
 	redisx.Instrument(rdb, m.ObserveStore)
-	if err := redisotel.InstrumentTracing(rdb, redisotel.WithDBStatement(false)); err != nil {
-		return stores{}, fmt.Errorf("redis tracing: %w", err)
+	// Spans per command only when they can be recorded: the hook costs
+	// CPU on every command even when they go nowhere.
+	if tracing.Active() {
+		if err := redisotel.InstrumentTracing(rdb, redisotel.WithDBStatement(false)); err != nil {
+			return stores{}, fmt.Errorf("redis tracing: %w", err)
+		}
+	}
+	if cfg.RedisPipeline { // last hook: the ones above still see every script
+		redisx.AutoPipeline(rdb, 0, 0)
 	}
 	// Redis may come up after the sidecar: health stays NOT_SERVING until
 	// it answers, and scripts load on first use (EVALSHA falls back to EVAL).
-	if err := redisx.LoadScripts(ctx, rdb, slices.Concat(lock.Scripts, idempotency.Scripts, clock.Scripts, breaker.Scripts, saga.Scripts)...); err != nil {
+	if err := redisx.LoadScripts(ctx, rdb, slices.Concat(lock.Scripts, idempotency.Scripts, clock.Scripts, breaker.Scripts, saga.Scripts, events.Scripts)...); err != nil {
 		log.Warn("could not preload scripts; Redis unreachable for now", "error", err)
 	}
 	// Grants and idempotency records wait for replicas when asked to, so a
@@ -114,6 +123,7 @@ func openStores(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log
 		clock:       clock.NewRedisStore(rdb, cfg.Namespace, cfg.StoreTimeout),
 		breaker:     breaker.NewRedisStore(rdb, cfg.Namespace, cfg.StoreTimeout),
 		saga:        saga.NewRedisStore(rdb, cfg.Namespace, cfg.StoreTimeout),
+		events:      newRedisEvents(cfg, rdb, log),
 		pinger:      redisx.Pinger{Client: rdb, Timeout: cfg.StoreTimeout},
 		close:       func() error { return rdb.Close() },
 	}, nil
@@ -155,6 +165,7 @@ func serve(ctx context.Context, cfg *config.Config, getenv func(string) string, 
 		Metrics:         m,
 	})
 	lockSvc := lock.NewService(st.lock, nil, log)
+	defer lockSvc.Close()
 	v1.RegisterLockServiceServer(srv.GRPC(), api.NewLockServer(srv.Stopping(), lockSvc, log, api.WithMetrics(m)))
 	idemSvc := idempotency.NewService(st.idempotency, nil, log)
 	v1.RegisterIdempotencyServiceServer(srv.GRPC(), api.NewIdempotencyServer(srv.Stopping(), idemSvc, log, cfg.MaxResultBytes, api.WithMetrics(m)))
@@ -173,6 +184,14 @@ func serve(ctx context.Context, cfg *config.Config, getenv func(string) string, 
 	}
 	defer sagaSvc.Close()
 	v1.RegisterSagaServiceServer(srv.GRPC(), api.NewSagaServer(sagaSvc, log))
+	eventSvc, stopEvents := newEvents(cfg, st, upstreams, m, log)
+	defer stopEvents()
+	outboxStatus, stopOutbox, err := startOutbox(ctx, cfg, eventSvc, m, log)
+	if err != nil {
+		return err
+	}
+	defer stopOutbox() // before stopEvents: the relay publishes through eventSvc
+	v1.RegisterEventServiceServer(srv.GRPC(), api.NewEventServer(srv.Stopping(), eventSvc, outboxStatus, log))
 
 	if cfg.MetricsListen != "" {
 		stopMetrics, err := serveMetrics(cfg.MetricsListen, m.Handler(), log)

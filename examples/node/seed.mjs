@@ -8,6 +8,10 @@
 //     concurrently under the lock `stock/<sku>`; the stock store refuses any
 //     write whose fencing token is lower than the highest it has seen, so a
 //     holder that paused past its lease cannot overwrite newer data.
+//  3. Announce the order once and ship it despite a failure: the "order
+//     placed" event is published twice with one idempotency key (appended
+//     once); the shipping consumer fails on the first delivery (nacked) and
+//     ships on the redelivery (acked).
 //
 // Run a sidecar (make run), then: cd examples/node && npm install && node seed.mjs
 // SIDECAR_ADDR picks another sidecar (default 127.0.0.1:50051).
@@ -15,7 +19,7 @@
 import { randomUUID } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 
-import { createClient, fingerprint, idempotent, withLock } from "@seed-a88e5317/resilience-sidecar";
+import { createClient, fingerprint, idempotent, publish, subscribe, withLock } from "@seed-a88e5317/resilience-sidecar";
 
 const client = createClient();
 const run = randomUUID().slice(0, 8); // fresh keys each run
@@ -100,6 +104,39 @@ try {
   console.log(`late write by the paused holder: ${e.message}`);
 }
 check(refused && stock.available === 1, `stale write with token ${stale} refused`);
+
+// ---- 3. The order announced once, shipped despite a failure ----
+
+const topic = `orders.placed.${run}`;
+const announced = [];
+for (let i = 0; i < 2; i++) {
+  // a retry of the publish (say its answer was lost) appends nothing
+  announced.push(await publish(client, topic, JSON.stringify(request), { key: orderId, idempotencyKey: `${orderId}/placed` }));
+}
+console.log(`order placed: event ${announced[0].eventId}, retry duplicate: ${announced[1].duplicate}`);
+check(announced[1].duplicate && announced[1].eventId === announced[0].eventId, "announced once");
+
+const shipped = [];
+const stop = new AbortController();
+const bound = setTimeout(() => stop.abort(), 15_000); // never hang the scenario
+await subscribe(
+  client,
+  topic,
+  "shipping",
+  "shipping-1",
+  async (event) => {
+    if (event.deliveryCount === 1) {
+      console.log(`ship ${event.key}: courier unavailable on delivery 1, nacked`);
+      throw new Error("courier unavailable"); // nacked: delivered again
+    }
+    shipped.push(event.key);
+    console.log(`ship ${event.key}: shipped on delivery ${event.deliveryCount}, acked`);
+    stop.abort(); // a real consumer runs until shutdown
+  },
+  { signal: stop.signal },
+);
+clearTimeout(bound);
+check(shipped.length === 1 && shipped[0] === orderId, "shipped once after a redelivery");
 
 client.close();
 console.log(failed ? "seed scenario FAILED" : "seed scenario OK");

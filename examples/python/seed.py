@@ -12,6 +12,11 @@
    Then a holder that "paused" past its lease's TTL wakes up and tries to
    write: the fencing check refuses it, and its release reports LEASE_LOST.
 
+3. Announce the order once and ship it despite a failure: the "order placed"
+   event is published twice with one idempotency key (appended once); the
+   shipping consumer fails on the first delivery (nacked) and ships on the
+   redelivery (acked).
+
 Run it (the sidecar's address comes from SIDECAR_ADDR, default
 127.0.0.1:50051):
 
@@ -175,6 +180,40 @@ def reserve_stock(client: Client, run_id: str) -> dict:
     return {"stock_left": left, "stale_refused": stale_refused, "release": release_reason, "ok": ok}
 
 
+# ---- 3. events ---------------------------------------------------------------
+
+
+def announce_and_ship(client: Client, run_id: str) -> dict:
+    order_id = f"order-{run_id}"
+    topic = f"orders.placed.{run_id}"
+    body = json.dumps({"order_id": order_id})
+    # The publish is retried (its answer was "lost"): appended once.
+    first = client.publish(topic, body, key=order_id, idempotency_key=f"{order_id}/placed")
+    retry = client.publish(topic, body, key=order_id, idempotency_key=f"{order_id}/placed")
+    once = retry.duplicate and retry.event_id == first.event_id
+    print(f"events: order placed as event {first.event_id}; retry duplicate={retry.duplicate}: "
+          f"{'OK' if once else 'FAILED'}")
+
+    shipped: list[str] = []
+    with client.subscribe(topic, "shipping", "shipping-1") as sub:
+        bound = threading.Timer(15, sub.cancel)  # never hang the scenario
+        bound.daemon = True
+        bound.start()
+
+        def ship(event) -> None:
+            if event.delivery_count == 1:
+                print(f"events: ship {event.key}: courier unavailable on delivery 1, nacked")
+                raise RuntimeError("courier unavailable")  # nacked: delivered again
+            shipped.append(event.key)
+            print(f"events: ship {event.key}: shipped on delivery {event.delivery_count}, acked")
+            sub.cancel()  # a real consumer runs until shutdown
+
+        sub.run(ship)
+        bound.cancel()
+    ok = once and shipped == [order_id]
+    return {"announced_once": once, "shipped": len(shipped), "ok": ok}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--addr", help="sidecar address (default: $SIDECAR_ADDR, else 127.0.0.1:50051)")
@@ -191,9 +230,10 @@ def main() -> int:
         print(f"sidecar: {client.addr} (run {args.run_id})")
         payment = charge_with_retries(client, PaymentProvider(), f"order-{args.run_id}")
         stock = reserve_stock(client, args.run_id)
+        events = announce_and_ship(client, args.run_id)
 
-    ok = payment["ok"] and stock["ok"]
-    print("summary: " + json.dumps({"payment": payment, "stock": stock, "ok": ok}, sort_keys=True))
+    ok = payment["ok"] and stock["ok"] and events["ok"]
+    print("summary: " + json.dumps({"payment": payment, "stock": stock, "events": events, "ok": ok}, sort_keys=True))
     print("seed scenario: " + ("OK" if ok else "FAILED"))
     return 0 if ok else 1
 

@@ -19,6 +19,7 @@ import (
 
 	"github.com/seed-a88e5317/resilience-sidecar/internal/breaker"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/clock"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/events"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/idempotency"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/lock"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/saga"
@@ -42,6 +43,8 @@ const (
 
 	ReasonSagaNotFound      = "SAGA_NOT_FOUND"
 	ReasonSagaStateConflict = "SAGA_STATE_CONFLICT"
+
+	ReasonTopicUnknown = "TOPIC_UNKNOWN"
 
 	ReasonBreakerOpen     = "BREAKER_OPEN"
 	ReasonUpstreamUnknown = "UPSTREAM_UNKNOWN"
@@ -91,6 +94,8 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 	case errors.Is(err, saga.ErrNotFound), errors.Is(err, saga.ErrStateConflict), errors.Is(err, saga.ErrAlreadyExists),
 		errors.Is(err, saga.ErrTooManySteps):
 		return sagaStatus(err)
+	case errors.Is(err, events.ErrTopicUnknown):
+		return withDetails(codes.NotFound, "topic unknown: the configuration declares its topics (events.topics) and this is not one of them", ReasonTopicUnknown, nil, 0)
 	case errors.Is(err, store.ErrUnavailable):
 		return withDetails(codes.Unavailable, "store unavailable", ReasonStoreUnavailable, nil, storeRetryDelay)
 	case errors.Is(err, context.DeadlineExceeded):

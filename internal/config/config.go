@@ -82,6 +82,9 @@ type Config struct {
 	// RedisWaitTimeout bounds that wait (1ms-30s, default 500ms; below
 	// StoreTimeout when RedisWaitReplicas is set).
 	RedisWaitTimeout time.Duration `yaml:"redis_wait_timeout"`
+	// RedisPipeline sends the scripts of concurrent calls as pipelines
+	// (default true).
+	RedisPipeline bool `yaml:"redis_pipeline"`
 	// ShutdownTimeout bounds draining in-flight calls at SIGTERM (0s-5m, default 10s).
 	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 	// HealthInterval is how often the store is probed for the health
@@ -122,6 +125,12 @@ type Config struct {
 	SagaMaxBodyBytes int `yaml:"saga_max_body_bytes"`
 	// SagaMaxSteps bounds a saga's steps (1-100000, default 1000).
 	SagaMaxSteps int `yaml:"saga_max_steps"`
+	// Events is the file's `events` section (see Events); zero when the
+	// file has none, which means the defaults.
+	Events Events `yaml:"events"`
+	// Outbox is the file's `outbox` section (see Outbox); zero (no relay)
+	// when the file has none.
+	Outbox Outbox `yaml:"outbox"`
 }
 
 // ListenNetworkAddress returns the arguments for net.Listen: ("unix",
@@ -201,6 +210,7 @@ func (c Config) attrs() []slog.Attr {
 		slog.String("store_timeout", c.StoreTimeout.String()),
 		slog.Int("redis_wait_replicas", c.RedisWaitReplicas),
 		slog.String("redis_wait_timeout", c.RedisWaitTimeout.String()),
+		slog.Bool("redis_pipeline", c.RedisPipeline),
 		slog.String("shutdown_timeout", c.ShutdownTimeout.String()),
 		slog.String("health_interval", c.HealthInterval.String()),
 		slog.String("max_offset", c.MaxOffset.String()),
@@ -214,6 +224,9 @@ func (c Config) attrs() []slog.Attr {
 		slog.String("saga_recovery_interval", c.SagaRecoveryInterval.String()),
 		slog.Int("saga_max_body_bytes", c.SagaMaxBodyBytes),
 		slog.Int("saga_max_steps", c.SagaMaxSteps),
+		slog.Int("event_topics", len(c.Events.Topics)),
+		slog.Int("event_push", len(c.Events.Push)),
+		slog.String("outbox_postgres_url", redactPostgresURL(c.Outbox.PostgresURL)),
 	}
 }
 

@@ -149,6 +149,7 @@ func fields() []field {
 			},
 		},
 		redisWaitTimeoutField(),
+		redisPipelineField(),
 		durationField("shutdown_timeout", "10s", minShutdownTimeout, maxShutdownTimeout,
 			"bound on draining in-flight calls at SIGTERM",
 			func(c *Config) *time.Duration { return &c.ShutdownTimeout }),

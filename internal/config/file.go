@@ -26,6 +26,8 @@ type fileValues struct {
 	scalars   map[string]fileValue
 	breakers  map[string]yaml.Node
 	upstreams map[string]yaml.Node
+	events    *yaml.Node
+	outbox    *yaml.Node
 }
 
 // lookup returns the file's value for f; a nil *fileValues (no file) has none.
@@ -85,7 +87,7 @@ func parseFile(path string, data []byte) (*fileValues, error) {
 			keys = append(keys, f.key)
 		}
 	}
-	keys = append(keys, "breakers", "upstreams")
+	keys = append(keys, "breakers", "upstreams", "events", "outbox")
 	slices.Sort(keys)
 
 	seen := make(map[string]int) // key -> line
@@ -101,6 +103,14 @@ func parseFile(path string, data []byte) (*fileValues, error) {
 		}
 		seen[name] = k.Line
 
+		if name == "events" {
+			out.events = v
+			continue
+		}
+		if name == "outbox" {
+			out.outbox = v
+			continue
+		}
 		if name == "breakers" || name == "upstreams" {
 			m, err := namedMapping(v)
 			if err != nil {

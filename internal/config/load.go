@@ -98,6 +98,12 @@ func Load(args []string, getenv func(string) string, usageOut io.Writer) (*Confi
 		if c.Upstreams, err = parseUpstreams(c.ConfigFile, file.upstreams, c.Breakers); err != nil {
 			return nil, err
 		}
+		if c.Events, err = parseEvents(c.ConfigFile, file.events, c.Upstreams); err != nil {
+			return nil, err
+		}
+		if c.Outbox, err = parseOutbox(c.ConfigFile, file.outbox); err != nil {
+			return nil, err
+		}
 	}
 
 	for _, f := range specs {

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"time"
 )
 
@@ -75,6 +76,51 @@ type Store interface {
 	WatchRelease(ctx context.Context, key string) (released <-chan struct{}, stop func(), err error)
 }
 
+// Renewal is one lease to renew in a batch.
+type Renewal struct {
+	Key     string
+	LeaseID string
+	TTL     time.Duration
+}
+
+// RenewResult is the outcome of one Renewal: the new expiry, or Renew's
+// error (ErrLeaseLost, or a store failure).
+type RenewResult struct {
+	ExpireTime time.Time
+	Err        error
+}
+
+// BatchRenewer is implemented by stores that renew many leases in one round
+// trip. RenewMany returns one result per renewal, in order; each renewal is
+// atomic on its own, the batch is not. A Service renews its sessions through
+// it when the store has it, and one Renew at a time otherwise.
+type BatchRenewer interface {
+	RenewMany(ctx context.Context, rs []Renewal) []RenewResult
+}
+
+// Queue is implemented by stores shared between sidecars that keep, per key,
+// a FIFO of the sidecars with callers waiting for it (docs/locks.md). While
+// that queue is not empty, a free lock goes only to the sidecar at its head;
+// TryAcquire (a caller that does not wait) never jumps it.
+type Queue interface {
+	// TryAcquireQueued is TryAcquire for a caller that waits: when it is
+	// refused, this sidecar is put in the key's queue (or its entry
+	// refreshed). When granted, the sidecar leaves the queue, and is put
+	// back at its tail if more says other callers of this sidecar still
+	// wait. retryAt is when to try again if no release arrives first: the
+	// holder's expiry, or the expiry of the head's entry when the lock is
+	// free but kept for another sidecar (the holder is then empty).
+	TryAcquireQueued(ctx context.Context, key, leaseID, owner string, ttl time.Duration, more bool) (lease Lease, holder Holder, acquired bool, retryAt time.Time, err error)
+	// LeaveQueue takes this sidecar out of key's queue (its last waiter
+	// gave up), waking the next sidecar if this one was at the head.
+	LeaveQueue(ctx context.Context, key string) error
+	// RefreshQueues extends this sidecar's entries in the queues of keys,
+	// in one round trip. An entry not refreshed for QueueTTL is dropped.
+	RefreshQueues(ctx context.Context, keys []string) error
+	// QueueTTL is the lifetime of an entry without a refresh.
+	QueueTTL() time.Duration
+}
+
 // AcquireOptions are the parameters of one acquisition.
 type AcquireOptions struct {
 	TTL   time.Duration // lease lifetime; must be > 0
@@ -83,13 +129,27 @@ type AcquireOptions struct {
 }
 
 // Service grants locks from a Store. It is safe for concurrent use.
+//
+// Callers waiting for one key form a FIFO in the Service: only the head
+// tries the store, when a release is announced or the holder's lease
+// expires; the others wait their turn (queue.go). One goroutine, started
+// when needed and gone when idle, renews every HoldLock session in batches
+// and refreshes this sidecar's entries in the store's wait queues
+// (renewer.go). Close stops it.
 type Service struct {
 	store   Store
+	queue   Queue        // nil: the store has no shared wait queue
+	batch   BatchRenewer // nil: sessions are renewed one Renew at a time
 	entropy io.Reader
 	log     *slog.Logger
 	// releaseTimeout bounds the cleanup release of a lock granted to a
 	// caller that had already gone away.
 	releaseTimeout time.Duration
+
+	mu    sync.Mutex
+	waits map[string]*keyQueue // keys with waiting callers
+
+	renew *renewer
 }
 
 // NewService returns a Service on store. entropy is read for lease ids
@@ -101,8 +161,17 @@ func NewService(store Store, entropy io.Reader, log *slog.Logger) *Service {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Service{store: store, entropy: entropy, log: log, releaseTimeout: 2 * time.Second}
+	s := &Service{store: store, entropy: entropy, log: log, releaseTimeout: 2 * time.Second, waits: map[string]*keyQueue{}}
+	s.queue, _ = store.(Queue)
+	s.batch, _ = store.(BatchRenewer)
+	s.renew = newRenewer(s)
+	return s
 }
+
+// Close stops the renewal of sessions and of queue entries; call it after
+// the sessions ended. Sessions still open stop being renewed, and Hold
+// fails with ErrShutdown afterwards. It is idempotent.
+func (s *Service) Close() { s.renew.close() }
 
 // NewLeaseID returns a fresh 128-bit lease id as 32 lowercase hex digits.
 func (s *Service) NewLeaseID() (string, error) {
@@ -114,52 +183,30 @@ func (s *Service) NewLeaseID() (string, error) {
 }
 
 // Acquire takes the lock on key. When the lock is held it waits up to
-// opts.Wait, woken by the release of the lock or by its expiry, and then
-// returns acquired=false with the holder it last saw. Cancelling ctx stops
-// the wait and returns ctx's error; a lock granted to a caller that gave up
-// at that moment is released again, so nothing is left held.
+// opts.Wait in the key's FIFO of waiters, woken by the release of the lock
+// or by its expiry, and then returns acquired=false with the holder it last
+// saw. Without a wait it tries once and does not jump waiting callers: it
+// returns acquired=false while any wait for key. Cancelling ctx stops the
+// wait, takes the caller out of the queue and returns ctx's error; a lock
+// granted to a caller that gave up at that moment is released again, so
+// nothing is left held.
 func (s *Service) Acquire(ctx context.Context, key string, opts AcquireOptions) (Lease, Holder, bool, error) {
 	leaseID, err := s.NewLeaseID()
 	if err != nil {
 		return Lease{}, Holder{}, false, err
 	}
+	if opts.Wait > 0 {
+		return s.wait(ctx, key, leaseID, opts)
+	}
+	if s.Waiters(key) > 0 {
+		info, err := s.store.Get(ctx, key)
+		if err != nil {
+			return Lease{}, Holder{}, false, err
+		}
+		return Lease{}, info.Holder, false, nil
+	}
 	lease, holder, ok, err := s.store.TryAcquire(ctx, key, leaseID, opts.Owner, opts.TTL)
-	if err != nil || ok || opts.Wait <= 0 {
-		return s.settle(ctx, lease, holder, ok, err)
-	}
-
-	deadline := time.Now().Add(opts.Wait)
-	// Subscribe before the next try: a release between that try and the
-	// wait is then delivered instead of lost.
-	released, stop, err := s.store.WatchRelease(ctx, key)
-	if err != nil {
-		return Lease{}, holder, false, err
-	}
-	defer stop()
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	for {
-		lease, holder, ok, err = s.store.TryAcquire(ctx, key, leaseID, opts.Owner, opts.TTL)
-		if err != nil || ok {
-			return s.settle(ctx, lease, holder, ok, err)
-		}
-		now := time.Now()
-		remaining := deadline.Sub(now)
-		if remaining <= 0 {
-			return Lease{}, holder, false, nil
-		}
-		// Also wake when the holder's lease would expire: a crashed holder
-		// never publishes a release. The floor keeps a clock difference
-		// between sidecar and store from turning this into a busy loop.
-		wake := min(remaining, max(holder.ExpireTime.Sub(now), 5*time.Millisecond))
-		timer.Reset(wake)
-		select {
-		case <-released:
-		case <-timer.C:
-		case <-ctx.Done():
-			return Lease{}, holder, false, ctx.Err()
-		}
-	}
+	return s.settle(ctx, lease, holder, ok, err)
 }
 
 // settle returns the outcome of a try, releasing a grant nobody will see.

@@ -186,3 +186,29 @@ func (m *MemoryStore) evictLocked(now time.Time) {
 
 // Ping implements store.Pinger: the embedded store is always reachable.
 func (m *MemoryStore) Ping(context.Context) error { return nil }
+
+// RenewMany implements BatchRenewer: every renewal under one lock.
+func (m *MemoryStore) RenewMany(ctx context.Context, rs []Renewal) []RenewResult {
+	out := make([]RenewResult, len(rs))
+	if err := ctx.Err(); err != nil {
+		for i := range out {
+			out[i].Err = err
+		}
+		return out
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	for i, r := range rs {
+		l := m.locks[r.Key]
+		if !m.liveLocked(l, now) || l.leaseID != r.LeaseID {
+			out[i].Err = ErrLeaseLost
+			continue
+		}
+		l.expire, l.touched = now.Add(r.TTL), now
+		out[i].ExpireTime = l.expire
+	}
+	return out
+}
+
+var _ BatchRenewer = (*MemoryStore)(nil)

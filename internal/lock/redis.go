@@ -2,9 +2,12 @@ package lock
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -24,22 +27,115 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 `
 
-var acquireScript = redisx.NewScript("lock.acquire", lockPrelude+`
+// A waiter's sidecar stands in the key's queue: the sorted set
+// rs:{ns/key}:lock:queue orders sidecar instance ids by arrival, and
+// rs:{ns/key}:lock:queue:exp holds each entry's expiry (Redis TIME, ms),
+// pushed forward by the sidecar's heartbeat. Stale entries (a crashed
+// sidecar) are purged by the scripts. While the queue is not empty a free
+// lock is granted only to the sidecar at its head, so a release is taken by
+// the sidecar that has waited longest, not by whoever is fastest.
+const queuePrelude = `
+local function qpurge()
+  local stale = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
+  for i = 1, #stale do
+    redis.call('ZREM', KEYS[2], stale[i])
+    redis.call('ZREM', KEYS[3], stale[i])
+  end
+  while true do
+    local head = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
+    if not head then return nil end
+    if redis.call('ZSCORE', KEYS[3], head) then return head end
+    redis.call('ZREM', KEYS[2], head)
+  end
+end
+`
+
+// acquireScript: KEYS lock, queue, queue:exp; ARGV lease, owner, ttl ms,
+// retention ms, queue id (empty for a try that does not wait), queue
+// entry ttl ms, more ('1': re-queue the id at the tail after a grant),
+// release channel. Reply
+// {granted, owner, fence, exp, retry_at}: retry_at is when a refused waiter
+// should try again if nothing wakes it (the holder's expiry, or the expiry
+// of the queue head's entry when the lock is free but reserved for it).
+var acquireScript = redisx.NewScript("lock.acquire", lockPrelude+queuePrelude+`
 local h = redis.call('HMGET', KEYS[1], 'lease', 'owner', 'exp', 'fence')
 local fence = tonumber(h[4]) or 0
 local exp = tonumber(h[3]) or 0
 local ttl = tonumber(ARGV[3])
-if h[1] and exp > now and h[1] ~= ARGV[1] then
-  return {0, h[2] or '', string.format('%.0f', fence), string.format('%.0f', exp)}
+local qid = ARGV[5]
+local function enqueue()
+  if qid == '' then return end
+  if not redis.call('ZSCORE', KEYS[2], qid) then
+    local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+    local seq = 1
+    if last[2] then seq = tonumber(last[2]) + 1 end
+    redis.call('ZADD', KEYS[2], seq, qid)
+  end
+  redis.call('ZADD', KEYS[3], now + tonumber(ARGV[6]), qid)
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
 end
-if not (h[1] == ARGV[1] and exp > now) then
+local head = qpurge()
+local mine = h[1] == ARGV[1] and exp > now
+if h[1] and exp > now and not mine then
+  enqueue()
+  local e = string.format('%.0f', exp)
+  return {0, h[2] or '', string.format('%.0f', fence), e, e}
+end
+if not mine then
+  if head and head ~= qid then
+    if qid ~= '' then
+      -- This waiter sleeps until a release or the head's entry expiry; the
+      -- grant to the head wakes it, to learn the new holder's expiry.
+      enqueue()
+      redis.call('HSET', KEYS[1], 'rsv', '1')
+      if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
+    end
+    local hexp = tonumber(redis.call('ZSCORE', KEYS[3], head)) or now
+    return {0, '', string.format('%.0f', fence), '0', string.format('%.0f', hexp)}
+  end
   local nowus = tonumber(t[1]) * 1000000 + tonumber(t[2])
   fence = math.max(fence + 1, nowus)
 end
 exp = now + ttl
 redis.call('HSET', KEYS[1], 'lease', ARGV[1], 'owner', ARGV[2], 'exp', string.format('%.0f', exp), 'fence', string.format('%.0f', fence))
 redis.call('PEXPIRE', KEYS[1], ttl + tonumber(ARGV[4]))
-return {1, ARGV[2], string.format('%.0f', fence), string.format('%.0f', exp)}
+if qid ~= '' then
+  redis.call('ZREM', KEYS[2], qid)
+  redis.call('ZREM', KEYS[3], qid)
+  if ARGV[7] == '1' then enqueue() end
+end
+if redis.call('HDEL', KEYS[1], 'rsv') == 1 then
+  redis.call('SPUBLISH', ARGV[8], 'granted')
+end
+local e = string.format('%.0f', exp)
+return {1, ARGV[2], string.format('%.0f', fence), e, e}
+`)
+
+// leaveScript: KEYS lock, queue, queue:exp; ARGV queue id, channel. It
+// removes the id's entry; when that entry was the head and the lock is free,
+// it announces a release so that the next sidecar in line tries.
+var leaveScript = redisx.NewScript("lock.leave", lockPrelude+`
+local head = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
+local removed = redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZREM', KEYS[3], ARGV[1])
+if removed == 1 and head == ARGV[1] and redis.call('ZCARD', KEYS[2]) > 0 then
+  local h = redis.call('HMGET', KEYS[1], 'lease', 'exp')
+  if not (h[1] and (tonumber(h[2]) or 0) > now) then
+    redis.call('SPUBLISH', ARGV[2], 'released')
+  end
+end
+return removed
+`)
+
+// heartbeatScript: KEYS queue, queue:exp; ARGV queue id, entry ttl ms,
+// retention ms. It pushes the entry's expiry forward if it is still queued.
+var heartbeatScript = redisx.NewScript("lock.heartbeat", lockPrelude+`
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+return 1
 `)
 
 var releaseScript = redisx.NewScript("lock.release", lockPrelude+`
@@ -69,7 +165,7 @@ return {held, h[2] or '', h[4] or '0', string.format('%.0f', exp)}
 `)
 
 // Scripts are the Lua scripts of the Redis lock store, for preloading.
-var Scripts = []*redis.Script{acquireScript, releaseScript, renewScript, getScript}
+var Scripts = []*redis.Script{acquireScript, releaseScript, renewScript, getScript, leaveScript, heartbeatScript}
 
 const retentionMS = int64(time.Hour / time.Millisecond)
 
@@ -82,7 +178,17 @@ type RedisStore struct {
 	wait    redisx.Wait
 
 	watches *redisx.Watches
+
+	// id names this store (this sidecar) in the wait queues; queueTTL is
+	// how long its entry outlives its last heartbeat.
+	id       string
+	queueTTL time.Duration
 }
+
+// DefaultQueueTTL is how long a sidecar's entry in a key's wait queue
+// survives without a heartbeat: the longest a crashed sidecar can hold up
+// the waiters of other sidecars.
+const DefaultQueueTTL = 5 * time.Second
 
 // RedisOption configures a RedisStore.
 type RedisOption func(*RedisStore)
@@ -96,18 +202,46 @@ func WithWait(w redisx.Wait) RedisOption {
 	return func(r *RedisStore) { r.wait = w }
 }
 
+// WithQueueTTL sets how long this store's wait-queue entries survive
+// without a heartbeat (DefaultQueueTTL when d <= 0).
+func WithQueueTTL(d time.Duration) RedisOption {
+	return func(r *RedisStore) {
+		if d > 0 {
+			r.queueTTL = d
+		}
+	}
+}
+
+// WithInstanceID names this store in the wait queues (a random id when
+// not set). Two stores must never share an id.
+func WithInstanceID(id string) RedisOption {
+	return func(r *RedisStore) { r.id = id }
+}
+
 // NewRedisStore returns a store for namespace ns whose calls each take at
 // most timeout before failing with store.ErrUnavailable.
 func NewRedisStore(rdb redis.UniversalClient, ns string, timeout time.Duration, opts ...RedisOption) *RedisStore {
-	r := &RedisStore{rdb: rdb, ns: ns, timeout: timeout, watches: redisx.NewWatches(rdb, timeout)}
+	r := &RedisStore{rdb: rdb, ns: ns, timeout: timeout, watches: redisx.NewWatches(rdb, timeout), queueTTL: DefaultQueueTTL}
 	for _, o := range opts {
 		o(r)
+	}
+	if r.id == "" {
+		var b [8]byte
+		_, _ = rand.Read(b[:]) // never fails (crypto/rand)
+		r.id = hex.EncodeToString(b[:])
 	}
 	return r
 }
 
-func (r *RedisStore) key(key string) string     { return redisx.Key(r.ns, key, "lock") }
-func (r *RedisStore) channel(key string) string { return redisx.Key(r.ns, key, "lock:released") }
+func (r *RedisStore) key(key string) string      { return redisx.Key(r.ns, key, "lock") }
+func (r *RedisStore) channel(key string) string  { return redisx.Key(r.ns, key, "lock:released") }
+func (r *RedisStore) queue(key string) string    { return redisx.Key(r.ns, key, "lock:queue") }
+func (r *RedisStore) queueExp(key string) string { return redisx.Key(r.ns, key, "lock:queue:exp") }
+
+// lockKeys are the keys of the acquire and leave scripts.
+func (r *RedisStore) lockKeys(key string) []string {
+	return []string{r.key(key), r.queue(key), r.queueExp(key)}
+}
 
 func (r *RedisStore) run(ctx context.Context, s *redis.Script, key string, args ...any) (any, error) {
 	sctx, cancel := context.WithTimeout(ctx, r.timeout)
@@ -118,10 +252,10 @@ func (r *RedisStore) run(ctx context.Context, s *redis.Script, key string, args 
 
 // runDurable is run for a write that must reach r.wait.Replicas replicas
 // when wrote(reply) says it changed something.
-func (r *RedisStore) runDurable(ctx context.Context, s *redis.Script, wrote func(any) bool, key string, args ...any) (any, error) {
+func (r *RedisStore) runDurable(ctx context.Context, s *redis.Script, wrote func(any) bool, keys []string, args ...any) (any, error) {
 	sctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
-	v, err := redisx.RunWait(sctx, r.rdb, s, r.wait, wrote, []string{r.key(key)}, args...)
+	v, err := redisx.RunWait(sctx, r.rdb, s, r.wait, wrote, keys, args...)
 	return v, redisx.Classify(ctx, err)
 }
 
@@ -137,9 +271,26 @@ func granted(v any) bool {
 // renewed reports whether a renew reply extended the lease.
 func renewed(v any) bool { s, _ := v.(string); return s != "" && s != "-1" }
 
-// TryAcquire implements Store.
+// TryAcquire implements Store. It does not jump the wait queue: while
+// sidecars wait for key, a free lock is left for the one at the queue's
+// head and TryAcquire returns acquired=false with an empty holder.
 func (r *RedisStore) TryAcquire(ctx context.Context, key, leaseID, owner string, ttl time.Duration) (Lease, Holder, bool, error) {
-	v, err := r.runDurable(ctx, acquireScript, granted, key, leaseID, owner, ttl.Milliseconds(), retentionMS)
+	lease, holder, ok, _, err := r.acquire(ctx, key, leaseID, owner, ttl, "", false)
+	return lease, holder, ok, err
+}
+
+// TryAcquireQueued implements Queue.
+func (r *RedisStore) TryAcquireQueued(ctx context.Context, key, leaseID, owner string, ttl time.Duration, more bool) (Lease, Holder, bool, time.Time, error) {
+	return r.acquire(ctx, key, leaseID, owner, ttl, r.id, more)
+}
+
+func (r *RedisStore) acquire(ctx context.Context, key, leaseID, owner string, ttl time.Duration, qid string, more bool) (Lease, Holder, bool, time.Time, error) {
+	moreArg := "0"
+	if more {
+		moreArg = "1"
+	}
+	v, err := r.runDurable(ctx, acquireScript, granted, r.lockKeys(key), leaseID, owner, ttl.Milliseconds(), retentionMS,
+		qid, r.queueTTL.Milliseconds(), moreArg, r.channel(key))
 	if errors.Is(err, redisx.ErrNotReplicated) {
 		// Nobody will ever learn this lease id: free the lock now rather
 		// than at its TTL. Best effort; a failed release is harmless.
@@ -148,16 +299,112 @@ func (r *RedisStore) TryAcquire(ctx context.Context, key, leaseID, owner string,
 		cancel()
 	}
 	if err != nil {
-		return Lease{}, Holder{}, false, err
+		return Lease{}, Holder{}, false, time.Time{}, err
 	}
 	ok, label, fence, exp, err := parseLockReply(v)
 	if err != nil {
-		return Lease{}, Holder{}, false, err
+		return Lease{}, Holder{}, false, time.Time{}, err
+	}
+	retryAt := exp
+	if a, _ := v.([]any); len(a) == 5 {
+		s, _ := a[4].(string)
+		if ms, err := strconv.ParseInt(s, 10, 64); err == nil {
+			retryAt = time.UnixMilli(ms)
+		}
 	}
 	if !ok {
-		return Lease{}, Holder{Owner: label, FencingToken: fence, ExpireTime: exp}, false, nil
+		if exp.UnixMilli() == 0 { // free, but kept for the queue's head
+			return Lease{}, Holder{}, false, retryAt, nil
+		}
+		return Lease{}, Holder{Owner: label, FencingToken: fence, ExpireTime: exp}, false, retryAt, nil
 	}
-	return Lease{Key: key, LeaseID: leaseID, Owner: owner, FencingToken: fence, ExpireTime: exp}, Holder{}, true, nil
+	return Lease{Key: key, LeaseID: leaseID, Owner: owner, FencingToken: fence, ExpireTime: exp}, Holder{}, true, retryAt, nil
+}
+
+// LeaveQueue implements Queue.
+func (r *RedisStore) LeaveQueue(ctx context.Context, key string) error {
+	sctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	err := leaveScript.Run(sctx, r.rdb, r.lockKeys(key), r.id, r.channel(key)).Err()
+	return redisx.Classify(ctx, err)
+}
+
+// QueueTTL implements Queue.
+func (r *RedisStore) QueueTTL() time.Duration { return r.queueTTL }
+
+// RefreshQueues implements Queue: one pipeline (on Cluster, one per node).
+func (r *RedisStore) RefreshQueues(ctx context.Context, keys []string) error {
+	calls := make([]scriptCall, len(keys))
+	for i, k := range keys {
+		calls[i] = scriptCall{keys: []string{r.queue(k), r.queueExp(k)}, args: []any{r.id, r.queueTTL.Milliseconds(), retentionMS}}
+	}
+	sctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	for _, c := range r.runMany(sctx, heartbeatScript, calls) {
+		if err := c.Err(); err != nil {
+			return redisx.Classify(ctx, err)
+		}
+	}
+	return nil
+}
+
+// RenewMany implements BatchRenewer: every renewal in one pipeline (on
+// Cluster, one per node). With WithWait, each renewal is acknowledged by
+// replicas one at a time, as Renew does.
+func (r *RedisStore) RenewMany(ctx context.Context, rs []Renewal) []RenewResult {
+	out := make([]RenewResult, len(rs))
+	if r.wait.Replicas > 0 {
+		for i, x := range rs {
+			out[i].ExpireTime, out[i].Err = r.Renew(ctx, x.Key, x.LeaseID, x.TTL)
+		}
+		return out
+	}
+	calls := make([]scriptCall, len(rs))
+	for i, x := range rs {
+		calls[i] = scriptCall{keys: []string{r.key(x.Key)}, args: []any{x.LeaseID, x.TTL.Milliseconds(), retentionMS}}
+	}
+	sctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	for i, c := range r.runMany(sctx, renewScript, calls) {
+		v, err := c.Result()
+		if err != nil {
+			out[i].Err = redisx.Classify(ctx, err)
+			continue
+		}
+		out[i].ExpireTime, out[i].Err = parseRenewReply(v)
+	}
+	return out
+}
+
+// scriptCall is one call of a script in a pipeline.
+type scriptCall struct {
+	keys []string
+	args []any
+}
+
+// runMany runs s once per call in one pipeline by SHA, and those that found
+// the script missing (a restarted Redis) once more by body.
+func (r *RedisStore) runMany(ctx context.Context, s *redis.Script, calls []scriptCall) []*redis.Cmd {
+	cmds := make([]*redis.Cmd, len(calls))
+	pipe := r.rdb.Pipeline()
+	for i, c := range calls {
+		cmds[i] = s.EvalSha(ctx, pipe, c.keys, c.args...)
+	}
+	_, _ = pipe.Exec(ctx) // errors are read per command
+	var again []int
+	for i, c := range cmds {
+		if err := c.Err(); err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
+			again = append(again, i)
+		}
+	}
+	if len(again) > 0 {
+		pipe := r.rdb.Pipeline()
+		for _, i := range again {
+			cmds[i] = s.Eval(ctx, pipe, calls[i].keys, calls[i].args...)
+		}
+		_, _ = pipe.Exec(ctx)
+	}
+	return cmds
 }
 
 // Release implements Store.
@@ -174,10 +421,14 @@ func (r *RedisStore) Release(ctx context.Context, key, leaseID string) error {
 
 // Renew implements Store.
 func (r *RedisStore) Renew(ctx context.Context, key, leaseID string, ttl time.Duration) (time.Time, error) {
-	v, err := r.runDurable(ctx, renewScript, renewed, key, leaseID, ttl.Milliseconds(), retentionMS)
+	v, err := r.runDurable(ctx, renewScript, renewed, []string{r.key(key)}, leaseID, ttl.Milliseconds(), retentionMS)
 	if err != nil {
 		return time.Time{}, err
 	}
+	return parseRenewReply(v)
+}
+
+func parseRenewReply(v any) (time.Time, error) {
 	s, _ := v.(string)
 	ms, err := strconv.ParseInt(s, 10, 64)
 	if err != nil {
@@ -208,7 +459,7 @@ func (r *RedisStore) Get(ctx context.Context, key string) (Info, error) {
 
 func parseLockReply(v any) (flag bool, label string, fence uint64, exp time.Time, err error) {
 	a, ok := v.([]any)
-	if !ok || len(a) != 4 {
+	if !ok || len(a) < 4 {
 		return false, "", 0, time.Time{}, fmt.Errorf("lock: bad reply %v", v)
 	}
 	n, _ := a[0].(int64)
@@ -235,3 +486,8 @@ func (r *RedisStore) Evict(ctx context.Context, key string) error {
 }
 
 var _ store.Pinger = redisx.Pinger{}
+
+var (
+	_ Queue        = (*RedisStore)(nil)
+	_ BatchRenewer = (*RedisStore)(nil)
+)

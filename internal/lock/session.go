@@ -3,7 +3,6 @@ package lock
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 	"time"
 )
@@ -15,23 +14,32 @@ type HoldOptions struct {
 	MaxHold time.Duration
 }
 
-// Session keeps one lease alive. It owns one goroutine that renews the
-// lease about every TTL/3 until Release is called, the lease is lost, or
-// MaxHold elapses. Done is closed when the session ended by itself; Err then
-// says why (ErrLeaseLost, possibly wrapping store.ErrUnavailable, or
-// ErrMaxHold).
+// Session keeps one lease alive. The Service's renewer renews it, in a
+// batch with the Service's other sessions, about every TTL/3 until Release
+// is called, the lease is lost, or MaxHold elapses; a session costs no
+// goroutine of its own. Done is closed when the session ended by itself;
+// Err then says why (ErrLeaseLost, possibly wrapping store.ErrUnavailable,
+// or ErrMaxHold).
 type Session struct {
-	svc     *Service
-	ttl     time.Duration
-	renewed chan time.Time
-	done    chan struct{}
-	stop    chan struct{}
-	exited  chan struct{}
+	svc      *Service
+	ttl      time.Duration
+	interval time.Duration
+	renewed  chan time.Time
+	done     chan struct{}
 
-	mu    sync.Mutex
-	lease Lease
-	err   error
-	ended bool // the lease is released or known lost: nothing left to release
+	// Guarded by the renewer's mutex.
+	idx         int       // in the renewer's heap; -1 when not scheduled
+	due         time.Time // next action: renewal or max hold
+	slack       time.Duration
+	renewAt     time.Time
+	maxHoldAt   time.Time // zero: no bound
+	localExpiry time.Time // the lease's expiry by our clock, at the latest
+
+	mu      sync.Mutex
+	lease   Lease
+	err     error
+	ended   bool // the lease is released or known lost: nothing left to release
+	stopped bool // Release was called: renewal results are dropped
 
 	releaseOnce sync.Once
 	releaseErr  error
@@ -39,25 +47,44 @@ type Session struct {
 
 // Hold acquires key like Acquire and, when granted, starts a session that
 // keeps the lease alive. When not granted it returns a nil session and the
-// holder. The caller must call Release on a returned session.
+// holder. The caller must call Release on a returned session. After Close
+// it fails with ErrShutdown.
 func (s *Service) Hold(ctx context.Context, key string, opts HoldOptions) (*Session, Holder, bool, error) {
 	lease, holder, ok, err := s.Acquire(ctx, key, opts.AcquireOptions)
 	if err != nil || !ok {
 		return nil, holder, false, err
 	}
+	now := time.Now()
 	sess := &Session{
-		svc:     s,
-		ttl:     opts.TTL,
-		lease:   lease,
-		renewed: make(chan time.Time, 1),
-		done:    make(chan struct{}),
-		stop:    make(chan struct{}),
-		exited:  make(chan struct{}),
+		svc:      s,
+		ttl:      opts.TTL,
+		interval: max(opts.TTL/3, 10*time.Millisecond),
+		lease:    lease,
+		renewed:  make(chan time.Time, 1),
+		done:     make(chan struct{}),
+		idx:      -1,
+		// The local deadline lags the store's expiry by at most one round
+		// trip; it only decides when to stop retrying a failing renewal.
+		localExpiry: now.Add(opts.TTL),
 	}
-	// The local deadline lags the store's expiry by at most one round trip;
-	// it only decides when to stop retrying a failing renewal.
-	go sess.run(time.Now().Add(opts.TTL), opts.MaxHold)
+	if opts.MaxHold > 0 {
+		sess.maxHoldAt = now.Add(opts.MaxHold)
+	}
+	sess.schedule(now.Add(sess.interval), sess.interval/4)
+	if !s.renew.add(sess) {
+		s.releaseDetached(lease)
+		return nil, Holder{}, false, ErrShutdown
+	}
 	return sess, Holder{}, true, nil
+}
+
+// schedule sets the next renewal at renewAt, which may run up to slack
+// early to join a batch, or the max hold if it comes first.
+func (se *Session) schedule(renewAt time.Time, slack time.Duration) {
+	se.renewAt, se.due, se.slack = renewAt, renewAt, slack
+	if !se.maxHoldAt.IsZero() && !se.maxHoldAt.After(renewAt.Add(-slack)) {
+		se.due, se.slack = se.maxHoldAt, 0
+	}
 }
 
 // Lease returns the lease with its latest expiry.
@@ -87,12 +114,11 @@ func (se *Session) Err() error {
 // bounded by ctx.
 func (se *Session) Release(ctx context.Context) error {
 	se.releaseOnce.Do(func() {
-		close(se.stop)
-		<-se.exited
 		se.mu.Lock()
 		ended, lease, cause := se.ended, se.lease, se.err
-		se.ended = true
+		se.ended, se.stopped = true, true
 		se.mu.Unlock()
+		se.svc.renew.remove(se)
 		if ended {
 			if cause != nil && !errors.Is(cause, ErrMaxHold) {
 				se.releaseErr = cause
@@ -104,64 +130,30 @@ func (se *Session) Release(ctx context.Context) error {
 	return se.releaseErr
 }
 
+// end records why the session ended by itself and closes Done, unless it
+// already ended.
 func (se *Session) end(err error) {
 	se.mu.Lock()
+	if se.ended {
+		se.mu.Unlock()
+		return
+	}
 	se.err, se.ended = err, true
 	se.mu.Unlock()
 	close(se.done)
 }
 
-func (se *Session) run(localExpiry time.Time, maxHold time.Duration) {
-	defer close(se.exited)
-	interval := max(se.ttl/3, 10*time.Millisecond)
-	renewTimer := time.NewTimer(interval)
-	defer renewTimer.Stop()
-	var maxHoldC <-chan time.Time
-	if maxHold > 0 {
-		t := time.NewTimer(maxHold)
-		defer t.Stop()
-		maxHoldC = t.C
+// expireMaxHold releases the lock of a session that reached its max hold,
+// then ends it.
+func (se *Session) expireMaxHold() {
+	se.mu.Lock()
+	if se.ended {
+		se.mu.Unlock()
+		return
 	}
-	var lastErr error
-	for {
-		select {
-		case <-se.stop:
-			return
-		case <-maxHoldC:
-			se.svc.releaseDetached(se.Lease())
-			se.end(ErrMaxHold)
-			return
-		case <-renewTimer.C:
-		}
-		lease := se.Lease()
-		start := time.Now()
-		ctx, cancel := context.WithDeadline(context.Background(), localExpiry)
-		exp, err := se.svc.store.Renew(ctx, lease.Key, lease.LeaseID, se.ttl)
-		cancel()
-		switch {
-		case err == nil:
-			localExpiry = start.Add(se.ttl)
-			se.mu.Lock()
-			se.lease.ExpireTime = exp
-			se.mu.Unlock()
-			select { // keep only the latest expiry
-			case <-se.renewed:
-			default:
-			}
-			se.renewed <- exp
-			renewTimer.Reset(interval)
-		case errors.Is(err, ErrLeaseLost):
-			se.end(err)
-			return
-		default:
-			// Transient: retry sooner, until the lease would have expired.
-			lastErr = err
-			left := time.Until(localExpiry)
-			if left <= 0 {
-				se.end(fmt.Errorf("%w: renewal failed until expiry: %w", ErrLeaseLost, lastErr))
-				return
-			}
-			renewTimer.Reset(min(interval/3+time.Millisecond, left))
-		}
-	}
+	se.err, se.ended = ErrMaxHold, true
+	lease := se.lease
+	se.mu.Unlock()
+	se.svc.releaseDetached(lease)
+	close(se.done)
 }

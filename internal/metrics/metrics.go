@@ -1,5 +1,5 @@
 // Package metrics defines the sidecar's Prometheus metrics in one registry:
-// per-RPC metrics from go-grpc-middleware's provider, Go runtime and process
+// per-RPC metrics (the series of go-grpc-middleware's provider), Go runtime and process
 // collectors, and the domain series (resilience_*).
 //
 // Label cardinality is bounded by construction: lock keys, idempotency keys
@@ -11,7 +11,6 @@ import (
 	"net/http"
 	"time"
 
-	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -23,7 +22,7 @@ type Metrics struct {
 	reg *prometheus.Registry
 
 	// GRPC are the per-RPC counters and latency histograms.
-	GRPC *grpcprom.ServerMetrics
+	GRPC *RPCMetrics
 
 	LockAcquire *prometheus.CounterVec // result: acquired|busy|timeout
 	LockWait    prometheus.Histogram
@@ -42,6 +41,16 @@ type Metrics struct {
 
 	StoreUp      prometheus.Gauge
 	StoreLatency *prometheus.HistogramVec // op
+
+	EventsPublished    *prometheus.CounterVec // result: appended|duplicate (no topic label: topics are unbounded)
+	EventsDelivered    prometheus.Counter
+	EventsRedelivered  prometheus.Counter
+	EventsDeadLettered prometheus.Counter
+
+	OutboxPublished prometheus.Counter
+	OutboxBacklog   prometheus.Gauge
+	OutboxLag       prometheus.Gauge
+	OutboxHealthy   prometheus.Gauge
 }
 
 // New registers every series in a fresh registry.
@@ -49,9 +58,8 @@ func New() *Metrics {
 	reg := prometheus.NewRegistry()
 	f := func(c prometheus.Collector) { reg.MustRegister(c) }
 	m := &Metrics{
-		reg: reg,
-		GRPC: grpcprom.NewServerMetrics(grpcprom.WithServerHandlingTimeHistogram(
-			grpcprom.WithHistogramBuckets([]float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}))),
+		reg:  reg,
+		GRPC: newRPCMetrics([]float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 300}),
 		LockAcquire: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "resilience_lock_acquire_total", Help: "Lock acquisitions by result: acquired, busy (try found it held), timeout (a wait ended without it).",
 		}, []string{"result"}),
@@ -91,15 +99,43 @@ func New() *Metrics {
 			Name: "resilience_store_latency_seconds", Help: "Latency of store operations by operation (script or command).",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 		}, []string{"op"}),
+		EventsPublished: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "resilience_events_published_total", Help: "Publishes by result: appended, or duplicate (an idempotency key seen before; nothing appended).",
+		}, []string{"result"}),
+		EventsDelivered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "resilience_events_delivered_total", Help: "Event deliveries to subscribers and push subscriptions, redeliveries included.",
+		}),
+		EventsRedelivered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "resilience_events_redelivered_total", Help: "Event deliveries after the first (visibility timeout passed, or nacked).",
+		}),
+		EventsDeadLettered: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "resilience_events_dead_lettered_total", Help: "Events moved to their dead-letter topic after max_deliveries.",
+		}),
+		OutboxPublished: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "resilience_outbox_published_total", Help: "Outbox rows this sidecar's relay published and marked (or deleted).",
+		}),
+		OutboxBacklog: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "resilience_outbox_backlog", Help: "Unpublished outbox rows, as last read by the relay.",
+		}),
+		OutboxLag: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "resilience_outbox_lag_seconds", Help: "Age of the oldest unpublished outbox row, as last read by the relay (0 when none).",
+		}),
+		OutboxHealthy: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "resilience_outbox_healthy", Help: "1 when the outbox relay's last cycle succeeded, 0 while Postgres or publishing fails (and when no relay is configured).",
+		}),
 	}
 	f(collectors.NewGoCollector())
 	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	f(m.GRPC)
 	for _, c := range []prometheus.Collector{m.LockAcquire, m.LockWait, m.LockHeld, m.IdempotencyOutcome,
 		m.BreakerState, m.BreakerTransitions, m.UpstreamRequests, m.UpstreamLatency, m.SagaTotal, m.SagaStuck,
-		m.StoreUp, m.StoreLatency} {
+		m.StoreUp, m.StoreLatency, m.EventsPublished, m.EventsDelivered, m.EventsRedelivered, m.EventsDeadLettered,
+		m.OutboxPublished, m.OutboxBacklog, m.OutboxLag, m.OutboxHealthy} {
 		f(c)
 	}
+	// Both results exist from the start, at 0, like the unlabelled counters.
+	m.EventsPublished.WithLabelValues("appended")
+	m.EventsPublished.WithLabelValues("duplicate")
 	return m
 }
 
@@ -164,4 +200,64 @@ func (m *Metrics) SetStoreUp(up bool) {
 		v = 1
 	}
 	m.StoreUp.Set(v)
+}
+
+// ObserveEventPublished counts one publish.
+func (m *Metrics) ObserveEventPublished(duplicate bool) {
+	if m == nil {
+		return
+	}
+	r := "appended"
+	if duplicate {
+		r = "duplicate"
+	}
+	m.EventsPublished.WithLabelValues(r).Inc()
+}
+
+// ObserveEventDelivered counts one delivery.
+func (m *Metrics) ObserveEventDelivered(redelivery bool) {
+	if m == nil {
+		return
+	}
+	m.EventsDelivered.Inc()
+	if redelivery {
+		m.EventsRedelivered.Inc()
+	}
+}
+
+// ObserveEventDeadLettered counts one event moved to its dead-letter topic.
+func (m *Metrics) ObserveEventDeadLettered() {
+	if m == nil {
+		return
+	}
+	m.EventsDeadLettered.Inc()
+}
+
+// AddOutboxPublished counts n outbox rows published.
+func (m *Metrics) AddOutboxPublished(n int) {
+	if m == nil {
+		return
+	}
+	m.OutboxPublished.Add(float64(n))
+}
+
+// SetOutboxBacklog records the outbox backlog and its oldest row's age.
+func (m *Metrics) SetOutboxBacklog(rows int64, lag time.Duration) {
+	if m == nil {
+		return
+	}
+	m.OutboxBacklog.Set(float64(rows))
+	m.OutboxLag.Set(lag.Seconds())
+}
+
+// SetOutboxHealthy records whether the outbox relay's last cycle succeeded.
+func (m *Metrics) SetOutboxHealthy(ok bool) {
+	if m == nil {
+		return
+	}
+	v := 0.0
+	if ok {
+		v = 1
+	}
+	m.OutboxHealthy.Set(v)
 }

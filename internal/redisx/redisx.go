@@ -81,7 +81,8 @@ func Key(ns, id, suffix string) string {
 // for nil, redis.Nil unchanged, the caller's context error when the caller
 // gave up, an error wrapping store.ErrUnavailable when Redis could not be
 // reached or answered that it cannot serve now (LOADING, READONLY,
-// MASTERDOWN, CLUSTERDOWN, TRYAGAIN, and MOVED or ASK that were not
+// MASTERDOWN, CLUSTERDOWN, TRYAGAIN, a script touching a key that left
+// with a migrating slot, and MOVED or ASK that were not
 // followed in time while a slot moves), and any other reply error wrapped.
 func Classify(caller context.Context, err error) error {
 	if err == nil || errors.Is(err, redis.Nil) {
@@ -97,6 +98,11 @@ func Classify(caller context.Context, err error) error {
 			if strings.HasPrefix(msg, p) {
 				return store.Unavailable(err)
 			}
+		}
+		// A script that empties a key and touches it again while its slot
+		// migrates is refused mid-way; like TRYAGAIN it passes with the move.
+		if strings.Contains(msg, "non local key") {
+			return store.Unavailable(err)
 		}
 		return fmt.Errorf("redisx: %w", err)
 	}

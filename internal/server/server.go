@@ -34,6 +34,7 @@ import (
 
 	"github.com/seed-a88e5317/resilience-sidecar/internal/metrics"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/tracing"
 )
 
 // LivenessService is the health service name that is SERVING for as long
@@ -56,9 +57,14 @@ type Options struct {
 	HealthInterval time.Duration
 	// Metrics receives per-RPC metrics and the store's up gauge (nil: none).
 	Metrics *metrics.Metrics
-	// TracerProvider traces every RPC (nil: the global provider).
+	// TracerProvider traces every RPC. When nil, RPCs are traced by the
+	// global provider if tracing is on (tracing.Active); otherwise no span
+	// is made, and a caller's traceparent is only carried in the context.
 	TracerProvider trace.TracerProvider
 }
+
+// streamWorkers is how many calls run on reused goroutines at once.
+const streamWorkers = 64
 
 // Server is a gRPC server with the sidecar's cross-cutting behaviour.
 type Server struct {
@@ -89,34 +95,42 @@ func New(opts Options) *Server {
 	s := &Server{opts: opts, health: health.NewServer()}
 	s.stopping, s.stop = context.WithCancel(context.Background())
 
-	logOpts := []logging.Option{
-		logging.WithLogOnEvents(logging.FinishCall),
-		logging.WithLevels(codeToLevel),
-	}
-	logger := interceptorLogger(opts.Log)
 	rec := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
 		opts.Log.ErrorContext(ctx, "panic in handler", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 		return status.Error(codes.Internal, "internal error")
 	})
 	var unary []grpc.UnaryServerInterceptor
 	var stream []grpc.StreamServerInterceptor
+	serverOpts := []grpc.ServerOption{
+		// Calls run on long-lived workers whose stacks have already grown,
+		// instead of a fresh goroutine per call growing (copying) its
+		// stack through the interceptors and the store client each time;
+		// calls beyond the workers still get their own goroutine.
+		grpc.NumStreamWorkers(uint32(streamWorkers)),
+		grpc.ForceServerCodecV2(newCodec()),
+	}
+	if opts.TracerProvider != nil || tracing.Active() {
+		var otelOpts []otelgrpc.Option
+		if opts.TracerProvider != nil {
+			otelOpts = append(otelOpts, otelgrpc.WithTracerProvider(opts.TracerProvider))
+		}
+		serverOpts = append(serverOpts, grpc.StatsHandler(otelgrpc.NewServerHandler(otelOpts...)))
+	} else {
+		unary = append(unary, unaryPropagation)
+		stream = append(stream, streamPropagation)
+	}
 	if opts.Metrics != nil {
 		unary = append(unary, opts.Metrics.GRPC.UnaryServerInterceptor())
 		stream = append(stream, opts.Metrics.GRPC.StreamServerInterceptor())
 	}
-	unary = append(unary, logging.UnaryServerInterceptor(logger, logOpts...), recovery.UnaryServerInterceptor(rec))
-	stream = append(stream, logging.StreamServerInterceptor(logger, logOpts...), recovery.StreamServerInterceptor(rec))
+	unary = append(unary, unaryLogging(opts.Log, loggingMiddleware(opts.Log)), recovery.UnaryServerInterceptor(rec))
+	stream = append(stream, streamLogging(opts.Log, logging.StreamServerInterceptor(interceptorLogger(opts.Log), logOptions()...)), recovery.StreamServerInterceptor(rec))
 	if opts.APIToken != "" {
 		check := bearerAuth(opts.APIToken)
 		unary = append(unary, selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(check), selector.MatchFunc(needsAuth)))
 		stream = append(stream, selector.StreamServerInterceptor(auth.StreamServerInterceptor(check), selector.MatchFunc(needsAuth)))
 	}
-	var otelOpts []otelgrpc.Option
-	if opts.TracerProvider != nil {
-		otelOpts = append(otelOpts, otelgrpc.WithTracerProvider(opts.TracerProvider))
-	}
-	s.grpc = grpc.NewServer(
-		grpc.StatsHandler(otelgrpc.NewServerHandler(otelOpts...)),
+	s.grpc = grpc.NewServer(append(serverOpts,
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
 		grpc.MaxRecvMsgSize(opts.MaxMessageBytes),
@@ -124,7 +138,7 @@ func New(opts Options) *Server {
 		// Detect vanished HoldLock clients on half-open connections.
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-	)
+	)...)
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
@@ -272,6 +286,19 @@ func codeToLevel(c codes.Code) logging.Level {
 	default:
 		return logging.LevelInfo
 	}
+}
+
+// logOptions: one record when a call finishes, at its code's level.
+func logOptions() []logging.Option {
+	return []logging.Option{
+		logging.WithLogOnEvents(logging.FinishCall),
+		logging.WithLevels(codeToLevel),
+	}
+}
+
+// loggingMiddleware is go-grpc-middleware's unary logging interceptor.
+func loggingMiddleware(l *slog.Logger) grpc.UnaryServerInterceptor {
+	return logging.UnaryServerInterceptor(interceptorLogger(l), logOptions()...)
 }
 
 func interceptorLogger(l *slog.Logger) logging.Logger {

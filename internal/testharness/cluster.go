@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
 )
 
 // clusterSlots is the number of hash slots of Redis Cluster.
@@ -341,6 +343,7 @@ func (c *Cluster) URL() string {
 }
 
 // Client returns a cluster client for the test, closed in tb's Cleanup.
+// Scripts are pipelined by redisx.AutoPipeline, as in the sidecar.
 func (c *Cluster) Client(tb TB) *redis.ClusterClient {
 	tb.Helper()
 	cl := redis.NewClusterClient(&redis.ClusterOptions{
@@ -348,6 +351,7 @@ func (c *Cluster) Client(tb TB) *redis.ClusterClient {
 		DisableIdentity:       true,
 		ContextTimeoutEnabled: true,
 	})
+	redisx.AutoPipeline(cl, 0, 0) // scripts take the sidecar's path
 	tb.Cleanup(func() { _ = cl.Close() })
 	return cl
 }

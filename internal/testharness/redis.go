@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
 )
 
 // redisReadyTimeout bounds how long StartRedis and Restart wait for PING.
@@ -272,6 +274,8 @@ func (r *Redis) signal(sig os.Signal) {
 // Client returns a new go-redis client for this server, closed in tb's
 // Cleanup. Context deadlines are honoured (ContextTimeoutEnabled), so a
 // command with a short context fails promptly while the server is paused.
+// Scripts are pipelined by redisx.AutoPipeline, as in the sidecar, so the
+// store tests run on the sidecar's path.
 func (r *Redis) Client(tb TB) *redis.Client {
 	tb.Helper()
 	c := redis.NewClient(&redis.Options{
@@ -279,6 +283,7 @@ func (r *Redis) Client(tb TB) *redis.Client {
 		DisableIdentity:       true,
 		ContextTimeoutEnabled: true,
 	})
+	redisx.AutoPipeline(c, 0, 0) // scripts take the sidecar's path
 	tb.Cleanup(func() { _ = c.Close() })
 	return c
 }

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
 )
 
 // SentinelMasterName is the name the sentinels of StartSentinel monitor.
@@ -301,6 +303,7 @@ func (s *Sentinel) Nodes() []*Redis { return append([]*Redis(nil), s.data...) }
 func (s *Sentinel) ReplicationProxy() *Proxy { return s.proxy }
 
 // Client returns a failover client for the test, closed in tb's Cleanup.
+// Scripts are pipelined by redisx.AutoPipeline, as in the sidecar.
 func (s *Sentinel) Client(tb TB) *redis.Client {
 	tb.Helper()
 	c := redis.NewFailoverClient(&redis.FailoverOptions{
@@ -309,6 +312,7 @@ func (s *Sentinel) Client(tb TB) *redis.Client {
 		DisableIdentity:       true,
 		ContextTimeoutEnabled: true,
 	})
+	redisx.AutoPipeline(c, 0, 0) // scripts take the sidecar's path
 	tb.Cleanup(func() { _ = c.Close() })
 	return c
 }

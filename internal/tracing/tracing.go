@@ -9,6 +9,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"reflect"
 
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracegrpc"
@@ -47,6 +48,23 @@ func Setup(ctx context.Context, getenv func(string) string) (shutdown func(conte
 	tp := sdktrace.NewTracerProvider(sdktrace.WithBatcher(exp), sdktrace.WithResource(res))
 	otel.SetTracerProvider(tp)
 	return tp.Shutdown, true, nil
+}
+
+// defaultProvider is the global tracer provider before anyone sets one.
+var defaultProvider = otel.GetTracerProvider()
+
+// Active reports whether spans may be recorded: Setup turned tracing on,
+// or a program (a test) installed its own global tracer provider. When it
+// is false the server and the Redis client skip their tracing
+// instrumentation altogether, which costs CPU on every call even when the
+// spans go nowhere.
+func Active() bool {
+	tp := reflect.ValueOf(otel.GetTracerProvider())
+	def := reflect.ValueOf(defaultProvider)
+	if tp.Kind() != reflect.Pointer || def.Kind() != reflect.Pointer {
+		return true
+	}
+	return tp.Pointer() != def.Pointer()
 }
 
 // LogHandler wraps h so that records logged with a context carrying a

@@ -32,6 +32,7 @@ var (
 	ErrPermitUnknown          = errors.New("resilience: breaker permit unknown, expired or already reported")
 	ErrUpstreamUnavailable    = errors.New("resilience: upstream gave no response")
 	ErrUpstreamTimeout        = errors.New("resilience: upstream timed out")
+	ErrTopicUnknown           = errors.New("resilience: topic not declared in the sidecar's config")
 	// ErrInvalidArgument matches every INVALID_ARGUMENT; Error.Violations
 	// names the fields.
 	ErrInvalidArgument = errors.New("resilience: invalid argument")
@@ -51,6 +52,7 @@ var reasons = map[string]error{
 	"PERMIT_UNKNOWN":           ErrPermitUnknown,
 	"UPSTREAM_UNAVAILABLE":     ErrUpstreamUnavailable,
 	"UPSTREAM_TIMEOUT":         ErrUpstreamTimeout,
+	"TOPIC_UNKNOWN":            ErrTopicUnknown,
 }
 
 // Error is a sidecar error with its decoded details. It matches the

@@ -13,6 +13,7 @@ import { createGrpcTransport, Http2SessionManager } from "@connectrpc/connect-no
 import { BreakerService } from "./gen/resilience/v1/breaker_pb.js";
 import { SagaService } from "./gen/resilience/v1/saga_pb.js";
 import { ClockService } from "./gen/resilience/v1/clock_pb.js";
+import { EventService } from "./gen/resilience/v1/events_pb.js";
 import { IdempotencyService } from "./gen/resilience/v1/idempotency_pb.js";
 import { LockService } from "./gen/resilience/v1/lock_pb.js";
 import { fromError, makeError, SidecarError } from "./errors.js";
@@ -56,6 +57,7 @@ export interface SidecarClient {
   readonly clock: Client<typeof ClockService>;
   readonly breaker: Client<typeof BreakerService>;
   readonly saga: Client<typeof SagaService>;
+  readonly events: Client<typeof EventService>;
   /** The address the client talks to. */
   readonly addr: string;
   /** The default deadline of unary calls in ms (0: none). */
@@ -103,6 +105,7 @@ export function createClient(options: ClientOptions = {}): SidecarClient {
     clock: wrap(ClockService),
     breaker: wrap(BreakerService),
     saga: wrap(SagaService),
+    events: wrap(EventService),
     addr,
     timeoutMs,
     close: () => sessionManager.abort(),
@@ -137,7 +140,8 @@ function parseAddr(addr: string): { baseUrl: string; socketPath?: string } {
 
 /**
  * Wraps a Connect client: unary calls get the default deadline and typed
- * errors; streaming calls are passed through (withLock types their errors).
+ * errors; streaming calls are passed through (withLock and subscribe type
+ * their errors).
  */
 function wrapClient<S extends DescService>(service: S, raw: Client<S>, addr: string, timeoutMs: number): Client<S> {
   const out: Record<string, unknown> = {};

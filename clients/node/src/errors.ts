@@ -30,6 +30,7 @@ export const Reason = {
   PERMIT_UNKNOWN: "PERMIT_UNKNOWN",
   UPSTREAM_UNAVAILABLE: "UPSTREAM_UNAVAILABLE",
   UPSTREAM_TIMEOUT: "UPSTREAM_TIMEOUT",
+  TOPIC_UNKNOWN: "TOPIC_UNKNOWN",
 } as const;
 export type Reason = (typeof Reason)[keyof typeof Reason];
 
@@ -149,6 +150,8 @@ export class BreakerOpenError extends SidecarError {}
 export class ClockSkewError extends SidecarError {}
 /** LIMIT_EXCEEDED: a bound of the sidecar was reached. */
 export class LimitExceededError extends SidecarError {}
+/** NOT_FOUND/TOPIC_UNKNOWN: the sidecar's config declares topics (events.topics), and not this one. */
+export class TopicUnknownError extends SidecarError {}
 /** INVALID_ARGUMENT: `violations` names each refused field. */
 export class InvalidArgumentError extends SidecarError {}
 
@@ -160,6 +163,7 @@ const byReason: Record<string, new (init: SidecarErrorInit) => SidecarError> = {
   [Reason.BREAKER_OPEN]: BreakerOpenError,
   [Reason.CLOCK_SKEW]: ClockSkewError,
   [Reason.LIMIT_EXCEEDED]: LimitExceededError,
+  [Reason.TOPIC_UNKNOWN]: TopicUnknownError,
 };
 
 /** Builds the SidecarError subclass that matches the reason and code. */

@@ -1,7 +1,8 @@
 // @seed-a88e5317/resilience-sidecar: the Node.js client of the resilience
-// sidecar. createClient connects; withLock and idempotent are the helpers;
-// errors are typed (SidecarError and its subclasses). The generated
-// messages and service descriptors of resilience.v1 are exported too.
+// sidecar. createClient connects; withLock, idempotent, publish and
+// subscribe are the helpers; errors are typed (SidecarError and its
+// subclasses). The generated messages and service descriptors of
+// resilience.v1 are exported too.
 
 export {
   createClient,
@@ -29,6 +30,7 @@ export {
   ShuttingDownError,
   SidecarError,
   StoreUnavailableError,
+  TopicUnknownError,
   type FieldViolation,
   type SidecarErrorInit,
 } from "./errors.js";
@@ -42,6 +44,18 @@ export {
   type IdempotentResultInit,
 } from "./idempotent.js";
 
+export {
+  ack,
+  nack,
+  outboxStatus,
+  publish,
+  RetryAfterError,
+  subscribe,
+  type PublishOptions,
+  type PublishResult,
+  type SubscribeOptions,
+} from "./events.js";
+
 // Conversions of google.protobuf.Duration and Timestamp, for the raw API.
 export { durationFromMs, durationMs, timestampDate, timestampFromDate, timestampMs } from "@bufbuild/protobuf/wkt";
 
@@ -49,3 +63,4 @@ export * from "./gen/resilience/v1/lock_pb.js";
 export * from "./gen/resilience/v1/idempotency_pb.js";
 export * from "./gen/resilience/v1/clock_pb.js";
 export * from "./gen/resilience/v1/breaker_pb.js";
+export * from "./gen/resilience/v1/events_pb.js";

@@ -251,7 +251,7 @@ export async function withLock<T>(
 }
 
 /** Resolves or rejects like p, or with onTimeout's error after ms (0: no bound). */
-function withTimeout<T>(p: Promise<T>, ms: number, onTimeout: () => Error | undefined): Promise<T> {
+export function withTimeout<T>(p: Promise<T>, ms: number, onTimeout: () => Error | undefined): Promise<T> {
   if (!ms) return p;
   let timer: NodeJS.Timeout;
   const t = new Promise<never>((resolve, reject) => {

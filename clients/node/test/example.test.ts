@@ -1,6 +1,7 @@
 // examples/node/seed.mjs, installed as its README says and run against the
 // real sidecar: the charge happens once, the stock is reserved under the
-// lock and a stale fencing token is refused.
+// lock and a stale fencing token is refused, the order event is appended
+// once and redelivered after a failed handling.
 
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
@@ -48,5 +49,9 @@ test("examples/node/seed.mjs: charged once, stock reserved with fencing", async 
   assert.deepEqual(reserves.map((m) => [m[2], m[3]]), [["5", "3"], ["3", "1"]], "the reservations overlapped");
   assert.ok(BigInt(reserves[1]![1]!) > BigInt(reserves[0]![1]!), "fencing tokens did not increase");
   assert.match(out, /^stale write with token \d+ refused: true$/m);
+  assert.match(out, /^announced once: true$/m);
+  assert.match(out, /^ship order-\S+: courier unavailable on delivery 1, nacked$/m);
+  assert.match(out, /^ship order-\S+: shipped on delivery 2, acked$/m);
+  assert.match(out, /^shipped once after a redelivery: true$/m);
   assert.match(out, /^seed scenario OK$/m);
 });

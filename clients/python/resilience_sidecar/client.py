@@ -5,17 +5,26 @@ from __future__ import annotations
 import os
 import time
 from types import TracebackType
-from typing import Any, Callable, Optional, Sequence, Tuple, TypeVar, overload
+from typing import Any, Callable, Mapping, Optional, Sequence, Tuple, TypeVar, Union, overload
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ._interceptors import ClientInterceptor
-from ._util import Seconds, seconds
+from ._util import Seconds, duration, seconds
 from .errors import DeadlineExceeded, SidecarError, Unavailable
+from .events import PublishResult, Subscription, publish_request, subscribe_request
 from .idempotent import make_decorator, run_idempotent
 from .lock import LockSession
-from .v1 import breaker_pb2_grpc, clock_pb2_grpc, idempotency_pb2_grpc, lock_pb2_grpc, saga_pb2_grpc
+from .v1 import (
+    breaker_pb2_grpc,
+    clock_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
+    idempotency_pb2_grpc,
+    lock_pb2_grpc,
+    saga_pb2_grpc,
+)
 
 __all__ = ["Client", "DEFAULT_ADDR", "DEFAULT_TIMEOUT", "ENV_ADDR", "ENV_TOKEN", "ENV_TOKEN_FILE"]
 
@@ -58,8 +67,10 @@ class Client:
     localhost: the channel is plaintext and ignores HTTP proxies.
 
     Raw stubs (calls through them raise :class:`SidecarError` subclasses):
-    ``locks``, ``idempotency``, ``clocks``, ``breakers``, ``sagas``, ``health``.
-    Helpers: :meth:`lock`, :meth:`idempotent`, :meth:`wait_ready`.
+    ``locks``, ``idempotency``, ``clocks``, ``breakers``, ``sagas``, ``events``,
+    ``health``. Helpers: :meth:`lock`, :meth:`idempotent`, :meth:`publish`,
+    :meth:`subscribe` (with :meth:`ack`, :meth:`nack`), :meth:`outbox_status`,
+    :meth:`wait_ready`.
 
     Thread-safe; one per process is enough. Close it (or use ``with``)
     when done.
@@ -94,6 +105,7 @@ class Client:
         self.clocks = clock_pb2_grpc.ClockServiceStub(self.channel)
         self.breakers = breaker_pb2_grpc.BreakerServiceStub(self.channel)
         self.sagas = saga_pb2_grpc.SagaServiceStub(self.channel)
+        self.events = events_pb2_grpc.EventServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
     # -- lifecycle --------------------------------------------------------------
@@ -245,3 +257,85 @@ class Client:
             return run_idempotent(self, key, fingerprint or "", fn, **options)
         return make_decorator(self, key, fingerprint, key_fn, fingerprint_fn, options)
 
+    # -- events -----------------------------------------------------------------
+
+    def publish(
+        self,
+        topic: str,
+        payload: Union[bytes, str],
+        *,
+        key: str = "",
+        headers: Optional[Mapping[str, str]] = None,
+        idempotency_key: str = "",
+        timeout: Optional[float] = None,
+    ) -> PublishResult:
+        """Appends an event to ``topic`` (a str payload is sent as UTF-8) and
+        returns ``(event_id, duplicate)``::
+
+            r = client.publish("orders.placed", body, key="order-42",
+                               headers={"content-type": "application/json"},
+                               idempotency_key="order-42/placed")
+
+        With ``idempotency_key``, retries append once: a key published before
+        (within the sidecar's ``events.dedup_retention``, default 24 h) returns
+        the first event's id with ``duplicate=True``. Raises
+        :class:`InvalidArgument` for a bad topic name or an oversized event
+        (``violations`` names the field), :class:`TopicUnknown` for a topic
+        the sidecar's config does not declare.
+        """
+        resp = self.events.Publish(publish_request(topic, payload, key, headers, idempotency_key), timeout=timeout)
+        return PublishResult(resp.event_id, resp.duplicate)
+
+    def subscribe(
+        self,
+        topic: str,
+        group: str,
+        consumer: str,
+        *,
+        max_in_flight: int = 0,
+        visibility_timeout: Optional[Seconds] = None,
+        max_deliveries: int = 0,
+        start_from: Union[None, str, int] = None,
+    ) -> Subscription:
+        """Joins the consumer group ``group`` of ``topic`` as ``consumer`` and
+        returns the :class:`Subscription` once the sidecar confirmed it::
+
+            with client.subscribe("orders.placed", "shipping", "shipping-1") as sub:
+                sub.run(ship)          # acks when ship(event) returns, nacks when it raises
+
+        or, settling each event yourself::
+
+            for event in sub:
+                ...
+                sub.ack(event)         # or sub.nack(event, retry_after=5)
+
+        Each event goes to one consumer of each group, in publish order;
+        unsettled events are redelivered after ``visibility_timeout``
+        (100ms-12h, sidecar default 30 s), with ``delivery_count`` increased,
+        up to ``max_deliveries`` (default 10) before the dead-letter topic
+        ``<topic>.dead``. Delivery is at least once: make the handler
+        idempotent, keyed by ``event.event_id``. ``max_in_flight`` bounds the
+        unsettled events (1-1000, default 16); ``start_from`` (``"earliest"``,
+        the default, or ``"latest"``) applies when this call creates the group.
+        ``sub.cancel()``, from any thread, ends it.
+        """
+        req = subscribe_request(topic, group, consumer, max_in_flight, visibility_timeout, max_deliveries, start_from)
+        return Subscription(self, req)
+
+    def ack(self, topic: str, group: str, event_id: str) -> bool:
+        """Acknowledges an event; False when it was not pending in the group (harmless)."""
+        return self.events.Ack(events_pb2.AckRequest(topic=topic, group=group, event_id=event_id)).acked
+
+    def nack(self, topic: str, group: str, event_id: str, retry_after: Optional[Seconds] = None) -> bool:
+        """Gives an event back for redelivery after ``retry_after`` (default: at
+        once); False when it was not pending in the group."""
+        req = events_pb2.NackRequest(topic=topic, group=group, event_id=event_id)
+        d = duration(retry_after)
+        if d is not None:
+            req.retry_after.CopyFrom(d)
+        return self.events.Nack(req).requeued
+
+    def outbox_status(self) -> events_pb2.GetOutboxStatusResponse:
+        """The sidecar's Postgres outbox relay: ``enabled``, ``healthy``,
+        ``last_error``, ``backlog``, ``lag``, ``published``, ``table``."""
+        return self.events.GetOutboxStatus(events_pb2.GetOutboxStatusRequest())

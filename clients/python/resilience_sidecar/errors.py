@@ -39,6 +39,7 @@ __all__ = [
     "SidecarError",
     "StillInProgress",
     "StoreUnavailable",
+    "TopicUnknown",
     "Unauthenticated",
     "Unavailable",
     "UpstreamTimeout",
@@ -175,6 +176,10 @@ class SagaStateConflict(SidecarError):
     """SAGA_STATE_CONFLICT."""
 
 
+class TopicUnknown(SidecarError):
+    """NOT_FOUND/TOPIC_UNKNOWN: the sidecar's config declares its topics (``events.topics``), and not this one."""
+
+
 class Unavailable(SidecarError):
     """UNAVAILABLE: the sidecar, or what it depends on, cannot answer now.
 
@@ -257,6 +262,7 @@ _BY_REASON: dict[str, type[SidecarError]] = {
     "CLOCK_SKEW": ClockSkew,
     "SHUTTING_DOWN": ShuttingDown,
     "PERMIT_UNKNOWN": PermitUnknown,
+    "TOPIC_UNKNOWN": TopicUnknown,
 }
 
 _BY_CODE: dict[grpc.StatusCode, type[SidecarError]] = {

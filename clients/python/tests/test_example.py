@@ -35,6 +35,9 @@ def test_seed_scenario(sidecar) -> None:
     assert summary["stock"]["stock_left"] == 1  # 10 - 4 buyers x 2 - 1
     assert summary["stock"]["stale_refused"] is True
     assert summary["stock"]["release"] == "LEASE_LOST"
+    assert summary["events"] == {"announced_once": True, "shipped": 1, "ok": True}
+    assert "courier unavailable on delivery 1, nacked" in out
+    assert "shipped on delivery 2, acked" in out
     assert summary["ok"] is True
     assert out.rstrip().endswith("seed scenario: OK")
 

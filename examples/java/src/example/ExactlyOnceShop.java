@@ -3,8 +3,11 @@ package example;
 import io.github.seeda88e5317.resilience.IdempotentResult;
 import io.github.seeda88e5317.resilience.LeaseLostException;
 import io.github.seeda88e5317.resilience.LockOptions;
+import io.github.seeda88e5317.resilience.PublishOptions;
+import io.github.seeda88e5317.resilience.PublishResult;
 import io.github.seeda88e5317.resilience.ResilienceClient;
 import io.github.seeda88e5317.resilience.SidecarException;
+import io.github.seeda88e5317.resilience.Subscription;
 import io.grpc.StatusRuntimeException;
 import java.io.PrintStream;
 import java.time.Duration;
@@ -24,7 +27,9 @@ import resilience.v1.Lock.ReleaseLockRequest;
  * <ol>
  *   <li>charge a payment exactly once although the caller retries it three times (idempotency key);
  *   <li>reserve stock under a lock, with the fencing token checked by the stock table, so that a
- *       holder that paused past its lease cannot write after the next holder.
+ *       holder that paused past its lease cannot write after the next holder;
+ *   <li>announce the order once although the publish is retried (idempotency key), and ship it
+ *       although the first delivery fails (nacked, then redelivered and acked).
  * </ol>
  *
  * Run it with {@code examples/java/run.sh}. It exits with status 1 if a guarantee did not hold.
@@ -162,7 +167,41 @@ public final class ExactlyOnceShop {
     }
     out.printf("stock of %s: %d%n", sku, stock.available(sku));
     ok &= a.getAcquired() && reservedB && !reservedA && stock.available(sku) == 8;
+    ok &= announceAndShip(client, out, order);
     return ok;
+  }
+
+  /** The order is announced once (a retried publish appends nothing) and shipped once. */
+  static boolean announceAndShip(ResilienceClient client, PrintStream out, String order) {
+    String topic = "orders.placed." + order.toLowerCase();
+    PublishOptions opts = PublishOptions.defaults().key(order).idempotencyKey(order + "/placed");
+    PublishResult first = client.publish(topic, "{\"order\":\"" + order + "\"}", opts);
+    PublishResult retry = client.publish(topic, "{\"order\":\"" + order + "\"}", opts);
+    boolean once = retry.duplicate() && retry.eventId().equals(first.eventId());
+    out.printf("order announced once: %b%n", once);
+
+    List<String> shipped = new ArrayList<>();
+    try (Subscription sub = client.subscribe(topic, "shipping", "shipping-1")) {
+      Thread bound =
+          new Thread(
+              () -> {
+                sleep(Duration.ofSeconds(15));
+                sub.close();
+              });
+      bound.setDaemon(true); // never hang the scenario
+      bound.start();
+      sub.run(
+          event -> {
+            if (event.getDeliveryCount() == 1) {
+              out.println("ship: courier unavailable on delivery 1, nacked");
+              throw new IllegalStateException("courier unavailable"); // delivered again
+            }
+            shipped.add(event.getKey());
+            out.printf("ship: shipped on delivery %d, acked%n", event.getDeliveryCount());
+            sub.close(); // a real consumer runs until shutdown
+          });
+    }
+    return once && shipped.equals(List.of(order));
   }
 
   private static void sleep(Duration d) {

@@ -33,6 +33,14 @@ import java.util.function.Supplier;
 import resilience.v1.BreakerServiceGrpc;
 import resilience.v1.SagaServiceGrpc;
 import resilience.v1.ClockServiceGrpc;
+import resilience.v1.EventServiceGrpc;
+import resilience.v1.Events.AckRequest;
+import resilience.v1.Events.GetOutboxStatusRequest;
+import resilience.v1.Events.GetOutboxStatusResponse;
+import resilience.v1.Events.NackRequest;
+import resilience.v1.Events.PublishRequest;
+import resilience.v1.Events.PublishResponse;
+import resilience.v1.Events.SubscribeRequest;
 import resilience.v1.Idempotency.CheckOrRecordIdempotencyRequest;
 import resilience.v1.Idempotency.CheckOrRecordIdempotencyResponse;
 import resilience.v1.Idempotency.CompleteIdempotencyRequest;
@@ -43,7 +51,8 @@ import resilience.v1.LockServiceGrpc;
 
 /**
  * A connection to the resilience sidecar: the generated stubs of every service, and helpers built
- * on them ({@link #withLock}, {@link #holdLock}, {@link #idempotent}).
+ * on them ({@link #withLock}, {@link #holdLock}, {@link #idempotent}, {@link #publish}, {@link
+ * #subscribe}).
  *
  * <pre>{@code
  * try (ResilienceClient client = ResilienceClient.create()) {
@@ -95,6 +104,8 @@ public final class ResilienceClient implements AutoCloseable {
   private final BreakerServiceGrpc.BreakerServiceStub breakersAsync;
   private final SagaServiceGrpc.SagaServiceBlockingStub sagas;
   private final SagaServiceGrpc.SagaServiceStub sagasAsync;
+  private final EventServiceGrpc.EventServiceBlockingStub events;
+  private final EventServiceGrpc.EventServiceStub eventsAsync;
 
   private ResilienceClient(ManagedChannel channel, String address, Duration callTimeout) {
     this.channel = channel;
@@ -119,6 +130,8 @@ public final class ResilienceClient implements AutoCloseable {
     this.breakersAsync = BreakerServiceGrpc.newStub(channel);
     this.sagas = SagaServiceGrpc.newBlockingStub(channel);
     this.sagasAsync = SagaServiceGrpc.newStub(channel);
+    this.events = EventServiceGrpc.newBlockingStub(channel);
+    this.eventsAsync = EventServiceGrpc.newStub(channel);
   }
 
   /** A client configured from the environment (see the class comment). */
@@ -186,6 +199,14 @@ public final class ResilienceClient implements AutoCloseable {
 
   public SagaServiceGrpc.SagaServiceStub sagasAsync() {
     return sagasAsync;
+  }
+
+  public EventServiceGrpc.EventServiceBlockingStub events() {
+    return events;
+  }
+
+  public EventServiceGrpc.EventServiceStub eventsAsync() {
+    return eventsAsync;
   }
 
   // ---- locks -------------------------------------------------------------------------------
@@ -435,6 +456,132 @@ public final class ResilienceClient implements AutoCloseable {
           "idempotency key \"" + exec.key() + "\" ran but its result was not recorded");
     }
     return result;
+  }
+
+  // ---- events ------------------------------------------------------------------------------
+
+  /**
+   * Appends an event to {@code topic} and returns its id. With {@link
+   * PublishOptions#idempotencyKey}, retries append once: a key published before returns the first
+   * event's id with {@link PublishResult#duplicate()} set.
+   *
+   * @throws InvalidArgumentException a bad topic name or an oversized event ({@code violations()}
+   *     names the field)
+   * @throws TopicUnknownException the sidecar's config declares topics, and not this one
+   * @throws SidecarException another error from the sidecar
+   */
+  public PublishResult publish(String topic, byte[] payload, PublishOptions options) {
+    Objects.requireNonNull(topic, "topic");
+    Objects.requireNonNull(payload, "payload");
+    Objects.requireNonNull(options, "options");
+    PublishRequest req =
+        PublishRequest.newBuilder()
+            .setTopic(topic)
+            .setPayload(ByteString.copyFrom(payload))
+            .setKey(options.key())
+            .putAllHeaders(options.headers())
+            .setIdempotencyKey(options.idempotencyKey())
+            .build();
+    try {
+      PublishResponse resp = events.publish(req);
+      return new PublishResult(resp.getEventId(), resp.getDuplicate());
+    } catch (StatusRuntimeException e) {
+      throw SidecarException.from(e);
+    }
+  }
+
+  /** {@link #publish(String, byte[], PublishOptions)} of a UTF-8 string. */
+  public PublishResult publish(String topic, String payload, PublishOptions options) {
+    return publish(topic, payload.getBytes(StandardCharsets.UTF_8), options);
+  }
+
+  /** {@link #publish(String, byte[], PublishOptions)} with {@link PublishOptions#defaults()}. */
+  public PublishResult publish(String topic, byte[] payload) {
+    return publish(topic, payload, PublishOptions.defaults());
+  }
+
+  /**
+   * Joins the consumer group {@code group} of {@code topic} as {@code consumer}, and returns once
+   * the sidecar confirmed it (events published from then on are delivered to the group). Each
+   * event goes to one consumer of each group; an event not settled within the visibility timeout
+   * is redelivered, with its delivery count increased, until the group's max deliveries move it to
+   * {@code <topic>.dead}. Delivery is at least once: make the handling idempotent, keyed by the
+   * event id.
+   *
+   * <pre>{@code
+   * try (Subscription sub = client.subscribe("orders.placed", "shipping", "shipping-1",
+   *     SubscribeOptions.defaults())) {
+   *   sub.run(event -> ship(event));   // acks when ship returns, nacks when it throws
+   * }
+   * }</pre>
+   *
+   * @throws InvalidArgumentException a bad topic, group or consumer name or option
+   * @throws TopicUnknownException the sidecar's config declares topics, and not this one
+   * @throws SidecarException no confirmation within the call timeout, or another error
+   */
+  public Subscription subscribe(
+      String topic, String group, String consumer, SubscribeOptions options) {
+    Objects.requireNonNull(topic, "topic");
+    Objects.requireNonNull(group, "group");
+    Objects.requireNonNull(consumer, "consumer");
+    Objects.requireNonNull(options, "options");
+    SubscribeRequest.Builder req =
+        SubscribeRequest.newBuilder()
+            .setTopic(topic)
+            .setGroup(group)
+            .setConsumer(consumer)
+            .setMaxInFlight(options.maxInFlight())
+            .setMaxDeliveries(options.maxDeliveries())
+            .setStartFrom(options.startFrom());
+    if (options.visibilityTimeout() != null) {
+      req.setVisibilityTimeout(Protos.duration(options.visibilityTimeout()));
+    }
+    return Subscription.open(this, req.build(), options.nackDelay());
+  }
+
+  /** {@link #subscribe(String, String, String, SubscribeOptions)} with the defaults. */
+  public Subscription subscribe(String topic, String group, String consumer) {
+    return subscribe(topic, group, consumer, SubscribeOptions.defaults());
+  }
+
+  /**
+   * Acknowledges an event. Returns false when it was not pending in the group (already acked, or
+   * dead-lettered): harmless.
+   */
+  public boolean ack(String topic, String group, String eventId) {
+    try {
+      return events
+          .ack(AckRequest.newBuilder().setTopic(topic).setGroup(group).setEventId(eventId).build())
+          .getAcked();
+    } catch (StatusRuntimeException e) {
+      throw SidecarException.from(e);
+    }
+  }
+
+  /**
+   * Gives an event back for redelivery after {@code retryAfter} ({@link Duration#ZERO}: at once),
+   * counting one more delivery. Returns false when it was not pending in the group.
+   */
+  public boolean nack(String topic, String group, String eventId, Duration retryAfter) {
+    NackRequest.Builder req =
+        NackRequest.newBuilder().setTopic(topic).setGroup(group).setEventId(eventId);
+    if (!retryAfter.isZero()) {
+      req.setRetryAfter(Protos.duration(retryAfter));
+    }
+    try {
+      return events.nack(req.build()).getRequeued();
+    } catch (StatusRuntimeException e) {
+      throw SidecarException.from(e);
+    }
+  }
+
+  /** The sidecar's Postgres outbox relay: enabled, healthy, backlog, lag, ... */
+  public GetOutboxStatusResponse outboxStatus() {
+    try {
+      return events.getOutboxStatus(GetOutboxStatusRequest.getDefaultInstance());
+    } catch (StatusRuntimeException e) {
+      throw SidecarException.from(e);
+    }
   }
 
   // ---- plumbing ----------------------------------------------------------------------------

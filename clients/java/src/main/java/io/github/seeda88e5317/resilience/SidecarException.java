@@ -52,6 +52,7 @@ public class SidecarException extends StatusRuntimeException {
   public static final String LIMIT_EXCEEDED = "LIMIT_EXCEEDED";
   public static final String CLOCK_SKEW = "CLOCK_SKEW";
   public static final String SHUTTING_DOWN = "SHUTTING_DOWN";
+  public static final String TOPIC_UNKNOWN = "TOPIC_UNKNOWN";
 
   private final String reason;
   private final Duration retryDelay;
@@ -167,6 +168,7 @@ public class SidecarException extends StatusRuntimeException {
       case LIMIT_EXCEEDED -> new LimitExceededException(status, trailers, d);
       case CLOCK_SKEW -> new ClockSkewException(status, trailers, d);
       case SHUTTING_DOWN -> new ShuttingDownException(status, trailers, d);
+      case TOPIC_UNKNOWN -> new TopicUnknownException(status, trailers, d);
       default -> new SidecarException(status, trailers, d);
     };
   }

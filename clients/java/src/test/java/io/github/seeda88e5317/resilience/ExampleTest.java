@@ -37,6 +37,9 @@ class ExampleTest {
     assertTrue(
         output.matches("(?s).*worker-a \\(stale, token \\d+\\) reserved 3: false.*"), output);
     assertTrue(output.contains("worker-a release: LeaseLostException (LEASE_LOST)"), output);
+    assertTrue(output.contains("order announced once: true"), output);
+    assertTrue(output.contains("ship: courier unavailable on delivery 1, nacked"), output);
+    assertTrue(output.contains("ship: shipped on delivery 2, acked"), output);
     assertEquals("OK", lines.get(lines.size() - 1), output);
   }
 }

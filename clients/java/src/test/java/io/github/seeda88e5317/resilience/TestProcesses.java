@@ -270,6 +270,12 @@ final class TestProcesses {
      * waits until its health service says SERVING.
      */
     static Sidecar start(Path dir, String redisUrl, Path tokenFile, String listen) {
+      return start(dir, redisUrl, tokenFile, listen, List.of());
+    }
+
+    /** {@link #start(Path, String, Path, String)} with extra flags (e.g. {@code --config}). */
+    static Sidecar start(
+        Path dir, String redisUrl, Path tokenFile, String listen, List<String> extraArgs) {
       IllegalStateException last = null;
       for (int attempt = 0; attempt < 3; attempt++) {
         String address = listen != null ? listen : "127.0.0.1:" + freePort();
@@ -290,6 +296,7 @@ final class TestProcesses {
         if (tokenFile != null) {
           cmd.addAll(List.of("--api-token-file", tokenFile.toString()));
         }
+        cmd.addAll(extraArgs);
         ProcessBuilder pb =
             new ProcessBuilder(cmd).redirectErrorStream(true).redirectOutput(log.toFile());
         // Only the flags above configure it, whatever this environment says.

@@ -1,0 +1,352 @@
+package events
+
+import (
+	"context"
+	"maps"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+)
+
+// MemoryStore is the Store of the embedded in-memory backend: one process,
+// nothing survives a restart. Event ids follow Redis's "<ms>-<seq>" shape.
+type MemoryStore struct {
+	now func() time.Time
+
+	mu     sync.Mutex
+	topics map[string]*memTopic
+}
+
+type memTopic struct {
+	log    []memEntry // ascending ids
+	last   memID
+	groups map[string]*memGroup
+	dedup  map[string]memDedup
+	// sweepAt is the dedup size at which expired keys are swept next.
+	sweepAt int
+	// changed is closed and replaced on every append.
+	changed chan struct{}
+}
+
+type memID struct{ ms, seq uint64 }
+
+func (a memID) less(b memID) bool { return a.ms < b.ms || a.ms == b.ms && a.seq < b.seq }
+func (a memID) String() string {
+	return strconv.FormatUint(a.ms, 10) + "-" + strconv.FormatUint(a.seq, 10)
+}
+
+func parseMemID(s string) (memID, bool) {
+	if !ValidEventID(s) {
+		return memID{}, false
+	}
+	ms, seq, _ := cutDash(s)
+	a, _ := strconv.ParseUint(ms, 10, 64)
+	b, _ := strconv.ParseUint(seq, 10, 64)
+	return memID{a, b}, true
+}
+
+func cutDash(s string) (string, string, bool) {
+	for i := 0; i < len(s); i++ {
+		if s[i] == '-' {
+			return s[:i], s[i+1:], true
+		}
+	}
+	return s, "", false
+}
+
+type memEntry struct {
+	id memID
+	ev Event
+}
+
+type memDedup struct {
+	id      string
+	expires time.Time
+}
+
+type memGroup struct {
+	next      memID // deliver entries with id >= next
+	pending   map[memID]*memPending
+	consumers map[string]struct{}
+}
+
+type memPending struct {
+	consumer string
+	// visibleAt: claimable from then on.
+	visibleAt time.Time
+	count     int
+	first     time.Time
+}
+
+// NewMemoryStore returns an empty store; now is the clock (time.Now when
+// nil).
+func NewMemoryStore(now func() time.Time) *MemoryStore {
+	if now == nil {
+		now = time.Now
+	}
+	return &MemoryStore{now: now, topics: map[string]*memTopic{}}
+}
+
+// Ping always answers: the store is in-process.
+func (m *MemoryStore) Ping(context.Context) error { return nil }
+
+func (m *MemoryStore) topicLocked(name string) *memTopic {
+	t := m.topics[name]
+	if t == nil {
+		t = &memTopic{groups: map[string]*memGroup{}, dedup: map[string]memDedup{}, changed: make(chan struct{})}
+		m.topics[name] = t
+	}
+	return t
+}
+
+func (m *MemoryStore) appendLocked(t *memTopic, ev Event, maxLen int64, now time.Time) string {
+	ms := uint64(max(now.UnixMilli(), 0))
+	id := memID{ms, 0}
+	if !t.last.less(id) {
+		id = memID{t.last.ms, t.last.seq + 1}
+	}
+	t.last = id
+	ev.ID = id.String()
+	ev.PublishedAt = time.UnixMilli(int64(id.ms))
+	t.log = append(t.log, memEntry{id: id, ev: ev})
+	// Trimmed in batches, like Redis's MAXLEN ~: the log holds at most
+	// about an eighth more than maxLen, and appends stay O(1) amortised.
+	if maxLen > 0 && int64(len(t.log)) > maxLen+maxLen/8 {
+		t.log = slices.Delete(t.log, 0, len(t.log)-int(maxLen))
+	}
+	close(t.changed)
+	t.changed = make(chan struct{})
+	return ev.ID
+}
+
+// Publish implements Store.
+func (m *MemoryStore) Publish(ctx context.Context, msg Message, opts PublishOptions) (Published, error) {
+	if err := ctx.Err(); err != nil {
+		return Published{}, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	t := m.topicLocked(msg.Topic)
+	if msg.IdempotencyKey != "" {
+		if d, ok := t.dedup[msg.IdempotencyKey]; ok && now.Before(d.expires) {
+			return Published{EventID: d.id, Duplicate: true}, nil
+		}
+		if len(t.dedup) >= t.sweepAt {
+			for k, d := range t.dedup {
+				if !now.Before(d.expires) {
+					delete(t.dedup, k)
+				}
+			}
+			t.sweepAt = max(2*len(t.dedup), 1024)
+		}
+	}
+	ev := Event{Topic: msg.Topic, Key: msg.Key, Payload: slices.Clone(msg.Payload), Headers: maps.Clone(msg.Headers)}
+	id := m.appendLocked(t, ev, opts.MaxLen, now)
+	if msg.IdempotencyKey != "" {
+		t.dedup[msg.IdempotencyKey] = memDedup{id: id, expires: now.Add(opts.DedupRetention)}
+	}
+	return Published{EventID: id}, nil
+}
+
+// EnsureGroup implements Store.
+func (m *MemoryStore) EnsureGroup(ctx context.Context, topic, group, consumer string, opts GroupOptions) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	t := m.topicLocked(topic)
+	g, ok := t.groups[group]
+	if !ok {
+		g = &memGroup{pending: map[memID]*memPending{}, consumers: map[string]struct{}{}}
+		if opts.Start == Latest {
+			g.next = memID{t.last.ms, t.last.seq + 1}
+		}
+		t.groups[group] = g
+	}
+	g.consumers[consumer] = struct{}{}
+	return !ok, nil
+}
+
+func (t *memTopic) find(id memID) (memEntry, bool) {
+	i, ok := slices.BinarySearchFunc(t.log, id, func(e memEntry, id memID) int {
+		switch {
+		case e.id.less(id):
+			return -1
+		case id.less(e.id):
+			return 1
+		}
+		return 0
+	})
+	if !ok {
+		return memEntry{}, false
+	}
+	return t.log[i], true
+}
+
+// Read implements Store.
+func (m *MemoryStore) Read(ctx context.Context, topic, group, consumer string, opts ReadOptions) (ReadResult, error) {
+	if err := ctx.Err(); err != nil {
+		return ReadResult{}, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	t := m.topicLocked(topic)
+	g, ok := t.groups[group]
+	if !ok {
+		// Like Redis: the group must exist (it is created by EnsureGroup).
+		return ReadResult{}, ErrNoGroup
+	}
+	g.consumers[consumer] = struct{}{}
+	var res ReadResult
+	ids := slices.SortedFunc(maps.Keys(g.pending), func(a, b memID) int {
+		if a.less(b) {
+			return -1
+		}
+		if b.less(a) {
+			return 1
+		}
+		return 0
+	})
+	for _, id := range ids {
+		if len(res.Deliveries) >= opts.Count {
+			break
+		}
+		p := g.pending[id]
+		if now.Before(p.visibleAt) {
+			continue
+		}
+		e, ok := t.find(id)
+		if !ok { // trimmed away
+			delete(g.pending, id)
+			continue
+		}
+		if opts.MaxDeliveries > 0 && p.count >= opts.MaxDeliveries {
+			dt := m.topicLocked(topic + DeadSuffix)
+			dev := Event{Topic: topic + DeadSuffix, Key: e.ev.Key, Payload: e.ev.Payload, Headers: deadHeaders(e.ev.Headers, topic, group, e.ev.ID, p.count)}
+			m.appendLocked(dt, dev, opts.DeadMaxLen, now)
+			delete(g.pending, id)
+			res.DeadLettered = append(res.DeadLettered, e.ev.ID)
+			continue
+		}
+		p.count++
+		p.consumer = consumer
+		p.visibleAt = now.Add(opts.Visibility)
+		res.Deliveries = append(res.Deliveries, memDelivery(e.ev, p))
+	}
+	from, _ := slices.BinarySearchFunc(t.log, g.next, func(e memEntry, id memID) int {
+		if e.id.less(id) {
+			return -1
+		}
+		if id.less(e.id) {
+			return 1
+		}
+		return 0
+	})
+	for _, e := range t.log[from:] {
+		if len(res.Deliveries) >= opts.Count {
+			break
+		}
+		p := &memPending{consumer: consumer, visibleAt: now.Add(opts.Visibility), count: 1, first: now}
+		g.pending[e.id] = p
+		g.next = memID{e.id.ms, e.id.seq + 1}
+		res.Deliveries = append(res.Deliveries, memDelivery(e.ev, p))
+	}
+	res.LastID = t.last.String()
+	for _, p := range g.pending {
+		if d := max(p.visibleAt.Sub(now), time.Millisecond); res.NextDue == 0 || d < res.NextDue {
+			res.NextDue = d
+		}
+	}
+	return res, nil
+}
+
+func memDelivery(ev Event, p *memPending) Delivery {
+	ev.Payload = slices.Clone(ev.Payload)
+	ev.Headers = maps.Clone(ev.Headers)
+	return Delivery{Event: ev, Count: p.count, FirstDeliveredAt: p.first}
+}
+
+// deadHeaders are the headers of an event moved to the dead-letter topic.
+func deadHeaders(h map[string]string, topic, group, id string, deliveries int) map[string]string {
+	out := maps.Clone(h)
+	if out == nil {
+		out = map[string]string{}
+	}
+	out["x-dead-letter-topic"] = topic
+	out["x-dead-letter-group"] = group
+	out["x-dead-letter-event-id"] = id
+	out["x-dead-letter-deliveries"] = strconv.Itoa(deliveries)
+	return out
+}
+
+// Wait implements Store.
+func (m *MemoryStore) Wait(ctx context.Context, topic, lastID string, d time.Duration) error {
+	m.mu.Lock()
+	t := m.topicLocked(topic)
+	last, ok := parseMemID(lastID)
+	if ok && last.less(t.last) {
+		m.mu.Unlock()
+		return nil
+	}
+	ch := t.changed
+	m.mu.Unlock()
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-ch:
+	case <-timer.C:
+	case <-ctx.Done():
+	}
+	return nil
+}
+
+// Ack implements Store.
+func (m *MemoryStore) Ack(ctx context.Context, topic, group, id string) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	g, mid, ok := m.pendingLocked(topic, group, id)
+	if !ok {
+		return false, nil
+	}
+	delete(g.pending, mid)
+	return true, nil
+}
+
+// Nack implements Store.
+func (m *MemoryStore) Nack(ctx context.Context, topic, group, id string, retryAfter time.Duration) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	g, mid, ok := m.pendingLocked(topic, group, id)
+	if !ok {
+		return false, nil
+	}
+	g.pending[mid].visibleAt = m.now().Add(retryAfter)
+	return true, nil
+}
+
+func (m *MemoryStore) pendingLocked(topic, group, id string) (*memGroup, memID, bool) {
+	t, ok := m.topics[topic]
+	if !ok {
+		return nil, memID{}, false
+	}
+	g, ok := t.groups[group]
+	if !ok {
+		return nil, memID{}, false
+	}
+	mid, ok := parseMemID(id)
+	if !ok {
+		return nil, memID{}, false
+	}
+	_, ok = g.pending[mid]
+	return g, mid, ok
+}

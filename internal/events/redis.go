@@ -1,0 +1,374 @@
+package events
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
+)
+
+// Keys of a topic t (base name b: t without ".dead"), all with the hash tag
+// {ns/b} so that a topic, its dead-letter topic and their bookkeeping share
+// one Cluster slot and one script can move an event between them:
+//
+//	rs:{ns/b}:ev                 stream of topic b; its consumer groups
+//	rs:{ns/b}:evd                stream of topic b.dead
+//	rs:{ns/b}:ev:dedup:<key>     event id published under idempotency key
+//	                             <key> (string, PX dedup retention)
+//	rs:{ns/b}:ev:first:<group>   hash: pending event id -> first delivery
+//	                             time to <group>, ms
+//	rs:{ns/b}:ev:due:<group>     sorted set: pending event id, scored by
+//	                             when it may be delivered again, ms (the
+//	                             delivery's visibility timeout, or a nack's
+//	                             retry_after)
+//	(evd:first:<group>, evd:due:<group> likewise for the dead-letter topic)
+//
+// Both are cleaned on ack and dead-lettering, so they hold no more than
+// the group's pending events.
+//
+// A stream entry has the fields k (key), p (payload) and h:<name> for
+// each header.
+const evPrelude = `
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+`
+
+// KEYS[1] stream, KEYS[2] dedup key (absent without an idempotency key);
+// ARGV max len, retention ms, fields...
+var publishScript = redisx.NewScript("events.publish", `
+if KEYS[2] then
+  local id = redis.call('GET', KEYS[2])
+  if id then return {id, 1} end
+end
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
+if KEYS[2] then redis.call('SET', KEYS[2], id, 'PX', ARGV[2]) end
+return {id, 0}
+`)
+
+// KEYS[1] stream; ARGV group, consumer, start id.
+var ensureGroupScript = redisx.NewScript("events.ensure_group", `
+local created = 1
+local r = redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[1], ARGV[3], 'MKSTREAM')
+if type(r) == 'table' and r.err then
+  if string.sub(r.err, 1, 9) ~= 'BUSYGROUP' then return redis.error_reply(r.err) end
+  created = 0
+end
+redis.call('XGROUP', 'CREATECONSUMER', KEYS[1], ARGV[1], ARGV[2])
+return created
+`)
+
+// KEYS[1] stream, KEYS[2] first-delivery hash, KEYS[3] dead-letter stream,
+// KEYS[4] due set; ARGV group, consumer, count, visibility ms, max
+// deliveries (0: never dead-letter), topic, dead-letter max len.
+var readScript = redisx.NewScript("events.read", evPrelude+`
+local count = tonumber(ARGV[3])
+local maxdel = tonumber(ARGV[5])
+local vis = tonumber(ARGV[4])
+local out, dead = {}, {}
+local function forget(id)
+  redis.call('XACK', KEYS[1], ARGV[1], id)
+  redis.call('HDEL', KEYS[2], id)
+  redis.call('ZREM', KEYS[4], id)
+end
+local due = redis.call('ZRANGEBYSCORE', KEYS[4], '-inf', now, 'LIMIT', 0, count)
+for _, id in ipairs(due) do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+  if #p == 0 then
+    -- Acked or claimed away meanwhile by a path that did not clean up.
+    redis.call('HDEL', KEYS[2], id)
+    redis.call('ZREM', KEYS[4], id)
+  else
+    local n = tonumber(p[1][4])
+    if maxdel > 0 and n >= maxdel then
+      local e = redis.call('XRANGE', KEYS[1], id, id)
+      if #e > 0 then
+        local f = e[1][2]
+        for _, kv in ipairs({{'x-dead-letter-topic', ARGV[6]}, {'x-dead-letter-group', ARGV[1]},
+            {'x-dead-letter-event-id', id}, {'x-dead-letter-deliveries', tostring(n)}}) do
+          table.insert(f, 'h:' .. kv[1]); table.insert(f, kv[2])
+        end
+        redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[7], '*', unpack(f))
+        table.insert(dead, id)
+      end
+      forget(id)
+    else
+      local c = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id)
+      local e = c[1]
+      if type(e) == 'table' then
+        local first = redis.call('HGET', KEYS[2], id)
+        if not first then
+          first = now
+          redis.call('HSET', KEYS[2], id, now)
+        end
+        redis.call('ZADD', KEYS[4], now + vis, id)
+        table.insert(out, {e[1], e[2], n + 1, tonumber(first)})
+      else
+        -- Trimmed away by the topic's max length while pending.
+        forget(id)
+      end
+    end
+  end
+end
+local more = count - #out
+if more > 0 then
+  local r = redis.call('XREADGROUP', 'GROUP', ARGV[1], ARGV[2], 'COUNT', more, 'STREAMS', KEYS[1], '>')
+  if r then
+    for _, e in ipairs(r[1][2]) do
+      redis.call('HSET', KEYS[2], e[1], now)
+      redis.call('ZADD', KEYS[4], now + vis, e[1])
+      table.insert(out, {e[1], e[2], 1, now})
+    end
+  end
+end
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local lastid = '0-0'
+if #last > 0 then lastid = last[1][1] end
+local nextdue = 0
+local z = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
+if #z > 0 then nextdue = math.max(tonumber(z[2]) - now, 1) end
+return {out, dead, lastid, nextdue}
+`)
+
+// KEYS[1] stream, KEYS[2] first-delivery hash, KEYS[3] due set; ARGV
+// group, id.
+var ackScript = redisx.NewScript("events.ack", `
+local n = redis.pcall('XACK', KEYS[1], ARGV[1], ARGV[2])
+if type(n) ~= 'number' then return 0 end
+redis.call('HDEL', KEYS[2], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+return n
+`)
+
+// KEYS[1] stream, KEYS[2] due set; ARGV group, id, retry after ms.
+var nackScript = redisx.NewScript("events.nack", evPrelude+`
+local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+if type(p) ~= 'table' or p.err or #p == 0 then return 0 end
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
+return 1
+`)
+
+// Scripts are the Lua scripts of the Redis events store, for preloading.
+var Scripts = []*redis.Script{publishScript, ensureGroupScript, readScript, ackScript, nackScript}
+
+// RedisStore is the Store on Redis Streams (standalone, Sentinel or
+// Cluster). Every method but Wait is one script, bounded by the store
+// timeout; Wait is an XREAD BLOCK on the blocking client.
+type RedisStore struct {
+	rdb     redis.UniversalClient
+	block   redis.UniversalClient
+	ns      string
+	timeout time.Duration
+	// ownBlock: Close closes block.
+	ownBlock bool
+}
+
+// RedisOption configures a RedisStore.
+type RedisOption func(*RedisStore)
+
+// WithBlockingClient makes Wait's blocking reads use c, a client of the
+// same Redis with its own connection pool, so that they never hold a
+// connection the other stores need. Without it Wait uses the main client.
+func WithBlockingClient(c redis.UniversalClient) RedisOption {
+	return func(r *RedisStore) { r.block = c }
+}
+
+// WithOwnedBlockingClient makes Close close the blocking client.
+func WithOwnedBlockingClient() RedisOption {
+	return func(r *RedisStore) { r.ownBlock = true }
+}
+
+// Close closes the blocking client if the store owns it.
+func (r *RedisStore) Close() error {
+	if r.ownBlock && r.block != r.rdb {
+		return r.block.Close()
+	}
+	return nil
+}
+
+// NewRedisStore returns a store for namespace ns whose calls each take at
+// most timeout before failing with store.ErrUnavailable.
+func NewRedisStore(rdb redis.UniversalClient, ns string, timeout time.Duration, opts ...RedisOption) *RedisStore {
+	r := &RedisStore{rdb: rdb, block: rdb, ns: ns, timeout: timeout}
+	for _, o := range opts {
+		o(r)
+	}
+	return r
+}
+
+// keys returns the stream key of topic and the prefix of its bookkeeping
+// keys' suffixes, plus the dead-letter stream of a base topic.
+func (r *RedisStore) key(topic, suffix string) string {
+	base, dead := cutDead(topic)
+	s := "ev"
+	if dead {
+		s = "evd"
+	}
+	if suffix != "" {
+		s += ":" + suffix
+	}
+	return redisx.Key(r.ns, base, s)
+}
+
+// StreamKey is the Redis key of topic's stream (for tests and tools).
+func (r *RedisStore) StreamKey(topic string) string { return r.key(topic, "") }
+
+func (r *RedisStore) run(ctx context.Context, s *redis.Script, keys []string, args ...any) (any, error) {
+	sctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	v, err := s.Run(sctx, r.rdb, keys, args...).Result()
+	if err != nil && strings.Contains(err.Error(), "NOGROUP") && ctx.Err() == nil {
+		return nil, ErrNoGroup
+	}
+	return v, redisx.Classify(ctx, err)
+}
+
+// Publish implements Store.
+func (r *RedisStore) Publish(ctx context.Context, m Message, opts PublishOptions) (Published, error) {
+	keys := []string{r.key(m.Topic, "")}
+	if m.IdempotencyKey != "" {
+		keys = append(keys, r.key(m.Topic, "dedup:"+m.IdempotencyKey))
+	}
+	args := make([]any, 0, 6+2*len(m.Headers))
+	args = append(args, max(opts.MaxLen, 1), max(opts.DedupRetention.Milliseconds(), 1), "k", m.Key, "p", m.Payload)
+	for k, v := range m.Headers {
+		args = append(args, "h:"+k, v)
+	}
+	v, err := r.run(ctx, publishScript, keys, args...)
+	if err != nil {
+		return Published{}, err
+	}
+	a, ok := v.([]any)
+	if !ok || len(a) != 2 {
+		return Published{}, fmt.Errorf("events: unexpected publish reply %T", v)
+	}
+	id, _ := a[0].(string)
+	dup, _ := a[1].(int64)
+	return Published{EventID: id, Duplicate: dup == 1}, nil
+}
+
+// EnsureGroup implements Store.
+func (r *RedisStore) EnsureGroup(ctx context.Context, topic, group, consumer string, opts GroupOptions) (bool, error) {
+	start := "0"
+	if opts.Start == Latest {
+		start = "$"
+	}
+	v, err := r.run(ctx, ensureGroupScript, []string{r.key(topic, "")}, group, consumer, start)
+	if err != nil {
+		return false, err
+	}
+	n, _ := v.(int64)
+	return n == 1, nil
+}
+
+// Read implements Store.
+func (r *RedisStore) Read(ctx context.Context, topic, group, consumer string, opts ReadOptions) (ReadResult, error) {
+	base, _ := cutDead(topic)
+	dead := r.key(base+DeadSuffix, "")
+	v, err := r.run(ctx, readScript, []string{r.key(topic, ""), r.key(topic, "first:"+group), dead, r.key(topic, "due:"+group)},
+		group, consumer, max(opts.Count, 1), max(opts.Visibility.Milliseconds(), 1), max(opts.MaxDeliveries, 0), topic, max(opts.DeadMaxLen, 1))
+	if err != nil {
+		return ReadResult{}, err
+	}
+	a, ok := v.([]any)
+	if !ok || len(a) != 4 {
+		return ReadResult{}, fmt.Errorf("events: unexpected read reply %T", v)
+	}
+	var res ReadResult
+	out, _ := a[0].([]any)
+	for _, x := range out {
+		e, ok := x.([]any)
+		if !ok || len(e) != 4 {
+			return ReadResult{}, fmt.Errorf("events: unexpected read entry %T", x)
+		}
+		id, _ := e[0].(string)
+		fields, _ := e[1].([]any)
+		n, _ := e[2].(int64)
+		first, _ := e[3].(int64)
+		d := Delivery{Event: decodeEvent(topic, id, fields), Count: int(n), FirstDeliveredAt: time.UnixMilli(first)}
+		res.Deliveries = append(res.Deliveries, d)
+	}
+	deadIDs, _ := a[1].([]any)
+	for _, x := range deadIDs {
+		if s, ok := x.(string); ok {
+			res.DeadLettered = append(res.DeadLettered, s)
+		}
+	}
+	res.LastID, _ = a[2].(string)
+	due, _ := a[3].(int64)
+	res.NextDue = time.Duration(due) * time.Millisecond
+	return res, nil
+}
+
+func decodeEvent(topic, id string, fields []any) Event {
+	ev := Event{ID: id, Topic: topic, PublishedAt: idTime(id)}
+	for i := 0; i+1 < len(fields); i += 2 {
+		k, _ := fields[i].(string)
+		v, _ := fields[i+1].(string)
+		switch {
+		case k == "k":
+			ev.Key = v
+		case k == "p":
+			ev.Payload = []byte(v)
+		case strings.HasPrefix(k, "h:"):
+			if ev.Headers == nil {
+				ev.Headers = map[string]string{}
+			}
+			ev.Headers[k[2:]] = v
+		}
+	}
+	return ev
+}
+
+// Wait implements Store: XREAD BLOCK for an entry after lastID. A failure
+// of the blocking read is not reported (the next Read reports a store
+// outage); Wait then sleeps d instead, so a broken connection does not
+// turn the caller's loop into a busy one.
+func (r *RedisStore) Wait(ctx context.Context, topic, lastID string, d time.Duration) error {
+	if d < time.Millisecond {
+		d = time.Millisecond
+	}
+	done := make(chan error, 1)
+	go func() {
+		err := r.block.XRead(ctx, &redis.XReadArgs{Streams: []string{r.key(topic, ""), lastID}, Count: 1, Block: d}).Err()
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err == nil || errors.Is(err, redis.Nil) {
+			return nil
+		}
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+		}
+	case <-ctx.Done():
+	}
+	return nil
+}
+
+// Ack implements Store.
+func (r *RedisStore) Ack(ctx context.Context, topic, group, id string) (bool, error) {
+	v, err := r.run(ctx, ackScript, []string{r.key(topic, ""), r.key(topic, "first:"+group), r.key(topic, "due:"+group)}, group, id)
+	if err != nil {
+		return false, err
+	}
+	n, _ := v.(int64)
+	return n > 0, nil
+}
+
+// Nack implements Store.
+func (r *RedisStore) Nack(ctx context.Context, topic, group, id string, retryAfter time.Duration) (bool, error) {
+	v, err := r.run(ctx, nackScript, []string{r.key(topic, ""), r.key(topic, "due:"+group)}, group, id, max(retryAfter.Milliseconds(), 0))
+	if err != nil {
+		return false, err
+	}
+	n, _ := v.(int64)
+	return n > 0, nil
+}

@@ -1,0 +1,245 @@
+package lock
+
+import (
+	"container/list"
+	"context"
+	"time"
+)
+
+// The callers of one Service waiting for one key form a FIFO, a keyQueue.
+// Only its head is active: it holds the key's release subscription (kept
+// for the queue's whole life), tries the store when a release is announced
+// or when the holder's lease would expire, and on leaving (granted, timed
+// out, cancelled, failed) hands the head to the next waiter together with
+// what it learnt. Since the subscription never lapses while the queue lives,
+// every release after the last try is still in the channel, so a new head
+// need not try at once. A release thus costs one try per Service (sidecar)
+// with waiters, whatever the number of callers.
+//
+// On a store with a shared Queue, the head's tries also keep this sidecar
+// in the key's queue of sidecars, and the store grants a free lock only to
+// the sidecar at that queue's head: the lock passes between sidecars in the
+// order they started waiting.
+
+// minRetry floors the wake-up timer, so that a clock difference between
+// sidecar and store cannot turn the wait into a busy loop.
+const minRetry = 5 * time.Millisecond
+
+// keyQueue is the FIFO of callers waiting for one key. waiters, holder and
+// closing are guarded by Service.mu; the other fields belong to the current
+// head, and pass to the next one through Service.mu.
+type keyQueue struct {
+	key     string
+	waiters *list.List    // of *waiter, head first
+	holder  Holder        // the holder seen by the latest try
+	closing bool          // the last waiter left; a new queue waits for closed
+	closed  chan struct{} // closed once the queue is torn down
+
+	released  <-chan struct{} // release subscription, nil until the first wait
+	stopWatch func()
+	tried     bool      // a try was made while subscribed: wakeAt is valid
+	wakeAt    time.Time // when to try again if no release arrives
+	enqueued  bool      // this sidecar stands in the store's queue for key
+}
+
+// waiter is one caller in a keyQueue; turn is closed when it becomes head.
+type waiter struct {
+	turn chan struct{}
+	elem *list.Element
+}
+
+// Waiters returns how many callers of this Service wait for key.
+func (s *Service) Waiters(key string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if q := s.waits[key]; q != nil && !q.closing {
+		return q.waiters.Len()
+	}
+	return 0
+}
+
+// join appends a waiter to key's queue, creating the queue if needed.
+func (s *Service) join(ctx context.Context, key string) (*keyQueue, *waiter, error) {
+	for {
+		s.mu.Lock()
+		q := s.waits[key]
+		if q != nil && q.closing {
+			closed := q.closed
+			s.mu.Unlock()
+			select {
+			case <-closed:
+				continue
+			case <-ctx.Done():
+				return nil, nil, ctx.Err()
+			}
+		}
+		created := q == nil
+		if created {
+			q = &keyQueue{key: key, waiters: list.New(), closed: make(chan struct{})}
+			s.waits[key] = q
+		}
+		w := &waiter{turn: make(chan struct{})}
+		w.elem = q.waiters.PushBack(w)
+		if q.waiters.Len() == 1 {
+			close(w.turn)
+		}
+		s.mu.Unlock()
+		if created && s.queue != nil {
+			s.renew.watchKey(key)
+		}
+		return q, w, nil
+	}
+}
+
+// leave takes w out of q: the next waiter becomes head if w was, and the
+// last one to leave tears the queue down (unsubscribes, and takes this
+// sidecar out of the store's queue unless a grant already did). It returns
+// the holder last seen.
+func (s *Service) leave(q *keyQueue, w *waiter) Holder {
+	s.mu.Lock()
+	wasHead := q.waiters.Front() == w.elem
+	q.waiters.Remove(w.elem)
+	holder := q.holder
+	last := q.waiters.Len() == 0
+	if last {
+		q.closing = true
+	} else if wasHead {
+		close(q.waiters.Front().Value.(*waiter).turn)
+	}
+	s.mu.Unlock()
+	if !last {
+		return holder
+	}
+	// Only the head touches these, and w is the last waiter: if it was not
+	// the head, the head left before it, handing over through s.mu.
+	if q.stopWatch != nil {
+		q.stopWatch()
+	}
+	if s.queue != nil {
+		if q.enqueued {
+			ctx, cancel := context.WithTimeout(context.Background(), s.releaseTimeout)
+			if err := s.queue.LeaveQueue(ctx, q.key); err != nil {
+				s.log.Warn("lock: leaving the wait queue failed; the entry expires by itself",
+					"key_len", len(q.key), "error", err)
+			}
+			cancel()
+		}
+		s.renew.unwatchKey(q.key)
+	}
+	s.mu.Lock()
+	if s.waits[q.key] == q {
+		delete(s.waits, q.key)
+	}
+	close(q.closed)
+	s.mu.Unlock()
+	return holder
+}
+
+// wait is Acquire with opts.Wait > 0.
+func (s *Service) wait(ctx context.Context, key, leaseID string, opts AcquireOptions) (Lease, Holder, bool, error) {
+	deadline := time.Now().Add(opts.Wait)
+	q, w, err := s.join(ctx, key)
+	if err != nil {
+		return Lease{}, Holder{}, false, err
+	}
+	timer := time.NewTimer(opts.Wait)
+	defer timer.Stop()
+	select {
+	case <-w.turn:
+	case <-timer.C:
+		return Lease{}, s.leave(q, w), false, nil
+	case <-ctx.Done():
+		s.leave(q, w)
+		return Lease{}, Holder{}, false, ctx.Err()
+	}
+
+	// w is the head: q's head fields are its own until it leaves.
+	skip := q.released != nil && q.tried && (s.queue == nil || q.enqueued)
+	if q.released == nil {
+		// A fresh queue: try before subscribing, so that a free lock costs
+		// no subscription; then subscribe and try again, so that a release
+		// between the two is not lost.
+		lease, holder, ok, err := s.try(ctx, q, key, leaseID, opts)
+		if err != nil || ok {
+			s.leave(q, w)
+			return s.settle(ctx, lease, holder, ok, err)
+		}
+		released, stop, err := s.store.WatchRelease(ctx, key)
+		if err != nil {
+			s.leave(q, w)
+			return Lease{}, holder, false, err
+		}
+		q.released, q.stopWatch = released, stop
+	}
+	for {
+		if !skip {
+			lease, holder, ok, err := s.try(ctx, q, key, leaseID, opts)
+			if err != nil || ok {
+				s.leave(q, w)
+				return s.settle(ctx, lease, holder, ok, err)
+			}
+		}
+		skip = false
+		now := time.Now()
+		remaining := deadline.Sub(now)
+		if remaining <= 0 {
+			return Lease{}, s.leave(q, w), false, nil
+		}
+		// Also wake when the holder's lease would expire: a crashed holder
+		// never publishes a release. With a shared queue, also wake at
+		// least once per entry lifetime, in case a release was announced
+		// while the subscription was reconnecting.
+		wake := min(remaining, max(q.wakeAt.Sub(now), minRetry))
+		if s.queue != nil {
+			wake = min(wake, s.queue.QueueTTL())
+		}
+		timer.Reset(wake)
+		select {
+		case <-q.released:
+		case <-timer.C:
+		case <-ctx.Done():
+			s.leave(q, w)
+			return Lease{}, Holder{}, false, ctx.Err()
+		}
+	}
+}
+
+// try is one acquisition attempt by q's head. A refusal is recorded in q
+// for the waiters after it.
+func (s *Service) try(ctx context.Context, q *keyQueue, key, leaseID string, opts AcquireOptions) (Lease, Holder, bool, error) {
+	var (
+		lease   Lease
+		holder  Holder
+		ok      bool
+		retryAt time.Time
+		err     error
+	)
+	if s.queue != nil {
+		s.mu.Lock()
+		more := q.waiters.Len() > 1
+		s.mu.Unlock()
+		lease, holder, ok, retryAt, err = s.queue.TryAcquireQueued(ctx, key, leaseID, opts.Owner, opts.TTL, more)
+		if err == nil {
+			q.enqueued = !ok || more
+		}
+	} else {
+		lease, holder, ok, err = s.store.TryAcquire(ctx, key, leaseID, opts.Owner, opts.TTL)
+		retryAt = holder.ExpireTime
+		if ok {
+			retryAt = lease.ExpireTime
+		}
+	}
+	if err != nil {
+		return Lease{}, Holder{}, false, err
+	}
+	q.tried = q.released != nil
+	q.wakeAt = retryAt
+	s.mu.Lock()
+	if ok {
+		q.holder = Holder{Owner: lease.Owner, FencingToken: lease.FencingToken, ExpireTime: lease.ExpireTime}
+	} else {
+		q.holder = holder
+	}
+	s.mu.Unlock()
+	return lease, holder, ok, nil
+}
