@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 #
-# The resilience sidecar (and its injector: `sidecar inject`), as a static
-# binary on distroless: CA certificates and tzdata, no shell, no package
+# The resilience sidecar and its Kubernetes injector (/sidecar-injector), as
+# static binaries on distroless: CA certificates and tzdata, no shell, no package
 # manager, running as the unprivileged "nonroot" user (65532). No HEALTHCHECK:
 # Kubernetes probes the gRPC health service (see deploy/k8s).
 #
@@ -21,15 +21,16 @@ ARG TARGETARCH
 RUN --mount=type=cache,target=/go/pkg/mod \
     --mount=type=cache,target=/root/.cache/go-build \
     CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH GOFLAGS=-buildvcs=false \
-    go build -trimpath -ldflags='-s -w' -o /out/sidecar ./cmd/sidecar
+    go build -trimpath -ldflags='-s -w' -o /out/ ./cmd/sidecar ./cmd/sidecar-injector
 
 FROM gcr.io/distroless/static-debian12:nonroot
 LABEL org.opencontainers.image.title="resilience-sidecar" \
       org.opencontainers.image.source="https://github.com/seed-a88e5317/resilience-sidecar" \
       org.opencontainers.image.description="Distributed locks, idempotency, circuit breakers, clocks, sagas and events over gRPC, backed by Redis"
 COPY --from=build /out/sidecar /sidecar
+COPY --from=build /out/sidecar-injector /sidecar-injector
 USER 65532:65532
 # 50051: gRPC (apps, health, reflection); 9090: Prometheus /metrics;
-# 8443: the injector's webhook when run as `sidecar inject`.
+# 8443: the injector's webhook (command /sidecar-injector).
 EXPOSE 50051 9090 8443
 ENTRYPOINT ["/sidecar"]

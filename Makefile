@@ -24,7 +24,7 @@ $(BIN)/grpcurl:
 tools: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/grpcurl
 
 build:
-	$(GO) build -o $(BIN)/sidecar ./cmd/sidecar
+	$(GO) build -o $(BIN)/ ./cmd/sidecar ./cmd/sidecar-injector
 
 ## run: the sidecar on the embedded store at 127.0.0.1:50051, ready for grpcurl.
 run: build
@@ -78,17 +78,20 @@ IMAGE ?= ghcr.io/seed-a88e5317/resilience-sidecar:dev
 
 .PHONY: build-static image
 
-## build-static: the image's binary (CGO_ENABLED=0, -trimpath), checked to be statically linked.
+## build-static: the image's binaries (CGO_ENABLED=0, -trimpath), checked to be statically linked.
 build-static:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/sidecar-static ./cmd/sidecar
-	@if command -v file >/dev/null 2>&1; then \
-		file $(BIN)/sidecar-static; \
-		file $(BIN)/sidecar-static | grep -Eq 'statically linked|static-pie linked' \
-			|| { echo "build-static: $(BIN)/sidecar-static is not statically linked" >&2; exit 1; }; \
-	else \
-		ldd $(BIN)/sidecar-static 2>&1 | tee /dev/stderr | grep -Eq 'not a dynamic executable|statically linked' \
-			|| { echo "build-static: $(BIN)/sidecar-static is not statically linked" >&2; exit 1; }; \
-	fi
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags='-s -w' -o $(BIN)/sidecar-injector-static ./cmd/sidecar-injector
+	@for b in $(BIN)/sidecar-static $(BIN)/sidecar-injector-static; do \
+		if command -v file >/dev/null 2>&1; then \
+			file $$b; \
+			file $$b | grep -Eq 'statically linked|static-pie linked' \
+				|| { echo "build-static: $$b is not statically linked" >&2; exit 1; }; \
+		else \
+			ldd $$b 2>&1 | tee /dev/stderr | grep -Eq 'not a dynamic executable|statically linked' \
+				|| { echo "build-static: $$b is not statically linked" >&2; exit 1; }; \
+		fi; \
+	done
 
 ## image: the container image $(IMAGE); needs a running Docker engine.
 image:

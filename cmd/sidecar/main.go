@@ -2,7 +2,8 @@
 // other services) over gRPC, on Redis or on an embedded in-memory store.
 //
 //	sidecar [flags]          serve (see --help)
-//	sidecar inject [flags]   run the Kubernetes sidecar injector webhook
+//
+// The Kubernetes injector webhook is the separate command sidecar-injector.
 package main
 
 import (
@@ -29,7 +30,6 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/config"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/events"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/idempotency"
-	"github.com/seed-a88e5317/resilience-sidecar/internal/inject"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/lock"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/metrics"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
@@ -50,7 +50,10 @@ func main() {
 // configuration, 1 for a failure at run time).
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) int {
 	if len(args) > 0 && args[0] == "inject" {
-		return inject.Main(ctx, args[1:], stdout, stderr)
+		// The injector left this binary so that sidecars do not carry the
+		// Kubernetes API types (idle memory, docs/performance.md).
+		fmt.Fprintln(stderr, "sidecar: the injector is the command sidecar-injector (same image: /sidecar-injector); 'sidecar inject' is gone")
+		return 2
 	}
 	cfg, err := config.Load(args, getenv, stderr)
 	if errors.Is(err, flag.ErrHelp) {

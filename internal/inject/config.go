@@ -39,7 +39,7 @@ type Config struct {
 	Resources corev1.ResourceRequirements
 }
 
-// DefaultConfig returns the injector's defaults, the ones `sidecar inject`
+// DefaultConfig returns the injector's defaults, the ones `sidecar-injector`
 // uses when no flag changes them. It passes Config.Validate.
 func DefaultConfig() Config {
 	return Config{

@@ -1,5 +1,5 @@
 // Package inject is the Kubernetes sidecar injector of the resilience
-// sidecar: a mutating admission webhook, run as `sidecar inject`, that adds
+// sidecar: a mutating admission webhook, run as `sidecar-injector`, that adds
 // the sidecar to the Pods that ask for it.
 //
 // A Pod opts in with the annotation

@@ -35,18 +35,18 @@ const (
 	shutdownTimeout   = 10 * time.Second
 )
 
-// options are the parsed flags of `sidecar inject`.
+// options are the parsed flags of `sidecar-injector`.
 type options struct {
 	listen, tlsCert, tlsKey, logLevel string
 	cfg                               Config
 }
 
-// parseFlags parses the arguments of `sidecar inject`. It returns
+// parseFlags parses the arguments of `sidecar-injector`. It returns
 // flag.ErrHelp for -h/--help, and otherwise an error naming the flag.
 func parseFlags(args []string, usage io.Writer) (options, error) {
 	def := DefaultConfig()
 	o := options{cfg: def}
-	fs := flag.NewFlagSet("sidecar inject", flag.ContinueOnError)
+	fs := flag.NewFlagSet("sidecar-injector", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&o.listen, "listen", ":8443", "`address` of the HTTPS webhook server")
 	fs.StringVar(&o.tlsCert, "tls-cert", "", "PEM certificate `file` of the webhook server (required; reloaded when it changes)")
@@ -76,7 +76,7 @@ func parseFlags(args []string, usage io.Writer) (options, error) {
 		fs.StringVar(q.v, q.flag, def.String(), q.what+" of the injected sidecar (a `quantity`)")
 	}
 	fs.Usage = func() {
-		fmt.Fprintf(usage, "Usage: sidecar inject --tls-cert FILE --tls-key FILE [flags]\n\n"+
+		fmt.Fprintf(usage, "Usage: sidecar-injector --tls-cert FILE --tls-key FILE [flags]\n\n"+
 			"Serves the Kubernetes mutating admission webhook that injects the resilience sidecar\n"+
 			"into Pods annotated %s: \"true\" (POST %s over HTTPS).\n\nFlags:\n", AnnotationInject, MutatePath)
 		fs.SetOutput(usage)
@@ -125,7 +125,7 @@ func parseLevel(s string) (slog.Level, error) {
 	return l, nil
 }
 
-// Main runs `sidecar inject`; args are the arguments after "inject". It
+// Main runs `sidecar-injector`; args are its command-line arguments. It
 // serves the webhook over TLS until ctx is cancelled, then stops accepting
 // connections, answers /readyz with 503, lets in-flight reviews finish (at
 // most 10 s) and returns 0. It logs JSON lines (log/slog) to stderr, the
@@ -140,9 +140,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	if err != nil {
 		for _, line := range strings.Split(err.Error(), "\n") {
-			fmt.Fprintf(stderr, "sidecar inject: %s\n", line)
+			fmt.Fprintf(stderr, "sidecar-injector: %s\n", line)
 		}
-		fmt.Fprintln(stderr, "sidecar inject: run 'sidecar inject -h' for the flags")
+		fmt.Fprintln(stderr, "sidecar-injector: run 'sidecar-injector -h' for the flags")
 		return exitConfig
 	}
 	level, _ := parseLevel(o.logLevel)
@@ -150,12 +150,12 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 	certs, err := newCertReloader(o.tlsCert, o.tlsKey, log)
 	if err != nil {
-		fmt.Fprintf(stderr, "sidecar inject: --tls-cert/--tls-key: %v\n", err)
+		fmt.Fprintf(stderr, "sidecar-injector: --tls-cert/--tls-key: %v\n", err)
 		return exitConfig
 	}
 	inj, err := New(o.cfg, log)
 	if err != nil { // not reached: parseFlags validated the config
-		fmt.Fprintf(stderr, "sidecar inject: %v\n", err)
+		fmt.Fprintf(stderr, "sidecar-injector: %v\n", err)
 		return exitConfig
 	}
 	ln, err := net.Listen("tcp", o.listen)

@@ -109,7 +109,7 @@ func httpsClient(t *testing.T, roots *x509.CertPool) *http.Client {
 	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
 }
 
-// TestEndToEndOverTLS starts `sidecar inject` as the lead's main does, with
+// TestEndToEndOverTLS starts the injector as cmd/sidecar-injector does, with
 // a certificate made here, and posts an AdmissionReview to it with a real
 // HTTPS client, as the API server would; then renews the certificate
 // under it and shuts it down.
@@ -263,7 +263,7 @@ func TestMainExitCodes(t *testing.T) {
 		wantStderr []string
 	}{
 		{"help", []string{"--help"}, 0, "-sidecar-image image", nil},
-		{"no TLS", nil, 2, "", []string{"--tls-cert: required", "--tls-key: required", "sidecar inject -h"}},
+		{"no TLS", nil, 2, "", []string{"--tls-cert: required", "--tls-key: required", "sidecar-injector -h"}},
 		{"unknown flag", []string{"--bogus"}, 2, "", []string{"flag provided but not defined: -bogus"}},
 		{"stray argument", append([]string{"serve"}, tls...), 2, "", []string{`unexpected argument "serve"`}},
 		{"bad listen", append([]string{"--listen=8443"}, tls...), 2, "", []string{"--listen"}},

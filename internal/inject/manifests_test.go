@@ -622,10 +622,10 @@ func injectorConfig(t *testing.T, c cluster) Config {
 		t.Fatal("no Deployment resilience-system/resilience-injector")
 	}
 	ctr := d.Spec.Template.Spec.Containers[0]
-	if len(ctr.Args) == 0 || ctr.Args[0] != "inject" {
-		t.Fatalf("the injector's args must start with the subcommand inject: %q", ctr.Args)
+	if !slices.Equal(ctr.Command, []string{"/sidecar-injector"}) {
+		t.Fatalf("the injector's command must be the image's /sidecar-injector, got %q", ctr.Command)
 	}
-	o, err := parseFlags(ctr.Args[1:], io.Discard)
+	o, err := parseFlags(ctr.Args, io.Discard)
 	if err != nil {
 		t.Fatalf("the injector's args do not parse: %v", err)
 	}

@@ -172,13 +172,15 @@ function wrapClient<S extends DescService>(service: S, raw: Client<S>, addr: str
 /**
  * Makes transport failures say what happened: the sidecar did not answer
  * in time, or could not be reached. A call cancelled although the caller
- * did not abort it lost its connection (the sidecar died): UNAVAILABLE, as
- * grpc-go reports it. Errors the sidecar itself sent (they carry a reason)
+ * did not abort it, or one Connect reports ABORTED (a reset connection),
+ * lost its connection (the sidecar died): UNAVAILABLE, as grpc-go reports it. Errors the sidecar itself sent (they carry a reason)
  * are unchanged.
  */
 export function describeCallError(err: unknown, addr: string, timeoutMs: number | undefined, callerAborted: boolean): unknown {
   if (!(err instanceof SidecarError) || err.reason) return err;
-  if (err.code === Code.Canceled && !callerAborted) {
+  // Connect reports a connection reset mid-read (ECONNRESET) as ABORTED;
+  // the sidecar itself never answers ABORTED, so that is a lost connection.
+  if ((err.code === Code.Canceled && !callerAborted) || err.code === Code.Aborted) {
     return makeError({
       code: Code.Unavailable,
       message: `connection to the sidecar at ${addr} lost (did it stop?): ${err.rawMessage}`,
