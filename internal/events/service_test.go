@@ -228,3 +228,43 @@ func TestPushHeaders(t *testing.T) {
 		t.Error("pushed event still pending after a 2xx")
 	}
 }
+
+// An unacked event comes back after the visibility timeout of the
+// subscription it was delivered to, whatever the timeout of the consumer
+// that picks it up: here 300ms, not the second consumer's 1h.
+func TestServiceVisibilityBelongsToTheDelivery(t *testing.T) {
+	rd := testharness.StartRedis(t)
+	for name, store := range map[string]events.Store{
+		"memory": events.NewMemoryStore(nil),
+		"redis":  events.NewRedisStore(rd.Client(t), "visibility", 2*time.Second, events.WithBlockingClient(rd.Client(t))),
+	} {
+		t.Run(name, func(t *testing.T) {
+			svc := events.NewService(store, events.Options{})
+			ctx := testCtx(t)
+			p, err := svc.Publish(ctx, events.Message{Topic: "t", Payload: []byte("x")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			first, err := svc.Subscribe(ctx, events.SubscribeOptions{Topic: "t", Group: "g", Consumer: "c1", Visibility: 300 * time.Millisecond})
+			if err != nil {
+				t.Fatal(err)
+			}
+			d, err := first.Next(ctx)
+			if err != nil || d.ID != p.EventID || d.Count != 1 {
+				t.Fatalf("first delivery: %+v, %v", d, err)
+			}
+			first.Close() // c1 dies without acking
+
+			second, err := svc.Subscribe(ctx, events.SubscribeOptions{Topic: "t", Group: "g", Consumer: "c2", Visibility: time.Hour})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(second.Close)
+			// testCtx ends after 30s: far below c2's hour, far above c1's 300ms.
+			d, err = second.Next(ctx)
+			if err != nil || d.ID != p.EventID || d.Count != 2 {
+				t.Fatalf("redelivery to c2: %+v, %v; want %s with count 2", d, err, p.EventID)
+			}
+		})
+	}
+}
