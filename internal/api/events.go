@@ -281,6 +281,7 @@ func (s *EventServer) GetOutboxStatus(context.Context, *v1.GetOutboxStatusReques
 	resp := &v1.GetOutboxStatusResponse{
 		Enabled: true, Healthy: st.Healthy, LastError: st.LastError, Backlog: st.Backlog,
 		Lag: durationpb.New(st.Lag), Published: st.Published, Table: st.Table,
+		Refused: st.Refused, LastRefused: st.LastRefused,
 	}
 	if !st.LastPublishedAt.IsZero() {
 		resp.LastPublishedAt = timestamppb.New(st.LastPublishedAt)

@@ -113,6 +113,10 @@ type OutboxStatus struct {
 	Published        int64
 	LastPublishedAt  time.Time
 	Table            string
+	// Refused counts the rows skipped because Publish refuses them for
+	// good; LastRefused names the last one and why.
+	Refused     int64
+	LastRefused string
 }
 
 // Event is one stored event.

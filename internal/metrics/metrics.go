@@ -48,6 +48,7 @@ type Metrics struct {
 	EventsDeadLettered prometheus.Counter
 
 	OutboxPublished prometheus.Counter
+	OutboxRefused   prometheus.Counter
 	OutboxBacklog   prometheus.Gauge
 	OutboxLag       prometheus.Gauge
 	OutboxHealthy   prometheus.Gauge
@@ -111,6 +112,9 @@ func New() *Metrics {
 		EventsDeadLettered: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "resilience_events_dead_lettered_total", Help: "Events moved to their dead-letter topic after max_deliveries.",
 		}),
+		OutboxRefused: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "resilience_outbox_refused_total", Help: "Outbox rows this sidecar's relay skipped because the EventService refuses them for good; they stay unpublished.",
+		}),
 		OutboxPublished: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "resilience_outbox_published_total", Help: "Outbox rows this sidecar's relay published and marked (or deleted).",
 		}),
@@ -130,7 +134,7 @@ func New() *Metrics {
 	for _, c := range []prometheus.Collector{m.LockAcquire, m.LockWait, m.LockHeld, m.IdempotencyOutcome,
 		m.BreakerState, m.BreakerTransitions, m.UpstreamRequests, m.UpstreamLatency, m.SagaTotal, m.SagaStuck,
 		m.StoreUp, m.StoreLatency, m.EventsPublished, m.EventsDelivered, m.EventsRedelivered, m.EventsDeadLettered,
-		m.OutboxPublished, m.OutboxBacklog, m.OutboxLag, m.OutboxHealthy} {
+		m.OutboxPublished, m.OutboxRefused, m.OutboxBacklog, m.OutboxLag, m.OutboxHealthy} {
 		f(c)
 	}
 	// Both results exist from the start, at 0, like the unlabelled counters.
@@ -239,6 +243,14 @@ func (m *Metrics) AddOutboxPublished(n int) {
 		return
 	}
 	m.OutboxPublished.Add(float64(n))
+}
+
+// AddOutboxRefused counts n outbox rows refused for good.
+func (m *Metrics) AddOutboxRefused(n int) {
+	if m == nil {
+		return
+	}
+	m.OutboxRefused.Add(float64(n))
 }
 
 // SetOutboxBacklog records the outbox backlog and its oldest row's age.

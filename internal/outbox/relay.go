@@ -158,9 +158,17 @@ type Relay struct {
 	backlog   int64
 	lag       time.Duration
 	lastPubAt time.Time
+	// refused are the rows Publish refuses for good, skipped by the
+	// select; at most maxRefused are remembered.
+	refused     []int64
+	lastRefused string
 
 	published atomic.Int64
 }
+
+// maxRefused bounds the refused rows one relay skips; past it, the next
+// refused row stops the relay at that row, as any failing publish does.
+const maxRefused = 1000
 
 // New validates o and returns a relay that does nothing until Run.
 func New(o Options) (*Relay, error) {
@@ -219,7 +227,7 @@ func New(o Options) (*Relay, error) {
 	r := &Relay{
 		opts:     o,
 		table:    t,
-		selectQ:  "SELECT id, topic, key, payload, headers FROM " + t + " WHERE published_at IS NULL ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
+		selectQ:  "SELECT id, topic, key, payload, headers FROM " + t + " WHERE published_at IS NULL AND id <> ALL($2) ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
 		markQ:    "UPDATE " + t + " SET published_at = now() WHERE id = ANY($1)",
 		statsQ:   "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at)), 0)::float8 FROM " + t + " WHERE published_at IS NULL",
 		listenQ:  "LISTEN " + pgx.Identifier{o.NotifyChannel}.Sanitize(),
@@ -294,6 +302,8 @@ func (r *Relay) Status() events.OutboxStatus {
 		Published:       r.published.Load(),
 		LastPublishedAt: r.lastPubAt,
 		Table:           r.opts.Table,
+		Refused:         int64(len(r.refused)),
+		LastRefused:     r.lastRefused,
 	}
 }
 
@@ -379,7 +389,10 @@ func (r *Relay) batch(ctx context.Context, conn *pgx.Conn) (int, error) {
 		return 0, fmt.Errorf("begin: %s", scrub(err))
 	}
 	defer tx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck // no-op after Commit
-	rows, err := tx.Query(ctx, r.selectQ, r.opts.BatchSize)
+	r.mu.Lock()
+	skip := append([]int64{}, r.refused...)
+	r.mu.Unlock()
+	rows, err := tx.Query(ctx, r.selectQ, r.opts.BatchSize, skip)
 	if err != nil {
 		return 0, fmt.Errorf("select: %s", scrub(err))
 	}
@@ -404,10 +417,14 @@ func (r *Relay) batch(ctx context.Context, conn *pgx.Conn) (int, error) {
 	for _, x := range batch {
 		m := events.Message{Topic: x.topic, Key: x.key, Payload: x.payload, IdempotencyKey: r.idemBase + strconv.FormatInt(x.id, 10)}
 		if m.Headers, err = decodeHeaders(x.headers); err != nil {
-			pubErr = fmt.Errorf("%w: row %d: headers: %v", errPublish, x.id, err)
-			break
+			err = fmt.Errorf("%w: headers: %v", events.ErrInvalid, err)
+		} else {
+			_, err = r.opts.Publisher.Publish(ctx, m)
 		}
-		if _, err := r.opts.Publisher.Publish(ctx, m); err != nil {
+		if err != nil && refusedForGood(err) && r.refuse(x.id, err) {
+			continue
+		}
+		if err != nil {
 			pubErr = fmt.Errorf("%w: row %d: %v", errPublish, x.id, err)
 			break
 		}
@@ -428,6 +445,28 @@ func (r *Relay) batch(ctx context.Context, conn *pgx.Conn) (int, error) {
 		r.mu.Unlock()
 	}
 	return len(batch), pubErr
+}
+
+// refusedForGood reports whether Publish would refuse the row whatever
+// the retries: the row itself is invalid.
+func refusedForGood(err error) bool {
+	return errors.Is(err, events.ErrInvalid) || errors.Is(err, events.ErrTopicUnknown)
+}
+
+// refuse remembers row id as refused so later selects skip it, and
+// reports whether it did (false once maxRefused rows are remembered).
+func (r *Relay) refuse(id int64, err error) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.refused) >= maxRefused {
+		return false
+	}
+	r.refused = append(r.refused, id)
+	r.lastRefused = fmt.Sprintf("row %d: %v", id, err)
+	r.opts.Metrics.AddOutboxRefused(1)
+	r.opts.Log.Warn("outbox row refused for good: skipped, left unpublished in the table; fix or delete it",
+		"table", r.opts.Table, "row", id, "error", err.Error())
+	return true
 }
 
 // decodeHeaders reads the headers column: a JSON object (or null). String

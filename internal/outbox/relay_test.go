@@ -466,3 +466,46 @@ func TestRelayStoppedMidBatchLosesNothing(t *testing.T) {
 		t.Errorf("%d rows deduplicated on the second relay, want the 15 published before the stop", dups)
 	}
 }
+
+// Rows the EventService refuses for good (a bad topic name, headers that
+// are not a JSON object) are skipped and left unpublished; the rows after
+// them are still relayed, and the status says which row was refused.
+func TestRelaySkipsRowsRefusedForGood(t *testing.T) {
+	pg := testharness.StartPostgres(t)
+	url := pg.NewDatabase(t)
+	ctx := ctxT(t, time.Minute)
+	conn := pg.Conn(t, url)
+	before := insertRows(t, ctx, conn, "orders", "before", 3, true)
+	var badTopic, badHeaders int64
+	if err := conn.QueryRow(ctx, `INSERT INTO outbox (topic, key, payload) VALUES ('not a topic', 'k', 'x') RETURNING id`).Scan(&badTopic); err != nil {
+		t.Fatal(err)
+	}
+	if err := conn.QueryRow(ctx, `INSERT INTO outbox (topic, key, payload, headers) VALUES ('orders', 'k', 'x', '[1,2]') RETURNING id`).Scan(&badHeaders); err != nil {
+		t.Fatal(err)
+	}
+	after := insertRows(t, ctx, conn, "orders", "after", 3, true)
+
+	rec := newRecorder()
+	r := startRelay(t, outbox.Options{URL: url, Publisher: rec, PollInterval: 50 * time.Millisecond, BatchSize: 4})
+	eventually(t, ctx, "every valid row published", func() bool { return rec.appendedCount() == len(before)+len(after) })
+	eventually(t, ctx, "valid rows marked", func() bool { return unpublished(t, ctx, conn) == 2 })
+	var left []int64
+	rows, err := conn.Query(ctx, `SELECT id FROM outbox WHERE published_at IS NULL ORDER BY id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for rows.Next() {
+		var id int64
+		if err := rows.Scan(&id); err != nil {
+			t.Fatal(err)
+		}
+		left = append(left, id)
+	}
+	if len(left) != 2 || left[0] != badTopic || left[1] != badHeaders {
+		t.Errorf("unpublished rows = %v, want the refused %d and %d", left, badTopic, badHeaders)
+	}
+	st := r.Status()
+	if st.Refused != 2 || !strings.Contains(st.LastRefused, fmt.Sprintf("row %d", badHeaders)) || !st.Healthy {
+		t.Errorf("status = %+v; want 2 refused, the last naming row %d, healthy", st, badHeaders)
+	}
+}

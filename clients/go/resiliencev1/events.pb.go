@@ -857,7 +857,15 @@ type GetOutboxStatusResponse struct {
 	// last_published_at is when this sidecar last published a row.
 	LastPublishedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=last_published_at,json=lastPublishedAt" json:"last_published_at,omitempty"`
 	// table is the outbox table relayed ("schema.table").
-	Table         string `protobuf:"bytes,8,opt,name=table" json:"table,omitempty"`
+	Table string `protobuf:"bytes,8,opt,name=table" json:"table,omitempty"`
+	// refused is how many rows this sidecar skipped because the EventService
+	// refuses them for good (an invalid or undeclared topic, a payload or
+	// headers over the limits, headers that are not a JSON object). They stay
+	// unpublished in the table (and in backlog), later rows are relayed past
+	// them; fix or delete them. Counted since this sidecar started.
+	Refused int64 `protobuf:"varint,9,opt,name=refused" json:"refused,omitempty"`
+	// last_refused names the last refused row and why ("" if none).
+	LastRefused   string `protobuf:"bytes,10,opt,name=last_refused,json=lastRefused" json:"last_refused,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -948,6 +956,20 @@ func (x *GetOutboxStatusResponse) GetTable() string {
 	return ""
 }
 
+func (x *GetOutboxStatusResponse) GetRefused() int64 {
+	if x != nil {
+		return x.Refused
+	}
+	return 0
+}
+
+func (x *GetOutboxStatusResponse) GetLastRefused() string {
+	if x != nil {
+		return x.LastRefused
+	}
+	return ""
+}
+
 var File_resilience_v1_events_proto protoreflect.FileDescriptor
 
 const file_resilience_v1_events_proto_rawDesc = "" +
@@ -1010,7 +1032,7 @@ const file_resilience_v1_events_proto_rawDesc = "" +
 	"retryAfter\"*\n" +
 	"\fNackResponse\x12\x1a\n" +
 	"\brequeued\x18\x01 \x01(\bR\brequeued\"\x18\n" +
-	"\x16GetOutboxStatusRequest\"\xaf\x02\n" +
+	"\x16GetOutboxStatusRequest\"\xec\x02\n" +
 	"\x17GetOutboxStatusResponse\x12\x18\n" +
 	"\aenabled\x18\x01 \x01(\bR\aenabled\x12\x18\n" +
 	"\ahealthy\x18\x02 \x01(\bR\ahealthy\x12\x1d\n" +
@@ -1020,7 +1042,10 @@ const file_resilience_v1_events_proto_rawDesc = "" +
 	"\x03lag\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\x03lag\x12\x1c\n" +
 	"\tpublished\x18\x06 \x01(\x03R\tpublished\x12F\n" +
 	"\x11last_published_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\x0flastPublishedAt\x12\x14\n" +
-	"\x05table\x18\b \x01(\tR\x05table*W\n" +
+	"\x05table\x18\b \x01(\tR\x05table\x12\x18\n" +
+	"\arefused\x18\t \x01(\x03R\arefused\x12!\n" +
+	"\flast_refused\x18\n" +
+	" \x01(\tR\vlastRefused*W\n" +
 	"\tStartFrom\x12\x1a\n" +
 	"\x16START_FROM_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13START_FROM_EARLIEST\x10\x01\x12\x15\n" +

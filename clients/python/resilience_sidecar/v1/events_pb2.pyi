@@ -483,6 +483,8 @@ class GetOutboxStatusResponse(_message.Message):
     PUBLISHED_FIELD_NUMBER: _builtins.int
     LAST_PUBLISHED_AT_FIELD_NUMBER: _builtins.int
     TABLE_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    LAST_REFUSED_FIELD_NUMBER: _builtins.int
     enabled: _builtins.bool
     """enabled is false when no outbox is configured; the other fields are
     then empty.
@@ -501,6 +503,15 @@ class GetOutboxStatusResponse(_message.Message):
     """
     table: _builtins.str
     """table is the outbox table relayed ("schema.table")."""
+    refused: _builtins.int
+    """refused is how many rows this sidecar skipped because the EventService
+    refuses them for good (an invalid or undeclared topic, a payload or
+    headers over the limits, headers that are not a JSON object). They stay
+    unpublished in the table (and in backlog), later rows are relayed past
+    them; fix or delete them. Counted since this sidecar started.
+    """
+    last_refused: _builtins.str
+    """last_refused names the last refused row and why ("" if none)."""
     @_builtins.property
     def lag(self) -> _duration_pb2.Duration:
         """lag is the age of the oldest unpublished row, as of the last check."""
@@ -520,10 +531,12 @@ class GetOutboxStatusResponse(_message.Message):
         published: _builtins.int = ...,
         last_published_at: _timestamp_pb2.Timestamp = ...,
         table: _builtins.str = ...,
+        refused: _builtins.int = ...,
+        last_refused: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["lag", b"lag", "last_published_at", b"last_published_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backlog", b"backlog", "enabled", b"enabled", "healthy", b"healthy", "lag", b"lag", "last_error", b"last_error", "last_published_at", b"last_published_at", "published", b"published", "table", b"table"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["backlog", b"backlog", "enabled", b"enabled", "healthy", b"healthy", "lag", b"lag", "last_error", b"last_error", "last_published_at", b"last_published_at", "last_refused", b"last_refused", "published", b"published", "refused", b"refused", "table", b"table"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
