@@ -23,6 +23,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/events"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
 )
 
@@ -381,8 +382,23 @@ events:
 			t.Errorf("flaky push with Idempotency-Key %q, want %s", call.idemKey, flakyID)
 		}
 	}
-	// Acked: nothing more arrives for the two.
-	time.Sleep(time.Second)
+	// Acked: once neither group has the event pending, nothing more can
+	// arrive for the two.
+	rdb := rd.Client(t)
+	streams := events.NewRedisStore(rdb, "default", time.Second)
+	deadline = time.Now().Add(30 * time.Second)
+	for _, g := range []struct{ topic, group string }{{"orders", "ok"}, {"refunds", "flaky"}} {
+		for {
+			p, err := rdb.XPending(context.Background(), streams.StreamKey(g.topic), g.group).Result()
+			if err == nil && p.Count == 0 {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("group %s still has events pending: %+v %v", g.group, p, err)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
 	if n, m := len(u.callsTo("/ok")), len(u.callsTo("/flaky")); n != 1 || m != 5 {
 		t.Errorf("after success: %d pushes to /ok, %d to /flaky; want 1 and 5", n, m)
 	}

@@ -3,10 +3,7 @@ package api
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
-	"maps"
-	"slices"
 	"time"
 	"unicode/utf8"
 
@@ -101,47 +98,11 @@ func (v *violations) eventID(field, id string) {
 func ValidatePublish(r *v1.PublishRequest, maxPayloadBytes int) (events.Message, error) {
 	var v violations
 	v.topic("topic", r.GetTopic(), false)
-	if k := r.GetKey(); len(k) > events.MaxEventKeyBytes {
-		v.add("key", "must be at most %d bytes, got %d", events.MaxEventKeyBytes, len(k))
-	} else if !utf8.ValidString(k) {
-		v.add("key", "must be valid UTF-8")
-	}
-	if k := r.GetIdempotencyKey(); len(k) > events.MaxIdemKeyBytes {
-		v.add("idempotency_key", "must be at most %d bytes, got %d", events.MaxIdemKeyBytes, len(k))
-	} else if !utf8.ValidString(k) {
-		v.add("idempotency_key", "must be valid UTF-8")
-	}
-	h := r.GetHeaders()
-	if len(h) > events.MaxHeaders {
-		v.add("headers", "must have at most %d entries, got %d", events.MaxHeaders, len(h))
-	} else {
-		// One violation for the map is enough to name the field.
-		for _, k := range slices.Sorted(maps.Keys(h)) {
-			if p := headerProblem(k, h[k]); p != "" {
-				v.add("headers", "%s", p)
-				break
-			}
-		}
-	}
-	m := events.Message{Topic: r.GetTopic(), Key: r.GetKey(), Payload: r.GetPayload(), Headers: h, IdempotencyKey: r.GetIdempotencyKey()}
-	if n := m.Size(); n > maxPayloadBytes {
-		v.add("payload", "must be at most %d bytes (payload plus header names and values), got %d", maxPayloadBytes, n)
+	m := events.Message{Topic: r.GetTopic(), Key: r.GetKey(), Payload: r.GetPayload(), Headers: r.GetHeaders(), IdempotencyKey: r.GetIdempotencyKey()}
+	for _, p := range events.MessageProblems(m, maxPayloadBytes) {
+		v.add(p.Field, "%s", p.Msg)
 	}
 	return m, v.err()
-}
-
-func headerProblem(k, val string) string {
-	switch {
-	case k == "":
-		return "names must not be empty"
-	case len(k) > events.MaxHeaderNameBytes:
-		return fmt.Sprintf("names must be at most %d bytes, got %d", events.MaxHeaderNameBytes, len(k))
-	case len(val) > events.MaxHeaderValBytes:
-		return fmt.Sprintf("values must be at most %d bytes, got %d", events.MaxHeaderValBytes, len(val))
-	case !utf8.ValidString(k) || !utf8.ValidString(val):
-		return "names and values must be valid UTF-8"
-	}
-	return ""
 }
 
 // ValidateSubscribe checks a SubscribeRequest and returns its options

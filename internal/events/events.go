@@ -20,6 +20,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -293,32 +295,57 @@ func checkMessage(m Message, maxPayload int) error {
 	} else if dead {
 		return &FieldError{"topic", "must not be a dead-letter topic (\".dead\"): only the sidecar publishes there"}
 	}
-	switch {
-	case len(m.Key) > MaxEventKeyBytes:
-		return &FieldError{"key", fmt.Sprintf("must be at most %d bytes, got %d", MaxEventKeyBytes, len(m.Key))}
-	case !utf8.ValidString(m.Key):
-		return &FieldError{"key", "must be valid UTF-8"}
-	case len(m.IdempotencyKey) > MaxIdemKeyBytes:
-		return &FieldError{"idempotency_key", fmt.Sprintf("must be at most %d bytes, got %d", MaxIdemKeyBytes, len(m.IdempotencyKey))}
-	case !utf8.ValidString(m.IdempotencyKey):
-		return &FieldError{"idempotency_key", "must be valid UTF-8"}
-	case len(m.Headers) > MaxHeaders:
-		return &FieldError{"headers", fmt.Sprintf("must have at most %d entries, got %d", MaxHeaders, len(m.Headers))}
+	if ps := MessageProblems(m, maxPayload); len(ps) > 0 {
+		return ps[0]
 	}
-	for k, v := range m.Headers {
-		switch {
-		case k == "":
-			return &FieldError{"headers", "names must not be empty"}
-		case len(k) > MaxHeaderNameBytes:
-			return &FieldError{"headers", fmt.Sprintf("names must be at most %d bytes, got %d", MaxHeaderNameBytes, len(k))}
-		case len(v) > MaxHeaderValBytes:
-			return &FieldError{"headers", fmt.Sprintf("values must be at most %d bytes, got %d", MaxHeaderValBytes, len(v))}
-		case !utf8.ValidString(k) || !utf8.ValidString(v):
-			return &FieldError{"headers", "names and values must be valid UTF-8"}
+	return nil
+}
+
+// MessageProblems returns the problems of m's key, idempotency key,
+// headers and size against maxPayload, at most one per field and in that
+// order. The topic is checked apart (ValidTopicName, Service.CheckTopic).
+func MessageProblems(m Message, maxPayload int) []*FieldError {
+	var ps []*FieldError
+	add := func(field, format string, args ...any) {
+		ps = append(ps, &FieldError{field, fmt.Sprintf(format, args...)})
+	}
+	if len(m.Key) > MaxEventKeyBytes {
+		add("key", "must be at most %d bytes, got %d", MaxEventKeyBytes, len(m.Key))
+	} else if !utf8.ValidString(m.Key) {
+		add("key", "must be valid UTF-8")
+	}
+	if len(m.IdempotencyKey) > MaxIdemKeyBytes {
+		add("idempotency_key", "must be at most %d bytes, got %d", MaxIdemKeyBytes, len(m.IdempotencyKey))
+	} else if !utf8.ValidString(m.IdempotencyKey) {
+		add("idempotency_key", "must be valid UTF-8")
+	}
+	if len(m.Headers) > MaxHeaders {
+		add("headers", "must have at most %d entries, got %d", MaxHeaders, len(m.Headers))
+	} else {
+		// One problem names the field; sorted, so it is always the same one.
+		for _, k := range slices.Sorted(maps.Keys(m.Headers)) {
+			if p := headerProblem(k, m.Headers[k]); p != "" {
+				add("headers", "%s", p)
+				break
+			}
 		}
 	}
 	if n := m.Size(); n > maxPayload {
-		return &FieldError{"payload", fmt.Sprintf("must be at most %d bytes (payload plus header names and values), got %d", maxPayload, n)}
+		add("payload", "must be at most %d bytes (payload plus header names and values), got %d", maxPayload, n)
 	}
-	return nil
+	return ps
+}
+
+func headerProblem(k, v string) string {
+	switch {
+	case k == "":
+		return "names must not be empty"
+	case len(k) > MaxHeaderNameBytes:
+		return fmt.Sprintf("names must be at most %d bytes, got %d", MaxHeaderNameBytes, len(k))
+	case len(v) > MaxHeaderValBytes:
+		return fmt.Sprintf("values must be at most %d bytes, got %d", MaxHeaderValBytes, len(v))
+	case !utf8.ValidString(k) || !utf8.ValidString(v):
+		return "names and values must be valid UTF-8"
+	}
+	return ""
 }

@@ -45,6 +45,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/seed-a88e5317/resilience-sidecar/internal/backoff"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/events"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/metrics"
 )
@@ -616,11 +617,7 @@ func (r *Relay) setHealthy() {
 // backoff is a full-jitter exponential backoff: uniform in
 // [MinBackoff/2, min(MaxBackoff, MinBackoff*2^(failures-1))].
 func (r *Relay) backoff(failures int) time.Duration {
-	d := r.opts.MinBackoff
-	for i := 1; i < failures && d < r.opts.MaxBackoff; i++ {
-		d *= 2
-	}
-	d = min(d, r.opts.MaxBackoff)
+	d := backoff.Ceiling(r.opts.MinBackoff, r.opts.MaxBackoff, failures)
 	lo := r.opts.MinBackoff / 2
 	return lo + rand.N(d-lo+1)
 }

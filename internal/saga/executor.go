@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/seed-a88e5317/resilience-sidecar/internal/backoff"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/upstream"
 )
 
@@ -102,11 +103,7 @@ func (s *Service) compensateStep(ctx context.Context, id string, p Params, st St
 
 // backoff is the full-jitter wait after the try-th try.
 func (s *Service) backoff(pol RetryPolicy, try int) time.Duration {
-	ceiling := pol.InitialBackoff
-	for i := 1; i < try && ceiling < pol.MaxBackoff; i++ {
-		ceiling *= 2
-	}
-	return time.Duration(s.opts.Rand() * float64(min(ceiling, pol.MaxBackoff)))
+	return time.Duration(s.opts.Rand() * float64(backoff.Ceiling(pol.InitialBackoff, pol.MaxBackoff, try)))
 }
 
 // callResult is one try of a compensation.

@@ -31,6 +31,7 @@ import (
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 
+	"github.com/seed-a88e5317/resilience-sidecar/internal/backoff"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/breaker"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/metrics"
 )
@@ -557,12 +558,7 @@ func shouldRetry(a attemptResult) bool {
 
 // backoff is the full-jitter delay after the attempt-th attempt.
 func (c *Caller) backoff(t *target, attempt int) time.Duration {
-	ceiling := t.InitialBackoff
-	for i := 1; i < attempt && ceiling < t.MaxBackoff; i++ {
-		ceiling *= 2
-	}
-	ceiling = min(ceiling, t.MaxBackoff)
-	return time.Duration(c.opts.Rand() * float64(ceiling))
+	return time.Duration(c.opts.Rand() * float64(backoff.Ceiling(t.InitialBackoff, t.MaxBackoff, attempt)))
 }
 
 // retryAfter reads a Retry-After value: delay-seconds or an HTTP date.

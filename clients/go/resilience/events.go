@@ -7,6 +7,8 @@ import (
 	"io"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
@@ -202,6 +204,12 @@ func Subscribe(ctx context.Context, c v1.EventServiceClient, topic, group, consu
 // the caller's ctx ended, else the sidecar's error.
 func subscribeEnd(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
+		return nil
+	}
+	// ctx's deadline travels to the sidecar, whose timer may fire a moment
+	// before ctx's own: that is still the caller's deadline ending it.
+	if _, ok := ctx.Deadline(); ok && status.Code(err) == codes.DeadlineExceeded {
+		<-ctx.Done()
 		return nil
 	}
 	if errors.Is(err, io.EOF) {
