@@ -21,6 +21,7 @@ import (
 
 	"github.com/seed-a88e5317/resilience-sidecar/clients/go/resilience"
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
 )
 
@@ -214,16 +215,18 @@ func TestClusterReshardingUnderLoad(t *testing.T) {
 	const ns = "reshard"
 	sidecars := tp.sidecars(t, 2, ns)
 	lockKeys := []string{"acct/1", "acct/2", "acct/3", "acct/4"}
-	slotOf := func(key, suffix string) int { return int(clusterSlot("rs:{" + ns + "/" + key + "}:" + suffix)) }
+	slotOf := func(c redisx.Capability, key, suffix string) int {
+		return int(clusterSlot(redisx.Key(ns, c, key, suffix)))
+	}
 	moving := map[int]bool{}
 	for _, k := range lockKeys {
-		moving[slotOf(k, "lock")] = true
+		moving[slotOf(redisx.Lock, k, "lock")] = true
 	}
-	clockSlot := slotOf("reshard-clock", "lamport")
+	clockSlot := slotOf(redisx.Clock, "reshard-clock", "lamport")
 	moving[clockSlot] = true
 	// Idempotency keys in the same slots as the lock keys, so that they
 	// move too.
-	idemKeys := keysInSlots("rs:{"+ns+"/op-", "}:idem", moving, 2000)
+	idemKeys := keysInSlots("rs:{"+ns+"/"+string(redisx.Idempotency)+"/op-", "}:idem", moving, 2000)
 
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
@@ -878,7 +881,7 @@ func TestFaultSidecarKilledUnderLoad(t *testing.T) {
 // TestFaultWaitReplicasReplicaPaused runs a sidecar with
 // --redis-wait-replicas 1 on a master with one replica, and freezes the
 // replica: grants, renewals, idempotency starts and completions fail
-// UNAVAILABLE/STORE_UNAVAILABLE instead of succeeding unreplicated; the
+// UNAVAILABLE/REPLICATION_SHORTFALL instead of succeeding unreplicated; the
 // grant and the start the master made anyway are given back at once (the
 // TTLs are an hour), and a completion can be repeated once the replica is
 // back.
@@ -902,8 +905,8 @@ func TestFaultWaitReplicasReplicaPaused(t *testing.T) {
 	locks, idem := lockClient(t, sc), idemClient(t, sc)
 	unavailable := func(what string, err error) {
 		t.Helper()
-		if code, reason := reasonOf(err); code != codes.Unavailable || reason != "STORE_UNAVAILABLE" {
-			t.Fatalf("%s with the replica frozen: %v; want UNAVAILABLE/STORE_UNAVAILABLE", what, err)
+		if code, reason := reasonOf(err); code != codes.Unavailable || reason != "REPLICATION_SHORTFALL" {
+			t.Fatalf("%s with the replica frozen: %v; want UNAVAILABLE/REPLICATION_SHORTFALL", what, err)
 		}
 	}
 

@@ -13,13 +13,14 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
 )
 
 // waitQueueLen polls the sidecar queue of key until it has n entries.
 func waitQueueLen(t *testing.T, rdb *redis.Client, key string, n int) []string {
 	t.Helper()
-	q := "rs:{default/" + key + "}:lock:queue"
+	q := redisx.Key("default", redisx.Lock, key, "lock:queue")
 	deadline := time.Now().Add(30 * time.Second)
 	for {
 		ids, err := rdb.ZRange(context.Background(), q, 0, -1).Result()
@@ -172,7 +173,7 @@ func TestHoldLockManySessionsRenewedInBatches(t *testing.T) {
 		}
 	}
 	// One lease lost: only its session ends.
-	if err := rdb.Del(ctx, "rs:{default/many-3}:lock").Err(); err != nil {
+	if err := rdb.Del(ctx, redisx.Key("default", redisx.Lock, "many-3", "lock")).Err(); err != nil {
 		t.Fatal(err)
 	}
 	for {

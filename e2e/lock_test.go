@@ -21,6 +21,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
 )
 
@@ -199,7 +200,7 @@ func TestLockWaiterWokenByRelease(t *testing.T) {
 	// Release only once the waiter is subscribed to the release channel, so
 	// the grant can only come from the wake-up (the TTL is an hour).
 	rdb := rd.Client(t)
-	ch := "rs:{default/wake}:lock:released"
+	ch := redisx.Key("default", redisx.Lock, "wake", "lock:released")
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		n, err := rdb.PubSubShardNumSub(ctx, ch).Result()
@@ -265,7 +266,7 @@ func TestLockCancelledWaitersLeaveNoGoroutines(t *testing.T) {
 	}
 	// And no subscription is left open for the key.
 	rdb := rd.Client(t)
-	ch := "rs:{default/busy}:lock:released"
+	ch := redisx.Key("default", redisx.Lock, "busy", "lock:released")
 	if n, err := rdb.PubSubShardNumSub(ctx, ch).Result(); err != nil || n[ch] != 0 {
 		t.Fatalf("subscriptions left on %s: %v %v", ch, n, err)
 	}

@@ -18,6 +18,7 @@ import (
 
 	"github.com/seed-a88e5317/resilience-sidecar/clients/go/resilience"
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
 )
 
@@ -361,7 +362,7 @@ func TestClusterWaiterWokenAfterSlotMoved(t *testing.T) {
 		got <- r
 	}()
 	rdb := cl.Client(t)
-	ch := "rs:{move/" + key + "}:lock:released"
+	ch := redisx.Key("move", redisx.Lock, key, "lock:released")
 	waitSubscribed := func() {
 		t.Helper()
 		deadline := time.Now().Add(20 * time.Second)

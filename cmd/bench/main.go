@@ -85,7 +85,7 @@ type result struct {
 }
 
 // benchGroups are the parts of the run -groups selects from.
-var benchGroups = []string{"locks", "clock", "memory", "waiters", "sessions", "startup", "rows"}
+var benchGroups = []string{"locks", "clock", "memory", "waiters", "keywaiters", "keywaiters-cluster", "sessions", "startup", "rows"}
 
 func main() {
 	if os.Getenv("BENCH_FLOOR_ADDR") != "" {
@@ -105,6 +105,7 @@ func main() {
 	flag.IntVar(&to.sessions, "sessions", 10000, "sessions: concurrent HoldLock sessions")
 	flag.DurationVar(&to.sessionTTL, "session-ttl", 6*time.Second, "sessions: their TTL (held for 3 TTLs)")
 	flag.IntVar(&to.waiters, "waiters", 1000, "waiters: clients waiting on one key")
+	flag.IntVar(&to.keyWaiters, "key-waiters", 100000, "keywaiters: callers waiting, each on its own key")
 	flag.IntVar(&to.startRounds, "start-rounds", 5, "startup: starts per store (median reported)")
 	flag.Parse()
 	rowLevels, err := parseLevels(*concs)
@@ -162,6 +163,7 @@ func main() {
 		run  func()
 	}{
 		{"locks", tr.runLocks}, {"clock", tr.runClock}, {"memory", tr.runMemory}, {"waiters", tr.runWaiters},
+		{"keywaiters", func() { tr.runKeyWaiters(false) }}, {"keywaiters-cluster", func() { tr.runKeyWaiters(true) }},
 		{"startup", tr.runStartup}, {"sessions", tr.runSessions},
 	} {
 		if on[g.name] {

@@ -39,6 +39,7 @@ type targetOpts struct {
 	sessions    int
 	sessionTTL  time.Duration
 	waiters     int
+	keyWaiters  int
 	startRounds int
 }
 

@@ -171,6 +171,7 @@ func serve(ctx context.Context, cfg *config.Config, getenv func(string) string, 
 	defer lockSvc.Close()
 	v1.RegisterLockServiceServer(srv.GRPC(), api.NewLockServer(srv.Stopping(), lockSvc, log, api.WithMetrics(m)))
 	idemSvc := idempotency.NewService(st.idempotency, nil, log)
+	defer idemSvc.Close()
 	v1.RegisterIdempotencyServiceServer(srv.GRPC(), api.NewIdempotencyServer(srv.Stopping(), idemSvc, log, cfg.MaxResultBytes, api.WithMetrics(m)))
 	clockSvc := clock.NewService(st.clock, 0, log)
 	v1.RegisterClockServiceServer(srv.GRPC(), api.NewClockServer(clockSvc, clock.NewHLC(nil, cfg.MaxOffset), clock.NewULIDs(nil, nil), log, api.WithMetrics(m)))

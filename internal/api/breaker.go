@@ -59,9 +59,18 @@ func (s *BreakerServer) AllowCall(ctx context.Context, r *v1.AllowCallRequest) (
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
+	// A failed Allow leaves no permit behind: the service hands back
+	// whatever the store may have granted (breaker.Service.Allow).
 	d, err := s.svc.Allow(ctx, r.GetBreaker(), ttl)
 	if err != nil {
 		return nil, s.fail(ctx, err)
+	}
+	if d.Allowed && ctx.Err() != nil {
+		// The caller is gone: the permit could not reach it. Hand it
+		// back now rather than let it hold a probe's slot until it
+		// expires as a failure.
+		s.svc.Release(ctx, d.PermitID)
+		return nil, s.fail(ctx, ctx.Err())
 	}
 	resp := &v1.AllowCallResponse{Allowed: d.Allowed, State: statePB(d.State), Degraded: d.Degraded}
 	if d.Allowed {

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/api"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/breaker"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/upstream"
 )
 
@@ -397,4 +399,116 @@ func FuzzValidateBreaker(f *testing.F) {
 		_, err = api.ValidateExecuteCall(&v1.ExecuteCallRequest{Upstream: name, Method: method, Path: path, Query: query, Timeout: d, IdempotencyKey: key})
 		check(err)
 	})
+}
+
+// waitProbe polls AllowCall until breaker name admits a half-open probe
+// (within `within`, far less than the minute-long permit TTL), and reports
+// it a success.
+func waitProbe(t *testing.T, c v1.BreakerServiceClient, name string, within time.Duration) {
+	t.Helper()
+	ctx := rpcCtx(t)
+	deadline := time.Now().Add(within)
+	for {
+		a, err := c.AllowCall(ctx, &v1.AllowCallRequest{Breaker: name, PermitTtl: durationpb.New(time.Minute)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.GetAllowed() {
+			if a.GetState() != v1.BreakerState_BREAKER_STATE_HALF_OPEN {
+				t.Fatalf("admitted in %v, want a half-open probe", a.GetState())
+			}
+			if _, err := c.ReportCall(ctx, &v1.ReportCallRequest{PermitId: a.GetPermitId(), Outcome: v1.CallOutcome_CALL_OUTCOME_SUCCESS}); err != nil {
+				t.Fatal(err)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			b, _ := c.GetBreaker(ctx, &v1.GetBreakerRequest{Breaker: name})
+			t.Fatalf("no probe admitted within %v: the failed call's permit holds the slot (%v)", within, b.GetBreaker().GetCounts())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestAllowCallPastDeadlineLeavesNoPermit: AllowCall on a half-open shared
+// breaker (one probe) whose Redis is paused: the caller's deadline expires
+// with the script sent; when Redis resumes and grants the probe, the
+// sidecar hands it back, so the next probe is admitted at once.
+func TestAllowCallPastDeadlineLeavesNoPermit(t *testing.T) {
+	r := testharness.StartRedis(t)
+	pol := breaker.Policy{Scope: breaker.Shared, ConsecutiveFailures: 1, OpenDuration: 200 * time.Millisecond, HalfOpenMaxCalls: 1}
+	sc := startBreakers(t, map[string]breaker.Policy{"probe": pol}, nil, func(o *breaker.Options) {
+		o.Shared = breaker.NewRedisStore(r.Client(t), "api", 300*time.Millisecond)
+		o.RecoveryInterval = 50 * time.Millisecond
+	})
+	ctx := rpcCtx(t)
+	a, err := sc.client.AllowCall(ctx, &v1.AllowCallRequest{Breaker: "probe"})
+	if err != nil || !a.GetAllowed() {
+		t.Fatalf("AllowCall = %v, %v", a, err)
+	}
+	if _, err := sc.client.ReportCall(ctx, &v1.ReportCallRequest{PermitId: a.GetPermitId(), Outcome: v1.CallOutcome_CALL_OUTCOME_FAILURE}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(pol.OpenDuration + 50*time.Millisecond) // Redis time decides
+
+	r.Pause()
+	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
+	_, err = sc.client.AllowCall(short, &v1.AllowCallRequest{Breaker: "probe", PermitTtl: durationpb.New(time.Minute)})
+	cancel()
+	time.Sleep(300 * time.Millisecond) // the handler is still waiting on Redis
+	r.Resume()
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("AllowCall on a paused Redis: %v, want DEADLINE_EXCEEDED", err)
+	}
+	waitProbe(t, sc.client, "probe", 5*time.Second)
+}
+
+// TestExecuteCallCancelledLeavesNoPermit: an ExecuteCall probing a
+// half-open breaker whose caller cancels mid-call hands its permit back
+// (not counted): the next probe is admitted at once.
+func TestExecuteCallCancelledLeavesNoPermit(t *testing.T) {
+	var block atomic.Bool
+	block.Store(true)
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if block.Load() {
+			<-r.Context().Done()
+			return
+		}
+		w.WriteHeader(http.StatusInternalServerError)
+	}))
+	t.Cleanup(srv.Close)
+	pol := breaker.Policy{ConsecutiveFailures: 1, OpenDuration: 5 * time.Second, HalfOpenMaxCalls: 1}
+	sc := startBreakers(t, map[string]breaker.Policy{"up": pol}, []upstream.Config{{Name: "up", URL: srv.URL, Timeout: 10 * time.Second}})
+	ctx := rpcCtx(t)
+	block.Store(false)
+	if r, err := sc.client.ExecuteCall(ctx, &v1.ExecuteCallRequest{Upstream: "up"}); err != nil || r.GetBreakerState() != v1.BreakerState_BREAKER_STATE_OPEN {
+		t.Fatalf("failing call = %v, %v; want the breaker open", r, err)
+	}
+	sc.clk.Advance(pol.OpenDuration)
+	block.Store(true)
+	// The caller gives up (a cancellation: an expired deadline would be
+	// the upstream's timeout, a failure).
+	short, cancel := context.WithCancel(ctx)
+	time.AfterFunc(200*time.Millisecond, cancel)
+	_, err := sc.client.ExecuteCall(short, &v1.ExecuteCallRequest{Upstream: "up"})
+	cancel()
+	if status.Code(err) != codes.Canceled {
+		t.Fatalf("ExecuteCall cancelled by its caller: %v", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		b, err := sc.client.GetBreaker(ctx, &v1.GetBreakerRequest{Breaker: "up"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c := b.GetBreaker().GetCounts(); b.GetBreaker().GetState() == v1.BreakerState_BREAKER_STATE_HALF_OPEN &&
+			c.GetHalfOpenInFlight() == 0 && c.GetOutstandingPermits() == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the cancelled probe still holds its slot: %v", b.GetBreaker())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	waitProbe(t, sc.client, "up", 0)
 }

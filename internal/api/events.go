@@ -168,9 +168,11 @@ func (s *EventServer) Publish(ctx context.Context, r *v1.PublishRequest) (*v1.Pu
 }
 
 // Subscribe implements EventServiceServer. The stream ends when the client
-// cancels it (its unacked events are redelivered after their visibility
-// timeout), when the sidecar shuts down (UNAVAILABLE/SHUTTING_DOWN) or
-// when the store fails (UNAVAILABLE/STORE_UNAVAILABLE).
+// cancels it (the events it was sent and did not ack are redelivered
+// after their visibility timeout; those read for it but not sent, or whose
+// send failed, are handed back to the group at once), when the sidecar
+// shuts down (UNAVAILABLE/SHUTTING_DOWN) or when the store fails
+// (UNAVAILABLE/STORE_UNAVAILABLE).
 func (s *EventServer) Subscribe(r *v1.SubscribeRequest, stream v1.EventService_SubscribeServer) error {
 	opts, err := ValidateSubscribe(r)
 	if err != nil {
@@ -192,6 +194,9 @@ func (s *EventServer) Subscribe(r *v1.SubscribeRequest, stream v1.EventService_S
 			return s.fail(stream.Context(), err)
 		}
 		if err := stream.Send(&v1.SubscribeResponse{Kind: &v1.SubscribeResponse_Event{Event: EventPB(d)}}); err != nil {
+			// The client never got it: sub.Close hands it back to the
+			// group at once.
+			sub.Unsent(d)
 			return err
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -349,5 +350,67 @@ func TestEventsAPIInvalidMessage(t *testing.T) {
 	_, err := e.client.Publish(idemCtx(t), &v1.PublishRequest{Topic: "x.dead"})
 	if st, _ := status.FromError(err); !strings.Contains(st.Message(), "topic: must not be a dead-letter topic") {
 		t.Fatalf("message %q", st.Message())
+	}
+}
+
+// TestEventsAPICancelledMidReadHandsBack (issue 16): a subscriber's stream
+// is cancelled while its read is on the way to Redis (the proxy delays it),
+// so the read takes the event after the subscriber is gone: the event can
+// no longer be sent (or, had the read failed, its outcome is unknown). The
+// sidecar hands it back by the read's id, and another consumer gets it as
+// a first delivery, long before the hour of visibility the read set.
+func TestEventsAPICancelledMidReadHandsBack(t *testing.T) {
+	rd := testharness.StartRedis(t)
+	px := testharness.StartProxy(t, rd.Addr())
+	slow := redis.NewClient(&redis.Options{Addr: px.Addr(), DisableIdentity: true, ContextTimeoutEnabled: true})
+	t.Cleanup(func() { _ = slow.Close() })
+	st := events.NewRedisStore(slow, "midread", 10*time.Second)
+	e := startEvents(t, st, events.Options{}, nil)
+	direct := events.NewRedisStore(rd.Client(t), "midread", 10*time.Second)
+	ctx := idemCtx(t)
+	p, err := direct.Publish(ctx, events.Message{Topic: "t"}, events.PublishOptions{MaxLen: 100, DedupRetention: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hour := durationpb.New(time.Hour)
+	// Load the scripts (EVALSHA of an unknown script only gets NOSCRIPT).
+	if _, err := direct.EnsureGroup(ctx, "warm", "g", "c", events.GroupOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := direct.Read(ctx, "warm", "g", "c", events.ReadOptions{Count: 1, Visibility: time.Second, ReadID: "w"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := direct.Return(ctx, "warm", "g", "c", "w", nil); err != nil {
+		t.Fatal(err)
+	}
+
+	px.SetLatency(time.Second)
+	sctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	// Subscribed is sent before the first read, which is then on its way
+	// (a second each way through the proxy).
+	e.subscribe(t, sctx, &v1.SubscribeRequest{Topic: "t", Group: "g", Consumer: "c1", VisibilityTimeout: hour})
+	time.Sleep(300 * time.Millisecond)
+	cancel()
+	// The read reaches Redis and takes the event for c1.
+	rdb := rd.Client(t)
+	for {
+		pe, err := rdb.XPending(ctx, direct.StreamKey("t"), "g").Result()
+		if err == nil && pe.Count == 1 {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("the cancelled read never reached Redis: %v %v", pe, err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	px.SetLatency(0)
+
+	c2ctx, c2cancel := context.WithTimeout(ctx, 10*time.Second) // an hour is the visibility
+	defer c2cancel()
+	s2 := e.subscribe(t, c2ctx, &v1.SubscribeRequest{Topic: "t", Group: "g", Consumer: "c2", VisibilityTimeout: hour})
+	ev := recvEvent(t, s2)
+	if ev.GetEventId() != p.EventID || ev.GetDeliveryCount() != 1 {
+		t.Fatalf("c2 got %v, want %s as a first delivery", ev, p.EventID)
 	}
 }

@@ -388,6 +388,7 @@ func (downIdemStore) Checkpoint(context.Context, string, string, idempotency.Che
 	return time.Time{}, errIdemDown
 }
 func (downIdemStore) Release(context.Context, string, string) error { return errIdemDown }
+func (downIdemStore) Revoke(context.Context, string, string) error  { return errIdemDown }
 func (downIdemStore) Get(context.Context, string) (idempotency.Info, error) {
 	return idempotency.Info{}, errIdemDown
 }

@@ -323,6 +323,7 @@ func (downStore) TryAcquire(context.Context, string, string, string, time.Durati
 	return lock.Lease{}, lock.Holder{}, false, errBoom
 }
 func (downStore) Release(context.Context, string, string) error { return errBoom }
+func (downStore) Revoke(context.Context, string, string) error  { return errBoom }
 func (downStore) Renew(context.Context, string, string, time.Duration) (time.Time, error) {
 	return time.Time{}, errBoom
 }

@@ -53,7 +53,20 @@ const (
 	ReasonPermitUnknown       = "PERMIT_UNKNOWN"
 	ReasonUpstreamUnavailable = "UPSTREAM_UNAVAILABLE"
 	ReasonUpstreamTimeout     = "UPSTREAM_TIMEOUT"
+	// Store states that say more than STORE_UNAVAILABLE (UNAVAILABLE with
+	// RetryInfo, like it): the store is full (Redis OOM: maxmemory with
+	// noeviction), refuses writes (a read-only replica, or MISCONF: writes
+	// stopped since an RDB save failed), or lacks the replicas a write
+	// needs (NOREPLICAS, or fewer WAIT acknowledgements than required).
+	ReasonStoreFull            = "STORE_FULL"
+	ReasonStoreReadOnly        = "STORE_READ_ONLY"
+	ReasonReplicationShortfall = "REPLICATION_SHORTFALL"
 )
+
+// StoreReasons are the reasons of UNAVAILABLE errors caused by the store,
+// STORE_UNAVAILABLE and the more precise ones. Each is counted in
+// resilience_store_errors_total (metrics.StoreErrorReasons).
+var StoreReasons = []string{ReasonStoreUnavailable, ReasonStoreFull, ReasonStoreReadOnly, ReasonReplicationShortfall}
 
 // storeRetryDelay is the retry hint for a store outage: about one health
 // probe interval.
@@ -97,7 +110,7 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 	case errors.Is(err, events.ErrTopicUnknown):
 		return withDetails(codes.NotFound, "topic unknown: the configuration declares its topics (events.topics) and this is not one of them", ReasonTopicUnknown, nil, 0)
 	case errors.Is(err, store.ErrUnavailable):
-		return withDetails(codes.Unavailable, "store unavailable", ReasonStoreUnavailable, nil, storeRetryDelay)
+		return storeStatus(err)
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, "deadline exceeded")
 	case errors.Is(err, context.Canceled):
@@ -105,6 +118,20 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 	}
 	log.ErrorContext(ctx, "internal error", "error", err)
 	return status.Error(codes.Internal, "internal error")
+}
+
+// storeStatus maps a store.ErrUnavailable (or one of its kinds) to
+// UNAVAILABLE with its reason and RetryInfo. Nothing of the cause is sent.
+func storeStatus(err error) error {
+	switch {
+	case errors.Is(err, store.ErrFull):
+		return withDetails(codes.Unavailable, "store full: it reached its memory limit and refuses writes; retry after keys expire or memory is freed", ReasonStoreFull, nil, storeRetryDelay)
+	case errors.Is(err, store.ErrReadOnly):
+		return withDetails(codes.Unavailable, "store read-only: it refuses writes (a replica, or it cannot persist); retry after a failover or the fix", ReasonStoreReadOnly, nil, storeRetryDelay)
+	case errors.Is(err, store.ErrNotReplicated):
+		return withDetails(codes.Unavailable, "replication shortfall: fewer store replicas than required acknowledged the write; it must be treated as not done", ReasonReplicationShortfall, nil, storeRetryDelay)
+	}
+	return withDetails(codes.Unavailable, "store unavailable", ReasonStoreUnavailable, nil, storeRetryDelay)
 }
 
 func withDetails(code codes.Code, msg, reason string, meta map[string]string, retry time.Duration) error {

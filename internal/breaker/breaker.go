@@ -190,6 +190,16 @@ type Store interface {
 	// Report records the outcome of a permit. dur < 0 means unknown: the
 	// time since the permit was issued is used for slow-call detection.
 	Report(ctx context.Context, name string, p Policy, ref PermitRef, o Outcome, dur time.Duration) (Recorded, error)
+	// Release hands back the permit (a.Reporter, a.Nonce) whatever its
+	// generation, counting nothing (as an Ignored report: a half-open
+	// probe's slot is free again at once), and reports whether it was
+	// outstanding. It is for a grant that cannot reach its caller: an
+	// Allow whose outcome is unknown (timeout, cancellation, a reply lost
+	// after the request was sent) or whose caller is gone. A permit not
+	// outstanding (never granted, reported, expired) is left alone; with
+	// a.TTL > 0 an Allow of that same permit arriving later (overtaken by
+	// its release) then grants nothing, for a.TTL. Idempotent.
+	Release(ctx context.Context, name string, p Policy, a AllowArgs) (bool, error)
 	// Get settles expired permits and describes the breaker, without
 	// creating it.
 	Get(ctx context.Context, name string, p Policy) (Snapshot, error)

@@ -43,6 +43,13 @@ func (f *flakyStore) Report(ctx context.Context, name string, p breaker.Policy, 
 	return f.Store.Report(ctx, name, p, r, o, d)
 }
 
+func (f *flakyStore) Release(ctx context.Context, name string, p breaker.Policy, a breaker.AllowArgs) (bool, error) {
+	if err := f.fail(); err != nil {
+		return false, err
+	}
+	return f.Store.Release(ctx, name, p, a)
+}
+
 func (f *flakyStore) Get(ctx context.Context, name string, p breaker.Policy) (breaker.Snapshot, error) {
 	if err := f.fail(); err != nil {
 		return breaker.Snapshot{}, err

@@ -28,6 +28,9 @@ type machine struct {
 	reporters   map[Reporter]int64 // last bad outcome, ms
 	permits     map[permitKey]*permitEntry
 	expiry      permitHeap
+	// released are permits handed back before they were granted (release
+	// with a mark), until when: their allow grants nothing.
+	released map[permitKey]int64
 	// outstanding counts the permits of every machine sharing it, for a
 	// process-wide bound.
 	outstanding *atomic.Int64
@@ -89,6 +92,13 @@ type allowResult struct {
 // expiry. maxPerBreaker and maxTotal bound the outstanding permits.
 func (m *machine) allow(now int64, p *params, key permitKey, ttlMS, maxPerBreaker, maxTotal int64) allowResult {
 	m.settle(now, p)
+	if until, ok := m.released[key]; ok {
+		delete(m.released, key)
+		if until > now {
+			// Handed back already: its caller is gone.
+			return allowResult{}
+		}
+	}
 	if m.state == Open {
 		if now < m.openUntil {
 			return allowResult{retryMS: m.openUntil - now}
@@ -152,6 +162,36 @@ func (m *machine) report(now int64, p *params, gen uint64, key permitKey, issued
 	}
 	m.record(now, p, o, durMS, key.reporter)
 	return reportCounted
+}
+
+// release hands back the permit key, whatever its generation, counting
+// nothing (an Ignored outcome: a probe's slot is free again), and reports
+// whether it was outstanding. When it is not and markMS > 0, an allow of
+// key in the next markMS grants nothing (a release that overtook its
+// allow); at most maxPerBreaker such marks are kept.
+func (m *machine) release(now int64, p *params, key permitKey, markMS, maxPerBreaker int64) bool {
+	m.settle(now, p)
+	if e, ok := m.permits[key]; ok {
+		heap.Remove(&m.expiry, e.index)
+		m.dropPermit(e)
+		m.record(now, p, Ignored, -1, key.reporter)
+		return true
+	}
+	if markMS <= 0 {
+		return false
+	}
+	for k, until := range m.released {
+		if until <= now {
+			delete(m.released, k)
+		}
+	}
+	if int64(len(m.released)) < maxPerBreaker {
+		if m.released == nil {
+			m.released = map[permitKey]int64{}
+		}
+		m.released[key] = now + markMS
+	}
+	return false
 }
 
 func (m *machine) dropPermit(e *permitEntry) {

@@ -51,6 +51,13 @@ func (c *cell) report(now time.Time, p Policy, ref PermitRef, o Outcome, dur tim
 	return Recorded{Counted: true, State: c.m.state}, nil
 }
 
+func (c *cell) release(now time.Time, p Policy, a AllowArgs) bool {
+	prm := p.params()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.m.release(ms(now), &prm, permitKey{a.Reporter, a.Nonce}, max(durMS(a.TTL), 0), MaxPermitsPerBreaker)
+}
+
 func (c *cell) snapshot(now time.Time, p Policy) Snapshot {
 	prm := p.params()
 	c.mu.Lock()
@@ -139,6 +146,18 @@ func (s *MemoryStore) Report(ctx context.Context, name string, p Policy, ref Per
 		return Recorded{State: Closed}, ErrPermitUnknown
 	}
 	return c.report(s.now(), p, ref, o, dur)
+}
+
+// Release implements Store.
+func (s *MemoryStore) Release(ctx context.Context, name string, p Policy, a AllowArgs) (bool, error) {
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	c := s.cell(name, a.TTL > 0) // a mark needs the breaker
+	if c == nil {
+		return false, nil
+	}
+	return c.release(s.now(), p, a), nil
 }
 
 // Get implements Store.

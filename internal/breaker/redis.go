@@ -11,11 +11,14 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
 )
 
-// A shared breaker is three keys with the hash tag {ns/breaker/<name>}:
+// A shared breaker is three keys with the hash tag {ns/breaker/<name>}
+// (redisx.Key, <name> escaped; see docs/redis-keys.md):
 //
 //	rs:{ns/breaker/<name>}:b            hash: st gen until cf hin hok b0..b9
 //	rs:{ns/breaker/<name>}:b:permits    zset: outstanding permit -> expiry ms
 //	rs:{ns/breaker/<name>}:b:reporters  zset: sidecar -> last bad outcome ms
+//	rs:{ns/breaker/<name>}:b:released   zset: permit released before its
+//	                                    allow ran -> until ms (Store.Release)
 //
 // b0..b9 are the window's buckets, "idx:calls:fails:slow". A permit member
 // is hex(reporter) .. hex(nonce). Time is Redis TIME in ms. The scripts
@@ -26,7 +29,7 @@ import (
 const breakerPrelude = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local H, PK, RK = KEYS[1], KEYS[2], KEYS[3]
+local H, PK, RK, XK = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local P = {cf = tonumber(ARGV[1]), rate = tonumber(ARGV[2]), srate = tonumber(ARGV[3]),
   sms = tonumber(ARGV[4]), win = tonumber(ARGV[5]), open = tonumber(ARGV[6]),
   minc = tonumber(ARGV[7]), hmax = tonumber(ARGV[8]), minrep = tonumber(ARGV[9]), ret = tonumber(ARGV[10])}
@@ -123,6 +126,7 @@ local function save()
   redis.call('PEXPIRE', H, P.ret)
   redis.call('PEXPIRE', PK, P.ret)
   redis.call('PEXPIRE', RK, P.ret)
+  redis.call('PEXPIRE', XK, P.ret)
 end
 local function view()
   local c, f, s = sums()
@@ -138,6 +142,14 @@ end
 // Reply {allowed (1, 0, or -1 for the permit bound), state, gen, now, retry ms}.
 var allowScript = redis.NewScript(breakerPrelude + `
 settle()
+local released = redis.call('ZSCORE', XK, ARGV[11])
+if released then
+  redis.call('ZREM', XK, ARGV[11])
+  if tonumber(released) > now then
+    save()
+    return {0, S.st, S.gen, now, 0}
+  end
+end
 if S.st == OPEN then
   if now < S.untl then
     save()
@@ -192,6 +204,32 @@ save()
 return {status, S.st, S.gen, now}
 `)
 
+// ARGV[11] member, ARGV[12] mark ms (0: none), ARGV[13] max marks.
+// Reply {released (1 or 0), state, gen, now}.
+var releaseScript = redis.NewScript(breakerPrelude + `
+settle()
+local released = 0
+local sc = redis.call('ZSCORE', PK, ARGV[11])
+if sc then
+  redis.call('ZREM', PK, ARGV[11])
+  dirty = true
+  if tonumber(sc) <= now then
+    record(FAILURE, -1, string.sub(ARGV[11], 1, 16))
+  else
+    record(IGNORED, -1, '')
+    released = 1
+  end
+elseif tonumber(ARGV[12]) > 0 then
+  redis.call('ZREMRANGEBYSCORE', XK, '-inf', n(now))
+  if redis.call('ZCARD', XK) < tonumber(ARGV[13]) then
+    redis.call('ZADD', XK, n(now + tonumber(ARGV[12])), ARGV[11])
+    redis.call('PEXPIRE', XK, P.ret)
+  end
+end
+if dirty then save() end
+return {released, S.st, S.gen, now}
+`)
+
 // Reply: view().
 var getScript = redis.NewScript(breakerPrelude + `
 settle()
@@ -207,7 +245,7 @@ return view()
 `)
 
 // Scripts are the Lua scripts of the Redis breaker store, for preloading.
-var Scripts = []*redis.Script{allowScript, reportScript, getScript, resetScript}
+var Scripts = []*redis.Script{allowScript, reportScript, releaseScript, getScript, resetScript}
 
 // RedisStore is the Store on Redis (standalone, Sentinel or Cluster). Every
 // method is one script, one round trip, bounded by the store timeout.
@@ -224,8 +262,8 @@ func NewRedisStore(rdb redis.UniversalClient, ns string, timeout time.Duration) 
 }
 
 func (r *RedisStore) keys(name string) []string {
-	id := "breaker/" + name
-	return []string{redisx.Key(r.ns, id, "b"), redisx.Key(r.ns, id, "b:permits"), redisx.Key(r.ns, id, "b:reporters")}
+	return []string{redisx.Key(r.ns, redisx.Breaker, name, "b"), redisx.Key(r.ns, redisx.Breaker, name, "b:permits"),
+		redisx.Key(r.ns, redisx.Breaker, name, "b:reporters"), redisx.Key(r.ns, redisx.Breaker, name, "b:released")}
 }
 
 func policyArgs(p Policy) []any {
@@ -299,6 +337,18 @@ func (r *RedisStore) Report(ctx context.Context, name string, p Policy, ref Perm
 		return rec, ErrPermitUnknown
 	}
 	return rec, nil
+}
+
+// Release implements Store.
+func (r *RedisStore) Release(ctx context.Context, name string, p Policy, a AllowArgs) (bool, error) {
+	v, err := r.run(ctx, releaseScript, name, p, member(a.Reporter, a.Nonce), max(a.TTL.Milliseconds(), 0), MaxPermitsPerBreaker)
+	if err != nil {
+		return false, err
+	}
+	if len(v) != 4 {
+		return false, fmt.Errorf("breaker: bad release reply %v", v)
+	}
+	return v[0] == 1, nil
 }
 
 // Get implements Store.

@@ -34,6 +34,11 @@ const idleSharedEviction = time.Minute
 // evictScanInterval rate-limits fruitless eviction scans at the limit.
 const evictScanInterval = 100 * time.Millisecond
 
+// releaseTimeout bounds handing back a grant whose caller is gone (the
+// store's own timeout applies too); a release that fails is kept for
+// replay like a report.
+const releaseTimeout = 2 * time.Second
+
 // Options configure a Service. Zero values get the defaults noted.
 type Options struct {
 	// Policies are the declared breakers by name. The one named
@@ -155,6 +160,9 @@ type entry struct {
 	mu            sync.Mutex
 	fallback      *cell
 	lastOpenUntil time.Time // shared: end of the last open state seen
+	// forgotten: evicted, its metric series deleted; calls still in
+	// flight on it must not make them again.
+	forgotten bool
 }
 
 type pendingReport struct {
@@ -163,6 +171,10 @@ type pendingReport struct {
 	ref  PermitRef
 	o    Outcome
 	dur  time.Duration
+	// release: hand back the grant of an Allow whose outcome is unknown
+	// (Store.Release with args) instead of reporting ref.
+	release bool
+	args    AllowArgs
 }
 
 // NewService validates the policies and starts the service. Call Close
@@ -301,9 +313,10 @@ func (s *Service) evictLocked(now time.Time) bool {
 	for name, e := range s.reg {
 		if !e.declared && s.evictable(e, now) {
 			delete(s.reg, name)
-			if s.metrics != nil {
-				s.metrics.BreakerState.DeleteLabelValues(name)
-			}
+			e.mu.Lock()
+			e.forgotten = true
+			s.metrics.ForgetBreaker(name)
+			e.mu.Unlock()
 			n++
 		}
 	}
@@ -369,13 +382,58 @@ func (s *Service) Allow(ctx context.Context, name string, ttl time.Duration) (De
 		pm.Generation, pm.Issued = a.Generation, a.Issued
 		d.PermitID = pm.String()
 		d.PermitExpire = s.now().Add(ttl)
+		if err := ctx.Err(); err != nil {
+			// The caller is gone: its grant would only expire as a
+			// failure (and hold a probe's slot until then).
+			s.Release(ctx, d.PermitID)
+			return Decision{}, err
+		}
 	}
 	return d, nil
+}
+
+// Release hands back the permit permitID of a grant that cannot reach its
+// caller (it is gone, or the reply could not be sent), counting nothing:
+// a half-open probe's slot is free again at once, instead of when the
+// permit expires as a failure. It runs even when ctx is done (bounded by
+// releaseTimeout); for a shared breaker whose store does not answer it is
+// kept for replay. A permit already reported, released or expired is left
+// alone.
+func (s *Service) Release(ctx context.Context, permitID string) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+	defer cancel()
+	if _, err := s.Report(rctx, permitID, Ignored, -1); err != nil && !errors.Is(err, ErrPermitUnknown) {
+		s.log.Warn("breaker: handing back a permit failed; it will expire as a failure", "error", err)
+	}
+}
+
+// releaseUnknown hands back whatever the shared store's Allow with args
+// granted, when its outcome is unknown (an error after the request may
+// have been sent). The release marks the permit so that an Allow still on
+// its way grants nothing. When the store is unreachable (unavailable) the
+// release is kept for replay straight away.
+func (s *Service) releaseUnknown(ctx context.Context, e *entry, args AllowArgs, unavailable bool) {
+	r := pendingReport{name: e.name, p: e.policy, release: true, args: args}
+	if !unavailable {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), releaseTimeout)
+		_, err := s.shared.Release(rctx, e.name, e.policy, args)
+		cancel()
+		if err == nil {
+			return
+		}
+		s.log.Warn("breaker: handing back the grant of a failed AllowCall failed; kept for replay", "breaker", e.name, "error", err)
+	}
+	s.keep(r)
 }
 
 func (s *Service) sharedAllow(ctx context.Context, e *entry, args AllowArgs) (Allowance, bool, error) {
 	if !s.down.Load() {
 		a, err := s.shared.Allow(ctx, e.name, e.policy, args)
+		if err != nil && !errors.Is(err, ErrLimitExceeded) {
+			// The script may have run and granted a permit nobody will
+			// get: hand it back.
+			s.releaseUnknown(ctx, e, args, errors.Is(err, store.ErrUnavailable))
+		}
 		if err == nil {
 			e.mu.Lock()
 			if a.State == Open && !a.Allowed {
@@ -613,20 +671,28 @@ func (s *Service) observe(e *entry, st State) {
 	if old == st {
 		return
 	}
+	// first sight of a closed breaker: nothing changed
+	changed := old != 0 || st != Closed
 	if s.metrics != nil {
-		s.metrics.BreakerState.WithLabelValues(e.name).Set(metricState(st))
+		// Under e.mu, so that a breaker being forgotten (evictLocked)
+		// does not get its series back from a call still in flight.
+		e.mu.Lock()
+		if !e.forgotten {
+			s.metrics.BreakerState.WithLabelValues(e.name).Set(metricState(st))
+			if changed {
+				s.metrics.BreakerTransitions.WithLabelValues(e.name, st.String()).Inc()
+			}
+		}
+		e.mu.Unlock()
+	}
+	if !changed {
+		return
 	}
 	from := old.String()
 	if old == 0 {
-		if st == Closed {
-			return // first sight of a closed breaker: nothing changed
-		}
 		from = "unseen"
 	}
 	s.log.Info("breaker state changed", "breaker", e.name, "from", from, "to", st.String(), "scope", e.policy.Scope.String())
-	if s.metrics != nil {
-		s.metrics.BreakerTransitions.WithLabelValues(e.name, st.String()).Inc()
-	}
 }
 
 // metricState is the gauge value of resilience_breaker_state.
@@ -705,7 +771,12 @@ func (s *Service) recover(ctx context.Context) {
 		}
 		r := s.pending[0]
 		s.dmu.Unlock()
-		_, err := s.shared.Report(ctx, r.name, r.p, r.ref, r.o, r.dur)
+		var err error
+		if r.release {
+			_, err = s.shared.Release(ctx, r.name, r.p, r.args)
+		} else {
+			_, err = s.shared.Report(ctx, r.name, r.p, r.ref, r.o, r.dur)
+		}
 		if errors.Is(err, store.ErrUnavailable) || ctx.Err() != nil {
 			return
 		}

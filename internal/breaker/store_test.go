@@ -403,6 +403,80 @@ func runConformance(t *testing.T, newStore func(*testing.T) storeUnderTest) {
 		}
 	})
 
+	t.Run("release hands a probe's slot back at once and counts nothing", func(t *testing.T) {
+		st := newStore(t)
+		s := st.store
+		p := breaker.Policy{ConsecutiveFailures: 1, OpenDuration: open, HalfOpenMaxCalls: 1}
+		fail(t, s, "b", p, repA)
+		st.advance(open + 50*time.Millisecond)
+		probe := breaker.AllowArgs{Reporter: repA, Nonce: nextNonce(), TTL: time.Minute}
+		if a, err := s.Allow(ctx, "b", p, probe); err != nil || !a.Allowed || a.State != breaker.HalfOpen {
+			t.Fatalf("probe = %+v, %v", a, err)
+		}
+		if a, _ := allow(t, s, "b", p, repB, time.Minute); a.Allowed {
+			t.Fatal("second probe admitted with half_open_max_calls 1")
+		}
+		// The probe's caller is gone: its grant comes back, whatever the
+		// generation (the caller never learnt it).
+		if ok, err := s.Release(ctx, "b", p, probe); err != nil || !ok {
+			t.Fatalf("Release of the outstanding probe = %v, %v; want released", ok, err)
+		}
+		snap := state(t, s, "b", p)
+		if snap.State != breaker.HalfOpen || snap.Counts.HalfOpenInFlight != 0 || snap.Counts.OutstandingPermits != 0 || snap.Counts.HalfOpenSuccesses != 0 {
+			t.Fatalf("after the release: %+v; want half-open with a free slot and nothing counted", snap)
+		}
+		// Idempotent: nothing more to hand back, nothing counted.
+		if ok, err := s.Release(ctx, "b", p, probe); err != nil || ok {
+			t.Fatalf("second Release = %v, %v; want nothing released", ok, err)
+		}
+		if r := succeed(t, s, "b", p, repB); r.State != breaker.Closed {
+			t.Fatalf("the next probe (admitted at once) succeeded: %v, want closed", r.State)
+		}
+		// In closed, a released call is no call: the run of failures and
+		// the window are untouched.
+		p.ConsecutiveFailures = 2
+		fail(t, s, "b", p, repA)
+		held := breaker.AllowArgs{Reporter: repA, Nonce: nextNonce(), TTL: time.Minute}
+		if a, err := s.Allow(ctx, "b", p, held); err != nil || !a.Allowed {
+			t.Fatalf("Allow = %+v, %v", a, err)
+		}
+		if ok, err := s.Release(ctx, "b", p, held); err != nil || !ok {
+			t.Fatalf("Release in closed = %v, %v", ok, err)
+		}
+		if snap := state(t, s, "b", p); snap.Counts.Calls != 1 || snap.Counts.ConsecutiveFailures != 1 || snap.Counts.OutstandingPermits != 0 {
+			t.Fatalf("counts after a released call = %+v; want the one failure only", snap.Counts)
+		}
+	})
+
+	t.Run("a release that overtakes its allow makes that allow grant nothing", func(t *testing.T) {
+		st := newStore(t)
+		s := st.store
+		p := breaker.Policy{ConsecutiveFailures: 1, OpenDuration: open, HalfOpenMaxCalls: 1}
+		fail(t, s, "b", p, repA)
+		st.advance(open + 50*time.Millisecond)
+		late := breaker.AllowArgs{Reporter: repA, Nonce: nextNonce(), TTL: time.Minute}
+		if ok, err := s.Release(ctx, "b", p, late); err != nil || ok {
+			t.Fatalf("Release before the Allow = %v, %v; want nothing released", ok, err)
+		}
+		if a, err := s.Allow(ctx, "b", p, late); err != nil || a.Allowed {
+			t.Fatalf("the overtaken Allow = %+v, %v; want refused", a, err)
+		}
+		if snap := state(t, s, "b", p); snap.Counts.HalfOpenInFlight != 0 || snap.Counts.OutstandingPermits != 0 {
+			t.Fatalf("after the overtaken Allow: %+v; want the slot free", snap.Counts)
+		}
+		if r := succeed(t, s, "b", p, repB); r.State != breaker.Closed {
+			t.Fatalf("another caller's probe: %v, want closed", r.State)
+		}
+		// A release without a mark (TTL 0) of an unknown permit changes
+		// nothing, and does not create the breaker.
+		if ok, err := s.Release(ctx, "ghost", p, breaker.AllowArgs{Reporter: repA, Nonce: nextNonce()}); err != nil || ok {
+			t.Fatalf("Release of an unknown permit = %v, %v", ok, err)
+		}
+		if st.exists("ghost") {
+			t.Fatal("Release without a mark created the breaker")
+		}
+	})
+
 	t.Run("concurrent half-open admits exactly half_open_max_calls", func(t *testing.T) {
 		st := newStore(t)
 		s := st.store

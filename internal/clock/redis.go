@@ -13,7 +13,8 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
 )
 
-// A Lamport clock is one Redis integer at rs:{ns/clock}:lamport, without
+// A Lamport clock is one Redis integer at rs:{ns/clock/<name>}:lamport
+// (redisx.Key, <name> escaped; see docs/redis-keys.md), without
 // expiry. Next is a single INCRBY; Observe is one script. Values above 2^53
 // cannot go through Lua numbers (doubles) exactly, so the script compares
 // decimal strings, lets INCR do the 64-bit arithmetic and returns the value
@@ -51,7 +52,9 @@ func NewRedisStore(rdb redis.UniversalClient, ns string, timeout time.Duration) 
 	return &RedisStore{rdb: rdb, ns: ns, timeout: timeout}
 }
 
-func (r *RedisStore) key(clock string) string { return redisx.Key(r.ns, clock, "lamport") }
+func (r *RedisStore) key(clock string) string {
+	return redisx.Key(r.ns, redisx.Clock, clock, "lamport")
+}
 
 // classify maps Redis's integer overflow to ErrExhausted and everything
 // else through redisx.Classify.

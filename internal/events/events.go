@@ -136,12 +136,20 @@ type Event struct {
 type Delivery struct {
 	Event
 	// Count is 1 on the first delivery to the group, then +1 on each
-	// redelivery.
+	// redelivery (a delivery handed back undelivered does not count).
 	Count int
 	// FirstDeliveredAt is when the group first received the event, by the
 	// store's clock.
 	FirstDeliveredAt time.Time
+
+	// readID is the read that handed it out (Subscription).
+	readID string
 }
+
+// ReturnTombstoneTTL is how long a store remembers a read id handed back
+// before its read ran, so that the read, if it still arrives (a request
+// its caller gave up on), hands out nothing.
+const ReturnTombstoneTTL = 5 * time.Minute
 
 // StartFrom says where a new group starts.
 type StartFrom int
@@ -178,6 +186,12 @@ type ReadOptions struct {
 	MaxDeliveries int
 	// DeadMaxLen bounds the dead-letter topic's log.
 	DeadMaxLen int64
+	// ReadID, when set, names this read (unique per read: the caller
+	// mints it), so that its deliveries can be handed back with Return if
+	// they never reach the consumer's client, also when the caller never
+	// learnt the read's outcome. A Read whose id was handed back before
+	// it ran hands out nothing.
+	ReadID string
 }
 
 // ReadResult is the answer of Read.
@@ -217,6 +231,16 @@ type Store interface {
 	// Nack makes the pending event due again after retryAfter; false when
 	// it was not pending.
 	Nack(ctx context.Context, topic, group, id string, retryAfter time.Duration) (bool, error)
+	// Return hands back deliveries of the read readID (ReadOptions.ReadID)
+	// that never reached the consumer's client: each of ids (every
+	// delivery of the read when ids is nil) still pending to consumer
+	// under that delivery (not acked, nacked or delivered again since)
+	// becomes due at once, and its delivery count drops by one, so that
+	// an undelivered delivery does not count towards MaxDeliveries (back
+	// to 0, the first delivery time is forgotten too). When the read has
+	// not run, it is remembered for ReturnTombstoneTTL and then hands out
+	// nothing. Returns how many deliveries were handed back. Idempotent.
+	Return(ctx context.Context, topic, group, consumer, readID string, ids []string) (int, error)
 }
 
 // ValidTopicName reports the problem with a topic name, or "". dead says

@@ -69,6 +69,17 @@ type memGroup struct {
 	next      memID // deliver entries with id >= next
 	pending   map[memID]*memPending
 	consumers map[string]struct{}
+	// reads are the records of the reads that named themselves
+	// (ReadOptions.ReadID), for Return; swept when they expire.
+	reads      map[string]*memRead
+	readsSweep int
+}
+
+// memRead is what a read handed out: event -> the delivery's visibleAt.
+// An empty record is a read handed back before it ran.
+type memRead struct {
+	ids     map[memID]time.Time
+	expires time.Time
 }
 
 type memPending struct {
@@ -160,7 +171,7 @@ func (m *MemoryStore) EnsureGroup(ctx context.Context, topic, group, consumer st
 	t := m.topicLocked(topic)
 	g, ok := t.groups[group]
 	if !ok {
-		g = &memGroup{pending: map[memID]*memPending{}, consumers: map[string]struct{}{}}
+		g = &memGroup{pending: map[memID]*memPending{}, consumers: map[string]struct{}{}, reads: map[string]*memRead{}}
 		if opts.Start == Latest {
 			g.next = memID{t.last.ms, t.last.seq + 1}
 		}
@@ -202,6 +213,12 @@ func (m *MemoryStore) Read(ctx context.Context, topic, group, consumer string, o
 	}
 	g.consumers[consumer] = struct{}{}
 	var res ReadResult
+	if opts.ReadID != "" {
+		g.sweepReads(now)
+		if r, ok := g.reads[opts.ReadID]; ok && now.Before(r.expires) {
+			return res, nil // handed back before it ran
+		}
+	}
 	ids := slices.SortedFunc(maps.Keys(g.pending), func(a, b memID) int {
 		if a.less(b) {
 			return -1
@@ -233,6 +250,9 @@ func (m *MemoryStore) Read(ctx context.Context, topic, group, consumer string, o
 			continue
 		}
 		p.count++
+		if p.first.IsZero() {
+			p.first = now
+		}
 		p.consumer = consumer
 		p.visibleAt = now.Add(opts.Visibility)
 		res.Deliveries = append(res.Deliveries, memDelivery(e.ev, p))
@@ -254,6 +274,14 @@ func (m *MemoryStore) Read(ctx context.Context, topic, group, consumer string, o
 		g.pending[e.id] = p
 		g.next = memID{e.id.ms, e.id.seq + 1}
 		res.Deliveries = append(res.Deliveries, memDelivery(e.ev, p))
+	}
+	if opts.ReadID != "" && len(res.Deliveries) > 0 {
+		r := &memRead{ids: make(map[memID]time.Time, len(res.Deliveries)), expires: now.Add(opts.Visibility)}
+		for _, d := range res.Deliveries {
+			id, _ := parseMemID(d.ID)
+			r.ids[id] = g.pending[id].visibleAt
+		}
+		g.reads[opts.ReadID] = r
 	}
 	res.LastID = t.last.String()
 	for _, p := range g.pending {
@@ -332,6 +360,69 @@ func (m *MemoryStore) Nack(ctx context.Context, topic, group, id string, retryAf
 	}
 	g.pending[mid].visibleAt = m.now().Add(retryAfter)
 	return true, nil
+}
+
+// sweepReads forgets the expired read records, in batches.
+func (g *memGroup) sweepReads(now time.Time) {
+	if len(g.reads) < g.readsSweep {
+		return
+	}
+	for id, r := range g.reads {
+		if !now.Before(r.expires) {
+			delete(g.reads, id)
+		}
+	}
+	g.readsSweep = max(2*len(g.reads), 64)
+}
+
+// Return implements Store.
+func (m *MemoryStore) Return(ctx context.Context, topic, group, consumer, readID string, ids []string) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.now()
+	t := m.topics[topic]
+	if t == nil || t.groups[group] == nil {
+		return 0, nil
+	}
+	g := t.groups[group]
+	g.sweepReads(now)
+	r, ok := g.reads[readID]
+	if !ok || !now.Before(r.expires) {
+		g.reads[readID] = &memRead{expires: now.Add(ReturnTombstoneTTL)}
+		return 0, nil
+	}
+	var which []memID
+	if ids == nil {
+		which = slices.Collect(maps.Keys(r.ids))
+	} else {
+		for _, id := range ids {
+			if mid, ok := parseMemID(id); ok {
+				which = append(which, mid)
+			}
+		}
+	}
+	n := 0
+	for _, id := range which {
+		want, ok := r.ids[id]
+		if !ok {
+			continue
+		}
+		delete(r.ids, id)
+		p := g.pending[id]
+		if p == nil || p.consumer != consumer || !p.visibleAt.Equal(want) {
+			continue
+		}
+		p.count = max(p.count-1, 0)
+		if p.count == 0 {
+			p.first = time.Time{}
+		}
+		p.visibleAt = now
+		n++
+	}
+	return n, nil
 }
 
 func (m *MemoryStore) pendingLocked(topic, group, id string) (*memGroup, memID, bool) {

@@ -144,6 +144,7 @@ func (p *Pusher) consume(ctx context.Context, sub *Subscription) error {
 		select {
 		case sem <- struct{}{}:
 		case <-ctx.Done():
+			sub.Unsent(d) // never pushed: Close hands it back
 			return ctx.Err()
 		}
 		wg.Go(func() {

@@ -13,19 +13,26 @@ import (
 )
 
 // Keys of a topic t (base name b: t without ".dead"), all with the hash tag
-// {ns/b} so that a topic, its dead-letter topic and their bookkeeping share
-// one Cluster slot and one script can move an event between them:
+// {ns/ev/b} so that a topic, its dead-letter topic and their bookkeeping
+// share one Cluster slot and one script can move an event between them
+// (redisx.Key: b, <key> and <group> are escaped; see docs/redis-keys.md):
 //
-//	rs:{ns/b}:ev                 stream of topic b; its consumer groups
-//	rs:{ns/b}:evd                stream of topic b.dead
-//	rs:{ns/b}:ev:dedup:<key>     event id published under idempotency key
-//	                             <key> (string, PX dedup retention)
-//	rs:{ns/b}:ev:first:<group>   hash: pending event id -> first delivery
-//	                             time to <group>, ms
-//	rs:{ns/b}:ev:due:<group>     sorted set: pending event id, scored by
-//	                             when it may be delivered again, ms (the
-//	                             delivery's visibility timeout, or a nack's
-//	                             retry_after)
+//	rs:{ns/ev/b}:ev                 stream of topic b; its consumer groups
+//	rs:{ns/ev/b}:evd                stream of topic b.dead
+//	rs:{ns/ev/b}:ev:dedup:<key>     event id published under idempotency key
+//	                                <key> (string, PX dedup retention)
+//	rs:{ns/ev/b}:ev:first:<group>   hash: pending event id -> first delivery
+//	                                time to <group>, ms
+//	rs:{ns/ev/b}:ev:due:<group>     sorted set: pending event id, scored by
+//	                                when it may be delivered again, ms (the
+//	                                delivery's visibility timeout, or a nack's
+//	                                retry_after)
+//	rs:{ns/b}:ev:read:<group>/<read id>
+//	                             hash: event id -> due score of the
+//	                             delivery, for each event a read handed
+//	                             out (PX the visibility timeout), so that
+//	                             Return can hand them back; '!' alone: the
+//	                             read was handed back before it ran
 //	(evd:first:<group>, evd:due:<group> likewise for the dead-letter topic)
 //
 // Both are cleaned on ack and dead-lettering, so they hold no more than
@@ -63,9 +70,14 @@ return created
 `)
 
 // KEYS[1] stream, KEYS[2] first-delivery hash, KEYS[3] dead-letter stream,
-// KEYS[4] due set; ARGV group, consumer, count, visibility ms, max
-// deliveries (0: never dead-letter), topic, dead-letter max len.
+// KEYS[4] due set, KEYS[5] (optional) read record; ARGV group, consumer,
+// count, visibility ms, max deliveries (0: never dead-letter), topic,
+// dead-letter max len.
 var readScript = redisx.NewScript("events.read", evPrelude+`
+if KEYS[5] and redis.call('EXISTS', KEYS[5]) == 1 then
+  -- This read was handed back (Return) before it ran.
+  return {{}, {}, '', 0}
+end
 local count = tonumber(ARGV[3])
 local maxdel = tonumber(ARGV[5])
 local vis = tonumber(ARGV[4])
@@ -125,6 +137,10 @@ if more > 0 then
     end
   end
 end
+if KEYS[5] and #out > 0 then
+  for _, d in ipairs(out) do redis.call('HSET', KEYS[5], d[1], string.format('%.0f', now + vis)) end
+  redis.call('PEXPIRE', KEYS[5], vis)
+end
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local lastid = '0-0'
 if #last > 0 then lastid = last[1][1] end
@@ -152,8 +168,48 @@ redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
 return 1
 `)
 
+// KEYS[1] stream, KEYS[2] first-delivery hash, KEYS[3] due set, KEYS[4]
+// read record; ARGV group, consumer, tombstone ttl ms, event ids (none:
+// all of the read's).
+var returnScript = redisx.NewScript("events.return", evPrelude+`
+if redis.call('EXISTS', KEYS[4]) == 0 then
+  -- The read has not run (or its deliveries are all due again anyway):
+  -- make sure it hands nothing out if it still arrives.
+  redis.call('HSET', KEYS[4], '!', '1')
+  redis.call('PEXPIRE', KEYS[4], ARGV[3])
+  return 0
+end
+local ids = {}
+if #ARGV > 3 then
+  for i = 4, #ARGV do ids[#ids + 1] = ARGV[i] end
+else
+  for _, f in ipairs(redis.call('HKEYS', KEYS[4])) do
+    if f ~= '!' then ids[#ids + 1] = f end
+  end
+end
+local n = 0
+for _, id in ipairs(ids) do
+  local due = redis.call('HGET', KEYS[4], id)
+  if due then
+    redis.call('HDEL', KEYS[4], id)
+    local score = redis.call('ZSCORE', KEYS[3], id)
+    if score and tonumber(score) == tonumber(due) then
+      local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], id, id, 1)
+      if type(p) == 'table' and not p.err and #p > 0 and p[1][2] == ARGV[2] then
+        local c = math.max(tonumber(p[1][4]) - 1, 0)
+        redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id, 'RETRYCOUNT', c, 'JUSTID')
+        if c == 0 then redis.call('HDEL', KEYS[2], id) end
+        redis.call('ZADD', KEYS[3], now, id)
+        n = n + 1
+      end
+    end
+  end
+end
+return n
+`)
+
 // Scripts are the Lua scripts of the Redis events store, for preloading.
-var Scripts = []*redis.Script{publishScript, ensureGroupScript, readScript, ackScript, nackScript}
+var Scripts = []*redis.Script{publishScript, ensureGroupScript, readScript, ackScript, nackScript, returnScript}
 
 // RedisStore is the Store on Redis Streams (standalone, Sentinel or
 // Cluster). Every method but Wait is one script, bounded by the store
@@ -200,8 +256,11 @@ func NewRedisStore(rdb redis.UniversalClient, ns string, timeout time.Duration, 
 	return r
 }
 
-// keys returns the stream key of topic and the prefix of its bookkeeping
-// keys' suffixes, plus the dead-letter stream of a base topic.
+// key returns the key of topic's stream (suffix "") or of its bookkeeping
+// suffix "<kind>:<name>" (dedup:<idempotency key>, first:<group>,
+// due:<group>): the record is the base topic, so a topic and its
+// dead-letter topic share one hash tag, and the user-supplied name after
+// the kind is escaped like the topic.
 func (r *RedisStore) key(topic, suffix string) string {
 	base, dead := cutDead(topic)
 	s := "ev"
@@ -209,9 +268,10 @@ func (r *RedisStore) key(topic, suffix string) string {
 		s = "evd"
 	}
 	if suffix != "" {
-		s += ":" + suffix
+		kind, name, _ := strings.Cut(suffix, ":")
+		s += ":" + kind + ":" + redisx.Part(name)
 	}
-	return redisx.Key(r.ns, base, s)
+	return redisx.Key(r.ns, redisx.Events, base, s)
 }
 
 // StreamKey is the Redis key of topic's stream (for tests and tools).
@@ -269,7 +329,11 @@ func (r *RedisStore) EnsureGroup(ctx context.Context, topic, group, consumer str
 func (r *RedisStore) Read(ctx context.Context, topic, group, consumer string, opts ReadOptions) (ReadResult, error) {
 	base, _ := cutDead(topic)
 	dead := r.key(base+DeadSuffix, "")
-	v, err := r.run(ctx, readScript, []string{r.key(topic, ""), r.key(topic, "first:"+group), dead, r.key(topic, "due:"+group)},
+	keys := []string{r.key(topic, ""), r.key(topic, "first:"+group), dead, r.key(topic, "due:"+group)}
+	if opts.ReadID != "" {
+		keys = append(keys, r.readKey(topic, group, opts.ReadID))
+	}
+	v, err := r.run(ctx, readScript, keys,
 		group, consumer, max(opts.Count, 1), max(opts.Visibility.Milliseconds(), 1), max(opts.MaxDeliveries, 0), topic, max(opts.DeadMaxLen, 1))
 	if err != nil {
 		return ReadResult{}, err
@@ -361,6 +425,27 @@ func (r *RedisStore) Ack(ctx context.Context, topic, group, id string) (bool, er
 	}
 	n, _ := v.(int64)
 	return n > 0, nil
+}
+
+// readKey is the record of the read readID of group.
+func (r *RedisStore) readKey(topic, group, readID string) string {
+	return r.key(topic, "read:"+group+"/"+readID)
+}
+
+// Return implements Store.
+func (r *RedisStore) Return(ctx context.Context, topic, group, consumer, readID string, ids []string) (int, error) {
+	keys := []string{r.key(topic, ""), r.key(topic, "first:"+group), r.key(topic, "due:"+group), r.readKey(topic, group, readID)}
+	args := make([]any, 0, 3+len(ids))
+	args = append(args, group, consumer, ReturnTombstoneTTL.Milliseconds())
+	for _, id := range ids {
+		args = append(args, id)
+	}
+	v, err := r.run(ctx, returnScript, keys, args...)
+	if err != nil {
+		return 0, err
+	}
+	n, _ := v.(int64)
+	return int(n), nil
 }
 
 // Nack implements Store.

@@ -2,8 +2,11 @@ package events
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
 	"errors"
 	"log/slog"
+	"strconv"
 	"sync"
 	"time"
 
@@ -149,6 +152,14 @@ type SubscribeOptions struct {
 
 // Subscription is one consumer's stream of deliveries. Next must not be
 // called concurrently; Close may be called at any time.
+//
+// A delivery is handed to the caller by Next; one the caller cannot pass
+// on to its client (the stream broke, the client left) goes back with
+// Unsent. Close hands every delivery read from the store but never handed
+// on back to the group at once (Store.Return), and so does Next for a
+// read whose outcome it never learnt: they are redelivered, to any
+// consumer, without waiting for their visibility timeout, and without
+// counting the undelivered delivery towards max deliveries.
 type Subscription struct {
 	svc  *Service
 	opts SubscribeOptions
@@ -156,13 +167,23 @@ type Subscription struct {
 	dead bool
 	// Created: this subscription created the group.
 	Created bool
+	// readPrefix and readSeq make the read ids.
+	readPrefix string
+	readSeq    uint64
 
 	mu       sync.Mutex
 	inFlight map[string]time.Time // event id -> visibility deadline
 	wake     chan struct{}
 	lastID   string
 	queue    []Delivery
+	// unsettled are reads whose outcome is unknown and that could not be
+	// handed back yet (Close tries again).
+	unsettled []string
+	closed    bool
 }
+
+// returnTimeout bounds handing undelivered events back.
+const returnTimeout = 2 * time.Second
 
 // Subscribe creates the group if needed and registers the consumer. The
 // caller validates the names; Subscribe checks declared topics.
@@ -184,8 +205,13 @@ func (s *Service) Subscribe(ctx context.Context, o SubscribeOptions) (*Subscript
 		return nil, err
 	}
 	_, dead := cutDead(o.Topic)
+	var rnd [12]byte
+	if _, err := crand.Read(rnd[:]); err != nil {
+		return nil, err
+	}
 	sub := &Subscription{svc: s, opts: o, key: subKey{o.Topic, o.Group}, dead: dead, Created: created,
-		inFlight: map[string]time.Time{}, wake: make(chan struct{}, 1), lastID: "0-0"}
+		readPrefix: hex.EncodeToString(rnd[:]) + "-",
+		inFlight:   map[string]time.Time{}, wake: make(chan struct{}, 1), lastID: "0-0"}
 	s.mu.Lock()
 	if s.subs[sub.key] == nil {
 		s.subs[sub.key] = map[*Subscription]struct{}{}
@@ -195,8 +221,13 @@ func (s *Service) Subscribe(ctx context.Context, o SubscribeOptions) (*Subscript
 	return sub, nil
 }
 
-// Close unregisters the subscription. Its unacked events are redelivered
-// after their visibility timeout.
+// Close unregisters the subscription and hands back to the group, for
+// redelivery at once, the events it read but never handed on (see
+// Subscription). The events handed on and not acked are redelivered after
+// their visibility timeout: the client may still be working on them (and
+// may still ack them). Close waits at most a couple of seconds for the
+// store; what it cannot hand back is redelivered after the visibility
+// timeout.
 func (sub *Subscription) Close() {
 	s := sub.svc
 	s.mu.Lock()
@@ -205,6 +236,81 @@ func (sub *Subscription) Close() {
 		delete(s.subs, sub.key)
 	}
 	s.mu.Unlock()
+	sub.mu.Lock()
+	if sub.closed {
+		sub.mu.Unlock()
+		return
+	}
+	sub.closed = true
+	queue, unsettled := sub.queue, sub.unsettled
+	sub.queue, sub.unsettled = nil, nil
+	for _, d := range queue {
+		delete(sub.inFlight, d.ID)
+	}
+	sub.mu.Unlock()
+	if len(queue) == 0 && len(unsettled) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), returnTimeout)
+	defer cancel()
+	var reads []string
+	byRead := map[string][]string{}
+	for _, d := range queue {
+		if _, ok := byRead[d.readID]; !ok {
+			reads = append(reads, d.readID)
+		}
+		byRead[d.readID] = append(byRead[d.readID], d.ID)
+	}
+	for _, r := range reads {
+		sub.giveBack(ctx, r, byRead[r])
+	}
+	for _, r := range unsettled {
+		sub.giveBack(ctx, r, nil)
+	}
+}
+
+// Unsent gives back a delivery Next returned that the caller could not
+// hand on to its client: Next returns it again, or Close hands it back to
+// the group.
+func (sub *Subscription) Unsent(d Delivery) {
+	sub.mu.Lock()
+	defer sub.mu.Unlock()
+	sub.queue = append([]Delivery{d}, sub.queue...)
+}
+
+// nextReadID names a read: unique across sidecars and subscriptions.
+func (sub *Subscription) nextReadID() string {
+	sub.readSeq++
+	return sub.readPrefix + strconv.FormatUint(sub.readSeq, 36)
+}
+
+// giveBack hands back the deliveries ids of read readID (all of the read's
+// when nil), reporting whether the store answered.
+func (sub *Subscription) giveBack(ctx context.Context, readID string, ids []string) bool {
+	o := sub.opts
+	n, err := sub.svc.store.Return(ctx, o.Topic, o.Group, o.Consumer, readID, ids)
+	if err != nil {
+		sub.svc.log.Warn("events: could not hand undelivered events back; they are redelivered after their visibility timeout",
+			"topic", o.Topic, "group", o.Group, "consumer", o.Consumer, "error", err)
+		return false
+	}
+	if n > 0 {
+		sub.svc.log.Debug("events: undelivered events handed back for redelivery", "topic", o.Topic, "group", o.Group, "consumer", o.Consumer, "events", n)
+	}
+	return true
+}
+
+// readFailed hands back a read whose outcome is unknown (the store may
+// have handed events out that will never reach the client), or leaves it
+// for Close when the store does not answer now.
+func (sub *Subscription) readFailed(readID string) {
+	ctx, cancel := context.WithTimeout(context.Background(), returnTimeout)
+	defer cancel()
+	if !sub.giveBack(ctx, readID, nil) {
+		sub.mu.Lock()
+		sub.unsettled = append(sub.unsettled, readID)
+		sub.mu.Unlock()
+	}
 }
 
 // Options returns the subscription's parameters with defaults applied.
@@ -250,11 +356,14 @@ func (sub *Subscription) done(id string) bool {
 func (sub *Subscription) Next(ctx context.Context) (Delivery, error) {
 	s := sub.svc
 	for {
+		sub.mu.Lock()
 		if len(sub.queue) > 0 {
 			d := sub.queue[0]
 			sub.queue = sub.queue[1:]
+			sub.mu.Unlock()
 			return d, nil
 		}
+		sub.mu.Unlock()
 		if err := ctx.Err(); err != nil {
 			return Delivery{}, err
 		}
@@ -275,17 +384,24 @@ func (sub *Subscription) Next(ctx context.Context) (Delivery, error) {
 		if sub.dead {
 			maxDel = 0
 		}
-		ropts := ReadOptions{Count: n, Visibility: o.Visibility, MaxDeliveries: maxDel, DeadMaxLen: s.maxLen(o.Topic)}
+		ropts := ReadOptions{Count: n, Visibility: o.Visibility, MaxDeliveries: maxDel, DeadMaxLen: s.maxLen(o.Topic), ReadID: sub.nextReadID()}
 		res, err := s.store.Read(ctx, o.Topic, o.Group, o.Consumer, ropts)
 		if errors.Is(err, ErrNoGroup) {
 			// The store lost the group (Redis restarted empty, or the
 			// topic was deleted): create it again where it starts.
 			s.log.Warn("consumer group vanished from the store; creating it again", "topic", o.Topic, "group", o.Group)
 			if _, err = s.store.EnsureGroup(ctx, o.Topic, o.Group, o.Consumer, GroupOptions{Start: o.Start}); err == nil {
+				ropts.ReadID = sub.nextReadID()
 				res, err = s.store.Read(ctx, o.Topic, o.Group, o.Consumer, ropts)
 			}
 		}
 		if err != nil {
+			if !errors.Is(err, ErrNoGroup) {
+				// The read may have run (the store timed out, the
+				// connection broke, ctx ended after it was sent): hand
+				// back whatever it handed out, by its id.
+				sub.readFailed(ropts.ReadID)
+			}
 			return Delivery{}, err
 		}
 		for _, id := range res.DeadLettered {
@@ -301,10 +417,13 @@ func (sub *Subscription) Next(ctx context.Context) (Delivery, error) {
 				sub.inFlight[d.ID] = time.Now().Add(o.Visibility)
 			}
 			sub.mu.Unlock()
-			for _, d := range res.Deliveries {
+			for i, d := range res.Deliveries {
+				res.Deliveries[i].readID = ropts.ReadID
 				s.m.ObserveEventDelivered(d.Count > 1)
 			}
+			sub.mu.Lock()
 			sub.queue = res.Deliveries
+			sub.mu.Unlock()
 			continue
 		}
 		wait := min(s.opts.PollInterval, o.Visibility)

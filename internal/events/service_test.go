@@ -268,3 +268,66 @@ func TestServiceVisibilityBelongsToTheDelivery(t *testing.T) {
 		})
 	}
 }
+
+// TestServiceUndeliveredIsHandedBack (issue 16): the deliveries a
+// subscription read but never handed on to its client (one whose send
+// failed, given back with Unsent, and one still queued) go back to the
+// group when it closes, and another consumer gets them at once as first
+// deliveries, long before the hour of visibility. The one handed on stays
+// with its consumer for its visibility timeout.
+func TestServiceUndeliveredIsHandedBack(t *testing.T) {
+	rd := testharness.StartRedis(t)
+	for name, store := range map[string]events.Store{
+		"memory": events.NewMemoryStore(nil),
+		"redis":  events.NewRedisStore(rd.Client(t), "handback", 2*time.Second, events.WithBlockingClient(rd.Client(t))),
+	} {
+		t.Run(name, func(t *testing.T) {
+			svc := events.NewService(store, events.Options{PollInterval: 50 * time.Millisecond})
+			ctx := testCtx(t)
+			var want []string
+			for range 3 {
+				p, err := svc.Publish(ctx, events.Message{Topic: "t", Payload: []byte("x")})
+				if err != nil {
+					t.Fatal(err)
+				}
+				want = append(want, p.EventID)
+			}
+			first, err := svc.Subscribe(ctx, events.SubscribeOptions{Topic: "t", Group: "g", Consumer: "c1", Visibility: time.Hour, MaxDeliveries: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sent, err := first.Next(ctx)
+			if err != nil || sent.ID != want[0] {
+				t.Fatalf("first delivery: %+v, %v", sent, err)
+			}
+			failed, err := first.Next(ctx)
+			if err != nil || failed.ID != want[1] {
+				t.Fatalf("second delivery: %+v, %v", failed, err)
+			}
+			first.Unsent(failed) // its send failed; want[2] is still queued
+			first.Close()
+
+			second, err := svc.Subscribe(ctx, events.SubscribeOptions{Topic: "t", Group: "g", Consumer: "c2", Visibility: time.Hour, MaxDeliveries: 1})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(second.Close)
+			var got []string
+			for range 2 {
+				d, err := second.Next(ctx)
+				if err != nil || d.Count != 1 {
+					t.Fatalf("delivery to c2: %+v, %v; want a first delivery", d, err)
+				}
+				got = append(got, d.ID)
+			}
+			if strings.Join(got, " ") != want[1]+" "+want[2] {
+				t.Fatalf("c2 got %v, want %v", got, want[1:])
+			}
+			short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+			defer cancel()
+			if d, err := second.Next(short); err == nil {
+				t.Fatalf("c2 got %+v, which c1 was sent (visible to c1 for an hour)", d)
+			}
+		})
+	}
+}

@@ -441,6 +441,69 @@ func runConformance(t *testing.T, newStore func(*testing.T) storeUnderTest) {
 		}
 	})
 
+	// Issue 16: deliveries that never reached the client go back at once,
+	// by the read's id, without counting towards max deliveries.
+	t.Run("ReturnHandsUndeliveredBack", func(t *testing.T) {
+		s := newStore(t).store
+		a := mustPublish(t, s, events.Message{Topic: "t"})
+		b := mustPublish(t, s, events.Message{Topic: "t"})
+		c := mustPublish(t, s, events.Message{Topic: "t"})
+		mustGroup(t, s, "t", "g", "c1", events.Earliest)
+		long := events.ReadOptions{Count: 3, Visibility: time.Hour, MaxDeliveries: 1, DeadMaxLen: 1000}
+		r1 := long
+		r1.ReadID = "r1"
+		if got := ids(mustRead(t, s, "t", "g", "c1", r1).Deliveries); !slices.Equal(got, []string{a, b, c}) {
+			t.Fatalf("first read %v", got)
+		}
+		// b was handed on and nacked meanwhile: not the read's to return.
+		if ok, err := s.Nack(ctx, "t", "g", b, time.Minute); err != nil || !ok {
+			t.Fatalf("Nack: %v %v", ok, err)
+		}
+		if n, err := s.Return(ctx, "t", "g", "c1", "r1", []string{a}); err != nil || n != 1 {
+			t.Fatalf("Return(a) = %d, %v; want 1", n, err)
+		}
+		// a is due at once, for anyone, and its undelivered delivery does
+		// not count: with max deliveries 1 it is delivered, as a first.
+		res := mustRead(t, s, "t", "g", "c2", long)
+		if len(res.Deliveries) != 1 || res.Deliveries[0].ID != a || res.Deliveries[0].Count != 1 || len(res.DeadLettered) != 0 {
+			t.Fatalf("after Return(a): %+v dead %v; want %s as a first delivery", res.Deliveries, res.DeadLettered, a)
+		}
+		// The rest of the read: c only (b was nacked).
+		if n, err := s.Return(ctx, "t", "g", "c1", "r1", nil); err != nil || n != 1 {
+			t.Fatalf("Return(all) = %d, %v; want 1", n, err)
+		}
+		if n, err := s.Return(ctx, "t", "g", "c1", "r1", nil); err != nil || n != 0 {
+			t.Fatalf("second Return = %d, %v; want 0", n, err)
+		}
+		res = mustRead(t, s, "t", "g", "c2", long)
+		if got := ids(res.Deliveries); !slices.Equal(got, []string{c}) || res.Deliveries[0].Count != 1 {
+			t.Fatalf("after Return(all): %+v; want %s as a first delivery", res.Deliveries, c)
+		}
+		// A delivery handed out again since is not the old read's.
+		if n, err := s.Return(ctx, "t", "g", "c1", "r1", []string{a, c}); err != nil || n != 0 {
+			t.Fatalf("Return of redelivered events = %d, %v; want 0", n, err)
+		}
+		// A read handed back before it ran hands nothing out.
+		d := mustPublish(t, s, events.Message{Topic: "t"})
+		if n, err := s.Return(ctx, "t", "g", "c3", "r2", nil); err != nil || n != 0 {
+			t.Fatalf("Return before the read = %d, %v", n, err)
+		}
+		r2 := long
+		r2.ReadID = "r2"
+		if res := mustRead(t, s, "t", "g", "c3", r2); len(res.Deliveries) != 0 {
+			t.Fatalf("a handed-back read delivered %v", ids(res.Deliveries))
+		}
+		r3 := long
+		r3.ReadID = "r3"
+		if got := ids(mustRead(t, s, "t", "g", "c3", r3).Deliveries); !slices.Equal(got, []string{d}) {
+			t.Fatalf("next read %v, want %s", got, d)
+		}
+		// Only the reading consumer's deliveries.
+		if n, err := s.Return(ctx, "t", "g", "c1", "r3", nil); err != nil || n != 0 {
+			t.Fatalf("Return by another consumer = %d, %v", n, err)
+		}
+	})
+
 	t.Run("Wait", func(t *testing.T) {
 		s := newStore(t).store
 		mustGroup(t, s, "t", "g", "c", events.Earliest)

@@ -32,6 +32,9 @@ import (
 	"io"
 	"log/slog"
 	"time"
+
+	"github.com/seed-a88e5317/resilience-sidecar/internal/handback"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
 )
 
 // Errors callers switch on.
@@ -191,6 +194,11 @@ type Store interface {
 	// Release deletes the in-progress record owned by leaseID and wakes the
 	// watchers of key. ErrLeaseLost otherwise.
 	Release(ctx context.Context, key, leaseID string) error
+	// Revoke gives back a claim by leaseID whose outcome its caller could
+	// not learn: it deletes the in-progress record leaseID owns, and makes
+	// sure that a claim by leaseID still on its way to the store is
+	// refused. It is idempotent, and nil when nothing was or will be held.
+	Revoke(ctx context.Context, key, leaseID string) error
 	// Get reads the record.
 	Get(ctx context.Context, key string) (Info, error)
 	// WatchDone subscribes to completions and releases of key. Every one
@@ -215,6 +223,9 @@ type Service struct {
 	// releaseTimeout bounds the cleanup release of a record claimed for a
 	// caller that had already gone away.
 	releaseTimeout time.Duration
+	// handBack revokes the claims whose outcome is unknown or that could
+	// not be delivered, until the store confirms.
+	handBack *handback.Queue
 }
 
 // NewService returns a Service on store. entropy is read for lease ids
@@ -226,8 +237,17 @@ func NewService(store Store, entropy io.Reader, log *slog.Logger) *Service {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Service{store: store, entropy: entropy, log: log, releaseTimeout: 2 * time.Second}
+	s := &Service{store: store, entropy: entropy, log: log, releaseTimeout: 2 * time.Second}
+	s.handBack = handback.New("idempotency", store.Revoke, s.releaseTimeout, log)
+	return s
 }
+
+// Close tries once more to give back the claims not yet confirmed given
+// back, and stops doing so. It is idempotent.
+func (s *Service) Close() { s.handBack.Close() }
+
+// PendingHandBacks returns how many claims wait to be confirmed given back.
+func (s *Service) PendingHandBacks() int { return s.handBack.Pending() }
 
 // NewLeaseID returns a fresh 128-bit lease id as 32 lowercase hex digits.
 func (s *Service) NewLeaseID() (string, error) {
@@ -242,9 +262,12 @@ func (s *Service) NewLeaseID() (string, error) {
 // progress it waits up to opts.Wait, woken by its completion or release or
 // by the expiry of its lease, and then returns the last InProgress answer.
 // It returns ErrKeyMismatch for a key recorded with another fingerprint.
-// Cancelling ctx stops the wait and returns ctx's error; a record claimed
-// for a caller that gave up at that moment is released again, so nothing is
-// left in progress.
+// Cancelling ctx stops the wait and returns ctx's error.
+//
+// A call that fails leaves nothing in progress: a claim whose outcome is
+// unknown (the store failed or ctx ended mid-call), or made too close to
+// ctx's deadline to reach the caller (handback.Margin), is given back in
+// the background until the store confirms.
 func (s *Service) CheckOrRecord(ctx context.Context, key string, opts Options) (Claim, error) {
 	leaseID, err := s.NewLeaseID()
 	if err != nil {
@@ -252,7 +275,7 @@ func (s *Service) CheckOrRecord(ctx context.Context, key string, opts Options) (
 	}
 	c, err := s.store.CheckOrRecord(ctx, key, leaseID, opts)
 	if err != nil || c.Outcome != InProgress || opts.Wait <= 0 {
-		return s.settle(ctx, key, c, err)
+		return s.settle(ctx, key, leaseID, opts.LeaseTTL, c, err)
 	}
 
 	deadline := time.Now().Add(opts.Wait)
@@ -268,7 +291,7 @@ func (s *Service) CheckOrRecord(ctx context.Context, key string, opts Options) (
 	for {
 		c, err = s.store.CheckOrRecord(ctx, key, leaseID, opts)
 		if err != nil || c.Outcome != InProgress {
-			return s.settle(ctx, key, c, err)
+			return s.settle(ctx, key, leaseID, opts.LeaseTTL, c, err)
 		}
 		remaining := time.Until(deadline)
 		if remaining <= 0 {
@@ -286,34 +309,47 @@ func (s *Service) CheckOrRecord(ctx context.Context, key string, opts Options) (
 	}
 }
 
-// settle returns the answer of a try, releasing a claim nobody will see.
-func (s *Service) settle(ctx context.Context, key string, c Claim, err error) (Claim, error) {
+// settle returns the answer of a try by leaseID, giving back a claim
+// nobody will see: after an error the store may have made it.
+func (s *Service) settle(ctx context.Context, key, leaseID string, ttl time.Duration, c Claim, err error) (Claim, error) {
 	if err != nil {
+		if !errors.Is(err, ErrKeyMismatch) { // a mismatch is an answer: nothing was claimed
+			s.giveBack(key, leaseID, ttl, err)
+		}
 		return Claim{}, err
 	}
-	if c.Outcome == Started && ctx.Err() != nil {
-		s.releaseDetached(key, c.LeaseID)
-		return Claim{}, ctx.Err()
+	if c.Outcome == Started && !handback.Deliverable(ctx) {
+		s.giveBack(key, leaseID, ttl, nil)
+		return Claim{}, handback.Undeliverable(ctx)
 	}
 	return withRetryAfter(c), nil
 }
+
+// giveBack revokes what leaseID may own of key, in the background, until
+// the store confirms or the lease would have expired anyway.
+//
+// After a store failure (cause wraps store.ErrUnavailable) the first try is
+// made in the background too, so that the failed call returns at once;
+// otherwise (the caller gave up, or replicas did not acknowledge a write
+// the master made) it is made before giveBack returns.
+func (s *Service) giveBack(key, leaseID string, ttl time.Duration, cause error) {
+	until := time.Now().Add(ttl + handBackSlack)
+	if errors.Is(cause, store.ErrUnavailable) && !errors.Is(cause, store.ErrNotReplicated) {
+		s.handBack.Add(key, leaseID, until)
+		return
+	}
+	s.handBack.Give(key, leaseID, until)
+}
+
+// handBackSlack covers the store timeout and the store's LateGrace after a
+// lease's TTL: past it, nothing claimed in the call can still be held.
+const handBackSlack = 45 * time.Second
 
 func withRetryAfter(c Claim) Claim {
 	if c.Outcome == InProgress {
 		c.RetryAfter = min(max(c.LeaseRemaining, time.Millisecond), MaxRetryAfter)
 	}
 	return c
-}
-
-// releaseDetached releases with its own deadline, for cleanups that must
-// happen after the caller's context is gone.
-func (s *Service) releaseDetached(key, leaseID string) {
-	ctx, cancel := context.WithTimeout(context.Background(), s.releaseTimeout)
-	defer cancel()
-	if err := s.store.Release(ctx, key, leaseID); err != nil && !errors.Is(err, ErrLeaseLost) {
-		s.log.Warn("idempotency: cleanup release failed; the lease will expire by its TTL",
-			"key_len", len(key), "error", err)
-	}
 }
 
 // Complete stores the result of the operation run under leaseID and wakes

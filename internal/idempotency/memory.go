@@ -2,6 +2,7 @@ package idempotency
 
 import (
 	"context"
+	"errors"
 	"maps"
 	"slices"
 	"sync"
@@ -157,6 +158,15 @@ func (m *MemoryStore) Release(ctx context.Context, key, leaseID string) error {
 	}
 	delete(m.records, key)
 	m.notifyLocked(key)
+	return nil
+}
+
+// Revoke implements Store. Calls on the embedded store are atomic and
+// synchronous, so no claim can still be on its way: releasing is enough.
+func (m *MemoryStore) Revoke(ctx context.Context, key, leaseID string) error {
+	if err := m.Release(ctx, key, leaseID); err != nil && !errors.Is(err, ErrLeaseLost) {
+		return err
+	}
 	return nil
 }
 

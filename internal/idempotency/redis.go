@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
 )
 
 // A record is one hash at rs:{ns/key}:idem:
@@ -38,8 +39,12 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local function ms(x) return string.format('%.0f', x) end
 `
 
-// KEYS[1] record; ARGV fingerprint, lease, ttl ms, retention ms.
+// KEYS[1] record, KEYS[2] revoked leases; ARGV fingerprint, lease, ttl
+// ms, retention ms, latest (ms: a run after it claims nothing, as its
+// caller has given up). Reply {'X'} when the lease was revoked or the
+// script ran too late.
 var checkOrRecordScript = redisx.NewScript("idempotency.check_or_record", idemPrelude+`
+if now > tonumber(ARGV[5]) or redis.call('ZSCORE', KEYS[2], ARGV[2]) then return {'X'} end
 local h = redis.call('HMGET', KEYS[1], 'st', 'fp', 'lease', 'exp', 'att', 'cp', 'cpd', 'cpt', 'data', 'meta', 'done')
 local ttl = tonumber(ARGV[3])
 local att = 1
@@ -95,6 +100,26 @@ redis.call('SPUBLISH', ARGV[2], 'r')
 return 1
 `)
 
+// KEYS[1] record, KEYS[2] revoked leases; ARGV lease, channel, keep ms.
+// It deletes the in-progress record the lease owns; otherwise it remembers
+// the lease as revoked until keep, the latest time a claim by it could
+// still run, so that one still on its way is refused.
+var revokeScript = redisx.NewScript("idempotency.revoke", idemPrelude+`
+local h = redis.call('HMGET', KEYS[1], 'st', 'lease')
+if h[1] == 'p' and h[2] == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('SPUBLISH', ARGV[2], 'r')
+  return 1
+end
+local keep = tonumber(ARGV[3])
+if keep > now then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  redis.call('ZADD', KEYS[2], keep, ARGV[1])
+  if redis.call('PTTL', KEYS[2]) < keep - now then redis.call('PEXPIRE', KEYS[2], keep - now) end
+end
+return 0
+`)
+
 // KEYS[1] record.
 var getScript = redisx.NewScript("idempotency.get", idemPrelude+`
 local h = redis.call('HMGET', KEYS[1], 'st', 'fp', 'att', 'ct', 'ut', 'exp', 'done', 'ret', 'cp')
@@ -103,7 +128,7 @@ return {h[1], h[2] or '', h[3] or '0', h[4] or '0', h[5] or '0', h[6] or '0', h[
 `)
 
 // Scripts are the Lua scripts of the Redis idempotency store, for preloading.
-var Scripts = []*redis.Script{checkOrRecordScript, completeScript, checkpointScript, releaseScript, getScript}
+var Scripts = []*redis.Script{checkOrRecordScript, completeScript, checkpointScript, releaseScript, revokeScript, getScript}
 
 // RedisStore is the Store on Redis (standalone, Sentinel or Cluster). Every
 // method is one script, one round trip, bounded by the store timeout.
@@ -140,8 +165,14 @@ func NewRedisStore(rdb redis.UniversalClient, ns string, timeout time.Duration, 
 	return r
 }
 
-func (r *RedisStore) key(key string) string     { return redisx.Key(r.ns, key, "idem") }
-func (r *RedisStore) channel(key string) string { return redisx.Key(r.ns, key, "idem:done") }
+func (r *RedisStore) key(key string) string { return redisx.Key(r.ns, redisx.Idempotency, key, "idem") }
+func (r *RedisStore) channel(key string) string {
+	return redisx.Key(r.ns, redisx.Idempotency, key, "idem:done")
+}
+
+func (r *RedisStore) revoked(key string) string {
+	return redisx.Key(r.ns, redisx.Idempotency, key, "idem:revoked")
+}
 
 func (r *RedisStore) run(ctx context.Context, s *redis.Script, key string, args ...any) (any, error) {
 	sctx, cancel := context.WithTimeout(ctx, r.timeout)
@@ -152,10 +183,10 @@ func (r *RedisStore) run(ctx context.Context, s *redis.Script, key string, args 
 
 // runDurable is run for a write that must reach r.wait.Replicas replicas
 // when wrote(reply) says it changed something.
-func (r *RedisStore) runDurable(ctx context.Context, s *redis.Script, wrote func(any) bool, key string, args ...any) (any, error) {
+func (r *RedisStore) runDurable(ctx context.Context, s *redis.Script, wrote func(any) bool, keys []string, args ...any) (any, error) {
 	sctx, cancel := context.WithTimeout(ctx, r.timeout)
 	defer cancel()
-	v, err := redisx.RunWait(sctx, r.rdb, s, r.wait, wrote, []string{r.key(key)}, args...)
+	v, err := redisx.RunWait(sctx, r.rdb, s, r.wait, wrote, keys, args...)
 	return v, redisx.Classify(ctx, err)
 }
 
@@ -173,15 +204,11 @@ func stored(v any) bool { n, ok := v.(int64); return ok && n >= 0 }
 
 // CheckOrRecord implements Store.
 func (r *RedisStore) CheckOrRecord(ctx context.Context, key, leaseID string, opts Options) (Claim, error) {
-	v, err := r.runDurable(ctx, checkOrRecordScript, started, key, opts.Fingerprint, leaseID, opts.LeaseTTL.Milliseconds(), opts.Retention.Milliseconds())
-	if errors.Is(err, redisx.ErrNotReplicated) {
-		// Nobody will ever learn this lease id: give the key back now
-		// rather than when the lease expires. Best effort.
-		rctx, cancel := context.WithTimeout(context.Background(), r.timeout)
-		_, _ = releaseScript.Run(rctx, r.rdb, []string{r.key(key)}, leaseID, r.channel(key)).Result()
-		cancel()
-	}
+	v, err := r.runDurable(ctx, checkOrRecordScript, started, []string{r.key(key), r.revoked(key)},
+		opts.Fingerprint, leaseID, opts.LeaseTTL.Milliseconds(), opts.Retention.Milliseconds(), r.latest(ctx).UnixMilli())
 	if err != nil {
+		// The Service hands the lease id back (Revoke): the script may
+		// have run, and nobody will ever learn this lease id.
 		return Claim{}, err
 	}
 	a, _ := v.([]any)
@@ -191,6 +218,8 @@ func (r *RedisStore) CheckOrRecord(ctx context.Context, key, leaseID string, opt
 	}
 	tag, _ := a[0].(string)
 	switch {
+	case tag == "X" && len(a) == 1:
+		return Claim{}, store.Unavailable(errors.New("idempotency: claim reached the store after its caller gave up"))
 	case tag == "M" && len(a) == 1:
 		return Claim{}, ErrKeyMismatch
 	case tag == "C" && len(a) == 4:
@@ -230,13 +259,13 @@ func (r *RedisStore) CheckOrRecord(ctx context.Context, key, leaseID string, opt
 
 // Complete implements Store.
 func (r *RedisStore) Complete(ctx context.Context, key, leaseID string, res Result) (time.Time, error) {
-	v, err := r.runDurable(ctx, completeScript, stored, key, leaseID, res.Data, encodeMetadata(res.Metadata), r.channel(key))
+	v, err := r.runDurable(ctx, completeScript, stored, []string{r.key(key)}, leaseID, res.Data, encodeMetadata(res.Metadata), r.channel(key))
 	return expiryReply(v, err)
 }
 
 // Checkpoint implements Store.
 func (r *RedisStore) Checkpoint(ctx context.Context, key, leaseID string, cp Checkpoint) (time.Time, error) {
-	v, err := r.runDurable(ctx, checkpointScript, stored, key, leaseID, cp.RecoveryPoint, cp.Data)
+	v, err := r.runDurable(ctx, checkpointScript, stored, []string{r.key(key)}, leaseID, cp.RecoveryPoint, cp.Data)
 	return expiryReply(v, err)
 }
 
@@ -253,6 +282,32 @@ func expiryReply(v any, err error) (time.Time, error) {
 		return time.Time{}, ErrLeaseLost
 	}
 	return time.UnixMilli(n), nil
+}
+
+// LateGrace is how long after its caller gave up (by the sidecar's clock)
+// a claim may still be made by the store (by the store's clock): it covers
+// a clock difference between the two. Revocations are kept as long.
+const LateGrace = 5 * time.Second
+
+// latest is when a claim sent now with ctx is refused by the store as too
+// late: the call's deadline (at most the store timeout) plus LateGrace.
+func (r *RedisStore) latest(ctx context.Context) time.Time {
+	latest := time.Now().Add(r.timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(latest) {
+		latest = d
+	}
+	return latest.Add(LateGrace)
+}
+
+// Revoke implements Store. A claim by leaseID sent before Revoke was
+// called runs no later than now+timeout+LateGrace by the store's clock, so
+// the revocation is kept until then.
+func (r *RedisStore) Revoke(ctx context.Context, key, leaseID string) error {
+	sctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	keep := time.Now().Add(r.timeout + LateGrace).UnixMilli()
+	err := revokeScript.Run(sctx, r.rdb, []string{r.key(key), r.revoked(key)}, leaseID, r.channel(key), keep).Err()
+	return redisx.Classify(ctx, err)
 }
 
 // Release implements Store.

@@ -18,6 +18,9 @@ import (
 	"log/slog"
 	"sync"
 	"time"
+
+	"github.com/seed-a88e5317/resilience-sidecar/internal/handback"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
 )
 
 // Errors callers switch on.
@@ -70,6 +73,11 @@ type Store interface {
 	Renew(ctx context.Context, key, leaseID string, ttl time.Duration) (time.Time, error)
 	// Get reads the lock's state.
 	Get(ctx context.Context, key string) (Info, error)
+	// Revoke gives back a grant to leaseID whose outcome its caller could
+	// not learn: it releases the lock if leaseID holds it, and makes sure
+	// that an acquisition by leaseID still on its way to the store is
+	// refused. It is idempotent, and nil when nothing was or will be held.
+	Revoke(ctx context.Context, key, leaseID string) error
 	// WatchRelease subscribes to releases of key. Every release that happens
 	// after it returns is signalled on the channel (buffered, coalesced)
 	// until stop is called. stop is idempotent.
@@ -145,6 +153,9 @@ type Service struct {
 	// releaseTimeout bounds the cleanup release of a lock granted to a
 	// caller that had already gone away.
 	releaseTimeout time.Duration
+	// handBack revokes the grants whose outcome is unknown or that could
+	// not be delivered, until the store confirms.
+	handBack *handback.Queue
 
 	mu    sync.Mutex
 	waits map[string]*keyQueue // keys with waiting callers
@@ -162,16 +173,24 @@ func NewService(store Store, entropy io.Reader, log *slog.Logger) *Service {
 		log = slog.New(slog.DiscardHandler)
 	}
 	s := &Service{store: store, entropy: entropy, log: log, releaseTimeout: 2 * time.Second, waits: map[string]*keyQueue{}}
+	s.handBack = handback.New("lock", store.Revoke, s.releaseTimeout, log)
 	s.queue, _ = store.(Queue)
 	s.batch, _ = store.(BatchRenewer)
 	s.renew = newRenewer(s)
 	return s
 }
 
-// Close stops the renewal of sessions and of queue entries; call it after
+// Close stops the renewal of sessions and of queue entries, and tries once
+// more to give back the grants not yet confirmed given back; call it after
 // the sessions ended. Sessions still open stop being renewed, and Hold
 // fails with ErrShutdown afterwards. It is idempotent.
-func (s *Service) Close() { s.renew.close() }
+func (s *Service) Close() {
+	s.renew.close()
+	s.handBack.Close()
+}
+
+// PendingHandBacks returns how many grants wait to be confirmed given back.
+func (s *Service) PendingHandBacks() int { return s.handBack.Pending() }
 
 // NewLeaseID returns a fresh 128-bit lease id as 32 lowercase hex digits.
 func (s *Service) NewLeaseID() (string, error) {
@@ -187,9 +206,12 @@ func (s *Service) NewLeaseID() (string, error) {
 // or by its expiry, and then returns acquired=false with the holder it last
 // saw. Without a wait it tries once and does not jump waiting callers: it
 // returns acquired=false while any wait for key. Cancelling ctx stops the
-// wait, takes the caller out of the queue and returns ctx's error; a lock
-// granted to a caller that gave up at that moment is released again, so
-// nothing is left held.
+// wait, takes the caller out of the queue and returns ctx's error.
+//
+// A call that fails leaves nothing held: a grant whose outcome is unknown
+// (the store failed or ctx ended mid-call), or made too close to ctx's
+// deadline to reach the caller (handback.Margin), is given back in the
+// background until the store confirms.
 func (s *Service) Acquire(ctx context.Context, key string, opts AcquireOptions) (Lease, Holder, bool, error) {
 	leaseID, err := s.NewLeaseID()
 	if err != nil {
@@ -206,31 +228,53 @@ func (s *Service) Acquire(ctx context.Context, key string, opts AcquireOptions) 
 		return Lease{}, info.Holder, false, nil
 	}
 	lease, holder, ok, err := s.store.TryAcquire(ctx, key, leaseID, opts.Owner, opts.TTL)
-	return s.settle(ctx, lease, holder, ok, err)
+	return s.settle(ctx, key, leaseID, opts.TTL, lease, holder, ok, err)
 }
 
-// settle returns the outcome of a try, releasing a grant nobody will see.
-func (s *Service) settle(ctx context.Context, lease Lease, holder Holder, ok bool, err error) (Lease, Holder, bool, error) {
+// settle returns the outcome of a try by leaseID, giving back a grant
+// nobody will see: after an error the store may have granted it.
+func (s *Service) settle(ctx context.Context, key, leaseID string, ttl time.Duration, lease Lease, holder Holder, ok bool, err error) (Lease, Holder, bool, error) {
 	if err != nil {
+		s.giveBack(key, leaseID, ttl, err)
 		return Lease{}, Holder{}, false, err
 	}
-	if ok && ctx.Err() != nil {
-		s.releaseDetached(lease)
-		return Lease{}, Holder{}, false, ctx.Err()
+	if ok && !handback.Deliverable(ctx) {
+		s.giveBack(key, leaseID, ttl, nil)
+		return Lease{}, Holder{}, false, handback.Undeliverable(ctx)
 	}
 	return lease, holder, ok, nil
 }
 
-// releaseDetached releases lease with its own deadline, for cleanups that
-// must happen after the caller's context is gone.
-func (s *Service) releaseDetached(lease Lease) {
+// giveBack revokes what leaseID may hold on key, in the background, until
+// the store confirms or the grant would have expired anyway.
+//
+// After a store failure (cause wraps store.ErrUnavailable) the first try is
+// made in the background too, so that the failed call returns at once;
+// otherwise (the caller gave up, or replicas did not acknowledge a write
+// the master made) it is made before giveBack returns.
+func (s *Service) giveBack(key, leaseID string, ttl time.Duration, cause error) {
+	until := time.Now().Add(ttl + handBackSlack)
+	if errors.Is(cause, store.ErrUnavailable) && !errors.Is(cause, store.ErrNotReplicated) {
+		s.handBack.Add(key, leaseID, until)
+		return
+	}
+	s.handBack.Give(key, leaseID, until)
+}
+
+// releaseNow releases lease at once, with its own deadline, for cleanups
+// after the caller's context is gone; if the store does not confirm, the
+// lease is given back in the background.
+func (s *Service) releaseNow(lease Lease, ttl time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.releaseTimeout)
 	defer cancel()
-	if err := s.store.Release(ctx, lease.Key, lease.LeaseID); err != nil && !errors.Is(err, ErrLeaseLost) {
-		s.log.Warn("lock: cleanup release failed; the lease will expire by its TTL",
-			"key_len", len(lease.Key), "error", err)
+	if err := s.store.Revoke(ctx, lease.Key, lease.LeaseID); err != nil {
+		s.handBack.Add(lease.Key, lease.LeaseID, time.Now().Add(ttl+handBackSlack))
 	}
 }
+
+// handBackSlack covers the store timeout and the store's LateGrace after a
+// grant's TTL: past it, nothing granted in the call can still be held.
+const handBackSlack = 45 * time.Second
 
 // Release frees the lock held by leaseID. ErrLeaseLost when it is not held
 // by leaseID any more.

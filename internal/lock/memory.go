@@ -2,6 +2,7 @@ package lock
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 )
@@ -95,6 +96,16 @@ func (m *MemoryStore) Release(ctx context.Context, key, leaseID string) error {
 		case ch <- struct{}{}:
 		default:
 		}
+	}
+	return nil
+}
+
+// Revoke implements Store. Calls on the embedded store are atomic and
+// synchronous, so no acquisition can still be on its way: releasing is
+// enough.
+func (m *MemoryStore) Revoke(ctx context.Context, key, leaseID string) error {
+	if err := m.Release(ctx, key, leaseID); err != nil && !errors.Is(err, ErrLeaseLost) {
+		return err
 	}
 	return nil
 }

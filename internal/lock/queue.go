@@ -162,7 +162,7 @@ func (s *Service) wait(ctx context.Context, key, leaseID string, opts AcquireOpt
 		lease, holder, ok, err := s.try(ctx, q, key, leaseID, opts)
 		if err != nil || ok {
 			s.leave(q, w)
-			return s.settle(ctx, lease, holder, ok, err)
+			return s.settle(ctx, key, leaseID, opts.TTL, lease, holder, ok, err)
 		}
 		released, stop, err := s.store.WatchRelease(ctx, key)
 		if err != nil {
@@ -176,7 +176,7 @@ func (s *Service) wait(ctx context.Context, key, leaseID string, opts AcquireOpt
 			lease, holder, ok, err := s.try(ctx, q, key, leaseID, opts)
 			if err != nil || ok {
 				s.leave(q, w)
-				return s.settle(ctx, lease, holder, ok, err)
+				return s.settle(ctx, key, leaseID, opts.TTL, lease, holder, ok, err)
 			}
 		}
 		skip = false

@@ -65,7 +65,7 @@ func qWaitFor(t *testing.T, what string, cond func() bool) {
 // qQueue reads the sidecar queue of key in Redis, head first.
 func qQueue(t *testing.T, rdb redis.UniversalClient, ns, key string) []string {
 	t.Helper()
-	ids, err := rdb.ZRange(context.Background(), redisx.Key(ns, key, "lock:queue"), 0, -1).Result()
+	ids, err := rdb.ZRange(context.Background(), redisx.Key(ns, redisx.Lock, key, "lock:queue"), 0, -1).Result()
 	if err != nil {
 		t.Fatalf("ZRANGE queue: %v", err)
 	}

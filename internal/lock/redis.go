@@ -50,14 +50,17 @@ local function qpurge()
 end
 `
 
-// acquireScript: KEYS lock, queue, queue:exp; ARGV lease, owner, ttl ms,
-// retention ms, queue id (empty for a try that does not wait), queue
+// acquireScript: KEYS lock, queue, queue:exp, revoked; ARGV lease, owner,
+// ttl ms, retention ms, queue id (empty for a try that does not wait), queue
 // entry ttl ms, more ('1': re-queue the id at the tail after a grant),
-// release channel. Reply
-// {granted, owner, fence, exp, retry_at}: retry_at is when a refused waiter
-// should try again if nothing wakes it (the holder's expiry, or the expiry
-// of the queue head's entry when the lock is free but reserved for it).
+// release channel, latest (ms: a script run after it grants nothing, as its
+// caller has given up). Reply {granted, owner, fence, exp, retry_at}:
+// retry_at is when a refused waiter should try again if nothing wakes it
+// (the holder's expiry, or the expiry of the queue head's entry when the
+// lock is free but reserved for it); or {-1} when the lease id was revoked
+// or the script ran too late.
 var acquireScript = redisx.NewScript("lock.acquire", lockPrelude+queuePrelude+`
+if now > tonumber(ARGV[9]) or redis.call('ZSCORE', KEYS[4], ARGV[1]) then return {-1} end
 local h = redis.call('HMGET', KEYS[1], 'lease', 'owner', 'exp', 'fence')
 local fence = tonumber(h[4]) or 0
 local exp = tonumber(h[3]) or 0
@@ -138,6 +141,26 @@ redis.call('PEXPIRE', KEYS[2], ARGV[3])
 return 1
 `)
 
+// revokeScript: KEYS lock, revoked; ARGV lease, channel, keep (ms). It
+// releases the lock if the lease holds it; otherwise it remembers the lease
+// id as revoked until keep, the latest time at which an acquisition by it
+// could still run, so that one still on its way is refused.
+var revokeScript = redisx.NewScript("lock.revoke", lockPrelude+`
+local h = redis.call('HMGET', KEYS[1], 'lease', 'exp')
+if h[1] == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'lease', 'owner', 'exp')
+  if (tonumber(h[2]) or 0) > now then redis.call('SPUBLISH', ARGV[2], 'released') end
+  return 1
+end
+local keep = tonumber(ARGV[3])
+if keep > now then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  redis.call('ZADD', KEYS[2], keep, ARGV[1])
+  if redis.call('PTTL', KEYS[2]) < keep - now then redis.call('PEXPIRE', KEYS[2], keep - now) end
+end
+return 0
+`)
+
 var releaseScript = redisx.NewScript("lock.release", lockPrelude+`
 local h = redis.call('HMGET', KEYS[1], 'lease', 'exp')
 if h[1] ~= ARGV[1] then return 0 end
@@ -165,7 +188,7 @@ return {held, h[2] or '', h[4] or '0', string.format('%.0f', exp)}
 `)
 
 // Scripts are the Lua scripts of the Redis lock store, for preloading.
-var Scripts = []*redis.Script{acquireScript, releaseScript, renewScript, getScript, leaveScript, heartbeatScript}
+var Scripts = []*redis.Script{acquireScript, releaseScript, revokeScript, renewScript, getScript, leaveScript, heartbeatScript}
 
 const retentionMS = int64(time.Hour / time.Millisecond)
 
@@ -233,12 +256,22 @@ func NewRedisStore(rdb redis.UniversalClient, ns string, timeout time.Duration, 
 	return r
 }
 
-func (r *RedisStore) key(key string) string      { return redisx.Key(r.ns, key, "lock") }
-func (r *RedisStore) channel(key string) string  { return redisx.Key(r.ns, key, "lock:released") }
-func (r *RedisStore) queue(key string) string    { return redisx.Key(r.ns, key, "lock:queue") }
-func (r *RedisStore) queueExp(key string) string { return redisx.Key(r.ns, key, "lock:queue:exp") }
+func (r *RedisStore) key(key string) string { return redisx.Key(r.ns, redisx.Lock, key, "lock") }
+func (r *RedisStore) channel(key string) string {
+	return redisx.Key(r.ns, redisx.Lock, key, "lock:released")
+}
+func (r *RedisStore) queue(key string) string {
+	return redisx.Key(r.ns, redisx.Lock, key, "lock:queue")
+}
+func (r *RedisStore) queueExp(key string) string {
+	return redisx.Key(r.ns, redisx.Lock, key, "lock:queue:exp")
+}
 
-// lockKeys are the keys of the acquire and leave scripts.
+func (r *RedisStore) revoked(key string) string {
+	return redisx.Key(r.ns, redisx.Lock, key, "lock:revoked")
+}
+
+// lockKeys are the keys of the leave script.
 func (r *RedisStore) lockKeys(key string) []string {
 	return []string{r.key(key), r.queue(key), r.queueExp(key)}
 }
@@ -289,17 +322,16 @@ func (r *RedisStore) acquire(ctx context.Context, key, leaseID, owner string, tt
 	if more {
 		moreArg = "1"
 	}
-	v, err := r.runDurable(ctx, acquireScript, granted, r.lockKeys(key), leaseID, owner, ttl.Milliseconds(), retentionMS,
-		qid, r.queueTTL.Milliseconds(), moreArg, r.channel(key))
-	if errors.Is(err, redisx.ErrNotReplicated) {
-		// Nobody will ever learn this lease id: free the lock now rather
-		// than at its TTL. Best effort; a failed release is harmless.
-		rctx, cancel := context.WithTimeout(context.Background(), r.timeout)
-		_, _ = releaseScript.Run(rctx, r.rdb, []string{r.key(key)}, leaseID, r.channel(key)).Result()
-		cancel()
-	}
+	keys := []string{r.key(key), r.queue(key), r.queueExp(key), r.revoked(key)}
+	v, err := r.runDurable(ctx, acquireScript, granted, keys, leaseID, owner, ttl.Milliseconds(), retentionMS,
+		qid, r.queueTTL.Milliseconds(), moreArg, r.channel(key), r.latest(ctx).UnixMilli())
 	if err != nil {
+		// The Service hands the lease id back (Revoke): the script may
+		// have run, and nobody will ever learn this lease id.
 		return Lease{}, Holder{}, false, time.Time{}, err
+	}
+	if a, _ := v.([]any); len(a) == 1 {
+		return Lease{}, Holder{}, false, time.Time{}, store.Unavailable(errors.New("lock: acquisition reached the store after its caller gave up"))
 	}
 	ok, label, fence, exp, err := parseLockReply(v)
 	if err != nil {
@@ -319,6 +351,32 @@ func (r *RedisStore) acquire(ctx context.Context, key, leaseID, owner string, tt
 		return Lease{}, Holder{Owner: label, FencingToken: fence, ExpireTime: exp}, false, retryAt, nil
 	}
 	return Lease{Key: key, LeaseID: leaseID, Owner: owner, FencingToken: fence, ExpireTime: exp}, Holder{}, true, retryAt, nil
+}
+
+// LateGrace is how long after its caller gave up (by the sidecar's clock)
+// a grant may still be made by the store (by the store's clock): it covers
+// a clock difference between the two. Revocations are kept as long.
+const LateGrace = 5 * time.Second
+
+// latest is when a grant sent now with ctx is refused by the store as too
+// late: the call's deadline (at most the store timeout) plus LateGrace.
+func (r *RedisStore) latest(ctx context.Context) time.Time {
+	latest := time.Now().Add(r.timeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(latest) {
+		latest = d
+	}
+	return latest.Add(LateGrace)
+}
+
+// Revoke implements Store. A grant to leaseID sent before Revoke was
+// called runs no later than now+timeout+LateGrace by the store's clock
+// (acquire's latest), so the revocation is kept until then.
+func (r *RedisStore) Revoke(ctx context.Context, key, leaseID string) error {
+	sctx, cancel := context.WithTimeout(ctx, r.timeout)
+	defer cancel()
+	keep := time.Now().Add(r.timeout + LateGrace).UnixMilli()
+	err := revokeScript.Run(sctx, r.rdb, []string{r.key(key), r.revoked(key)}, leaseID, r.channel(key), keep).Err()
+	return redisx.Classify(ctx, err)
 }
 
 // LeaveQueue implements Queue.

@@ -72,7 +72,7 @@ func (s *Service) Hold(ctx context.Context, key string, opts HoldOptions) (*Sess
 	}
 	sess.schedule(now.Add(sess.interval), sess.interval/4)
 	if !s.renew.add(sess) {
-		s.releaseDetached(lease)
+		s.releaseNow(lease, opts.TTL)
 		return nil, Holder{}, false, ErrShutdown
 	}
 	return sess, Holder{}, true, nil
@@ -126,6 +126,11 @@ func (se *Session) Release(ctx context.Context) error {
 			return
 		}
 		se.releaseErr = se.svc.store.Release(ctx, lease.Key, lease.LeaseID)
+		if se.releaseErr != nil && !errors.Is(se.releaseErr, ErrLeaseLost) {
+			// Unconfirmed: keep trying in the background rather than leave
+			// the lock held until its TTL.
+			se.svc.handBack.Add(lease.Key, lease.LeaseID, time.Now().Add(se.ttl+handBackSlack))
+		}
 	})
 	return se.releaseErr
 }
@@ -154,6 +159,6 @@ func (se *Session) expireMaxHold() {
 	se.err, se.ended = ErrMaxHold, true
 	lease := se.lease
 	se.mu.Unlock()
-	se.svc.releaseDetached(lease)
+	se.svc.releaseNow(lease, se.ttl)
 	close(se.done)
 }

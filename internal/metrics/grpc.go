@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -25,6 +26,37 @@ type RPCMetrics struct {
 	// methods maps "/service/method" to its series; written once by
 	// InitializeMetrics, read without locking.
 	methods atomic.Pointer[map[string]*methodSeries]
+	// storeErrors counts calls that failed with a store reason
+	// (resilience_store_errors_total); set by New, nil when standalone.
+	storeErrors map[string]prometheus.Counter
+}
+
+// StoreErrorReasons are the ErrorInfo reasons of the UNAVAILABLE errors
+// the store causes (api.StoreReasons, which a test keeps equal): the values
+// of resilience_store_errors_total's reason label.
+var StoreErrorReasons = []string{"STORE_UNAVAILABLE", "STORE_FULL", "STORE_READ_ONLY", "REPLICATION_SHORTFALL"}
+
+// errorDomain is the ErrorInfo domain of the sidecar's errors (api.ErrorDomain).
+const errorDomain = "resilience.sidecar"
+
+// countStoreError counts err in resilience_store_errors_total when it is
+// an UNAVAILABLE status with a store reason.
+func (m *RPCMetrics) countStoreError(err error) {
+	if err == nil || m.storeErrors == nil {
+		return
+	}
+	st, ok := status.FromError(err)
+	if !ok || st.Code() != codes.Unavailable {
+		return
+	}
+	for _, d := range st.Details() {
+		if ei, ok := d.(*errdetails.ErrorInfo); ok && ei.GetDomain() == errorDomain {
+			if c, ok := m.storeErrors[ei.GetReason()]; ok {
+				c.Inc()
+			}
+			return
+		}
+	}
 }
 
 // methodSeries are one method's resolved series.
@@ -152,6 +184,7 @@ func (m *RPCMetrics) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 			s.sent.Inc()
 		}
 		s.done(err, time.Since(start))
+		m.countStoreError(err)
 		return resp, err
 	}
 }
@@ -174,6 +207,7 @@ func (m *RPCMetrics) StreamServerInterceptor() grpc.StreamServerInterceptor {
 		s.started.Inc()
 		err := handler(srv, &countingStream{ServerStream: ss, s: s})
 		s.done(err, time.Since(start))
+		m.countStoreError(err)
 		return err
 	}
 }

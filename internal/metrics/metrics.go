@@ -41,6 +41,7 @@ type Metrics struct {
 
 	StoreUp      prometheus.Gauge
 	StoreLatency *prometheus.HistogramVec // op
+	StoreErrors  *prometheus.CounterVec   // reason: StoreErrorReasons
 
 	EventsPublished    *prometheus.CounterVec // result: appended|duplicate (no topic label: topics are unbounded)
 	EventsDelivered    prometheus.Counter
@@ -94,12 +95,15 @@ func New() *Metrics {
 			Name: "resilience_saga_stuck", Help: "Sagas needing a person: COMPENSATION_FAILED, as last seen by the recovery worker.",
 		}),
 		StoreUp: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "resilience_store_up", Help: "1 when the store answered the last health probe, else 0.",
+			Name: "resilience_store_up", Help: "1 when the store answered the last health probe and accepted writes, else 0 (unreachable, full, read-only).",
 		}),
 		StoreLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "resilience_store_latency_seconds", Help: "Latency of store operations by operation (script or command).",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
 		}, []string{"op"}),
+		StoreErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "resilience_store_errors_total", Help: "Calls that failed with UNAVAILABLE because of the store, by ErrorInfo reason: STORE_UNAVAILABLE (unreachable, or busy, loading, ...), STORE_FULL (out of memory), STORE_READ_ONLY (writes refused), REPLICATION_SHORTFALL (too few replicas acknowledged).",
+		}, []string{"reason"}),
 		EventsPublished: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "resilience_events_published_total", Help: "Publishes by result: appended, or duplicate (an idempotency key seen before; nothing appended).",
 		}, []string{"result"}),
@@ -133,9 +137,15 @@ func New() *Metrics {
 	f(m.GRPC)
 	for _, c := range []prometheus.Collector{m.LockAcquire, m.LockWait, m.LockHeld, m.IdempotencyOutcome,
 		m.BreakerState, m.BreakerTransitions, m.UpstreamRequests, m.UpstreamLatency, m.SagaTotal, m.SagaStuck,
-		m.StoreUp, m.StoreLatency, m.EventsPublished, m.EventsDelivered, m.EventsRedelivered, m.EventsDeadLettered,
+		m.StoreUp, m.StoreLatency, m.StoreErrors, m.EventsPublished, m.EventsDelivered, m.EventsRedelivered, m.EventsDeadLettered,
 		m.OutboxPublished, m.OutboxRefused, m.OutboxBacklog, m.OutboxLag, m.OutboxHealthy} {
 		f(c)
+	}
+	// Every store error reason exists from the start, at 0, and the RPC
+	// interceptors count each call that failed with one.
+	m.GRPC.storeErrors = map[string]prometheus.Counter{}
+	for _, r := range StoreErrorReasons {
+		m.GRPC.storeErrors[r] = m.StoreErrors.WithLabelValues(r)
 	}
 	// Both results exist from the start, at 0, like the unlabelled counters.
 	m.EventsPublished.WithLabelValues("appended")
@@ -184,6 +194,17 @@ func (m *Metrics) ObserveIdempotency(outcome string) {
 		return
 	}
 	m.IdempotencyOutcome.WithLabelValues(outcome).Inc()
+}
+
+// ForgetBreaker deletes every series of breaker name (its state and its
+// transitions by target state): the breaker limit bounds these series only
+// if a breaker forgotten to make room takes its series with it.
+func (m *Metrics) ForgetBreaker(name string) {
+	if m == nil {
+		return
+	}
+	m.BreakerState.DeleteLabelValues(name)
+	m.BreakerTransitions.DeletePartialMatch(prometheus.Labels{"breaker": name})
 }
 
 // ObserveStore records one store operation's latency.

@@ -70,20 +70,24 @@ func NewClient(url string, mode Mode, timeout time.Duration) (redis.UniversalCli
 	}
 }
 
-// Key names a Redis key of one record. Every key and channel of one record
-// shares the hash tag {ns/id}, so one script can touch them all on Redis
-// Cluster. The namespace alphabet excludes '/', so (ns, id) is unambiguous.
-func Key(ns, id, suffix string) string {
-	return "rs:{" + ns + "/" + id + "}:" + suffix
-}
-
 // Classify turns a go-redis error into the store vocabulary. It returns nil
 // for nil, redis.Nil unchanged, the caller's context error when the caller
 // gave up, an error wrapping store.ErrUnavailable when Redis could not be
-// reached or answered that it cannot serve now (LOADING, READONLY,
-// MASTERDOWN, CLUSTERDOWN, TRYAGAIN, a script touching a key that left
-// with a migrating slot, and MOVED or ASK that were not
-// followed in time while a slot moves), and any other reply error wrapped.
+// reached or answered that it cannot serve now, and any other reply error
+// wrapped. The replies that mean "not now" (every one a retry may get past)
+// are classified by their error code, the reply's first word; some as a
+// precise kind of store.ErrUnavailable:
+//
+//   - OOM (maxmemory reached, nothing may be evicted): store.ErrFull.
+//   - READONLY (a read-only replica) and MISCONF (writes refused since an
+//     RDB save failed): store.ErrReadOnly. Both refuse writes and serve
+//     reads; the message tells them apart in the logs.
+//   - NOREPLICAS (min-replicas-to-write not met), and a WAIT that fell
+//     short (ErrNotReplicated, from RunWait): store.ErrNotReplicated.
+//   - BUSY (a script or function runs too long), LOADING, MASTERDOWN,
+//     CLUSTERDOWN, TRYAGAIN, a script touching a key that left with a
+//     migrating slot, and MOVED or ASK that were not followed in time
+//     while a slot moves: store.ErrUnavailable.
 func Classify(caller context.Context, err error) error {
 	if err == nil || errors.Is(err, redis.Nil) {
 		return err
@@ -91,13 +95,15 @@ func Classify(caller context.Context, err error) error {
 	if cerr := caller.Err(); cerr != nil {
 		return cerr
 	}
+	if errors.Is(err, ErrNotReplicated) {
+		return store.UnavailableAs(store.ErrNotReplicated, err)
+	}
 	var rerr redis.Error
 	if errors.As(err, &rerr) && !isNetError(err) {
 		msg := rerr.Error()
-		for _, p := range []string{"LOADING", "READONLY", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN", "NOREPLICAS", "MOVED ", "ASK "} {
-			if strings.HasPrefix(msg, p) {
-				return store.Unavailable(err)
-			}
+		code, _, _ := strings.Cut(msg, " ")
+		if kind, ok := replyKinds[code]; ok {
+			return store.UnavailableAs(kind, err)
 		}
 		// A script that empties a key and touches it again while its slot
 		// migrates is refused mid-way; like TRYAGAIN it passes with the move.
@@ -109,34 +115,66 @@ func Classify(caller context.Context, err error) error {
 	return store.Unavailable(err)
 }
 
+// replyKinds maps the error codes of Redis replies that mean "cannot serve
+// now" to the kind of store.ErrUnavailable they are. The code is the
+// reply's first word, matched whole: BUSYKEY and BUSYGROUP are not BUSY.
+var replyKinds = map[string]error{
+	"OOM":         store.ErrFull,
+	"READONLY":    store.ErrReadOnly,
+	"MISCONF":     store.ErrReadOnly,
+	"NOREPLICAS":  store.ErrNotReplicated,
+	"BUSY":        store.ErrUnavailable,
+	"LOADING":     store.ErrUnavailable,
+	"MASTERDOWN":  store.ErrUnavailable,
+	"CLUSTERDOWN": store.ErrUnavailable,
+	"TRYAGAIN":    store.ErrUnavailable,
+	"MOVED":       store.ErrUnavailable,
+	"ASK":         store.ErrUnavailable,
+}
+
 func isNetError(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, redis.ErrClosed)
 }
 
-// Pinger reports whether Redis answers, for the health service.
+// Pinger reports whether Redis answers and accepts writes, for the health
+// service.
 type Pinger struct {
 	Client  redis.UniversalClient
 	Timeout time.Duration
 }
 
-// Ping returns nil when Redis answers PING within the timeout (on Cluster:
-// every master answers), else an error wrapping store.ErrUnavailable.
+// writeProbe is an empty script that declares it may write (a shebang
+// without no-writes), so Redis admits it only as it would admit a write:
+// it refuses it with OOM when maxmemory is reached and nothing may be
+// evicted, READONLY on a read-only replica, MISCONF after a failed RDB
+// save, NOREPLICAS when min-replicas-to-write is not met. It writes
+// nothing and is not replicated.
+const writeProbe = "#!lua\nreturn 1"
+
+// Ping returns nil when Redis runs the write probe within the timeout (on
+// Cluster: every master does), else an error wrapping store.ErrUnavailable,
+// classified like a command's (store.ErrFull while Redis is out of memory,
+// store.ErrReadOnly, ...). A full store is thus unhealthy until memory is
+// freed (keys expire or are deleted, or maxmemory is raised).
 func (p Pinger) Ping(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, p.Timeout)
+	pctx, cancel := context.WithTimeout(ctx, p.Timeout)
 	defer cancel()
 	var err error
 	if cc, ok := p.Client.(*redis.ClusterClient); ok {
-		err = cc.ForEachMaster(ctx, func(ctx context.Context, c *redis.Client) error {
-			return c.Ping(ctx).Err()
+		err = cc.ForEachMaster(pctx, func(ctx context.Context, c *redis.Client) error {
+			return c.Eval(ctx, writeProbe, nil).Err()
 		})
 	} else {
-		err = p.Client.Ping(ctx).Err()
+		err = p.Client.Eval(pctx, writeProbe, nil).Err()
 	}
-	if err != nil {
-		return store.Unavailable(err)
+	if err == nil {
+		return nil
 	}
-	return nil
+	if cerr := Classify(ctx, err); errors.Is(cerr, store.ErrUnavailable) {
+		return cerr
+	}
+	return store.Unavailable(err)
 }
 
 // LoadScripts loads scripts into Redis (every master on Cluster) so that the

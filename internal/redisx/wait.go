@@ -27,7 +27,8 @@ type Wait struct {
 // ErrNotReplicated is returned (wrapped) when a write was made on the
 // master but fewer replicas than Wait.Replicas acknowledged it in time.
 // The write may survive or may be lost in a failover: the caller must treat
-// the operation as failed (it is classified as store.ErrUnavailable), and
+// the operation as failed (Classify makes it store.ErrNotReplicated, a kind
+// of store.ErrUnavailable: REPLICATION_SHORTFALL at the API edge), and
 // what it wrote (a lock grant, an in-progress key) stays until it expires
 // unless the caller undoes it.
 var ErrNotReplicated = errors.New("redisx: write not acknowledged by enough replicas")

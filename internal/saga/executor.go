@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/seed-a88e5317/resilience-sidecar/internal/backoff"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/breaker"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/upstream"
 )
 
@@ -69,14 +70,42 @@ func (s *Service) execute(id string, p Params, next Step) {
 // compensateStep runs one step's compensation with the upstream's retry
 // policy and reports every try to the log, returning the outcome of the
 // report that settled the step.
+//
+// A call the upstream's circuit breaker refuses sent nothing, so it is no
+// try: it neither counts against the retry policy's MaxAttempts nor adds
+// to the step's attempts. The executor waits for the breaker instead (the
+// breaker's retry-after, see breakerWait) and calls again, for as long as
+// it holds the lease: the background renewal keeps the lease during the
+// wait, and the wait ends with the executor's context (lease lost,
+// renewals failing, shutdown, which hands the lease over). The first
+// refusal of a run is written to the log (the step's last error, with no
+// attempt), so GetSaga says why the saga waits.
 func (s *Service) compensateStep(ctx context.Context, id string, p Params, st Step) (Outcome, error) {
 	pol := s.opts.Retry(st.Compensation.Upstream)
 	req := request(id, st.Name, st.Compensation)
-	for try := 1; ; try++ {
+	refusals := 0 // breaker refusals in a row
+	for try := 1; ; {
 		res := s.call(ctx, req)
 		if err := ctx.Err(); err != nil {
 			return Outcome{}, err
 		}
+		if res.refused {
+			if refusals == 0 {
+				a := Attempt{Index: st.Index, Name: st.Name, Result: StepPending, Error: res.err}
+				if _, err := s.store.Report(ctx, id, a, p); err != nil {
+					return Outcome{}, err
+				}
+			}
+			refusals++
+			wait := s.breakerWait(res)
+			s.log.Debug("saga: compensation refused by the upstream's circuit breaker; waiting for it (not counted as a try)",
+				"saga_id", id, "step_index", st.Index, "refusals", refusals, "wait", wait.String(), "error", res.err)
+			if err := s.opts.Sleep(ctx, wait); err != nil {
+				return Outcome{}, err
+			}
+			continue
+		}
+		refusals = 0
 		a := Attempt{Index: st.Index, Name: st.Name, Attempts: res.attempts, Result: StepSucceeded}
 		if !res.ok {
 			a.Result, a.Error = StepPending, res.err
@@ -98,7 +127,33 @@ func (s *Service) compensateStep(ctx context.Context, id string, p Params, st St
 		if err := s.opts.Sleep(ctx, s.backoff(pol, try)); err != nil {
 			return Outcome{}, err
 		}
+		try++
 	}
+}
+
+// Waits on an upstream's circuit breaker that refused a compensation.
+const (
+	// minBreakerWait is the least wait, so that a breaker that keeps
+	// refusing (a retry-after of zero, a breaker forced open) does not
+	// turn the executor into a busy loop.
+	minBreakerWait = 100 * time.Millisecond
+	// maxHalfOpenWait bounds a wait on a half-open breaker: its
+	// retry-after is when the probe's permit would expire, but the probe
+	// usually settles much sooner (and closes the breaker).
+	maxHalfOpenWait = time.Second
+)
+
+// breakerWait is how long to wait after a breaker refusal: the breaker's
+// retry-after (the time until an open breaker turns half-open), at least
+// minBreakerWait, plus up to a tenth more of jitter so that the sagas
+// waiting on one breaker do not all call at the same instant.
+func (s *Service) breakerWait(res callResult) time.Duration {
+	d := res.retryAfter
+	if res.halfOpen {
+		d = min(d, maxHalfOpenWait)
+	}
+	d = max(d, minBreakerWait)
+	return d + time.Duration(s.opts.Rand()*float64(d)/10)
 }
 
 // backoff is the full-jitter wait after the try-th try.
@@ -112,12 +167,18 @@ type callResult struct {
 	attempts  int
 	err       string
 	permanent bool
+	// refused: the upstream's circuit breaker refused the call before
+	// anything was sent; retryAfter is the breaker's, halfOpen its state.
+	refused    bool
+	retryAfter time.Duration
+	halfOpen   bool
 }
 
 // call makes one try. 2xx succeeds. A request the caller refuses, a 3xx
 // (redirects are not followed), a response too large to read and a 4xx
 // other than 408, 409, 425 and 429 fail for good: retrying cannot change
-// them. Everything else (no response, 5xx, an open breaker) is retried.
+// them. Everything else (no response, 5xx) is retried; a call refused by
+// the upstream's circuit breaker is marked refused (no try was made).
 func (s *Service) call(ctx context.Context, req upstream.Request) callResult {
 	resp, err := s.opts.Caller.Do(ctx, req)
 	if err == nil {
@@ -133,7 +194,10 @@ func (s *Service) call(ctx context.Context, req upstream.Request) callResult {
 		return r
 	}
 	var ce *upstream.CallError
+	var oe *breaker.OpenError
 	switch {
+	case errors.As(err, &oe):
+		return callResult{err: err.Error(), refused: true, retryAfter: oe.RetryAfter, halfOpen: oe.State == breaker.HalfOpen}
 	case errors.As(err, &ce):
 		return callResult{attempts: ce.Attempts, err: ce.Error()}
 	case errors.Is(err, upstream.ErrInvalidRequest):

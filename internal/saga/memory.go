@@ -20,10 +20,13 @@ type MemoryStore struct {
 }
 
 type memSaga struct {
-	Saga  // summary fields, cursor and lease expiry; Steps unused
-	exec  string
-	steps []memStep
-	index map[string]int // step name -> index
+	Saga // summary fields, cursor and lease expiry; Steps unused
+	exec string
+	// released is the executor id last handed back by Release while it
+	// did not hold the saga: a claim for it arriving later claims nothing.
+	released string
+	steps    []memStep
+	index    map[string]int // step name -> index
 }
 
 type memStep struct {
@@ -87,11 +90,12 @@ func (s *memSaga) compensate(reason string, now time.Time, p Params) bool {
 	return s.claim(now, p)
 }
 
-// claim hands the saga to p.ExecID (none when empty: the lease is left
-// expired, for the recovery worker).
+// claim hands the saga to p.ExecID (none when empty, or handed back
+// already: the lease is left expired, for the recovery worker).
 func (s *memSaga) claim(now time.Time, p Params) bool {
 	s.exec, s.leaseExpire = p.ExecID, time.Time{}
-	if p.ExecID == "" {
+	if p.ExecID == "" || p.ExecID == s.released {
+		s.exec = ""
 		return false
 	}
 	s.leaseExpire = now.Add(p.Lease)
@@ -319,8 +323,12 @@ func (m *MemoryStore) Release(ctx context.Context, id, execID string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	s := m.getLocked(id, m.now())
-	if s != nil && s.State == Compensating && s.exec == execID && execID != "" {
+	switch {
+	case s == nil || execID == "":
+	case s.State == Compensating && s.exec == execID:
 		s.exec, s.leaseExpire = "", time.Time{}
+	default:
+		s.released = execID
 	}
 	return nil
 }

@@ -105,6 +105,7 @@ func (w *worker) visit(ctx context.Context, id string) bool {
 		return false
 	}
 	out, err := s.store.Recover(ctx, id, p)
+	s.handBackIfUnknown(id, p, err)
 	if err != nil && !errors.Is(err, ErrNotFound) {
 		if ctx.Err() == nil {
 			w.storeDown(err)

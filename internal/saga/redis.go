@@ -16,7 +16,9 @@ import (
 )
 
 // Layout. The sagas of a namespace are spread over Shards shards by a hash
-// of the saga id. Shard k's keys share the hash tag {<ns>/saga-shard-kk}:
+// of the saga id. Shard k's keys share the hash tag {<ns>/saga/shard-kk}
+// (redisx.Key; <id> below is redisx.Part(id), so no saga id can leave its
+// key or name an index; see docs/redis-keys.md):
 //
 //	...:saga:h:<id>     hash: the saga (fields below) and its steps' status
 //	...:saga:l:<id>     list: the steps as recorded (encodeStep), oldest first
@@ -35,7 +37,9 @@ import (
 // Saga hash fields: name, st (r RUNNING, c COMPLETED, g COMPENSATING,
 // d COMPENSATED, f COMPENSATION_FAILED), meta, tmo (timeout ms), ct ut dl
 // et xt (create, update, deadline, end, expire; ms), rsn, err, n (steps),
-// cur (next step to compensate), ex exu (executor id and lease expiry ms).
+// cur (next step to compensate), ex exu (executor id and lease expiry ms),
+// rx (an executor id handed back by Release before its claim ran: that
+// claim claims nothing).
 // Per step i: x:<name> = i, s:i status (absent pending, d done, f failed),
 // a:i attempts, e:i last error, t:i record time, c:i compensate time.
 // Time is Redis TIME. COMPLETED and COMPENSATED sagas get a key expiry
@@ -90,9 +94,10 @@ local function finish(st)
   end
 end
 
--- claim hands the saga to exec; none (an expired lease) when exec is ''.
+-- claim hands the saga to exec; none (an expired lease) when exec is '',
+-- or was handed back before this write ran (rx, see saga.release).
 local function claim()
-  if exec == '' then
+  if exec == '' or redis.call('HGET', H, 'rx') == exec then
     redis.call('HDEL', H, 'ex')
     redis.call('HSET', H, 'exu', '0')
     return 0
@@ -270,7 +275,14 @@ return reply('A', st, 0)
 `)
 
 var releaseScript = redisx.NewScript("saga.release", sagaPrelude+`
-if exec == '' or state() ~= 'g' or redis.call('HGET', H, 'ex') ~= exec then return 0 end
+if exec == '' then return 0 end
+if state() ~= 'g' or redis.call('HGET', H, 'ex') ~= exec then
+  -- Not held by exec: a claiming write of exec whose outcome its caller
+  -- never learnt may still be on its way; remember exec so that it claims
+  -- nothing when it runs.
+  if state() then redis.call('HSET', H, 'rx', exec) end
+  return 0
+end
 redis.call('HDEL', H, 'ex')
 redis.call('HSET', H, 'exu', '0')
 sync()
@@ -336,12 +348,13 @@ func shardOf(id string) int {
 // shardKeys are the keys of shard k, with the saga keys of id (which may
 // be "" for shard-wide calls).
 func (r *RedisStore) shardKeys(k int, id string) []string {
-	tag := fmt.Sprintf("saga-shard-%02d", k)
-	keys := []string{redisx.Key(r.ns, tag, "saga:h:"+id), redisx.Key(r.ns, tag, "saga:l:"+id), redisx.Key(r.ns, tag, "saga:i:all")}
+	shard := fmt.Sprintf("shard-%02d", k)
+	key := func(suffix string) string { return redisx.Key(r.ns, redisx.Saga, shard, suffix) }
+	keys := []string{key("saga:h:" + redisx.Part(id)), key("saga:l:" + redisx.Part(id)), key("saga:i:all")}
 	for _, c := range stateOrder {
-		keys = append(keys, redisx.Key(r.ns, tag, "saga:i:"+c))
+		keys = append(keys, key("saga:i:"+c))
 	}
-	return append(keys, redisx.Key(r.ns, tag, "saga:i:due"))
+	return append(keys, key("saga:i:due"))
 }
 
 func (r *RedisStore) keys(id string) []string { return r.shardKeys(shardOf(id), id) }

@@ -252,8 +252,12 @@ type Store interface {
 	// becomes COMPENSATED after the last step); StepFailed makes the saga
 	// COMPENSATION_FAILED. ErrLeaseLost when p.ExecID no longer holds it.
 	Report(ctx context.Context, id string, a Attempt, p Params) (Outcome, error)
-	// Release gives up execID's lease (at shutdown) so that another
-	// executor may take the saga over at once. Not holding it is no error.
+	// Release gives up execID's lease (at shutdown, or when the claiming
+	// write's outcome is unknown) so that another executor may take the
+	// saga over at once. Not holding it is no error; a claim for execID
+	// that the store performs after the Release (a write its caller gave
+	// up on, still on its way) then claims nothing, leaving the saga to
+	// the recovery worker.
 	Release(ctx context.Context, id, execID string) error
 	// Get returns the saga with its steps. ErrNotFound when absent.
 	Get(ctx context.Context, id string) (Saga, error)

@@ -14,7 +14,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/seed-a88e5317/resilience-sidecar/internal/handback"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/metrics"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/upstream"
 )
 
@@ -122,6 +124,10 @@ type Service struct {
 	execPrefix string
 	execSeq    atomic.Uint64
 
+	// handBack releases executor leases a claiming write may have granted
+	// when its outcome is unknown, until the store confirms.
+	handBack *handback.Queue
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	mu     sync.Mutex
@@ -168,6 +174,7 @@ func NewService(opts Options) (*Service, error) {
 		return nil, err
 	}
 	s := &Service{opts: opts, store: opts.Store, log: opts.Log, slots: make(chan struct{}, opts.MaxExecutors), execPrefix: prefix}
+	s.handBack = handback.New("saga", s.store.Release, releaseTimeout, s.log)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.wg.Add(1)
 	go s.recoveryLoop()
@@ -183,6 +190,7 @@ func (s *Service) Close() {
 	s.mu.Unlock()
 	s.cancel()
 	s.wg.Wait()
+	s.handBack.Close()
 }
 
 func randomHex(n int) (string, error) {
@@ -239,6 +247,31 @@ func (s *Service) settle(out Outcome, p Params, reserved bool) {
 	s.wg.Add(1)
 	s.mu.Unlock()
 	go s.execute(out.Saga.ID, p, *out.Next)
+}
+
+// handBackIfUnknown hands the executor lease of a claiming write back when
+// the write failed without a definite answer (the store timed out, the
+// connection broke after the script was sent, the caller's context ended):
+// the store may have handed the saga to p.ExecID, and no executor will
+// run it, so without this the saga would wait for the lease to run out.
+// The release is by p.ExecID, so it is a no-op when nothing was claimed,
+// and a claim still on its way when the release runs claims nothing
+// (Store.Release). After a caller that gave up, the release is tried
+// before the call returns; after a store failure, in the background (so
+// the failed call does not wait for a second one). Either way it is
+// retried until the store confirms, or until the lease would have run
+// out anyway.
+func (s *Service) handBackIfUnknown(id string, p Params, err error) {
+	if err == nil || p.ExecID == "" || errors.Is(err, ErrNotFound) || errors.Is(err, ErrStateConflict) ||
+		errors.Is(err, ErrAlreadyExists) || errors.Is(err, ErrLeaseLost) {
+		return
+	}
+	until := time.Now().Add(p.Lease + releaseTimeout)
+	if errors.Is(err, store.ErrUnavailable) {
+		s.handBack.Add(id, p.ExecID, until)
+		return
+	}
+	s.handBack.Give(id, p.ExecID, until)
 }
 
 // observe counts a transition.
@@ -316,6 +349,7 @@ func (s *Service) Complete(ctx context.Context, id string) (Saga, error) {
 func (s *Service) Abort(ctx context.Context, id, reason string) (Saga, error) {
 	p, reserved := s.reserve()
 	out, err := s.store.Abort(ctx, id, reason, p)
+	s.handBackIfUnknown(id, p, err)
 	s.settle(out, p, reserved)
 	return out.Saga, err
 }
@@ -326,6 +360,7 @@ func (s *Service) Abort(ctx context.Context, id, reason string) (Saga, error) {
 func (s *Service) RetryCompensation(ctx context.Context, id string) (Saga, error) {
 	p, reserved := s.reserve()
 	out, err := s.store.Retry(ctx, id, p)
+	s.handBackIfUnknown(id, p, err)
 	s.settle(out, p, reserved)
 	return out.Saga, err
 }

@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,6 +20,7 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/lock"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/metrics"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/saga"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/upstream"
 )
 
@@ -418,5 +420,152 @@ func TestSagaIdempotencyKey(t *testing.T) {
 	}
 	if saga.IdempotencyKey(strings.Repeat("x", 300), strings.Repeat("y", 300)) == saga.IdempotencyKey(strings.Repeat("x", 301), strings.Repeat("y", 299)) {
 		t.Error("hashed keys collide")
+	}
+}
+
+// waitTerminal polls until the saga is in a terminal state (bounded, not a
+// timing assertion).
+func (f *fixture) waitTerminal(t *testing.T, id string) saga.Saga {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		s, err := f.svc.Get(context.Background(), id)
+		if err == nil && s.State.Terminal() {
+			return s
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("saga %s did not end: %+v %v", id, s, err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestSagaBreakerRefusalIsNoTry (issue 16): the upstream fails until its
+// breaker opens, then recovers. The compensations that meet the open
+// breaker sent nothing: they wait for the breaker (its retry-after) instead
+// of spending their tries, and every saga ends COMPENSATED with exactly as
+// many attempts logged as HTTP requests were made.
+func TestSagaBreakerRefusalIsNoTry(t *testing.T) {
+	srv := newCompServer(t)
+	var mu sync.Mutex
+	failures := 2
+	srv.set(func(_ string, w http.ResponseWriter, _ *http.Request) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if failures > 0 {
+			failures--
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return false
+		}
+		return true
+	})
+	brk, err := breaker.NewService(breaker.Options{Policies: map[string]breaker.Policy{
+		"inventory": {ConsecutiveFailures: 2, OpenDuration: 300 * time.Millisecond}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(brk.Close)
+	caller, err := upstream.New([]upstream.Config{{Name: "inventory", URL: srv.URL + "/api", MaxAttempts: 1, MaxBodyBytes: 4096}},
+		upstream.Options{Breakers: brk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(caller.Close)
+	// The saga's waits: the retry policy's backoffs are at most 2ms, so a
+	// wait of 100ms or more is a wait on the breaker.
+	var breakerWaits atomic.Int32
+	f := newFixture(t, srv, nil, func(o *saga.Options) {
+		o.Caller = caller
+		o.Sleep = func(ctx context.Context, d time.Duration) error {
+			if d >= 100*time.Millisecond {
+				breakerWaits.Add(1)
+			}
+			tm := time.NewTimer(d)
+			defer tm.Stop()
+			select {
+			case <-tm.C:
+				return nil
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+	})
+	const n = 10
+	for i := range n {
+		id := fmt.Sprintf("b-%d", i)
+		f.startWithSteps(t, id, time.Minute, "reserve")
+	}
+	for i := range n {
+		if _, err := f.svc.Abort(testCtx(t), fmt.Sprintf("b-%d", i), "x"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	total := 0
+	for i := range n {
+		id := fmt.Sprintf("b-%d", i)
+		s := f.waitTerminal(t, id)
+		key := id + ":reserve"
+		if s.State != saga.Compensated {
+			t.Errorf("%s is %v (%q), want COMPENSATED: a breaker refusal spent its tries", id, s.State, s.LastError)
+			continue
+		}
+		if got, want := s.Steps[0].Attempts, f.srv.requests(key); got != want {
+			t.Errorf("%s: %d attempts logged, %d HTTP requests made", id, got, want)
+		}
+		total += f.srv.requests(key)
+	}
+	if total != n+2 {
+		t.Errorf("%d HTTP requests, want %d (two failures, then one success a saga)", total, n+2)
+	}
+	if breakerWaits.Load() == 0 {
+		t.Error("no saga waited for the breaker")
+	}
+}
+
+// TestSagaAbortUnknownOutcomeHandsTheLeaseBack (issue 16): an Abort whose
+// context ends while Redis is frozen has an unknown outcome: the script may
+// run (and claim the saga for an executor that never starts) once Redis
+// goes on. The service hands the lease back by its executor id, so the
+// saga is claimable at once instead of after its lease (an hour here).
+func TestSagaAbortUnknownOutcomeHandsTheLeaseBack(t *testing.T) {
+	rd := testharness.StartRedis(t)
+	st := saga.NewRedisStore(rd.Client(t), "handback", 5*time.Second)
+	f := newFixture(t, nil, st, func(o *saga.Options) {
+		o.Lease = time.Hour
+		o.RecoveryInterval = time.Hour
+	})
+	// Warm up: every script the test needs is loaded (a script sent as
+	// EVALSHA to a frozen Redis would otherwise only get NOSCRIPT).
+	f.startWithSteps(t, "h-0", time.Hour, "reserve")
+	if _, err := f.svc.Abort(testCtx(t), "h-0", "warm up"); err != nil {
+		t.Fatal(err)
+	}
+	f.waitState(t, "h-0", saga.Compensated)
+
+	f.startWithSteps(t, "h-1", time.Hour, "reserve")
+	rd.Pause()
+	resumed := make(chan struct{})
+	go func() {
+		defer close(resumed)
+		time.Sleep(400 * time.Millisecond)
+		rd.Resume()
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	_, err := f.svc.Abort(ctx, "h-1", "x")
+	cancel()
+	<-resumed
+	if err == nil {
+		t.Fatal("Abort answered while Redis was frozen")
+	}
+	// The abort reached Redis: the saga is compensating...
+	s := f.waitState(t, "h-1", saga.Compensating)
+	// ...and no executor holds it: another executor claims it right away.
+	other := saga.NewRedisStore(rd.Client(t), "handback", 5*time.Second)
+	out, err := other.Recover(testCtx(t), "h-1", saga.Params{ExecID: "other", Lease: time.Hour, Retention: time.Hour})
+	if err != nil || !out.Claimed {
+		t.Fatalf("recover after the failed abort: claimed %v, %v (saga %+v); want claimed at once", out.Claimed, err, s)
+	}
+	if got := f.srv.requests("h-1:reserve"); got != 0 {
+		t.Fatalf("the failed abort ran the compensation %d times", got)
 	}
 }

@@ -323,6 +323,39 @@ func runConformance(t *testing.T, newStore func(*testing.T) storeUnderTest) {
 		}
 	})
 
+	// Issue 16: a claiming write whose caller gave up (its outcome
+	// unknown) is handed back by its executor id; the release may reach
+	// the store before the write itself, which then claims nothing.
+	t.Run("release before the claim: the claim claims nothing", func(t *testing.T) {
+		s := newStore(t).store
+		start(t, s, "s1", time.Hour)
+		record(t, s, "s1", "a")
+		if err := s.Release(ctx, "s1", "e1"); err != nil {
+			t.Fatal(err)
+		}
+		out, err := s.Abort(ctx, "s1", "x", params("e1"))
+		if err != nil || out.Claimed || out.Saga.State != saga.Compensating {
+			t.Fatalf("abort by a handed-back executor: %+v %v; want COMPENSATING, unclaimed", out, err)
+		}
+		if due, err := s.Due(ctx, 10); err != nil || len(due) != 1 {
+			t.Fatalf("due: %v %v; want the unclaimed saga", due, err)
+		}
+		if err := s.Renew(ctx, "s1", "e1", time.Minute); !errors.Is(err, saga.ErrLeaseLost) {
+			t.Fatalf("renew by the handed-back executor: %v", err)
+		}
+		out, err = s.Recover(ctx, "s1", params("e2"))
+		if err != nil || !out.Claimed || out.Next == nil || out.Next.Index != 1 {
+			t.Fatalf("recover: %+v %v; want claimed", out, err)
+		}
+		// A release for a saga that does not exist creates nothing.
+		if err := s.Release(ctx, "nope", "e1"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Get(ctx, "nope"); !errors.Is(err, saga.ErrNotFound) {
+			t.Fatalf("get after a release of nothing: %v", err)
+		}
+	})
+
 	t.Run("timeout: any write past the deadline starts compensating", func(t *testing.T) {
 		st := newStore(t)
 		s := st.store

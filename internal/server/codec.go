@@ -1,10 +1,20 @@
 package server
 
 import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"fmt"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
 	"google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/mem"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
+	gproto "google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
@@ -15,7 +25,9 @@ import (
 // one response whose generic encoding costs more than the rest of its call
 // (about 40% of a NextUlid of 1000). It is written directly in the wire
 // format, byte for byte what proto.Marshal writes (codec_test.go checks
-// it). Every other message, and every decoding, goes to the proto codec.
+// it). Every other message, and every decoding, goes to the proto codec;
+// a request that does not decode is marked for rejectUndecodable (below)
+// instead of failing inside gRPC, which would answer INTERNAL.
 type codec struct{ encoding.CodecV2 }
 
 func newCodec() codec { return codec{encoding.GetCodecV2(proto.Name)} }
@@ -33,6 +45,91 @@ func (c codec) Marshal(v any) (mem.BufferSlice, error) {
 		pool.Put(bp)
 	}
 	return c.CodecV2.Marshal(v)
+}
+
+// Unmarshal decodes a received message. A request that is not a valid
+// encoding of its message is the client's error, INVALID_ARGUMENT, but
+// gRPC turns every codec error into INTERNAL ("grpc: failed to unmarshal
+// the received message", whatever status the codec returns), and it
+// decodes a unary request before any interceptor runs. So a message that
+// does not decode is not an error here: it is emptied and marked (one
+// unknown field holding this process's random tag and the decoding
+// error), and the innermost interceptors (rejectUndecodable) refuse the
+// call before its handler sees it. The tag cannot be forged by a client,
+// and nothing outlives the message.
+func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
+	err := c.CodecV2.Unmarshal(data, v)
+	if err == nil {
+		return nil
+	}
+	m, ok := v.(gproto.Message)
+	if !ok {
+		return err
+	}
+	gproto.Reset(m)
+	mark := protowire.AppendTag(nil, undecodableField, protowire.BytesType)
+	mark = protowire.AppendBytes(mark, append(undecodableTag[:], err.Error()...))
+	m.ProtoReflect().SetUnknown(mark)
+	return nil
+}
+
+// undecodableField is the field number of the mark, the largest there is
+// (no message of the API comes near it).
+const undecodableField = protowire.MaxValidNumber
+
+// undecodableTag opens the mark's content: random per process.
+var undecodableTag = func() (t [16]byte) {
+	_, _ = rand.Read(t[:])
+	return t
+}()
+
+// undecodable returns the INVALID_ARGUMENT status for a request marked by
+// codec.Unmarshal, nil for any other.
+func undecodable(v any) error {
+	m, ok := v.(gproto.Message)
+	if !ok {
+		return nil
+	}
+	u := m.ProtoReflect().GetUnknown()
+	num, typ, n := protowire.ConsumeTag(u)
+	if n < 0 || num != undecodableField || typ != protowire.BytesType {
+		return nil
+	}
+	b, k := protowire.ConsumeBytes(u[n:])
+	if k < 0 || n+k != len(u) || !bytes.HasPrefix(b, undecodableTag[:]) {
+		return nil
+	}
+	name := m.ProtoReflect().Descriptor().FullName()
+	desc := fmt.Sprintf("the request is not a valid %s encoding: %s", name, b[len(undecodableTag):])
+	st := status.New(codes.InvalidArgument, "invalid argument: "+desc)
+	if d, err := st.WithDetails(&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Description: desc}}}); err == nil {
+		st = d
+	}
+	return st.Err()
+}
+
+// rejectUndecodable answers INVALID_ARGUMENT to a unary call whose request
+// did not decode (see codec.Unmarshal).
+func rejectUndecodable(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if err := undecodable(req); err != nil {
+		return nil, err
+	}
+	return handler(ctx, req)
+}
+
+// rejectUndecodableStream makes a stream's RecvMsg answer INVALID_ARGUMENT
+// for a message that did not decode.
+func rejectUndecodableStream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	return handler(srv, decodingStream{ss})
+}
+
+type decodingStream struct{ grpc.ServerStream }
+
+func (s decodingStream) RecvMsg(m any) error {
+	if err := s.ServerStream.RecvMsg(m); err != nil {
+		return err
+	}
+	return undecodable(m)
 }
 
 // maxNextUlidResponseSize bounds the encoding of r: per ULID, its value,

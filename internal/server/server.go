@@ -52,7 +52,8 @@ type Options struct {
 	// ShutdownTimeout bounds draining in-flight calls (default 10s).
 	ShutdownTimeout time.Duration
 	// Store is probed every HealthInterval (default 1s); health reports
-	// NOT_SERVING while it fails.
+	// NOT_SERVING while it fails: while the store does not answer, and
+	// while it answers but refuses writes (full, read-only).
 	Store          store.Pinger
 	HealthInterval time.Duration
 	// Metrics receives per-RPC metrics and the store's up gauge (nil: none).
@@ -130,6 +131,9 @@ func New(opts Options) *Server {
 		unary = append(unary, selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(check), selector.MatchFunc(needsAuth)))
 		stream = append(stream, selector.StreamServerInterceptor(auth.StreamServerInterceptor(check), selector.MatchFunc(needsAuth)))
 	}
+	// Innermost: a request that did not decode is INVALID_ARGUMENT (codec.go).
+	unary = append(unary, rejectUndecodable)
+	stream = append(stream, rejectUndecodableStream)
 	s.grpc = grpc.NewServer(append(serverOpts,
 		grpc.ChainUnaryInterceptor(unary...),
 		grpc.ChainStreamInterceptor(stream...),
@@ -229,7 +233,7 @@ func (s *Server) probe(ctx context.Context) {
 			was := s.serving
 			s.mu.Unlock()
 			if was {
-				s.opts.Log.Error("store unreachable: health is NOT_SERVING", "error", err)
+				s.opts.Log.Error(storeDownMessage(err), "error", err)
 			}
 		}
 	}
@@ -249,6 +253,19 @@ func (s *Server) probe(ctx context.Context) {
 	for name := range s.grpc.GetServiceInfo() {
 		s.health.SetServingStatus(name, st)
 	}
+}
+
+// storeDownMessage says why a failed probe made health NOT_SERVING.
+func storeDownMessage(err error) string {
+	switch {
+	case errors.Is(err, store.ErrFull):
+		return "store full (out of memory, writes refused): health is NOT_SERVING"
+	case errors.Is(err, store.ErrReadOnly):
+		return "store read-only (writes refused): health is NOT_SERVING"
+	case errors.Is(err, store.ErrNotReplicated):
+		return "store lacks replicas (writes refused): health is NOT_SERVING"
+	}
+	return "store unreachable: health is NOT_SERVING"
 }
 
 // needsAuth exempts health checks and reflection, which probes and tools

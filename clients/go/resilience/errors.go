@@ -33,6 +33,11 @@ var (
 	ErrUpstreamUnavailable    = errors.New("resilience: upstream gave no response")
 	ErrUpstreamTimeout        = errors.New("resilience: upstream timed out")
 	ErrTopicUnknown           = errors.New("resilience: topic not declared in the sidecar's config")
+	// The store states that say more than STORE_UNAVAILABLE. Each also
+	// matches ErrStoreUnavailable: UNAVAILABLE, retry after RetryDelay.
+	ErrStoreFull            = errors.New("resilience: store full (out of memory)")
+	ErrStoreReadOnly        = errors.New("resilience: store read-only")
+	ErrReplicationShortfall = errors.New("resilience: too few store replicas acknowledged the write")
 	// ErrInvalidArgument matches every INVALID_ARGUMENT; Error.Violations
 	// names the fields.
 	ErrInvalidArgument = errors.New("resilience: invalid argument")
@@ -53,7 +58,13 @@ var reasons = map[string]error{
 	"UPSTREAM_UNAVAILABLE":     ErrUpstreamUnavailable,
 	"UPSTREAM_TIMEOUT":         ErrUpstreamTimeout,
 	"TOPIC_UNKNOWN":            ErrTopicUnknown,
+	"STORE_FULL":               ErrStoreFull,
+	"STORE_READ_ONLY":          ErrStoreReadOnly,
+	"REPLICATION_SHORTFALL":    ErrReplicationShortfall,
 }
+
+// storeReasons are the reasons that also match ErrStoreUnavailable.
+var storeReasons = map[string]bool{"STORE_FULL": true, "STORE_READ_ONLY": true, "REPLICATION_SHORTFALL": true}
 
 // Error is a sidecar error with its decoded details. It matches the
 // sentinel of its reason (errors.Is) and keeps the gRPC status
@@ -78,7 +89,8 @@ func (e *Error) Error() string {
 	return "resilience: " + e.Code.String() + ": " + e.Message
 }
 
-// Is matches the sentinel of the error's reason.
+// Is matches the sentinel of the error's reason (and ErrStoreUnavailable
+// for every store reason: STORE_FULL, STORE_READ_ONLY, REPLICATION_SHORTFALL).
 // A DEADLINE_EXCEEDED or CANCELLED error also matches the context error
 // of the same meaning, so callers can test for their own deadline.
 func (e *Error) Is(target error) bool {
@@ -89,6 +101,10 @@ func (e *Error) Is(target error) bool {
 		return e.Code == codes.DeadlineExceeded
 	case context.Canceled:
 		return e.Code == codes.Canceled
+	case ErrStoreUnavailable:
+		if storeReasons[e.Reason] {
+			return true
+		}
 	}
 	s, ok := reasons[e.Reason]
 	return ok && s == target

@@ -39,6 +39,7 @@ var allSentinels = []error{
 	resilience.ErrUpstreamUnknown, resilience.ErrStoreUnavailable, resilience.ErrSagaNotFound,
 	resilience.ErrSagaStateConflict, resilience.ErrLimitExceeded, resilience.ErrClockSkew,
 	resilience.ErrShuttingDown, resilience.ErrInvalidArgument,
+	resilience.ErrStoreFull, resilience.ErrStoreReadOnly, resilience.ErrReplicationShortfall,
 }
 
 func TestFromErrorDecodesDetails(t *testing.T) {
@@ -65,6 +66,30 @@ func TestFromErrorDecodesDetails(t *testing.T) {
 					&errdetails.RetryInfo{RetryDelay: durationpb.New(1500 * time.Millisecond)})
 			},
 			code: codes.Unavailable, reason: "STORE_UNAVAILABLE", sentinels: []error{resilience.ErrStoreUnavailable}, retry: 1500 * time.Millisecond,
+		},
+		{
+			name: "store full is a store unavailable",
+			err: func(t *testing.T) error {
+				return statusErr(t, codes.Unavailable, "store full", info("STORE_FULL"),
+					&errdetails.RetryInfo{RetryDelay: durationpb.New(time.Second)})
+			},
+			code: codes.Unavailable, reason: "STORE_FULL", sentinels: []error{resilience.ErrStoreFull, resilience.ErrStoreUnavailable}, retry: time.Second,
+		},
+		{
+			name: "store read-only is a store unavailable",
+			err: func(t *testing.T) error {
+				return statusErr(t, codes.Unavailable, "read-only", info("STORE_READ_ONLY"),
+					&errdetails.RetryInfo{RetryDelay: durationpb.New(time.Second)})
+			},
+			code: codes.Unavailable, reason: "STORE_READ_ONLY", sentinels: []error{resilience.ErrStoreReadOnly, resilience.ErrStoreUnavailable}, retry: time.Second,
+		},
+		{
+			name: "replication shortfall is a store unavailable",
+			err: func(t *testing.T) error {
+				return statusErr(t, codes.Unavailable, "shortfall", info("REPLICATION_SHORTFALL"),
+					&errdetails.RetryInfo{RetryDelay: durationpb.New(time.Second)})
+			},
+			code: codes.Unavailable, reason: "REPLICATION_SHORTFALL", sentinels: []error{resilience.ErrReplicationShortfall, resilience.ErrStoreUnavailable}, retry: time.Second,
 		},
 		{
 			name: "retry info before error info",

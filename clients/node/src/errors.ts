@@ -31,6 +31,10 @@ export const Reason = {
   UPSTREAM_UNAVAILABLE: "UPSTREAM_UNAVAILABLE",
   UPSTREAM_TIMEOUT: "UPSTREAM_TIMEOUT",
   TOPIC_UNKNOWN: "TOPIC_UNKNOWN",
+  // Store states that say more than STORE_UNAVAILABLE: StoreUnavailableError too.
+  STORE_FULL: "STORE_FULL",
+  STORE_READ_ONLY: "STORE_READ_ONLY",
+  REPLICATION_SHORTFALL: "REPLICATION_SHORTFALL",
 } as const;
 export type Reason = (typeof Reason)[keyof typeof Reason];
 
@@ -140,7 +144,12 @@ export class LeaseLostError extends SidecarError {
 
 /** IDEMPOTENCY_KEY_MISMATCH: the key was first used with another fingerprint. */
 export class IdempotencyKeyMismatchError extends SidecarError {}
-/** STORE_UNAVAILABLE: the sidecar's store (Redis) did not answer; retry after retryDelayMs. */
+/**
+ * STORE_UNAVAILABLE: the sidecar's store (Redis) did not answer, or cannot
+ * serve now; retry after retryDelayMs. Also STORE_FULL (out of memory),
+ * STORE_READ_ONLY (writes refused) and REPLICATION_SHORTFALL (too few
+ * replicas acknowledged the write): `reason` tells which.
+ */
 export class StoreUnavailableError extends SidecarError {}
 /** SHUTTING_DOWN: the sidecar is stopping; retry on another instance. */
 export class ShuttingDownError extends SidecarError {}
@@ -159,6 +168,9 @@ const byReason: Record<string, new (init: SidecarErrorInit) => SidecarError> = {
   [Reason.LEASE_LOST]: LeaseLostError,
   [Reason.IDEMPOTENCY_KEY_MISMATCH]: IdempotencyKeyMismatchError,
   [Reason.STORE_UNAVAILABLE]: StoreUnavailableError,
+  [Reason.STORE_FULL]: StoreUnavailableError,
+  [Reason.STORE_READ_ONLY]: StoreUnavailableError,
+  [Reason.REPLICATION_SHORTFALL]: StoreUnavailableError,
   [Reason.SHUTTING_DOWN]: ShuttingDownError,
   [Reason.BREAKER_OPEN]: BreakerOpenError,
   [Reason.CLOCK_SKEW]: ClockSkewError,

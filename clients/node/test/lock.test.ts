@@ -183,7 +183,8 @@ describe("withLock", () => {
         async (signal) => {
           // The lock's bookkeeping vanishes (as after a failover): the
           // next renewal (every ttl/3) finds the lease gone.
-          const reply = await redisCommand(redis.port, "DEL", `rs:{default/${key}}:lock`);
+          // Key layout: docs/redis-keys.md ('/' in the name is escaped).
+          const reply = await redisCommand(redis.port, "DEL", `rs:{default/lock/${key.replaceAll("/", "%2F")}}:lock`);
           assert.equal(reply, ":1\r\n", "lock key not found in redis");
           await aborted(signal, 10_000);
           throw signal.reason;

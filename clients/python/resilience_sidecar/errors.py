@@ -190,7 +190,13 @@ class Unavailable(SidecarError):
 
 
 class StoreUnavailable(Unavailable):
-    """UNAVAILABLE/STORE_UNAVAILABLE: the sidecar's store (Redis) did not answer."""
+    """UNAVAILABLE/STORE_UNAVAILABLE: the sidecar's store (Redis) did not answer.
+
+    Also raised for the store states that say more (``reason`` tells which):
+    STORE_FULL (out of memory), STORE_READ_ONLY (writes refused) and
+    REPLICATION_SHORTFALL (too few replicas acknowledged the write). Retry
+    after ``retry_delay``.
+    """
 
 
 class ShuttingDown(Unavailable):
@@ -256,6 +262,9 @@ _BY_REASON: dict[str, type[SidecarError]] = {
     "UPSTREAM_UNAVAILABLE": UpstreamUnavailable,
     "UPSTREAM_TIMEOUT": UpstreamTimeout,
     "STORE_UNAVAILABLE": StoreUnavailable,
+    "STORE_FULL": StoreUnavailable,
+    "STORE_READ_ONLY": StoreUnavailable,
+    "REPLICATION_SHORTFALL": StoreUnavailable,
     "SAGA_NOT_FOUND": SagaNotFound,
     "SAGA_STATE_CONFLICT": SagaStateConflict,
     "LIMIT_EXCEEDED": LimitExceeded,

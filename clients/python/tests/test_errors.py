@@ -23,6 +23,7 @@ from resilience_sidecar import (
     Unauthenticated,
     Unavailable,
 )
+from resilience_sidecar.errors import error_class
 from resilience_sidecar.v1 import clock_pb2, lock_pb2
 
 UNKNOWN_LEASE = "0123456789abcdef0123456789abcdef"  # well-formed: 128 bits in hex
@@ -70,6 +71,13 @@ def test_future_and_with_call_raise_typed_errors_too(client: Client) -> None:
     assert isinstance(fut.exception(), InvalidArgument)
     resp, call = client.locks.GetLock.with_call(lock_pb2.GetLockRequest(key="with-call"))
     assert call.code() == grpc.StatusCode.OK and not resp.held
+
+
+@pytest.mark.parametrize("reason", ["STORE_UNAVAILABLE", "STORE_FULL", "STORE_READ_ONLY", "REPLICATION_SHORTFALL"])
+def test_store_states_are_store_unavailable(reason: str) -> None:
+    assert error_class(grpc.StatusCode.UNAVAILABLE, reason) is StoreUnavailable
+    err = StoreUnavailable(grpc.StatusCode.UNAVAILABLE, reason, "store", retry_delay=1.0)
+    assert isinstance(err, Unavailable) and err.reason == reason
 
 
 def test_errors_survive_pickling() -> None:

@@ -53,6 +53,15 @@ public class SidecarException extends StatusRuntimeException {
   public static final String CLOCK_SKEW = "CLOCK_SKEW";
   public static final String SHUTTING_DOWN = "SHUTTING_DOWN";
   public static final String TOPIC_UNKNOWN = "TOPIC_UNKNOWN";
+  public static final String PERMIT_UNKNOWN = "PERMIT_UNKNOWN";
+  public static final String UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE";
+  public static final String UPSTREAM_TIMEOUT = "UPSTREAM_TIMEOUT";
+
+  /** Store states that say more than {@value #STORE_UNAVAILABLE}: {@link StoreUnavailableException}. */
+  public static final String STORE_FULL = "STORE_FULL";
+
+  public static final String STORE_READ_ONLY = "STORE_READ_ONLY";
+  public static final String REPLICATION_SHORTFALL = "REPLICATION_SHORTFALL";
 
   private final String reason;
   private final Duration retryDelay;
@@ -160,7 +169,8 @@ public class SidecarException extends StatusRuntimeException {
     return switch (d.reason()) {
       case LEASE_LOST -> new LeaseLostException(status, trailers, d, "");
       case IDEMPOTENCY_KEY_MISMATCH -> new IdempotencyKeyMismatchException(status, trailers, d);
-      case STORE_UNAVAILABLE -> new StoreUnavailableException(status, trailers, d);
+      case STORE_UNAVAILABLE, STORE_FULL, STORE_READ_ONLY, REPLICATION_SHORTFALL ->
+          new StoreUnavailableException(status, trailers, d);
       case BREAKER_OPEN -> new BreakerOpenException(status, trailers, d);
       case UPSTREAM_UNKNOWN -> new UpstreamUnknownException(status, trailers, d);
       case SAGA_NOT_FOUND -> new SagaNotFoundException(status, trailers, d);

@@ -4,9 +4,11 @@ import io.grpc.Metadata;
 import io.grpc.Status;
 
 /**
- * The sidecar's store did not answer in time ({@code UNAVAILABLE}/{@code STORE_UNAVAILABLE});
- * {@link #retryDelay()} says when to retry. Nothing was changed, or the change is unknown for
- * writes whose answer was lost.
+ * The sidecar's store did not answer in time ({@code UNAVAILABLE}/{@code STORE_UNAVAILABLE}), or
+ * answered that it cannot serve now: {@code STORE_FULL} (out of memory), {@code STORE_READ_ONLY}
+ * (writes refused), {@code REPLICATION_SHORTFALL} (too few replicas acknowledged the write); {@link
+ * #reason()} tells which and {@link #retryDelay()} says when to retry. Nothing was changed, or the
+ * change is unknown for writes whose answer was lost.
  */
 public class StoreUnavailableException extends SidecarException {
   private static final long serialVersionUID = 1L;
