@@ -17,6 +17,7 @@ import (
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/events"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/outbox"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
 )
 
@@ -98,7 +99,7 @@ func dedupEventPayloads(t *testing.T, ctx context.Context, rdb *redis.Client, to
 	pipe := rdb.Pipeline()
 	gets := make([]*redis.StringCmd, len(ids))
 	for i, id := range ids {
-		gets[i] = pipe.Get(ctx, stream+":dedup:"+outbox.IdempotencyKey("outbox", id))
+		gets[i] = pipe.Get(ctx, stream+":dedup:"+redisx.Part(outbox.IdempotencyKey("outbox", id)))
 	}
 	_, _ = pipe.Exec(ctx)
 	pipe = rdb.Pipeline()
