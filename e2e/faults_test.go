@@ -216,7 +216,7 @@ func TestClusterReshardingUnderLoad(t *testing.T) {
 	sidecars := tp.sidecars(t, 2, ns)
 	lockKeys := []string{"acct/1", "acct/2", "acct/3", "acct/4"}
 	slotOf := func(c redisx.Capability, key, suffix string) int {
-		return int(clusterSlot(redisx.Key(ns, c, key, suffix)))
+		return redisx.Slot(redisx.Key(ns, c, key, suffix))
 	}
 	moving := map[int]bool{}
 	for _, k := range lockKeys {
@@ -400,46 +400,13 @@ func keysInSlots(prefix, suffix string, slots map[int]bool, n int) []string {
 	for i := 0; len(out) < n; i++ {
 		b := strconv.AppendInt(buf[:len(prefix)], int64(i), 10)
 		b = append(b, suffix...)
-		if slots[int(clusterSlot(string(b)))] {
+		if slots[redisx.Slot(string(b))] {
 			out = append(out, "op-"+strconv.Itoa(i))
 		}
 		buf = b
 	}
 	return out
 }
-
-// clusterSlot is Redis Cluster's HASH_SLOT: CRC16 (XMODEM) of the hash tag
-// (or the whole key) modulo 16384. It is called for about a million
-// candidate keys, so it is not instrumented by the race detector.
-//
-//go:norace
-func clusterSlot(key string) uint16 {
-	if i := strings.IndexByte(key, '{'); i >= 0 {
-		if j := strings.IndexByte(key[i+1:], '}'); j > 0 {
-			key = key[i+1 : i+1+j]
-		}
-	}
-	var crc uint16
-	for k := 0; k < len(key); k++ {
-		crc = crc<<8 ^ crc16Table[byte(crc>>8)^key[k]]
-	}
-	return crc % 16384
-}
-
-var crc16Table = func() (t [256]uint16) {
-	for i := range t {
-		crc := uint16(i) << 8
-		for range 8 {
-			if crc&0x8000 != 0 {
-				crc = crc<<1 ^ 0x1021
-			} else {
-				crc <<= 1
-			}
-		}
-		t[i] = crc
-	}
-	return t
-}()
 
 // ---- Failover ----
 

@@ -100,8 +100,9 @@ func TestLockQueuePassesToTheSidecarThatWaitedFirst(t *testing.T) {
 	waitQueueLen(t, rdb, "fifo", 0)
 }
 
-// A sidecar killed while queued holds up the others only until its entry
-// expires (lock.DefaultQueueTTL), not until their waits time out.
+// A sidecar killed while queued holds up the others only for the grace a
+// free lock is kept for the queue's head (lock.DefaultGrace), not until
+// their waits time out.
 func TestLockQueueEntryOfKilledSidecarExpires(t *testing.T) {
 	rd := testharness.StartRedis(t)
 	rdb := rd.Client(t)

@@ -19,6 +19,9 @@ import (
 // keyWaiterRate is how many waiters arrive per second.
 const keyWaiterRate = 2000
 
+// keyWaitTimeout is the waiters' wait_timeout.
+const keyWaitTimeout = 5 * time.Minute
+
 // runKeyWaiters measures waiting on many distinct keys at once (issue 16,
 // section 2): on a fresh Redis (or 3-master Cluster) and a fresh sidecar,
 // n keys are held, one caller waits on each, and then every holder
@@ -55,6 +58,15 @@ func (t *targetRun) runKeyWaiters(cluster bool) {
 		}
 		return total
 	}
+	// Release channels subscribed: one per key waited on.
+	subscribed := func() int {
+		total := 0
+		for _, c := range nodes {
+			v, _ := strconv.Atoi(redisInfo(context.Background(), c, "stats")["pubsubshard_channels"])
+			total += v
+		}
+		return total
+	}
 	maddr := testharness.FreeAddr(tb)
 	sc := testharness.StartSidecar(tb, t.env.Bin, append(args, "--redis-url", url, "--metrics-listen", maddr)...)
 	defer sc.Kill()
@@ -67,7 +79,7 @@ func (t *targetRun) runKeyWaiters(cluster bool) {
 	var holdErrs atomic.Int64
 	runParallel(n, 256, func(i int) {
 		r, err := v1.NewLockServiceClient(conns[i%len(conns)]).AcquireLock(ctx,
-			&v1.AcquireLockRequest{Key: key(i), Ttl: durationpb.New(10 * time.Minute), Owner: "holder"})
+			&v1.AcquireLockRequest{Key: key(i), Ttl: durationpb.New(2 * keyWaitTimeout), Owner: "holder"})
 		if err != nil || !r.GetAcquired() {
 			holdErrs.Add(1)
 			return
@@ -93,7 +105,7 @@ func (t *targetRun) runKeyWaiters(cluster bool) {
 			defer wg.Done()
 			c := v1.NewLockServiceClient(conns[i%len(conns)])
 			r, err := c.AcquireLock(ctx, &v1.AcquireLockRequest{Key: key(i), Ttl: durationpb.New(time.Minute),
-				WaitTimeout: durationpb.New(5 * time.Minute), Owner: "waiter"})
+				WaitTimeout: durationpb.New(keyWaitTimeout), Owner: "waiter"})
 			if err != nil || !r.GetAcquired() {
 				if failed.Add(1) == 1 {
 					firstErr.Store(fmt.Errorf("waiter: %v (acquired %v)", err, r.GetAcquired()))
@@ -104,17 +116,9 @@ func (t *targetRun) runKeyWaiters(cluster bool) {
 			_, _ = c.ReleaseLock(context.Background(), &v1.ReleaseLockRequest{Key: key(i), LeaseId: r.GetLease().GetLeaseId()})
 		}()
 	}
-	// Every waiter is in: its handler goroutine exists, and its wait is
-	// registered (the goroutine count stops growing).
-	for last, stable := 0, 0; stable < 3 && time.Since(t0) < 5*time.Minute; {
+	// Every waiter is in once its key's release channel is subscribed.
+	for time.Since(t0) < keyWaitTimeout/2 && subscribed() < n && failed.Load() == 0 {
 		time.Sleep(500 * time.Millisecond)
-		g := goroutines(maddr)
-		if g >= g0+n && g == last {
-			stable++
-		} else {
-			stable = 0
-		}
-		last = g
 		maxClients.Store(max(maxClients.Load(), int64(sidecarClients())))
 	}
 	allIn := time.Since(t0)

@@ -279,10 +279,8 @@ func member(rep Reporter, nonce Nonce) string {
 }
 
 func (r *RedisStore) run(ctx context.Context, s *redis.Script, name string, p Policy, extra ...any) ([]int64, error) {
-	sctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	v, err := s.Run(sctx, r.rdb, r.keys(name), append(policyArgs(p), extra...)...).Result()
-	if err = redisx.Classify(ctx, err); err != nil {
+	v, err := redisx.Runner{Client: r.rdb, Timeout: r.timeout}.Run(ctx, s, r.keys(name), append(policyArgs(p), extra...)...)
+	if err != nil {
 		return nil, err
 	}
 	a, ok := v.([]any)

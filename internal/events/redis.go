@@ -278,13 +278,11 @@ func (r *RedisStore) key(topic, suffix string) string {
 func (r *RedisStore) StreamKey(topic string) string { return r.key(topic, "") }
 
 func (r *RedisStore) run(ctx context.Context, s *redis.Script, keys []string, args ...any) (any, error) {
-	sctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	v, err := s.Run(sctx, r.rdb, keys, args...).Result()
+	v, err := redisx.Runner{Client: r.rdb, Timeout: r.timeout}.Run(ctx, s, keys, args...)
 	if err != nil && strings.Contains(err.Error(), "NOGROUP") && ctx.Err() == nil {
 		return nil, ErrNoGroup
 	}
-	return v, redisx.Classify(ctx, err)
+	return v, err
 }
 
 // Publish implements Store.

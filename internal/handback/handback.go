@@ -12,9 +12,12 @@ package handback
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"sync"
 	"time"
+
+	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
 )
 
 // RevokeFunc gives back what leaseID may hold on key. It returns nil once
@@ -106,6 +109,28 @@ func (q *Queue) Give(key, leaseID string, until time.Time) {
 	if err != nil {
 		q.Add(key, leaseID, until)
 	}
+}
+
+// Slack is how long after a grant's TTL a give-back is still tried: it
+// covers the store timeout and the store's LateGrace, past which nothing
+// granted in the failed call can still be held.
+const Slack = 45 * time.Second
+
+// GiveBack gives back what leaseID may hold on key for ttl after a call
+// that failed with cause (nil: the caller gave up and the store is
+// presumably healthy). After a store failure (cause wraps
+// store.ErrUnavailable) the first try is made in the background (Add), so
+// that the failed call returns at once; otherwise (the caller gave up, or
+// replicas did not acknowledge a write the master made) it is made before
+// GiveBack returns (Give). Either way it is retried until the store
+// confirms or until ttl+Slack.
+func (q *Queue) GiveBack(key, leaseID string, ttl time.Duration, cause error) {
+	until := time.Now().Add(ttl + Slack)
+	if errors.Is(cause, store.ErrUnavailable) && !errors.Is(cause, store.ErrNotReplicated) {
+		q.Add(key, leaseID, until)
+		return
+	}
+	q.Give(key, leaseID, until)
 }
 
 // Pending returns how many revocations wait for confirmation.

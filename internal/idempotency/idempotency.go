@@ -34,7 +34,6 @@ import (
 	"time"
 
 	"github.com/seed-a88e5317/resilience-sidecar/internal/handback"
-	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
 )
 
 // Errors callers switch on.
@@ -314,36 +313,16 @@ func (s *Service) CheckOrRecord(ctx context.Context, key string, opts Options) (
 func (s *Service) settle(ctx context.Context, key, leaseID string, ttl time.Duration, c Claim, err error) (Claim, error) {
 	if err != nil {
 		if !errors.Is(err, ErrKeyMismatch) { // a mismatch is an answer: nothing was claimed
-			s.giveBack(key, leaseID, ttl, err)
+			s.handBack.GiveBack(key, leaseID, ttl, err)
 		}
 		return Claim{}, err
 	}
 	if c.Outcome == Started && !handback.Deliverable(ctx) {
-		s.giveBack(key, leaseID, ttl, nil)
+		s.handBack.GiveBack(key, leaseID, ttl, nil)
 		return Claim{}, handback.Undeliverable(ctx)
 	}
 	return withRetryAfter(c), nil
 }
-
-// giveBack revokes what leaseID may own of key, in the background, until
-// the store confirms or the lease would have expired anyway.
-//
-// After a store failure (cause wraps store.ErrUnavailable) the first try is
-// made in the background too, so that the failed call returns at once;
-// otherwise (the caller gave up, or replicas did not acknowledge a write
-// the master made) it is made before giveBack returns.
-func (s *Service) giveBack(key, leaseID string, ttl time.Duration, cause error) {
-	until := time.Now().Add(ttl + handBackSlack)
-	if errors.Is(cause, store.ErrUnavailable) && !errors.Is(cause, store.ErrNotReplicated) {
-		s.handBack.Add(key, leaseID, until)
-		return
-	}
-	s.handBack.Give(key, leaseID, until)
-}
-
-// handBackSlack covers the store timeout and the store's LateGrace after a
-// lease's TTL: past it, nothing claimed in the call can still be held.
-const handBackSlack = 45 * time.Second
 
 func withRetryAfter(c Claim) Claim {
 	if c.Outcome == InProgress {

@@ -16,7 +16,7 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
 )
 
-// A record is one hash at rs:{ns/key}:idem:
+// A record is one hash at rs:{ns/idem/key}:idem:
 //
 //	st     "p" in progress, "c" completed
 //	fp     fingerprint
@@ -32,7 +32,7 @@ import (
 // Expiry is decided by comparing exp with Redis TIME; the key itself
 // expires retention after the lease (in progress) or after the completion,
 // which is when the record is forgotten. Completions and releases are
-// announced on the sharded channel rs:{ns/key}:idem:done, in the same slot.
+// announced on the sharded channel rs:{ns/idem/key}:idem:done, in the same slot.
 const idemPrelude = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -174,20 +174,8 @@ func (r *RedisStore) revoked(key string) string {
 	return redisx.Key(r.ns, redisx.Idempotency, key, "idem:revoked")
 }
 
-func (r *RedisStore) run(ctx context.Context, s *redis.Script, key string, args ...any) (any, error) {
-	sctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	v, err := s.Run(sctx, r.rdb, []string{r.key(key)}, args...).Result()
-	return v, redisx.Classify(ctx, err)
-}
-
-// runDurable is run for a write that must reach r.wait.Replicas replicas
-// when wrote(reply) says it changed something.
-func (r *RedisStore) runDurable(ctx context.Context, s *redis.Script, wrote func(any) bool, keys []string, args ...any) (any, error) {
-	sctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	v, err := redisx.RunWait(sctx, r.rdb, s, r.wait, wrote, keys, args...)
-	return v, redisx.Classify(ctx, err)
+func (r *RedisStore) runner() redisx.Runner {
+	return redisx.Runner{Client: r.rdb, Timeout: r.timeout, Wait: r.wait}
 }
 
 // started reports whether a check_or_record reply claimed the key.
@@ -204,8 +192,8 @@ func stored(v any) bool { n, ok := v.(int64); return ok && n >= 0 }
 
 // CheckOrRecord implements Store.
 func (r *RedisStore) CheckOrRecord(ctx context.Context, key, leaseID string, opts Options) (Claim, error) {
-	v, err := r.runDurable(ctx, checkOrRecordScript, started, []string{r.key(key), r.revoked(key)},
-		opts.Fingerprint, leaseID, opts.LeaseTTL.Milliseconds(), opts.Retention.Milliseconds(), r.latest(ctx).UnixMilli())
+	v, err := r.runner().RunDurable(ctx, checkOrRecordScript, started, []string{r.key(key), r.revoked(key)},
+		opts.Fingerprint, leaseID, opts.LeaseTTL.Milliseconds(), opts.Retention.Milliseconds(), redisx.Latest(ctx, r.timeout))
 	if err != nil {
 		// The Service hands the lease id back (Revoke): the script may
 		// have run, and nobody will ever learn this lease id.
@@ -259,13 +247,13 @@ func (r *RedisStore) CheckOrRecord(ctx context.Context, key, leaseID string, opt
 
 // Complete implements Store.
 func (r *RedisStore) Complete(ctx context.Context, key, leaseID string, res Result) (time.Time, error) {
-	v, err := r.runDurable(ctx, completeScript, stored, []string{r.key(key)}, leaseID, res.Data, encodeMetadata(res.Metadata), r.channel(key))
+	v, err := r.runner().RunDurable(ctx, completeScript, stored, []string{r.key(key)}, leaseID, res.Data, encodeMetadata(res.Metadata), r.channel(key))
 	return expiryReply(v, err)
 }
 
 // Checkpoint implements Store.
 func (r *RedisStore) Checkpoint(ctx context.Context, key, leaseID string, cp Checkpoint) (time.Time, error) {
-	v, err := r.runDurable(ctx, checkpointScript, stored, []string{r.key(key)}, leaseID, cp.RecoveryPoint, cp.Data)
+	v, err := r.runner().RunDurable(ctx, checkpointScript, stored, []string{r.key(key)}, leaseID, cp.RecoveryPoint, cp.Data)
 	return expiryReply(v, err)
 }
 
@@ -284,35 +272,18 @@ func expiryReply(v any, err error) (time.Time, error) {
 	return time.UnixMilli(n), nil
 }
 
-// LateGrace is how long after its caller gave up (by the sidecar's clock)
-// a claim may still be made by the store (by the store's clock): it covers
-// a clock difference between the two. Revocations are kept as long.
-const LateGrace = 5 * time.Second
-
-// latest is when a claim sent now with ctx is refused by the store as too
-// late: the call's deadline (at most the store timeout) plus LateGrace.
-func (r *RedisStore) latest(ctx context.Context) time.Time {
-	latest := time.Now().Add(r.timeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(latest) {
-		latest = d
-	}
-	return latest.Add(LateGrace)
-}
-
 // Revoke implements Store. A claim by leaseID sent before Revoke was
-// called runs no later than now+timeout+LateGrace by the store's clock, so
+// called runs no later than now+timeout+redisx.LateGrace by the store's clock, so
 // the revocation is kept until then.
 func (r *RedisStore) Revoke(ctx context.Context, key, leaseID string) error {
-	sctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	keep := time.Now().Add(r.timeout + LateGrace).UnixMilli()
-	err := revokeScript.Run(sctx, r.rdb, []string{r.key(key), r.revoked(key)}, leaseID, r.channel(key), keep).Err()
-	return redisx.Classify(ctx, err)
+	keep := redisx.RevocationKeep(r.timeout)
+	_, err := r.runner().Run(ctx, revokeScript, []string{r.key(key), r.revoked(key)}, leaseID, r.channel(key), keep)
+	return err
 }
 
 // Release implements Store.
 func (r *RedisStore) Release(ctx context.Context, key, leaseID string) error {
-	v, err := r.run(ctx, releaseScript, key, leaseID, r.channel(key))
+	v, err := r.runner().Run(ctx, releaseScript, []string{r.key(key)}, leaseID, r.channel(key))
 	if err != nil {
 		return err
 	}
@@ -324,7 +295,7 @@ func (r *RedisStore) Release(ctx context.Context, key, leaseID string) error {
 
 // Get implements Store.
 func (r *RedisStore) Get(ctx context.Context, key string) (Info, error) {
-	v, err := r.run(ctx, getScript, key)
+	v, err := r.runner().Run(ctx, getScript, []string{r.key(key)})
 	if err != nil {
 		return Info{}, err
 	}

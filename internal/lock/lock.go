@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/seed-a88e5317/resilience-sidecar/internal/handback"
-	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
 )
 
 // Errors callers switch on.
@@ -108,25 +107,22 @@ type BatchRenewer interface {
 
 // Queue is implemented by stores shared between sidecars that keep, per key,
 // a FIFO of the sidecars with callers waiting for it (docs/locks.md). While
-// that queue is not empty, a free lock goes only to the sidecar at its head;
-// TryAcquire (a caller that does not wait) never jumps it.
+// that queue is not empty, a free lock is kept for the sidecar at its head
+// for a short grace, after which a head that did not take it is skipped;
+// TryAcquire (a caller that does not wait) never jumps the queue.
 type Queue interface {
 	// TryAcquireQueued is TryAcquire for a caller that waits: when it is
 	// refused, this sidecar is put in the key's queue (or its entry
-	// refreshed). When granted, the sidecar leaves the queue, and is put
-	// back at its tail if more says other callers of this sidecar still
-	// wait. retryAt is when to try again if no release arrives first: the
-	// holder's expiry, or the expiry of the head's entry when the lock is
-	// free but kept for another sidecar (the holder is then empty).
-	TryAcquireQueued(ctx context.Context, key, leaseID, owner string, ttl time.Duration, more bool) (lease Lease, holder Holder, acquired bool, retryAt time.Time, err error)
+	// refreshed) for stay, the longest its callers still wait. When
+	// granted, the sidecar leaves the queue, and is put back at its tail
+	// if more says other callers of this sidecar still wait. retryAt is
+	// when to try again if no release arrives first: the holder's expiry,
+	// or the end of the head's grace when the lock is free but kept for
+	// another sidecar (the holder is then empty).
+	TryAcquireQueued(ctx context.Context, key, leaseID, owner string, ttl time.Duration, more bool, stay time.Duration) (lease Lease, holder Holder, acquired bool, retryAt time.Time, err error)
 	// LeaveQueue takes this sidecar out of key's queue (its last waiter
 	// gave up), waking the next sidecar if this one was at the head.
 	LeaveQueue(ctx context.Context, key string) error
-	// RefreshQueues extends this sidecar's entries in the queues of keys,
-	// in one round trip. An entry not refreshed for QueueTTL is dropped.
-	RefreshQueues(ctx context.Context, keys []string) error
-	// QueueTTL is the lifetime of an entry without a refresh.
-	QueueTTL() time.Duration
 }
 
 // AcquireOptions are the parameters of one acquisition.
@@ -142,7 +138,6 @@ type AcquireOptions struct {
 // tries the store, when a release is announced or the holder's lease
 // expires; the others wait their turn (queue.go). One goroutine, started
 // when needed and gone when idle, renews every HoldLock session in batches
-// and refreshes this sidecar's entries in the store's wait queues
 // (renewer.go). Close stops it.
 type Service struct {
 	store   Store
@@ -235,30 +230,14 @@ func (s *Service) Acquire(ctx context.Context, key string, opts AcquireOptions) 
 // nobody will see: after an error the store may have granted it.
 func (s *Service) settle(ctx context.Context, key, leaseID string, ttl time.Duration, lease Lease, holder Holder, ok bool, err error) (Lease, Holder, bool, error) {
 	if err != nil {
-		s.giveBack(key, leaseID, ttl, err)
+		s.handBack.GiveBack(key, leaseID, ttl, err)
 		return Lease{}, Holder{}, false, err
 	}
 	if ok && !handback.Deliverable(ctx) {
-		s.giveBack(key, leaseID, ttl, nil)
+		s.handBack.GiveBack(key, leaseID, ttl, nil)
 		return Lease{}, Holder{}, false, handback.Undeliverable(ctx)
 	}
 	return lease, holder, ok, nil
-}
-
-// giveBack revokes what leaseID may hold on key, in the background, until
-// the store confirms or the grant would have expired anyway.
-//
-// After a store failure (cause wraps store.ErrUnavailable) the first try is
-// made in the background too, so that the failed call returns at once;
-// otherwise (the caller gave up, or replicas did not acknowledge a write
-// the master made) it is made before giveBack returns.
-func (s *Service) giveBack(key, leaseID string, ttl time.Duration, cause error) {
-	until := time.Now().Add(ttl + handBackSlack)
-	if errors.Is(cause, store.ErrUnavailable) && !errors.Is(cause, store.ErrNotReplicated) {
-		s.handBack.Add(key, leaseID, until)
-		return
-	}
-	s.handBack.Give(key, leaseID, until)
 }
 
 // releaseNow releases lease at once, with its own deadline, for cleanups
@@ -268,13 +247,9 @@ func (s *Service) releaseNow(lease Lease, ttl time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.releaseTimeout)
 	defer cancel()
 	if err := s.store.Revoke(ctx, lease.Key, lease.LeaseID); err != nil {
-		s.handBack.Add(lease.Key, lease.LeaseID, time.Now().Add(ttl+handBackSlack))
+		s.handBack.Add(lease.Key, lease.LeaseID, time.Now().Add(ttl+handback.Slack))
 	}
 }
-
-// handBackSlack covers the store timeout and the store's LateGrace after a
-// grant's TTL: past it, nothing granted in the call can still be held.
-const handBackSlack = 45 * time.Second
 
 // Release frees the lock held by leaseID. ErrLeaseLost when it is not held
 // by leaseID any more.

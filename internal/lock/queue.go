@@ -17,9 +17,10 @@ import (
 // with waiters, whatever the number of callers.
 //
 // On a store with a shared Queue, the head's tries also keep this sidecar
-// in the key's queue of sidecars, and the store grants a free lock only to
-// the sidecar at that queue's head: the lock passes between sidecars in the
-// order they started waiting.
+// in the key's queue of sidecars (for as long as its longest waiter waits),
+// and the store keeps a free lock for the sidecar at that queue's head for a
+// short grace: the lock passes between sidecars in the order they started
+// waiting, and a sidecar that died in the queue is skipped after the grace.
 
 // minRetry floors the wake-up timer, so that a clock difference between
 // sidecar and store cannot turn the wait into a busy loop.
@@ -44,8 +45,9 @@ type keyQueue struct {
 
 // waiter is one caller in a keyQueue; turn is closed when it becomes head.
 type waiter struct {
-	turn chan struct{}
-	elem *list.Element
+	turn     chan struct{}
+	elem     *list.Element
+	deadline time.Time // when its wait ends
 }
 
 // Waiters returns how many callers of this Service wait for key.
@@ -59,7 +61,7 @@ func (s *Service) Waiters(key string) int {
 }
 
 // join appends a waiter to key's queue, creating the queue if needed.
-func (s *Service) join(ctx context.Context, key string) (*keyQueue, *waiter, error) {
+func (s *Service) join(ctx context.Context, key string, deadline time.Time) (*keyQueue, *waiter, error) {
 	for {
 		s.mu.Lock()
 		q := s.waits[key]
@@ -78,15 +80,12 @@ func (s *Service) join(ctx context.Context, key string) (*keyQueue, *waiter, err
 			q = &keyQueue{key: key, waiters: list.New(), closed: make(chan struct{})}
 			s.waits[key] = q
 		}
-		w := &waiter{turn: make(chan struct{})}
+		w := &waiter{turn: make(chan struct{}), deadline: deadline}
 		w.elem = q.waiters.PushBack(w)
 		if q.waiters.Len() == 1 {
 			close(w.turn)
 		}
 		s.mu.Unlock()
-		if created && s.queue != nil {
-			s.renew.watchKey(key)
-		}
 		return q, w, nil
 	}
 }
@@ -124,7 +123,6 @@ func (s *Service) leave(q *keyQueue, w *waiter) Holder {
 			}
 			cancel()
 		}
-		s.renew.unwatchKey(q.key)
 	}
 	s.mu.Lock()
 	if s.waits[q.key] == q {
@@ -138,7 +136,7 @@ func (s *Service) leave(q *keyQueue, w *waiter) Holder {
 // wait is Acquire with opts.Wait > 0.
 func (s *Service) wait(ctx context.Context, key, leaseID string, opts AcquireOptions) (Lease, Holder, bool, error) {
 	deadline := time.Now().Add(opts.Wait)
-	q, w, err := s.join(ctx, key)
+	q, w, err := s.join(ctx, key, deadline)
 	if err != nil {
 		return Lease{}, Holder{}, false, err
 	}
@@ -159,12 +157,16 @@ func (s *Service) wait(ctx context.Context, key, leaseID string, opts AcquireOpt
 		// A fresh queue: try before subscribing, so that a free lock costs
 		// no subscription; then subscribe and try again, so that a release
 		// between the two is not lost.
-		lease, holder, ok, err := s.try(ctx, q, key, leaseID, opts)
+		lease, holder, ok, err := s.tryAside(ctx, q, key, leaseID, opts)
 		if err != nil || ok {
 			s.leave(q, w)
 			return s.settle(ctx, key, leaseID, opts.TTL, lease, holder, ok, err)
 		}
-		released, stop, err := s.store.WatchRelease(ctx, key)
+		var (
+			released <-chan struct{}
+			stop     func()
+		)
+		aside(func() { released, stop, err = s.store.WatchRelease(ctx, key) })
 		if err != nil {
 			s.leave(q, w)
 			return Lease{}, holder, false, err
@@ -173,7 +175,7 @@ func (s *Service) wait(ctx context.Context, key, leaseID string, opts AcquireOpt
 	}
 	for {
 		if !skip {
-			lease, holder, ok, err := s.try(ctx, q, key, leaseID, opts)
+			lease, holder, ok, err := s.tryAside(ctx, q, key, leaseID, opts)
 			if err != nil || ok {
 				s.leave(q, w)
 				return s.settle(ctx, key, leaseID, opts.TTL, lease, holder, ok, err)
@@ -185,15 +187,11 @@ func (s *Service) wait(ctx context.Context, key, leaseID string, opts AcquireOpt
 		if remaining <= 0 {
 			return Lease{}, s.leave(q, w), false, nil
 		}
-		// Also wake when the holder's lease would expire: a crashed holder
-		// never publishes a release. With a shared queue, also wake at
-		// least once per entry lifetime, in case a release was announced
-		// while the subscription was reconnecting.
-		wake := min(remaining, max(q.wakeAt.Sub(now), minRetry))
-		if s.queue != nil {
-			wake = min(wake, s.queue.QueueTTL())
-		}
-		timer.Reset(wake)
+		// Also wake when the holder's lease would expire (a crashed holder
+		// never publishes a release), or when the reservation for another
+		// sidecar ends. A release missed while the subscription was down is
+		// signalled when it is back (redisx.Watches).
+		timer.Reset(min(remaining, max(q.wakeAt.Sub(now), minRetry)))
 		select {
 		case <-q.released:
 		case <-timer.C:
@@ -201,6 +199,35 @@ func (s *Service) wait(ctx context.Context, key, leaseID string, opts AcquireOpt
 			s.leave(q, w)
 			return Lease{}, Holder{}, false, ctx.Err()
 		}
+	}
+}
+
+// tryAside is try run aside.
+func (s *Service) tryAside(ctx context.Context, q *keyQueue, key, leaseID string, opts AcquireOptions) (lease Lease, holder Holder, ok bool, err error) {
+	aside(func() { lease, holder, ok, err = s.try(ctx, q, key, leaseID, opts) })
+	return lease, holder, ok, err
+}
+
+// aside runs f on a goroutine of its own and waits for it. A waiting
+// caller's goroutine is parked for up to minutes and keeps the stack of the
+// deepest call it made; store calls and subscriptions run deep (the Redis
+// client's hooks, pipeline and slot routing), so they run aside and the
+// caller's stack stays small: about half the memory of a waiter
+// (docs/locks.md). A panic in f is raised again in the caller, where the
+// server's recovery turns it into an error.
+func aside(f func()) {
+	done := make(chan struct{})
+	var p any
+	go func() {
+		defer func() {
+			p = recover()
+			close(done)
+		}()
+		f()
+	}()
+	<-done
+	if p != nil {
+		panic(p)
 	}
 }
 
@@ -217,8 +244,13 @@ func (s *Service) try(ctx context.Context, q *keyQueue, key, leaseID string, opt
 	if s.queue != nil {
 		s.mu.Lock()
 		more := q.waiters.Len() > 1
+		var last time.Time // the longest wait of this sidecar's callers
+		for e := q.waiters.Front(); e != nil; e = e.Next() {
+			last = later(last, e.Value.(*waiter).deadline)
+		}
 		s.mu.Unlock()
-		lease, holder, ok, retryAt, err = s.queue.TryAcquireQueued(ctx, key, leaseID, opts.Owner, opts.TTL, more)
+		stay := max(time.Until(last), minRetry)
+		lease, holder, ok, retryAt, err = s.queue.TryAcquireQueued(ctx, key, leaseID, opts.Owner, opts.TTL, more, stay)
 		if err == nil {
 			q.enqueued = !ok || more
 		}

@@ -44,9 +44,9 @@ func (c qCountingRedis) TryAcquire(ctx context.Context, key, leaseID, owner stri
 	return c.RedisStore.TryAcquire(ctx, key, leaseID, owner, ttl)
 }
 
-func (c qCountingRedis) TryAcquireQueued(ctx context.Context, key, leaseID, owner string, ttl time.Duration, more bool) (lock.Lease, lock.Holder, bool, time.Time, error) {
+func (c qCountingRedis) TryAcquireQueued(ctx context.Context, key, leaseID, owner string, ttl time.Duration, more bool, stay time.Duration) (lock.Lease, lock.Holder, bool, time.Time, error) {
 	c.tries.Add(1)
-	return c.RedisStore.TryAcquireQueued(ctx, key, leaseID, owner, ttl, more)
+	return c.RedisStore.TryAcquireQueued(ctx, key, leaseID, owner, ttl, more, stay)
 }
 
 // qWaitFor polls cond until it holds; the bound is a safety net, not a
@@ -151,12 +151,12 @@ func TestQueueOneReleaseWakesOneWaiterPerSidecarRedis(t *testing.T) {
 	rd := testharness.StartRedis(t)
 	rdb := rd.Client(t)
 	var tries atomic.Int64
-	// Three sidecars on one Redis; entries outlive the test, so no timer
-	// adds attempts and the count depends only on the releases.
+	// Three sidecars on one Redis; a head's grace outlives the test, so no
+	// timer adds attempts and the count depends only on the releases.
 	var svcs []*lock.Service
 	for i := range 3 {
 		st := qCountingRedis{RedisStore: lock.NewRedisStore(rdb, "herd", 5*time.Second,
-			lock.WithInstanceID(fmt.Sprintf("sidecar-%d", i)), lock.WithQueueTTL(time.Hour)), tries: &tries}
+			lock.WithInstanceID(fmt.Sprintf("sidecar-%d", i)), lock.WithGrace(time.Hour)), tries: &tries}
 		svc := lock.NewService(st, nil, nil)
 		t.Cleanup(svc.Close)
 		svcs = append(svcs, svc)
@@ -288,14 +288,15 @@ func TestQueueLockPassesToTheSidecarThatWaitedFirst(t *testing.T) {
 	}
 }
 
-func TestQueueCrashedSidecarEntryExpires(t *testing.T) {
+func TestQueueCrashedSidecarIsSkipped(t *testing.T) {
 	rdb := testharness.StartRedis(t).Client(t)
 	ctx := svcCtx(t)
-	// A sidecar queued first and then died: its entry is never refreshed.
-	dead := lock.NewRedisStore(rdb, "crash", 5*time.Second, lock.WithInstanceID("dead"), lock.WithQueueTTL(300*time.Millisecond))
-	live := qSidecars(t, rdb, "crash", 1)[0]
+	// A sidecar queued first, for an hour, and then died: it never takes
+	// the lock kept for it, so the live one takes it after the grace.
+	dead := lock.NewRedisStore(rdb, "crash", 5*time.Second, lock.WithInstanceID("dead"))
+	live := qSidecars(t, rdb, "crash", 1, lock.WithGrace(300*time.Millisecond))[0]
 	held := svcMustAcquire(t, live, "k", lock.AcquireOptions{TTL: time.Hour, Owner: "holder"})
-	if _, _, ok, _, err := dead.TryAcquireQueued(ctx, "k", "dead-lease", "dead", time.Hour, false); err != nil || ok {
+	if _, _, ok, _, err := dead.TryAcquireQueued(ctx, "k", "dead-lease", "dead", time.Hour, false, time.Hour); err != nil || ok {
 		t.Fatalf("dead sidecar's try = %v %v; want queued", ok, err)
 	}
 	res := svcAcquireAsync(ctx, live, "k", lock.AcquireOptions{TTL: time.Hour, Wait: time.Minute, Owner: "live"})

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -16,24 +15,28 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
 )
 
-// A lock is one hash {lease, owner, exp, fence} at rs:{ns/key}:lock, with
+// A lock is one hash {lease, owner, exp, fence} at rs:{ns/lock/key}:lock, with
 // expiry decided by comparing exp with Redis TIME (not by key expiry), so
 // the fencing counter survives the lease. The key itself expires
 // retentionMS after the lease; losing it is safe because tokens are floored
 // by TIME in microseconds. Releases are announced on the sharded channel
-// rs:{ns/key}:lock:released, in the same slot as the hash.
+// rs:{ns/lock/key}:lock:released, in the same slot as the hash.
 const lockPrelude = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 `
 
 // A waiter's sidecar stands in the key's queue: the sorted set
-// rs:{ns/key}:lock:queue orders sidecar instance ids by arrival, and
-// rs:{ns/key}:lock:queue:exp holds each entry's expiry (Redis TIME, ms),
-// pushed forward by the sidecar's heartbeat. Stale entries (a crashed
-// sidecar) are purged by the scripts. While the queue is not empty a free
-// lock is granted only to the sidecar at its head, so a release is taken by
-// the sidecar that has waited longest, not by whoever is fastest.
+// rs:{ns/lock/key}:lock:queue orders sidecar instance ids by arrival, and
+// rs:{ns/lock/key}:lock:queue:exp holds each entry's expiry (Redis TIME,
+// ms): the end of the longest wait of that sidecar's callers, set by each
+// of its tries. Entries past it are purged by the scripts. While the queue
+// is not empty a free lock is kept for the sidecar at its head, so a release
+// is taken by the sidecar that has waited longest, not by whoever is
+// fastest; but only for a grace (fields rh, ru of the lock: the head it is
+// kept for, until when). A head that has not taken the lock by then (its
+// sidecar died, or is cut off) is dropped from the queue and the next one
+// gets the grace, so no heartbeat is needed to detect dead sidecars.
 const queuePrelude = `
 local function qpurge()
   local stale = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
@@ -51,17 +54,18 @@ end
 `
 
 // acquireScript: KEYS lock, queue, queue:exp, revoked; ARGV lease, owner,
-// ttl ms, retention ms, queue id (empty for a try that does not wait), queue
-// entry ttl ms, more ('1': re-queue the id at the tail after a grant),
-// release channel, latest (ms: a script run after it grants nothing, as its
-// caller has given up). Reply {granted, owner, fence, exp, retry_at}:
-// retry_at is when a refused waiter should try again if nothing wakes it
-// (the holder's expiry, or the expiry of the queue head's entry when the
-// lock is free but reserved for it); or {-1} when the lease id was revoked
-// or the script ran too late.
+// ttl ms, retention ms, queue id (empty for a try that does not wait), stay
+// ms (how long the queue id's callers still wait), more ('1': re-queue the
+// id at the tail after a grant), release channel, latest (ms: a script run
+// after it grants nothing, as its caller has given up), grace ms (how long
+// a free lock is kept for the queue's head). Reply {granted, owner, fence,
+// exp, retry_at}: retry_at is when a refused waiter should try again if
+// nothing wakes it (the holder's expiry, or the end of the head's grace
+// when the lock is free but kept for it); or {-1} when the lease id was
+// revoked or the script ran too late.
 var acquireScript = redisx.NewScript("lock.acquire", lockPrelude+queuePrelude+`
 if now > tonumber(ARGV[9]) or redis.call('ZSCORE', KEYS[4], ARGV[1]) then return {-1} end
-local h = redis.call('HMGET', KEYS[1], 'lease', 'owner', 'exp', 'fence')
+local h = redis.call('HMGET', KEYS[1], 'lease', 'owner', 'exp', 'fence', 'rh', 'ru')
 local fence = tonumber(h[4]) or 0
 local exp = tonumber(h[3]) or 0
 local ttl = tonumber(ARGV[3])
@@ -86,29 +90,47 @@ if h[1] and exp > now and not mine then
   return {0, h[2] or '', string.format('%.0f', fence), e, e}
 end
 if not mine then
-  if head and head ~= qid then
-    if qid ~= '' then
-      -- This waiter sleeps until a release or the head's entry expiry; the
-      -- grant to the head wakes it, to learn the new holder's expiry.
-      enqueue()
-      redis.call('HSET', KEYS[1], 'rsv', '1')
+  -- The lock is free: it is kept for the queue's head, for a grace.
+  local rh, ru = h[5], tonumber(h[6]) or 0
+  local skipped = false
+  while head and head ~= qid do
+    if rh ~= head then
+      rh, ru = head, now + tonumber(ARGV[10])
+      redis.call('HSET', KEYS[1], 'rh', rh, 'ru', string.format('%.0f', ru))
       if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
+      break
+    elseif now < ru then
+      break
     end
-    local hexp = tonumber(redis.call('ZSCORE', KEYS[3], head)) or now
-    return {0, '', string.format('%.0f', fence), '0', string.format('%.0f', hexp)}
+    -- The head let its grace pass: its sidecar is gone or cut off.
+    redis.call('ZREM', KEYS[2], head)
+    redis.call('ZREM', KEYS[3], head)
+    head, rh, skipped = qpurge(), false, true
+  end
+  if head and head ~= qid then
+    -- Refused: this waiter sleeps until a release or the grace's end; the
+    -- grant to the head (rw) wakes it, to learn the new holder's expiry,
+    -- and so does a skip, for the new head.
+    if qid ~= '' then
+      enqueue()
+      redis.call('HSET', KEYS[1], 'rw', '1')
+    end
+    if skipped then redis.call('SPUBLISH', ARGV[8], 'skipped') end
+    return {0, '', string.format('%.0f', fence), '0', string.format('%.0f', ru)}
   end
   local nowus = tonumber(t[1]) * 1000000 + tonumber(t[2])
   fence = math.max(fence + 1, nowus)
 end
 exp = now + ttl
 redis.call('HSET', KEYS[1], 'lease', ARGV[1], 'owner', ARGV[2], 'exp', string.format('%.0f', exp), 'fence', string.format('%.0f', fence))
+redis.call('HDEL', KEYS[1], 'rh', 'ru')
 redis.call('PEXPIRE', KEYS[1], ttl + tonumber(ARGV[4]))
 if qid ~= '' then
   redis.call('ZREM', KEYS[2], qid)
   redis.call('ZREM', KEYS[3], qid)
   if ARGV[7] == '1' then enqueue() end
 end
-if redis.call('HDEL', KEYS[1], 'rsv') == 1 then
+if redis.call('HDEL', KEYS[1], 'rw') == 1 then
   redis.call('SPUBLISH', ARGV[8], 'granted')
 end
 local e = string.format('%.0f', exp)
@@ -117,28 +139,22 @@ return {1, ARGV[2], string.format('%.0f', fence), e, e}
 
 // leaveScript: KEYS lock, queue, queue:exp; ARGV queue id, channel. It
 // removes the id's entry; when that entry was the head and the lock is free,
-// it announces a release so that the next sidecar in line tries.
+// it ends the head's grace and announces a release so that the next
+// sidecar in line tries.
 var leaveScript = redisx.NewScript("lock.leave", lockPrelude+`
 local head = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
 local removed = redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
-if removed == 1 and head == ARGV[1] and redis.call('ZCARD', KEYS[2]) > 0 then
-  local h = redis.call('HMGET', KEYS[1], 'lease', 'exp')
-  if not (h[1] and (tonumber(h[2]) or 0) > now) then
-    redis.call('SPUBLISH', ARGV[2], 'released')
+if removed == 1 and head == ARGV[1] then
+  if redis.call('HGET', KEYS[1], 'rh') == ARGV[1] then redis.call('HDEL', KEYS[1], 'rh', 'ru') end
+  if redis.call('ZCARD', KEYS[2]) > 0 then
+    local h = redis.call('HMGET', KEYS[1], 'lease', 'exp')
+    if not (h[1] and (tonumber(h[2]) or 0) > now) then
+      redis.call('SPUBLISH', ARGV[2], 'released')
+    end
   end
 end
 return removed
-`)
-
-// heartbeatScript: KEYS queue, queue:exp; ARGV queue id, entry ttl ms,
-// retention ms. It pushes the entry's expiry forward if it is still queued.
-var heartbeatScript = redisx.NewScript("lock.heartbeat", lockPrelude+`
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
-redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[3])
-return 1
 `)
 
 // revokeScript: KEYS lock, revoked; ARGV lease, channel, keep (ms). It
@@ -188,7 +204,7 @@ return {held, h[2] or '', h[4] or '0', string.format('%.0f', exp)}
 `)
 
 // Scripts are the Lua scripts of the Redis lock store, for preloading.
-var Scripts = []*redis.Script{acquireScript, releaseScript, revokeScript, renewScript, getScript, leaveScript, heartbeatScript}
+var Scripts = []*redis.Script{acquireScript, releaseScript, revokeScript, renewScript, getScript, leaveScript}
 
 const retentionMS = int64(time.Hour / time.Millisecond)
 
@@ -202,16 +218,17 @@ type RedisStore struct {
 
 	watches *redisx.Watches
 
-	// id names this store (this sidecar) in the wait queues; queueTTL is
-	// how long its entry outlives its last heartbeat.
-	id       string
-	queueTTL time.Duration
+	// id names this store (this sidecar) in the wait queues; grace is how
+	// long a free lock is kept for the sidecar at a queue's head.
+	id    string
+	grace time.Duration
 }
 
-// DefaultQueueTTL is how long a sidecar's entry in a key's wait queue
-// survives without a heartbeat: the longest a crashed sidecar can hold up
-// the waiters of other sidecars.
-const DefaultQueueTTL = 5 * time.Second
+// DefaultGrace is how long a free lock is kept for the sidecar at the
+// head of its wait queue: ample for a live sidecar to take it (it is woken
+// by the release), and the longest a sidecar that died while queued holds
+// up the others, once per lock hand-over.
+const DefaultGrace = 2 * time.Second
 
 // RedisOption configures a RedisStore.
 type RedisOption func(*RedisStore)
@@ -225,12 +242,12 @@ func WithWait(w redisx.Wait) RedisOption {
 	return func(r *RedisStore) { r.wait = w }
 }
 
-// WithQueueTTL sets how long this store's wait-queue entries survive
-// without a heartbeat (DefaultQueueTTL when d <= 0).
-func WithQueueTTL(d time.Duration) RedisOption {
+// WithGrace sets how long a free lock is kept for the sidecar at the head
+// of its wait queue (DefaultGrace when d <= 0).
+func WithGrace(d time.Duration) RedisOption {
 	return func(r *RedisStore) {
 		if d > 0 {
-			r.queueTTL = d
+			r.grace = d
 		}
 	}
 }
@@ -244,7 +261,7 @@ func WithInstanceID(id string) RedisOption {
 // NewRedisStore returns a store for namespace ns whose calls each take at
 // most timeout before failing with store.ErrUnavailable.
 func NewRedisStore(rdb redis.UniversalClient, ns string, timeout time.Duration, opts ...RedisOption) *RedisStore {
-	r := &RedisStore{rdb: rdb, ns: ns, timeout: timeout, watches: redisx.NewWatches(rdb, timeout), queueTTL: DefaultQueueTTL}
+	r := &RedisStore{rdb: rdb, ns: ns, timeout: timeout, watches: redisx.NewWatches(rdb, timeout), grace: DefaultGrace}
 	for _, o := range opts {
 		o(r)
 	}
@@ -276,20 +293,8 @@ func (r *RedisStore) lockKeys(key string) []string {
 	return []string{r.key(key), r.queue(key), r.queueExp(key)}
 }
 
-func (r *RedisStore) run(ctx context.Context, s *redis.Script, key string, args ...any) (any, error) {
-	sctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	v, err := s.Run(sctx, r.rdb, []string{r.key(key)}, args...).Result()
-	return v, redisx.Classify(ctx, err)
-}
-
-// runDurable is run for a write that must reach r.wait.Replicas replicas
-// when wrote(reply) says it changed something.
-func (r *RedisStore) runDurable(ctx context.Context, s *redis.Script, wrote func(any) bool, keys []string, args ...any) (any, error) {
-	sctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	v, err := redisx.RunWait(sctx, r.rdb, s, r.wait, wrote, keys, args...)
-	return v, redisx.Classify(ctx, err)
+func (r *RedisStore) runner() redisx.Runner {
+	return redisx.Runner{Client: r.rdb, Timeout: r.timeout, Wait: r.wait}
 }
 
 // granted reports whether an acquire reply granted the lock.
@@ -308,23 +313,23 @@ func renewed(v any) bool { s, _ := v.(string); return s != "" && s != "-1" }
 // sidecars wait for key, a free lock is left for the one at the queue's
 // head and TryAcquire returns acquired=false with an empty holder.
 func (r *RedisStore) TryAcquire(ctx context.Context, key, leaseID, owner string, ttl time.Duration) (Lease, Holder, bool, error) {
-	lease, holder, ok, _, err := r.acquire(ctx, key, leaseID, owner, ttl, "", false)
+	lease, holder, ok, _, err := r.acquire(ctx, key, leaseID, owner, ttl, "", false, 0)
 	return lease, holder, ok, err
 }
 
 // TryAcquireQueued implements Queue.
-func (r *RedisStore) TryAcquireQueued(ctx context.Context, key, leaseID, owner string, ttl time.Duration, more bool) (Lease, Holder, bool, time.Time, error) {
-	return r.acquire(ctx, key, leaseID, owner, ttl, r.id, more)
+func (r *RedisStore) TryAcquireQueued(ctx context.Context, key, leaseID, owner string, ttl time.Duration, more bool, stay time.Duration) (Lease, Holder, bool, time.Time, error) {
+	return r.acquire(ctx, key, leaseID, owner, ttl, r.id, more, stay)
 }
 
-func (r *RedisStore) acquire(ctx context.Context, key, leaseID, owner string, ttl time.Duration, qid string, more bool) (Lease, Holder, bool, time.Time, error) {
+func (r *RedisStore) acquire(ctx context.Context, key, leaseID, owner string, ttl time.Duration, qid string, more bool, stay time.Duration) (Lease, Holder, bool, time.Time, error) {
 	moreArg := "0"
 	if more {
 		moreArg = "1"
 	}
 	keys := []string{r.key(key), r.queue(key), r.queueExp(key), r.revoked(key)}
-	v, err := r.runDurable(ctx, acquireScript, granted, keys, leaseID, owner, ttl.Milliseconds(), retentionMS,
-		qid, r.queueTTL.Milliseconds(), moreArg, r.channel(key), r.latest(ctx).UnixMilli())
+	v, err := r.runner().RunDurable(ctx, acquireScript, granted, keys, leaseID, owner, ttl.Milliseconds(), retentionMS,
+		qid, stay.Milliseconds(), moreArg, r.channel(key), redisx.Latest(ctx, r.timeout), r.grace.Milliseconds())
 	if err != nil {
 		// The Service hands the lease id back (Revoke): the script may
 		// have run, and nobody will ever learn this lease id.
@@ -353,57 +358,19 @@ func (r *RedisStore) acquire(ctx context.Context, key, leaseID, owner string, tt
 	return Lease{Key: key, LeaseID: leaseID, Owner: owner, FencingToken: fence, ExpireTime: exp}, Holder{}, true, retryAt, nil
 }
 
-// LateGrace is how long after its caller gave up (by the sidecar's clock)
-// a grant may still be made by the store (by the store's clock): it covers
-// a clock difference between the two. Revocations are kept as long.
-const LateGrace = 5 * time.Second
-
-// latest is when a grant sent now with ctx is refused by the store as too
-// late: the call's deadline (at most the store timeout) plus LateGrace.
-func (r *RedisStore) latest(ctx context.Context) time.Time {
-	latest := time.Now().Add(r.timeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(latest) {
-		latest = d
-	}
-	return latest.Add(LateGrace)
-}
-
 // Revoke implements Store. A grant to leaseID sent before Revoke was
-// called runs no later than now+timeout+LateGrace by the store's clock
+// called runs no later than now+timeout+redisx.LateGrace by the store's clock
 // (acquire's latest), so the revocation is kept until then.
 func (r *RedisStore) Revoke(ctx context.Context, key, leaseID string) error {
-	sctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	keep := time.Now().Add(r.timeout + LateGrace).UnixMilli()
-	err := revokeScript.Run(sctx, r.rdb, []string{r.key(key), r.revoked(key)}, leaseID, r.channel(key), keep).Err()
-	return redisx.Classify(ctx, err)
+	keep := redisx.RevocationKeep(r.timeout)
+	_, err := r.runner().Run(ctx, revokeScript, []string{r.key(key), r.revoked(key)}, leaseID, r.channel(key), keep)
+	return err
 }
 
 // LeaveQueue implements Queue.
 func (r *RedisStore) LeaveQueue(ctx context.Context, key string) error {
-	sctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	err := leaveScript.Run(sctx, r.rdb, r.lockKeys(key), r.id, r.channel(key)).Err()
-	return redisx.Classify(ctx, err)
-}
-
-// QueueTTL implements Queue.
-func (r *RedisStore) QueueTTL() time.Duration { return r.queueTTL }
-
-// RefreshQueues implements Queue: one pipeline (on Cluster, one per node).
-func (r *RedisStore) RefreshQueues(ctx context.Context, keys []string) error {
-	calls := make([]scriptCall, len(keys))
-	for i, k := range keys {
-		calls[i] = scriptCall{keys: []string{r.queue(k), r.queueExp(k)}, args: []any{r.id, r.queueTTL.Milliseconds(), retentionMS}}
-	}
-	sctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	for _, c := range r.runMany(sctx, heartbeatScript, calls) {
-		if err := c.Err(); err != nil {
-			return redisx.Classify(ctx, err)
-		}
-	}
-	return nil
+	_, err := r.runner().Run(ctx, leaveScript, r.lockKeys(key), r.id, r.channel(key))
+	return err
 }
 
 // RenewMany implements BatchRenewer: every renewal in one pipeline (on
@@ -417,57 +384,23 @@ func (r *RedisStore) RenewMany(ctx context.Context, rs []Renewal) []RenewResult 
 		}
 		return out
 	}
-	calls := make([]scriptCall, len(rs))
+	calls := make([]redisx.Call, len(rs))
 	for i, x := range rs {
-		calls[i] = scriptCall{keys: []string{r.key(x.Key)}, args: []any{x.LeaseID, x.TTL.Milliseconds(), retentionMS}}
+		calls[i] = redisx.Call{Keys: []string{r.key(x.Key)}, Args: []any{x.LeaseID, x.TTL.Milliseconds(), retentionMS}}
 	}
-	sctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	for i, c := range r.runMany(sctx, renewScript, calls) {
-		v, err := c.Result()
-		if err != nil {
-			out[i].Err = redisx.Classify(ctx, err)
+	for i, c := range r.runner().RunMany(ctx, renewScript, calls) {
+		if c.Err != nil {
+			out[i].Err = c.Err
 			continue
 		}
-		out[i].ExpireTime, out[i].Err = parseRenewReply(v)
+		out[i].ExpireTime, out[i].Err = parseRenewReply(c.Val)
 	}
 	return out
 }
 
-// scriptCall is one call of a script in a pipeline.
-type scriptCall struct {
-	keys []string
-	args []any
-}
-
-// runMany runs s once per call in one pipeline by SHA, and those that found
-// the script missing (a restarted Redis) once more by body.
-func (r *RedisStore) runMany(ctx context.Context, s *redis.Script, calls []scriptCall) []*redis.Cmd {
-	cmds := make([]*redis.Cmd, len(calls))
-	pipe := r.rdb.Pipeline()
-	for i, c := range calls {
-		cmds[i] = s.EvalSha(ctx, pipe, c.keys, c.args...)
-	}
-	_, _ = pipe.Exec(ctx) // errors are read per command
-	var again []int
-	for i, c := range cmds {
-		if err := c.Err(); err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
-			again = append(again, i)
-		}
-	}
-	if len(again) > 0 {
-		pipe := r.rdb.Pipeline()
-		for _, i := range again {
-			cmds[i] = s.Eval(ctx, pipe, calls[i].keys, calls[i].args...)
-		}
-		_, _ = pipe.Exec(ctx)
-	}
-	return cmds
-}
-
 // Release implements Store.
 func (r *RedisStore) Release(ctx context.Context, key, leaseID string) error {
-	v, err := r.run(ctx, releaseScript, key, leaseID, r.channel(key))
+	v, err := r.runner().Run(ctx, releaseScript, []string{r.key(key)}, leaseID, r.channel(key))
 	if err != nil {
 		return err
 	}
@@ -479,7 +412,7 @@ func (r *RedisStore) Release(ctx context.Context, key, leaseID string) error {
 
 // Renew implements Store.
 func (r *RedisStore) Renew(ctx context.Context, key, leaseID string, ttl time.Duration) (time.Time, error) {
-	v, err := r.runDurable(ctx, renewScript, renewed, []string{r.key(key)}, leaseID, ttl.Milliseconds(), retentionMS)
+	v, err := r.runner().RunDurable(ctx, renewScript, renewed, []string{r.key(key)}, leaseID, ttl.Milliseconds(), retentionMS)
 	if err != nil {
 		return time.Time{}, err
 	}
@@ -500,7 +433,7 @@ func parseRenewReply(v any) (time.Time, error) {
 
 // Get implements Store.
 func (r *RedisStore) Get(ctx context.Context, key string) (Info, error) {
-	v, err := r.run(ctx, getScript, key)
+	v, err := r.runner().Run(ctx, getScript, []string{r.key(key)})
 	if err != nil {
 		return Info{}, err
 	}

@@ -9,9 +9,8 @@ import (
 	"time"
 )
 
-// renewer keeps the sessions of one Service alive, and this sidecar's
-// entries in the store's wait queues. One goroutine serves all of them: it
-// runs while there is something to renew or refresh and exits when idle,
+// renewer keeps the sessions of one Service alive. One goroutine serves all
+// of them: it runs while there is something to renew and exits when idle,
 // so an idle Service owns no goroutine.
 //
 // Sessions are kept in a heap by the time their renewal is due. A session
@@ -24,22 +23,16 @@ type renewer struct {
 	svc  *Service
 	kick chan struct{} // buffered 1: the schedule changed
 
-	mu       sync.Mutex
-	due      sessionHeap
-	keys     map[string]int // keys with waiters whose queue entries to refresh
-	nextBeat time.Time
-	running  bool
-	closed   bool
-	exited   chan struct{} // of the running goroutine
+	mu      sync.Mutex
+	due     sessionHeap
+	running bool
+	closed  bool
+	exited  chan struct{} // of the running goroutine
 }
 
 func newRenewer(s *Service) *renewer {
-	return &renewer{svc: s, kick: make(chan struct{}, 1), keys: map[string]int{}}
+	return &renewer{svc: s, kick: make(chan struct{}, 1)}
 }
-
-// beatEvery is how often queue entries are refreshed: three times per
-// lifetime, so one late or failed refresh does not drop an entry.
-func (r *renewer) beatEvery() time.Duration { return r.svc.queue.QueueTTL() / 3 }
 
 func (r *renewer) signal() {
 	select {
@@ -82,28 +75,6 @@ func (r *renewer) remove(se *Session) {
 	}
 }
 
-// watchKey starts refreshing this sidecar's queue entry for key.
-func (r *renewer) watchKey(key string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(r.keys) == 0 {
-		r.nextBeat = time.Now().Add(r.beatEvery())
-	}
-	r.keys[key]++
-	r.startLocked()
-	r.signal()
-}
-
-// unwatchKey undoes one watchKey.
-func (r *renewer) unwatchKey(key string) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.keys[key]--; r.keys[key] <= 0 {
-		delete(r.keys, key)
-	}
-	r.signal()
-}
-
 // close stops the goroutine and waits for it.
 func (r *renewer) close() {
 	r.mu.Lock()
@@ -123,7 +94,7 @@ func (r *renewer) loop(exited chan struct{}) {
 	defer timer.Stop()
 	for {
 		r.mu.Lock()
-		if r.closed || len(r.due) == 0 && len(r.keys) == 0 {
+		if r.closed || len(r.due) == 0 {
 			r.running = false
 			r.mu.Unlock()
 			return
@@ -133,21 +104,8 @@ func (r *renewer) loop(exited chan struct{}) {
 		for len(r.due) > 0 && !r.due[0].due.Add(-r.due[0].slack).After(now) {
 			batch = append(batch, heap.Pop(&r.due).(*Session))
 		}
-		var beat []string
-		if len(r.keys) > 0 && !now.Before(r.nextBeat) {
-			for k := range r.keys {
-				beat = append(beat, k)
-			}
-			r.nextBeat = now.Add(r.beatEvery())
-		}
-		if len(batch) == 0 && beat == nil {
-			next := now.Add(time.Hour)
-			if len(r.due) > 0 {
-				next = r.due[0].due
-			}
-			if len(r.keys) > 0 && r.nextBeat.Before(next) {
-				next = r.nextBeat
-			}
+		if len(batch) == 0 {
+			next := r.due[0].due
 			r.mu.Unlock()
 			timer.Reset(time.Until(next))
 			select {
@@ -157,22 +115,7 @@ func (r *renewer) loop(exited chan struct{}) {
 			continue
 		}
 		r.mu.Unlock()
-		if len(batch) > 0 {
-			r.renew(batch, now)
-		}
-		if beat != nil {
-			r.refresh(beat)
-		}
-	}
-}
-
-// refresh extends this sidecar's queue entries for keys.
-func (r *renewer) refresh(keys []string) {
-	ctx, cancel := context.WithTimeout(context.Background(), r.beatEvery())
-	defer cancel()
-	if err := r.svc.queue.RefreshQueues(ctx, keys); err != nil {
-		r.svc.log.Warn("lock: refreshing wait-queue entries failed; they expire unless a later refresh succeeds",
-			"keys", len(keys), "error", err)
+		r.renew(batch, now)
 	}
 }
 

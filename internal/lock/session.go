@@ -5,6 +5,8 @@ import (
 	"errors"
 	"sync"
 	"time"
+
+	"github.com/seed-a88e5317/resilience-sidecar/internal/handback"
 )
 
 // HoldOptions are the parameters of a session.
@@ -129,7 +131,7 @@ func (se *Session) Release(ctx context.Context) error {
 		if se.releaseErr != nil && !errors.Is(se.releaseErr, ErrLeaseLost) {
 			// Unconfirmed: keep trying in the background rather than leave
 			// the lock held until its TTL.
-			se.svc.handBack.Add(lease.Key, lease.LeaseID, time.Now().Add(se.ttl+handBackSlack))
+			se.svc.handBack.Add(lease.Key, lease.LeaseID, time.Now().Add(se.ttl+handback.Slack))
 		}
 	})
 	return se.releaseErr

@@ -361,11 +361,8 @@ func (r *RedisStore) keys(id string) []string { return r.shardKeys(shardOf(id), 
 
 // write runs one saga script: ARGV exec, lease, retention, id, then args.
 func (r *RedisStore) write(ctx context.Context, s *redis.Script, id string, p Params, args ...any) (any, error) {
-	sctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
 	argv := append([]any{p.ExecID, p.Lease.Milliseconds(), p.Retention.Milliseconds(), id}, args...)
-	v, err := s.Run(sctx, r.rdb, r.keys(id), argv...).Result()
-	return v, redisx.Classify(ctx, err)
+	return redisx.Runner{Client: r.rdb, Timeout: r.timeout}.Run(ctx, s, r.keys(id), argv...)
 }
 
 // reply is a parsed saga script reply.
@@ -730,33 +727,21 @@ type shardScan struct {
 }
 
 func (r *RedisStore) scanShards(ctx context.Context, limit int) ([]shardScan, error) {
-	sctx, cancel := context.WithTimeout(ctx, r.timeout)
-	defer cancel()
-	pipe := r.rdb.Pipeline()
-	cmds := make([]*redis.Cmd, Shards)
+	calls := make([]redisx.Call, Shards)
 	for k := range Shards {
-		cmds[k] = dueScript.EvalSha(sctx, pipe, r.shardKeys(k, ""), limit)
+		calls[k] = redisx.Call{Keys: r.shardKeys(k, ""), Args: []any{limit}}
 	}
-	_, err := pipe.Exec(sctx)
-	if err != nil && redis.HasErrorPrefix(err, "NOSCRIPT") {
-		// A restarted Redis forgot the script: load it and go again.
-		if err := dueScript.Load(sctx, r.rdb).Err(); err != nil {
-			return nil, redisx.Classify(ctx, err)
+	replies := redisx.Runner{Client: r.rdb, Timeout: r.timeout}.RunMany(ctx, dueScript, calls)
+	for _, c := range replies {
+		if c.Err != nil {
+			return nil, c.Err
 		}
-		pipe = r.rdb.Pipeline()
-		for k := range Shards {
-			cmds[k] = dueScript.EvalSha(sctx, pipe, r.shardKeys(k, ""), limit)
-		}
-		_, err = pipe.Exec(sctx)
-	}
-	if err != nil {
-		return nil, redisx.Classify(ctx, err)
 	}
 	out := make([]shardScan, Shards)
-	for k, c := range cmds {
-		a, _ := c.Val().([]any)
+	for k, c := range replies {
+		a, _ := c.Val.([]any)
 		if len(a) != 2 {
-			return nil, fmt.Errorf("saga: bad due reply %v", c.Val())
+			return nil, fmt.Errorf("saga: bad due reply %v", c.Val)
 		}
 		for _, id := range a[0].([]any) {
 			s, _ := id.(string)

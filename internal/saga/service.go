@@ -16,7 +16,6 @@ import (
 
 	"github.com/seed-a88e5317/resilience-sidecar/internal/handback"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/metrics"
-	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/upstream"
 )
 
@@ -266,12 +265,7 @@ func (s *Service) handBackIfUnknown(id string, p Params, err error) {
 		errors.Is(err, ErrAlreadyExists) || errors.Is(err, ErrLeaseLost) {
 		return
 	}
-	until := time.Now().Add(p.Lease + releaseTimeout)
-	if errors.Is(err, store.ErrUnavailable) {
-		s.handBack.Add(id, p.ExecID, until)
-		return
-	}
-	s.handBack.Give(id, p.ExecID, until)
+	s.handBack.GiveBack(id, p.ExecID, p.Lease, err)
 }
 
 // observe counts a transition.

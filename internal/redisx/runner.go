@@ -1,0 +1,82 @@
+package redisx
+
+import (
+	"context"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Runner runs one store's scripts the same way everywhere: each call is
+// bounded by Timeout, a durable write is followed by WAIT (Wait), a script
+// Redis forgot (NOSCRIPT, after a restart or a failover) is sent again by
+// body, and every error is classified (Classify) against the caller's
+// context. The zero Wait does not wait.
+type Runner struct {
+	Client  redis.UniversalClient
+	Timeout time.Duration
+	Wait    Wait
+}
+
+// Run runs s on keys and returns its reply.
+func (r Runner) Run(ctx context.Context, s *redis.Script, keys []string, args ...any) (any, error) {
+	sctx, cancel := context.WithTimeout(ctx, r.Timeout)
+	defer cancel()
+	v, err := s.Run(sctx, r.Client, keys, args...).Result()
+	return v, Classify(ctx, err)
+}
+
+// RunDurable is Run for a write that must reach Wait.Replicas replicas
+// when wrote(reply) says it changed something (RunWait).
+func (r Runner) RunDurable(ctx context.Context, s *redis.Script, wrote func(any) bool, keys []string, args ...any) (any, error) {
+	sctx, cancel := context.WithTimeout(ctx, r.Timeout)
+	defer cancel()
+	v, err := RunWait(sctx, r.Client, s, r.Wait, wrote, keys, args...)
+	return v, Classify(ctx, err)
+}
+
+// Call is one call of a script in RunMany.
+type Call struct {
+	Keys []string
+	Args []any
+}
+
+// Reply is the outcome of one Call: the script's reply, or its classified
+// error.
+type Reply struct {
+	Val any
+	Err error
+}
+
+// RunMany runs s once per call in one pipeline (on Cluster, one per node),
+// bounded by Timeout as a whole, and returns one reply per call, in order.
+// Each call is atomic on its own, the batch is not.
+func (r Runner) RunMany(ctx context.Context, s *redis.Script, calls []Call) []Reply {
+	sctx, cancel := context.WithTimeout(ctx, r.Timeout)
+	defer cancel()
+	cmds := make([]*redis.Cmd, len(calls))
+	pipe := r.Client.Pipeline()
+	for i, c := range calls {
+		cmds[i] = s.EvalSha(sctx, pipe, c.Keys, c.Args...)
+	}
+	_, _ = pipe.Exec(sctx) // errors are read per command
+	var again []int
+	for i, c := range cmds {
+		if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
+			again = append(again, i)
+		}
+	}
+	if len(again) > 0 {
+		pipe := r.Client.Pipeline()
+		for _, i := range again {
+			cmds[i] = s.Eval(sctx, pipe, calls[i].Keys, calls[i].Args...)
+		}
+		_, _ = pipe.Exec(sctx)
+	}
+	out := make([]Reply, len(calls))
+	for i, c := range cmds {
+		v, err := c.Result()
+		out[i] = Reply{Val: v, Err: Classify(ctx, err)}
+	}
+	return out
+}
