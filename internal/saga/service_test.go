@@ -495,7 +495,21 @@ func TestSagaBreakerRefusalIsNoTry(t *testing.T) {
 		id := fmt.Sprintf("b-%d", i)
 		f.startWithSteps(t, id, time.Minute, "reserve")
 	}
-	for i := range n {
+	// The first saga alone meets the two failures, which open the breaker
+	// (nothing interleaves a success that would reset the count), so its
+	// third try is refused: it must wait for the breaker, not give up
+	// (MaxAttempts is 3). The others then meet the open or half-open
+	// breaker too.
+	if _, err := f.svc.Abort(testCtx(t), "b-0", "x"); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); breakerWaits.Load() == 0; {
+		if time.Now().After(deadline) {
+			t.Fatal("no saga waited for the breaker")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for i := 1; i < n; i++ {
 		if _, err := f.svc.Abort(testCtx(t), fmt.Sprintf("b-%d", i), "x"); err != nil {
 			t.Fatal(err)
 		}
@@ -516,9 +530,6 @@ func TestSagaBreakerRefusalIsNoTry(t *testing.T) {
 	}
 	if total != n+2 {
 		t.Errorf("%d HTTP requests, want %d (two failures, then one success a saga)", total, n+2)
-	}
-	if breakerWaits.Load() == 0 {
-		t.Error("no saga waited for the breaker")
 	}
 }
 
