@@ -68,7 +68,7 @@ func (t *targetRun) printTargets() {
 		return
 	}
 	slices.SortStableFunc(t.targets, func(a, b target) int { return a.n - b.n })
-	fmt.Fprintln(t.out, "\n== issue 12 targets (same run, same machine) ==")
+	fmt.Fprintln(t.out, "\n== targets of issues 12 and 16 (same run, same machine) ==")
 	for _, tg := range t.targets {
 		verdict := "not met"
 		switch {

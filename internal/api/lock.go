@@ -59,15 +59,8 @@ func (s *LockServer) observeAcquire(ok bool, wait time.Duration, start time.Time
 	s.metrics.ObserveLockAcquire(result, wait > 0, time.Since(start))
 }
 
-// withStopping returns ctx cancelled also when the sidecar shuts down.
-func (s *LockServer) withStopping(ctx context.Context) (context.Context, func()) {
-	ctx, cancel := context.WithCancel(ctx)
-	stop := context.AfterFunc(s.stopping, cancel)
-	return ctx, func() { stop(); cancel() }
-}
-
 func (s *LockServer) fail(ctx context.Context, err error) error {
-	if s.stopping.Err() != nil && errors.Is(err, context.Canceled) {
+	if errors.Is(err, lock.ErrShutdown) || s.stopping.Err() != nil && errors.Is(err, context.Canceled) {
 		err = errShuttingDown
 	}
 	return toStatus(ctx, s.log, err)
@@ -92,8 +85,7 @@ func (s *LockServer) AcquireLock(ctx context.Context, r *v1.AcquireLockRequest) 
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
-	ctx, done := s.withStopping(ctx)
-	defer done()
+	opts.Stop = s.stopping.Done()
 	start := time.Now()
 	lease, holder, ok, err := s.svc.Acquire(ctx, r.GetKey(), opts)
 	if err != nil {
@@ -206,10 +198,9 @@ func (s *LockServer) HoldLock(stream v1.LockService_HoldLockServer) error {
 	if err != nil {
 		return s.fail(ctx, err)
 	}
-	acqCtx, done := s.withStopping(ctx)
+	opts.Stop = s.stopping.Done()
 	start := time.Now()
-	sess, holder, ok, err := s.svc.Hold(acqCtx, first.GetAcquire().GetKey(), opts)
-	done()
+	sess, holder, ok, err := s.svc.Hold(ctx, first.GetAcquire().GetKey(), opts)
 	if err != nil {
 		return s.fail(ctx, err)
 	}

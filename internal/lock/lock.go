@@ -29,8 +29,8 @@ var (
 	ErrLeaseLost = errors.New("lock: lease lost")
 	// ErrMaxHold: a HoldLock session reached its max_hold and was released.
 	ErrMaxHold = errors.New("lock: max hold reached")
-	// ErrShutdown: the sidecar released a session's lock because it is
-	// shutting down.
+	// ErrShutdown: the sidecar is shutting down: a wait was ended
+	// (AcquireOptions.Stop), or a session's lock released.
 	ErrShutdown = errors.New("lock: shutting down")
 )
 
@@ -130,6 +130,10 @@ type AcquireOptions struct {
 	TTL   time.Duration // lease lifetime; must be > 0
 	Wait  time.Duration // 0: try once
 	Owner string        // label shown to others
+	// Stop, when closed, ends a wait with ErrShutdown (the sidecar is
+	// shutting down); nil never does. A channel rather than a context
+	// derived per call: a parked waiter then costs no context of its own.
+	Stop <-chan struct{}
 }
 
 // Service grants locks from a Store. It is safe for concurrent use.

@@ -149,6 +149,9 @@ func (s *Service) wait(ctx context.Context, key, leaseID string, opts AcquireOpt
 	case <-ctx.Done():
 		s.leave(q, w)
 		return Lease{}, Holder{}, false, ctx.Err()
+	case <-opts.Stop:
+		s.leave(q, w)
+		return Lease{}, Holder{}, false, ErrShutdown
 	}
 
 	// w is the head: q's head fields are its own until it leaves.
@@ -198,6 +201,9 @@ func (s *Service) wait(ctx context.Context, key, leaseID string, opts AcquireOpt
 		case <-ctx.Done():
 			s.leave(q, w)
 			return Lease{}, Holder{}, false, ctx.Err()
+		case <-opts.Stop:
+			s.leave(q, w)
+			return Lease{}, Holder{}, false, ErrShutdown
 		}
 	}
 }
