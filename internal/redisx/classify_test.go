@@ -286,3 +286,21 @@ func offset(info string) string {
 	}
 	return ""
 }
+
+// pastDeadline is a caller whose deadline has passed but whose timer has
+// not marked it done yet, as happens for a moment on a loaded machine.
+type pastDeadline struct{ context.Context }
+
+func (pastDeadline) Deadline() (time.Time, bool) { return time.Now().Add(-time.Millisecond), true }
+
+// A read that timed out at the caller's deadline is the caller's deadline,
+// not a store outage, even before the context says so.
+func TestClassifyTimeoutAtCallersDeadline(t *testing.T) {
+	timeout := &net.OpError{Op: "read", Net: "tcp", Err: os.ErrDeadlineExceeded}
+	if err := redisx.Classify(pastDeadline{context.Background()}, timeout); !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("Classify = %v, want the caller's deadline", err)
+	}
+	if err := redisx.Classify(context.Background(), timeout); !errors.Is(err, store.ErrUnavailable) {
+		t.Fatalf("Classify without a deadline = %v, want unavailable", err)
+	}
+}

@@ -115,8 +115,8 @@ func (p *Coalescer) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Pr
 // other command through.
 func (p *Coalescer) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		c, ok := cmd.(*redis.Cmd)
-		if !ok || !isScript(c) {
+		c, ok := scriptCmd(cmd)
+		if !ok {
 			return next(ctx, cmd)
 		}
 		q := p.queue(ctx, c)
@@ -205,7 +205,7 @@ func (q *pipeQueue) do(ctx context.Context, cmd *redis.Cmd, next redis.ProcessHo
 		q.active++
 		q.mu.Unlock()
 		q.p.trips.Add(1)
-		err := next(ctx, cmd)
+		err := next(ctx, noRetryCmd{cmd})
 		q.release()
 		return err
 	}
@@ -296,7 +296,7 @@ func (q *pipeQueue) send(batch []*call) {
 		} else if d.After(deadline) {
 			deadline = d
 		}
-		_ = pipe.Process(c.ctx, c.wire)
+		_ = pipe.Process(c.ctx, noRetryCmd{c.wire})
 	}
 	if pipe.Len() == 0 {
 		return

@@ -54,9 +54,12 @@ func NewClient(url string, mode Mode, timeout time.Duration) (redis.UniversalCli
 		tune(&o.DialTimeout, &o.ReadTimeout, &o.WriteTimeout, &o.MaxRetries, &o.ContextTimeoutEnabled)
 		o.DialerRetries = 1
 		// Redirections (MOVED/ASK) are not failures of the command and are
-		// still followed by the cluster client.
+		// still followed by the cluster client; its other retries are off
+		// for scripts (noRetryHook).
 		o.MaxRedirects = 8
-		return redis.NewClusterClient(o), nil
+		c := redis.NewClusterClient(o)
+		c.AddHook(noRetryHook{})
+		return c, nil
 	case Sentinel:
 		o, err := redis.ParseFailoverURL(url)
 		if err != nil {
@@ -94,6 +97,11 @@ func Classify(caller context.Context, err error) error {
 	}
 	if cerr := caller.Err(); cerr != nil {
 		return cerr
+	}
+	// A read that timed out at the caller's deadline may return before the
+	// context's own timer has marked it done.
+	if d, ok := caller.Deadline(); ok && !time.Now().Before(d) {
+		return context.DeadlineExceeded
 	}
 	if errors.Is(err, ErrNotReplicated) {
 		return store.UnavailableAs(store.ErrNotReplicated, err)

@@ -22,7 +22,11 @@ type Runner struct {
 func (r Runner) Run(ctx context.Context, s *redis.Script, keys []string, args ...any) (any, error) {
 	sctx, cancel := context.WithTimeout(ctx, r.Timeout)
 	defer cancel()
-	v, err := s.Run(sctx, r.Client, keys, args...).Result()
+	var v any
+	err := untilSettled(sctx, func() (err error) {
+		v, err = s.Run(sctx, r.Client, keys, args...).Result()
+		return err
+	})
 	return v, Classify(ctx, err)
 }
 
@@ -31,8 +35,29 @@ func (r Runner) Run(ctx context.Context, s *redis.Script, keys []string, args ..
 func (r Runner) RunDurable(ctx context.Context, s *redis.Script, wrote func(any) bool, keys []string, args ...any) (any, error) {
 	sctx, cancel := context.WithTimeout(ctx, r.Timeout)
 	defer cancel()
-	v, err := RunWait(sctx, r.Client, s, r.Wait, wrote, keys, args...)
+	var v any
+	err := untilSettled(sctx, func() (err error) {
+		v, err = RunWait(sctx, r.Client, s, r.Wait, wrote, keys, args...)
+		return err
+	})
 	return v, Classify(ctx, err)
+}
+
+// untilSettled runs try again while it fails with TRYAGAIN, which Redis
+// Cluster answers, without running anything, to a command whose keys are
+// split between two nodes while their slot migrates; the migration ends
+// within milliseconds. It stops when ctx ends. Nothing else is retried: a
+// script that may have run is never sent twice (noRetryHook).
+func untilSettled(ctx context.Context, try func() error) error {
+	for attempt := 1; ; attempt++ {
+		err := try()
+		if !redis.HasErrorPrefix(err, "TRYAGAIN") {
+			return err
+		}
+		if sleepCtx(ctx, min(time.Duration(attempt)*5*time.Millisecond, 50*time.Millisecond)) != nil {
+			return err
+		}
+	}
 }
 
 // Call is one call of a script in RunMany.
@@ -60,13 +85,19 @@ func (r Runner) RunMany(ctx context.Context, s *redis.Script, calls []Call) []Re
 		cmds[i] = s.EvalSha(sctx, pipe, c.Keys, c.Args...)
 	}
 	_, _ = pipe.Exec(sctx) // errors are read per command
-	var again []int
-	for i, c := range cmds {
-		if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
-			again = append(again, i)
+	// Calls Redis did not run: the script was missing (NOSCRIPT, after a
+	// restart) or its slot was migrating (TRYAGAIN). Send them again, by
+	// body, until they run or ctx ends.
+	for attempt := 1; ; attempt++ {
+		var again []int
+		for i, c := range cmds {
+			if redis.HasErrorPrefix(c.Err(), "NOSCRIPT") || redis.HasErrorPrefix(c.Err(), "TRYAGAIN") {
+				again = append(again, i)
+			}
 		}
-	}
-	if len(again) > 0 {
+		if len(again) == 0 || attempt > 1 && sleepCtx(sctx, min(time.Duration(attempt)*5*time.Millisecond, 50*time.Millisecond)) != nil {
+			break
+		}
 		pipe := r.Client.Pipeline()
 		for _, i := range again {
 			cmds[i] = s.Eval(sctx, pipe, calls[i].Keys, calls[i].Args...)
