@@ -34,12 +34,13 @@ type Queue struct {
 	log     *slog.Logger
 	name    string
 
-	mu      sync.Mutex
-	pending []item
-	running bool
-	closed  bool
-	idle    chan struct{} // closed when the goroutine exits; nil when none
-	kick    chan struct{}
+	mu       sync.Mutex
+	pending  []item
+	inflight int // taken from pending by the loop, being tried
+	running  bool
+	closed   bool
+	idle     chan struct{} // closed when the goroutine exits; nil when none
+	kick     chan struct{}
 }
 
 type item struct {
@@ -133,11 +134,12 @@ func (q *Queue) GiveBack(key, leaseID string, ttl time.Duration, cause error) {
 	q.Give(key, leaseID, until)
 }
 
-// Pending returns how many revocations wait for confirmation.
+// Pending returns how many revocations wait for confirmation, including
+// those being tried.
 func (q *Queue) Pending() int {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	return len(q.pending)
+	return len(q.pending) + q.inflight
 }
 
 // Close tries the pending revocations once more, for at most the revoke
@@ -188,12 +190,13 @@ func (q *Queue) loop(idle chan struct{}) {
 				wake = min(wake, it.next.Sub(now))
 			}
 		}
-		q.pending = later
+		q.pending, q.inflight = later, len(due)
 		q.mu.Unlock()
 
 		failed := q.run(due)
 		now = time.Now()
 		q.mu.Lock()
+		q.inflight = 0
 		for _, it := range failed {
 			it.next = now.Add(it.backoff)
 			it.backoff = min(2*it.backoff, MaxBackoff)

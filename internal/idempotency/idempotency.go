@@ -245,9 +245,6 @@ func NewService(store Store, entropy io.Reader, log *slog.Logger) *Service {
 // back, and stops doing so. It is idempotent.
 func (s *Service) Close() { s.handBack.Close() }
 
-// PendingHandBacks returns how many claims wait to be confirmed given back.
-func (s *Service) PendingHandBacks() int { return s.handBack.Pending() }
-
 // NewLeaseID returns a fresh 128-bit lease id as 32 lowercase hex digits.
 func (s *Service) NewLeaseID() (string, error) {
 	var b [16]byte

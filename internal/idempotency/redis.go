@@ -104,19 +104,14 @@ return 1
 // It deletes the in-progress record the lease owns; otherwise it remembers
 // the lease as revoked until keep, the latest time a claim by it could
 // still run, so that one still on its way is refused.
-var revokeScript = redisx.NewScript("idempotency.revoke", idemPrelude+`
+var revokeScript = redisx.NewScript("idempotency.revoke", idemPrelude+redisx.RevokeLua+`
 local h = redis.call('HMGET', KEYS[1], 'st', 'lease')
 if h[1] == 'p' and h[2] == ARGV[1] then
   redis.call('DEL', KEYS[1])
   redis.call('SPUBLISH', ARGV[2], 'r')
   return 1
 end
-local keep = tonumber(ARGV[3])
-if keep > now then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-  redis.call('ZADD', KEYS[2], keep, ARGV[1])
-  if redis.call('PTTL', KEYS[2]) < keep - now then redis.call('PEXPIRE', KEYS[2], keep - now) end
-end
+revoke(KEYS[2], ARGV[1], tonumber(ARGV[3]), now)
 return 0
 `)
 

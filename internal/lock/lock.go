@@ -188,9 +188,6 @@ func (s *Service) Close() {
 	s.handBack.Close()
 }
 
-// PendingHandBacks returns how many grants wait to be confirmed given back.
-func (s *Service) PendingHandBacks() int { return s.handBack.Pending() }
-
 // NewLeaseID returns a fresh 128-bit lease id as 32 lowercase hex digits.
 func (s *Service) NewLeaseID() (string, error) {
 	var b [16]byte
@@ -242,17 +239,6 @@ func (s *Service) settle(ctx context.Context, key, leaseID string, ttl time.Dura
 		return Lease{}, Holder{}, false, handback.Undeliverable(ctx)
 	}
 	return lease, holder, ok, nil
-}
-
-// releaseNow releases lease at once, with its own deadline, for cleanups
-// after the caller's context is gone; if the store does not confirm, the
-// lease is given back in the background.
-func (s *Service) releaseNow(lease Lease, ttl time.Duration) {
-	ctx, cancel := context.WithTimeout(context.Background(), s.releaseTimeout)
-	defer cancel()
-	if err := s.store.Revoke(ctx, lease.Key, lease.LeaseID); err != nil {
-		s.handBack.Add(lease.Key, lease.LeaseID, time.Now().Add(ttl+handback.Slack))
-	}
 }
 
 // Release frees the lock held by leaseID. ErrLeaseLost when it is not held

@@ -161,19 +161,14 @@ return removed
 // releases the lock if the lease holds it; otherwise it remembers the lease
 // id as revoked until keep, the latest time at which an acquisition by it
 // could still run, so that one still on its way is refused.
-var revokeScript = redisx.NewScript("lock.revoke", lockPrelude+`
+var revokeScript = redisx.NewScript("lock.revoke", lockPrelude+redisx.RevokeLua+`
 local h = redis.call('HMGET', KEYS[1], 'lease', 'exp')
 if h[1] == ARGV[1] then
   redis.call('HDEL', KEYS[1], 'lease', 'owner', 'exp')
   if (tonumber(h[2]) or 0) > now then redis.call('SPUBLISH', ARGV[2], 'released') end
   return 1
 end
-local keep = tonumber(ARGV[3])
-if keep > now then
-  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
-  redis.call('ZADD', KEYS[2], keep, ARGV[1])
-  if redis.call('PTTL', KEYS[2]) < keep - now then redis.call('PEXPIRE', KEYS[2], keep - now) end
-end
+revoke(KEYS[2], ARGV[1], tonumber(ARGV[3]), now)
 return 0
 `)
 

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"sync"
 	"time"
-
-	"github.com/seed-a88e5317/resilience-sidecar/internal/handback"
 )
 
 // HoldOptions are the parameters of a session.
@@ -74,7 +72,7 @@ func (s *Service) Hold(ctx context.Context, key string, opts HoldOptions) (*Sess
 	}
 	sess.schedule(now.Add(sess.interval), sess.interval/4)
 	if !s.renew.add(sess) {
-		s.releaseNow(lease, opts.TTL)
+		s.handBack.GiveBack(lease.Key, lease.LeaseID, opts.TTL, nil)
 		return nil, Holder{}, false, ErrShutdown
 	}
 	return sess, Holder{}, true, nil
@@ -131,7 +129,7 @@ func (se *Session) Release(ctx context.Context) error {
 		if se.releaseErr != nil && !errors.Is(se.releaseErr, ErrLeaseLost) {
 			// Unconfirmed: keep trying in the background rather than leave
 			// the lock held until its TTL.
-			se.svc.handBack.Add(lease.Key, lease.LeaseID, time.Now().Add(se.ttl+handback.Slack))
+			se.svc.handBack.GiveBack(lease.Key, lease.LeaseID, se.ttl, se.releaseErr)
 		}
 	})
 	return se.releaseErr
@@ -161,6 +159,6 @@ func (se *Session) expireMaxHold() {
 	se.err, se.ended = ErrMaxHold, true
 	lease := se.lease
 	se.mu.Unlock()
-	se.svc.releaseNow(lease, se.ttl)
+	se.svc.handBack.GiveBack(lease.Key, lease.LeaseID, se.ttl, nil)
 	close(se.done)
 }

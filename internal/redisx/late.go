@@ -27,3 +27,17 @@ func Latest(ctx context.Context, timeout time.Duration) int64 {
 func RevocationKeep(timeout time.Duration) int64 {
 	return time.Now().Add(timeout + LateGrace).UnixMilli()
 }
+
+// RevokeLua is the Lua of a revocation, for the stores' revoke scripts to
+// include: revoke(zkey, id, keep, now) remembers id in the sorted set zkey
+// until keep (ms, as RevocationKeep; now is Redis TIME in ms), forgetting
+// the entries past, so that a grant to id still on its way (its script
+// refuses ids in zkey) is refused; the set expires with its last entry.
+const RevokeLua = `
+local function revoke(zkey, id, keep, now)
+  if keep <= now then return end
+  redis.call('ZREMRANGEBYSCORE', zkey, '-inf', now)
+  redis.call('ZADD', zkey, keep, id)
+  if redis.call('PTTL', zkey) < keep - now then redis.call('PEXPIRE', zkey, keep - now) end
+end
+`

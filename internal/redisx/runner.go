@@ -43,6 +43,11 @@ func (r Runner) RunDurable(ctx context.Context, s *redis.Script, wrote func(any)
 	return v, Classify(ctx, err)
 }
 
+// settleBackoff is the pause before the attempt-th retry of a TRYAGAIN.
+func settleBackoff(attempt int) time.Duration {
+	return min(time.Duration(attempt)*5*time.Millisecond, 50*time.Millisecond)
+}
+
 // untilSettled runs try again while it fails with TRYAGAIN, which Redis
 // Cluster answers, without running anything, to a command whose keys are
 // split between two nodes while their slot migrates; the migration ends
@@ -54,7 +59,7 @@ func untilSettled(ctx context.Context, try func() error) error {
 		if !redis.HasErrorPrefix(err, "TRYAGAIN") {
 			return err
 		}
-		if sleepCtx(ctx, min(time.Duration(attempt)*5*time.Millisecond, 50*time.Millisecond)) != nil {
+		if sleepCtx(ctx, settleBackoff(attempt)) != nil {
 			return err
 		}
 	}
@@ -95,7 +100,7 @@ func (r Runner) RunMany(ctx context.Context, s *redis.Script, calls []Call) []Re
 				again = append(again, i)
 			}
 		}
-		if len(again) == 0 || attempt > 1 && sleepCtx(sctx, min(time.Duration(attempt)*5*time.Millisecond, 50*time.Millisecond)) != nil {
+		if len(again) == 0 || attempt > 1 && sleepCtx(sctx, settleBackoff(attempt)) != nil {
 			break
 		}
 		pipe := r.Client.Pipeline()
