@@ -209,19 +209,25 @@ func (s *Service) NewLeaseID() (string, error) {
 // deadline to reach the caller (handback.Margin), is given back in the
 // background until the store confirms.
 func (s *Service) Acquire(ctx context.Context, key string, opts AcquireOptions) (Lease, Holder, bool, error) {
-	leaseID, err := s.NewLeaseID()
-	if err != nil {
-		return Lease{}, Holder{}, false, err
-	}
+	// Each way has its own frame: a waiter is parked on this one.
 	if opts.Wait > 0 {
-		return s.wait(ctx, key, leaseID, opts)
+		return s.wait(ctx, key, opts)
 	}
+	return s.acquireNow(ctx, key, opts)
+}
+
+// acquireNow is Acquire without a wait.
+func (s *Service) acquireNow(ctx context.Context, key string, opts AcquireOptions) (Lease, Holder, bool, error) {
 	if s.Waiters(key) > 0 {
 		info, err := s.store.Get(ctx, key)
 		if err != nil {
 			return Lease{}, Holder{}, false, err
 		}
 		return Lease{}, info.Holder, false, nil
+	}
+	leaseID, err := s.NewLeaseID()
+	if err != nil {
+		return Lease{}, Holder{}, false, err
 	}
 	lease, holder, ok, err := s.store.TryAcquire(ctx, key, leaseID, opts.Owner, opts.TTL)
 	return s.settle(ctx, key, leaseID, opts.TTL, lease, holder, ok, err)

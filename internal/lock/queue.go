@@ -1,7 +1,6 @@
 package lock
 
 import (
-	"container/list"
 	"context"
 	"time"
 )
@@ -30,11 +29,14 @@ const minRetry = 5 * time.Millisecond
 // closing are guarded by Service.mu; the other fields belong to the current
 // head, and pass to the next one through Service.mu.
 type keyQueue struct {
-	key     string
-	waiters *list.List    // of *waiter, head first
-	holder  Holder        // the holder seen by the latest try
-	closing bool          // the last waiter left; a new queue waits for closed
-	closed  chan struct{} // closed once the queue is torn down
+	key         string
+	first, last *waiter // the FIFO, head first
+	n           int     // waiters in it
+	holder      Holder  // the holder seen by the latest try
+	// closing: the last waiter left, and a new queue waits for closed,
+	// which is made then and closed once the queue is torn down.
+	closing bool
+	closed  chan struct{}
 
 	released  <-chan struct{} // release subscription, nil until the first wait
 	stopWatch func()
@@ -45,17 +47,20 @@ type keyQueue struct {
 
 // waiter is one caller in a keyQueue; turn is closed when it becomes head.
 type waiter struct {
-	turn     chan struct{}
-	elem     *list.Element
-	deadline time.Time // when its wait ends
+	turn       chan struct{}
+	prev, next *waiter
+	deadline   time.Time // when its wait ends
 }
+
+// yourTurn is the turn of a caller that is head on arrival.
+var yourTurn = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
 // Waiters returns how many callers of this Service wait for key.
 func (s *Service) Waiters(key string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if q := s.waits[key]; q != nil && !q.closing {
-		return q.waiters.Len()
+		return q.n
 	}
 	return 0
 }
@@ -77,14 +82,18 @@ func (s *Service) join(ctx context.Context, key string, deadline time.Time) (*ke
 		}
 		created := q == nil
 		if created {
-			q = &keyQueue{key: key, waiters: list.New(), closed: make(chan struct{})}
+			q = &keyQueue{key: key}
 			s.waits[key] = q
 		}
-		w := &waiter{turn: make(chan struct{}), deadline: deadline}
-		w.elem = q.waiters.PushBack(w)
-		if q.waiters.Len() == 1 {
-			close(w.turn)
+		w := &waiter{turn: yourTurn, deadline: deadline}
+		if q.last != nil {
+			w.turn = make(chan struct{})
+			w.prev, q.last.next = q.last, w
+		} else {
+			q.first = w
 		}
+		q.last = w
+		q.n++
 		s.mu.Unlock()
 		return q, w, nil
 	}
@@ -96,14 +105,25 @@ func (s *Service) join(ctx context.Context, key string, deadline time.Time) (*ke
 // the holder last seen.
 func (s *Service) leave(q *keyQueue, w *waiter) Holder {
 	s.mu.Lock()
-	wasHead := q.waiters.Front() == w.elem
-	q.waiters.Remove(w.elem)
+	wasHead := q.first == w
+	if w.prev != nil {
+		w.prev.next = w.next
+	} else {
+		q.first = w.next
+	}
+	if w.next != nil {
+		w.next.prev = w.prev
+	} else {
+		q.last = w.prev
+	}
+	w.prev, w.next = nil, nil
+	q.n--
 	holder := q.holder
-	last := q.waiters.Len() == 0
+	last := q.n == 0
 	if last {
-		q.closing = true
+		q.closing, q.closed = true, make(chan struct{})
 	} else if wasHead {
-		close(q.waiters.Front().Value.(*waiter).turn)
+		close(q.first.turn)
 	}
 	s.mu.Unlock()
 	if !last {
@@ -134,24 +154,46 @@ func (s *Service) leave(q *keyQueue, w *waiter) Holder {
 }
 
 // wait is Acquire with opts.Wait > 0.
-func (s *Service) wait(ctx context.Context, key, leaseID string, opts AcquireOptions) (Lease, Holder, bool, error) {
+func (s *Service) wait(ctx context.Context, key string, opts AcquireOptions) (Lease, Holder, bool, error) {
+	leaseID, err := s.NewLeaseID()
+	if err != nil {
+		return Lease{}, Holder{}, false, err
+	}
+	o := s.waitTurn(ctx, key, leaseID, &opts)
+	return o.lease, o.holder, o.ok, o.err
+}
+
+// outcome is how a wait ended.
+type outcome struct {
+	lease  Lease
+	holder Holder
+	ok     bool
+	err    error
+}
+
+// waitTurn waits for key in its queue and tries when the caller's turn
+// comes. A caller is parked here for up to minutes, on the stack of every
+// frame below it, which the garbage collector scans at each cycle: the
+// frames it parks in hold pointers only, and the work with larger locals
+// (tries, settling) runs in calls that have returned by the time it parks.
+func (s *Service) waitTurn(ctx context.Context, key, leaseID string, opts *AcquireOptions) *outcome {
 	deadline := time.Now().Add(opts.Wait)
 	q, w, err := s.join(ctx, key, deadline)
 	if err != nil {
-		return Lease{}, Holder{}, false, err
+		return &outcome{err: err}
 	}
 	timer := time.NewTimer(opts.Wait)
 	defer timer.Stop()
 	select {
 	case <-w.turn:
 	case <-timer.C:
-		return Lease{}, s.leave(q, w), false, nil
+		return &outcome{holder: s.leave(q, w)}
 	case <-ctx.Done():
 		s.leave(q, w)
-		return Lease{}, Holder{}, false, ctx.Err()
+		return &outcome{err: ctx.Err()}
 	case <-opts.Stop:
 		s.leave(q, w)
-		return Lease{}, Holder{}, false, ErrShutdown
+		return &outcome{err: ErrShutdown}
 	}
 
 	// w is the head: q's head fields are its own until it leaves.
@@ -160,35 +202,24 @@ func (s *Service) wait(ctx context.Context, key, leaseID string, opts AcquireOpt
 		// A fresh queue: try before subscribing, so that a free lock costs
 		// no subscription; then subscribe and try again, so that a release
 		// between the two is not lost.
-		lease, holder, ok, err := s.tryAside(ctx, q, key, leaseID, opts)
-		if err != nil || ok {
-			s.leave(q, w)
-			return s.settle(ctx, key, leaseID, opts.TTL, lease, holder, ok, err)
+		if o := s.attempt(ctx, q, w, key, leaseID, opts); o != nil {
+			return o
 		}
-		var (
-			released <-chan struct{}
-			stop     func()
-		)
-		aside(func() { released, stop, err = s.store.WatchRelease(ctx, key) })
-		if err != nil {
-			s.leave(q, w)
-			return Lease{}, holder, false, err
+		if o := s.subscribe(ctx, q, w, key); o != nil {
+			return o
 		}
-		q.released, q.stopWatch = released, stop
 	}
 	for {
 		if !skip {
-			lease, holder, ok, err := s.tryAside(ctx, q, key, leaseID, opts)
-			if err != nil || ok {
-				s.leave(q, w)
-				return s.settle(ctx, key, leaseID, opts.TTL, lease, holder, ok, err)
+			if o := s.attempt(ctx, q, w, key, leaseID, opts); o != nil {
+				return o
 			}
 		}
 		skip = false
 		now := time.Now()
 		remaining := deadline.Sub(now)
 		if remaining <= 0 {
-			return Lease{}, s.leave(q, w), false, nil
+			return &outcome{holder: s.leave(q, w)}
 		}
 		// Also wake when the holder's lease would expire (a crashed holder
 		// never publishes a release), or when the reservation for another
@@ -200,18 +231,41 @@ func (s *Service) wait(ctx context.Context, key, leaseID string, opts AcquireOpt
 		case <-timer.C:
 		case <-ctx.Done():
 			s.leave(q, w)
-			return Lease{}, Holder{}, false, ctx.Err()
+			return &outcome{err: ctx.Err()}
 		case <-opts.Stop:
 			s.leave(q, w)
-			return Lease{}, Holder{}, false, ErrShutdown
+			return &outcome{err: ErrShutdown}
 		}
 	}
 }
 
-// tryAside is try run aside.
-func (s *Service) tryAside(ctx context.Context, q *keyQueue, key, leaseID string, opts AcquireOptions) (lease Lease, holder Holder, ok bool, err error) {
-	aside(func() { lease, holder, ok, err = s.try(ctx, q, key, leaseID, opts) })
-	return lease, holder, ok, err
+// attempt is one try by the head w; it returns nil when w is to wait on,
+// and otherwise takes w out of q and returns how its wait ended.
+func (s *Service) attempt(ctx context.Context, q *keyQueue, w *waiter, key, leaseID string, opts *AcquireOptions) *outcome {
+	var o outcome
+	aside(func() { o.lease, o.holder, o.ok, o.err = s.try(ctx, q, key, leaseID, *opts) })
+	if o.err == nil && !o.ok {
+		return nil
+	}
+	s.leave(q, w)
+	o.lease, o.holder, o.ok, o.err = s.settle(ctx, key, leaseID, opts.TTL, o.lease, o.holder, o.ok, o.err)
+	return &o
+}
+
+// subscribe subscribes q's head w to key's releases; after an error it
+// takes w out of q and returns how its wait ended.
+func (s *Service) subscribe(ctx context.Context, q *keyQueue, w *waiter, key string) *outcome {
+	var (
+		released <-chan struct{}
+		stop     func()
+		err      error
+	)
+	aside(func() { released, stop, err = s.store.WatchRelease(ctx, key) })
+	if err != nil {
+		return &outcome{holder: s.leave(q, w), err: err}
+	}
+	q.released, q.stopWatch = released, stop
+	return nil
 }
 
 // aside runs f on a goroutine of its own and waits for it. A waiting
@@ -249,10 +303,10 @@ func (s *Service) try(ctx context.Context, q *keyQueue, key, leaseID string, opt
 	)
 	if s.queue != nil {
 		s.mu.Lock()
-		more := q.waiters.Len() > 1
+		more := q.n > 1
 		var last time.Time // the longest wait of this sidecar's callers
-		for e := q.waiters.Front(); e != nil; e = e.Next() {
-			last = later(last, e.Value.(*waiter).deadline)
+		for w := q.first; w != nil; w = w.next {
+			last = later(last, w.deadline)
 		}
 		s.mu.Unlock()
 		stay := max(time.Until(last), minRetry)

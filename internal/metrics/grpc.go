@@ -175,18 +175,37 @@ func (s *methodSeries) done(err error, d time.Duration) {
 // received, one sent unless it failed, handled by code, and its latency.
 func (m *RPCMetrics) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		start := time.Now()
-		s := m.lookup(info.FullMethod, "unary")
-		s.started.Inc()
-		s.received.Inc()
+		c := m.BeginUnary(info.FullMethod)
 		resp, err := handler(ctx, req)
-		if err == nil {
-			s.sent.Inc()
-		}
-		s.done(err, time.Since(start))
-		m.countStoreError(err)
+		m.EndUnary(c, err)
 		return resp, err
 	}
+}
+
+// UnaryCall is a unary call being recorded, from BeginUnary to EndUnary.
+type UnaryCall struct {
+	s     *methodSeries
+	start time.Time
+}
+
+// BeginUnary records the start of a unary call of fullMethod and its one
+// received message; EndUnary records the rest. It is
+// UnaryServerInterceptor for servers that compose their own interceptor.
+func (m *RPCMetrics) BeginUnary(fullMethod string) UnaryCall {
+	c := UnaryCall{s: m.lookup(fullMethod, "unary"), start: time.Now()}
+	c.s.started.Inc()
+	c.s.received.Inc()
+	return c
+}
+
+// EndUnary records the end of c with its error: one message sent unless it
+// failed, handled by code, its latency and any store error.
+func (m *RPCMetrics) EndUnary(c UnaryCall, err error) {
+	if err == nil {
+		c.s.sent.Inc()
+	}
+	c.s.done(err, time.Since(c.start))
+	m.countStoreError(err)
 }
 
 // StreamServerInterceptor records a streaming call: started, each message

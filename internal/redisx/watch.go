@@ -51,7 +51,7 @@ type wchan struct {
 	slot     int
 	shard    *shard
 	state    chanState
-	watchers map[chan struct{}]struct{}
+	watchers []chan struct{} // a slice, not a set: one watcher is the common case
 	// ready is closed by the next confirmed subscription; nil when no
 	// watcher waits for one.
 	ready chan struct{}
@@ -110,10 +110,10 @@ func (ws *Watches) Watch(ctx context.Context, channel string) (<-chan struct{}, 
 	ws.mu.Lock()
 	c := ws.chans[channel]
 	if c == nil {
-		c = &wchan{name: channel, slot: -1, watchers: map[chan struct{}]struct{}{}}
+		c = &wchan{name: channel, slot: -1}
 		ws.chans[channel] = c
 	}
-	c.watchers[sig] = struct{}{}
+	c.watchers = append(c.watchers, sig)
 	var ready chan struct{}
 	route := false
 	switch c.state {
@@ -153,7 +153,14 @@ func (ws *Watches) Watch(ctx context.Context, channel string) (<-chan struct{}, 
 func (ws *Watches) unwatch(c *wchan, sig chan struct{}) {
 	ws.mu.Lock()
 	defer ws.mu.Unlock()
-	delete(c.watchers, sig)
+	for i, w := range c.watchers {
+		if w == sig {
+			last := len(c.watchers) - 1
+			c.watchers[i], c.watchers[last] = c.watchers[last], nil
+			c.watchers = c.watchers[:last]
+			break
+		}
+	}
 	if len(c.watchers) > 0 {
 		return
 	}
@@ -398,7 +405,7 @@ func (ws *Watches) signal(sh *shard, channel string) {
 }
 
 func signalAll(c *wchan) {
-	for s := range c.watchers {
+	for _, s := range c.watchers {
 		select {
 		case s <- struct{}{}:
 		default:

@@ -2,7 +2,6 @@ package server
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"fmt"
 
@@ -26,7 +25,7 @@ import (
 // (about 40% of a NextUlid of 1000). It is written directly in the wire
 // format, byte for byte what proto.Marshal writes (codec_test.go checks
 // it). Every other message, and every decoding, goes to the proto codec;
-// a request that does not decode is marked for rejectUndecodable (below)
+// a request that does not decode is marked for the innermost interceptor (unaryEdge.handle, rejectUndecodableStream)
 // instead of failing inside gRPC, which would answer INTERNAL.
 type codec struct{ encoding.CodecV2 }
 
@@ -54,7 +53,7 @@ func (c codec) Marshal(v any) (mem.BufferSlice, error) {
 // decodes a unary request before any interceptor runs. So a message that
 // does not decode is not an error here: it is emptied and marked (one
 // unknown field holding this process's random tag and the decoding
-// error), and the innermost interceptors (rejectUndecodable) refuse the
+// error), and the innermost interceptors (unaryEdge.handle, rejectUndecodableStream) refuse the
 // call before its handler sees it. The tag cannot be forged by a client,
 // and nothing outlives the message.
 func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
@@ -106,15 +105,6 @@ func undecodable(v any) error {
 		st = d
 	}
 	return st.Err()
-}
-
-// rejectUndecodable answers INVALID_ARGUMENT to a unary call whose request
-// did not decode (see codec.Unmarshal).
-func rejectUndecodable(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	if err := undecodable(req); err != nil {
-		return nil, err
-	}
-	return handler(ctx, req)
 }
 
 // rejectUndecodableStream makes a stream's RecvMsg answer INVALID_ARGUMENT

@@ -22,25 +22,10 @@ import (
 // at the default level nothing needs building for it; tracing work is done
 // only when tracing is on.
 
-// unaryLogging writes the same "finished call" record as go-grpc-middleware's
-// logging interceptor (which it defers to when debug is enabled, as every
-// call is then logged), but builds the record's fields only when the
-// call's level is enabled: at info level a successful call costs a status
-// lookup and a level check.
-func unaryLogging(l *slog.Logger, full grpc.UnaryServerInterceptor) grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		if l.Enabled(ctx, slog.LevelDebug) {
-			return full(ctx, req, info, handler)
-		}
-		start := time.Now()
-		resp, err := handler(ctx, req)
-		logFinished(ctx, l, info.FullMethod, "unary", start, err)
-		return resp, err
-	}
-}
-
-// streamLogging is unaryLogging for streams: a session's record is built
-// when it ends (if its level is enabled), not held for its whole life.
+// streamLogging writes the same "finished call" record as
+// go-grpc-middleware's logging interceptor (which it defers to when debug
+// is enabled, as every call is then logged), but builds the record's
+// fields only when the call's level is enabled, when the session ends.
 func streamLogging(l *slog.Logger, full grpc.StreamServerInterceptor) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
 		ctx := ss.Context()
@@ -121,10 +106,6 @@ func extractTraceContext(ctx context.Context) context.Context {
 		}
 	}
 	return ctx
-}
-
-func unaryPropagation(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-	return handler(extractTraceContext(ctx), req)
 }
 
 func streamPropagation(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {

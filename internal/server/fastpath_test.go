@@ -30,12 +30,14 @@ func TestPropagationWithoutTracing(t *testing.T) {
 		got = trace.SpanContextFromContext(ctx)
 		return nil, nil
 	}
+	e := testEdge(slog.New(slog.DiscardHandler))
+	e.propagate = true
 	ctx := metadata.NewIncomingContext(context.Background(), metadata.Pairs("traceparent", tp))
-	_, _ = unaryPropagation(ctx, nil, &grpc.UnaryServerInfo{}, h)
+	_, _ = e.intercept(ctx, nil, &grpc.UnaryServerInfo{}, h)
 	if got.TraceID().String() != "4bf92f3577b34da6a3ce929d0e0e4736" || !got.IsRemote() {
 		t.Fatalf("span context %v, want the caller's trace", got)
 	}
-	_, _ = unaryPropagation(metadata.NewIncomingContext(context.Background(), metadata.MD{}), nil, &grpc.UnaryServerInfo{}, h)
+	_, _ = e.intercept(metadata.NewIncomingContext(context.Background(), metadata.MD{}), nil, &grpc.UnaryServerInfo{}, h)
 	if got.IsValid() {
 		t.Fatalf("span context %v without traceparent", got)
 	}
@@ -60,8 +62,7 @@ func TestUnaryLoggingLevels(t *testing.T) {
 	} {
 		var buf bytes.Buffer
 		l := slog.New(slog.NewJSONHandler(&buf, &slog.HandlerOptions{Level: tc.level}))
-		u := unaryLogging(l, loggingMiddleware(l))
-		_, _ = u(context.Background(), nil, info, tc.handler)
+		_, _ = testEdge(l).intercept(context.Background(), nil, info, tc.handler)
 		lines := bytes.Count(buf.Bytes(), []byte("\n"))
 		if lines != tc.want {
 			t.Fatalf("level %v: %d records, want %d: %s", tc.level, lines, tc.want, buf.String())
@@ -82,4 +83,12 @@ func TestUnaryLoggingLevels(t *testing.T) {
 			t.Errorf("record %v", rec)
 		}
 	}
+}
+
+// testEdge is the server's unary interceptor logging to l, without
+// metrics, trace propagation or auth.
+func testEdge(l *slog.Logger) *unaryEdge {
+	return &unaryEdge{log: l, debugLog: loggingMiddleware(l), recovered: func(context.Context, any) error {
+		return status.Error(codes.Internal, "internal error")
+	}}
 }

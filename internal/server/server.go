@@ -96,11 +96,11 @@ func New(opts Options) *Server {
 	s := &Server{opts: opts, health: health.NewServer()}
 	s.stopping, s.stop = context.WithCancel(context.Background())
 
-	rec := recovery.WithRecoveryHandlerContext(func(ctx context.Context, p any) error {
+	recovered := func(ctx context.Context, p any) error {
 		opts.Log.ErrorContext(ctx, "panic in handler", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 		return status.Error(codes.Internal, "internal error")
-	})
-	var unary []grpc.UnaryServerInterceptor
+	}
+	unary := &unaryEdge{log: opts.Log, debugLog: loggingMiddleware(opts.Log), recovered: recovered}
 	var stream []grpc.StreamServerInterceptor
 	serverOpts := []grpc.ServerOption{
 		// Calls run on long-lived workers whose stacks have already grown,
@@ -117,25 +117,24 @@ func New(opts Options) *Server {
 		}
 		serverOpts = append(serverOpts, grpc.StatsHandler(otelgrpc.NewServerHandler(otelOpts...)))
 	} else {
-		unary = append(unary, unaryPropagation)
+		unary.propagate = true
 		stream = append(stream, streamPropagation)
 	}
 	if opts.Metrics != nil {
-		unary = append(unary, opts.Metrics.GRPC.UnaryServerInterceptor())
+		unary.metrics = opts.Metrics.GRPC
 		stream = append(stream, opts.Metrics.GRPC.StreamServerInterceptor())
 	}
-	unary = append(unary, unaryLogging(opts.Log, loggingMiddleware(opts.Log)), recovery.UnaryServerInterceptor(rec))
-	stream = append(stream, streamLogging(opts.Log, logging.StreamServerInterceptor(interceptorLogger(opts.Log), logOptions()...)), recovery.StreamServerInterceptor(rec))
+	stream = append(stream, streamLogging(opts.Log, logging.StreamServerInterceptor(interceptorLogger(opts.Log), logOptions()...)),
+		recovery.StreamServerInterceptor(recovery.WithRecoveryHandlerContext(recovered)))
 	if opts.APIToken != "" {
 		check := bearerAuth(opts.APIToken)
-		unary = append(unary, selector.UnaryServerInterceptor(auth.UnaryServerInterceptor(check), selector.MatchFunc(needsAuth)))
+		unary.auth = check
 		stream = append(stream, selector.StreamServerInterceptor(auth.StreamServerInterceptor(check), selector.MatchFunc(needsAuth)))
 	}
 	// Innermost: a request that did not decode is INVALID_ARGUMENT (codec.go).
-	unary = append(unary, rejectUndecodable)
 	stream = append(stream, rejectUndecodableStream)
 	s.grpc = grpc.NewServer(append(serverOpts,
-		grpc.ChainUnaryInterceptor(unary...),
+		grpc.UnaryInterceptor(unary.intercept),
 		grpc.ChainStreamInterceptor(stream...),
 		grpc.MaxRecvMsgSize(opts.MaxMessageBytes),
 		grpc.MaxSendMsgSize(opts.MaxMessageBytes),
@@ -271,8 +270,17 @@ func storeDownMessage(err error) string {
 // needsAuth exempts health checks and reflection, which probes and tools
 // call without credentials.
 func needsAuth(_ context.Context, c interceptors.CallMeta) bool {
-	return c.Service != healthpb.Health_ServiceDesc.ServiceName &&
-		!strings.HasPrefix(c.Service, "grpc.reflection.")
+	return serviceNeedsAuth(c.Service)
+}
+
+// methodNeedsAuth is needsAuth for "/service/method".
+func methodNeedsAuth(fullMethod string) bool {
+	service, _ := splitMethod(fullMethod)
+	return serviceNeedsAuth(service)
+}
+
+func serviceNeedsAuth(service string) bool {
+	return service != healthpb.Health_ServiceDesc.ServiceName && !strings.HasPrefix(service, "grpc.reflection.")
 }
 
 func bearerAuth(token string) auth.AuthFunc {
