@@ -3,6 +3,8 @@ BUF_VERSION                := v1.75.0
 PROTOC_GEN_GO_VERSION      := v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 GRPCURL_VERSION            := v1.9.3
+STATICCHECK_VERSION        := v0.8.2
+DEADCODE_VERSION           := v0.53.0
 
 BIN   := $(CURDIR)/.bin
 GO    ?= go
@@ -20,8 +22,12 @@ $(BIN)/protoc-gen-go-grpc:
 	GOBIN=$(BIN) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 $(BIN)/grpcurl:
 	GOBIN=$(BIN) $(GO) install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
+$(BIN)/staticcheck:
+	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+$(BIN)/deadcode:
+	GOBIN=$(BIN) $(GO) install golang.org/x/tools/cmd/deadcode@$(DEADCODE_VERSION)
 
-tools: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/grpcurl
+tools: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/grpcurl $(BIN)/staticcheck $(BIN)/deadcode
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/sidecar ./cmd/sidecar-injector
@@ -41,8 +47,13 @@ GENERATED := clients/go/resiliencev1 clients/node/src/gen clients/python/resilie
 check-generated: generate
 	@test -z "$$(git status --porcelain -- $(GENERATED))" || { git status --short -- $(GENERATED); echo "generated code is stale: run 'make generate' and commit" >&2; exit 1; }
 
-lint: $(BIN)/buf
+## lint: go vet, staticcheck (default checks), buf lint and format, gofmt.
+## Not part of it: $(BIN)/deadcode -test ./... (after make tools) lists
+## functions no program or test reaches; it also lists the Go client's
+## public options that no test calls, so it is read, not enforced.
+lint: $(BIN)/buf $(BIN)/staticcheck
 	$(GO) vet ./...
+	staticcheck ./...
 	buf lint
 	buf format -d --exit-code
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed" >&2; exit 1; }

@@ -20,6 +20,7 @@ import (
 
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // brkConfig writes a sidecar config file and returns its path.
@@ -79,17 +80,15 @@ func brkFail(t *testing.T, ctx context.Context, c v1.BreakerServiceClient, name 
 // brkWaitState polls GetBreaker until the breaker shows want.
 func brkWaitState(t *testing.T, ctx context.Context, c v1.BreakerServiceClient, name string, want v1.BreakerState) *v1.Breaker {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	var b *v1.Breaker
+	testkit.EventuallyNil(t, 20*time.Second, fmt.Sprintf("breaker %s %v", name, want), func() error {
 		r, err := c.GetBreaker(ctx, &v1.GetBreakerRequest{Breaker: name})
-		if err == nil && r.GetBreaker().GetState() == want {
-			return r.GetBreaker()
+		if b = r.GetBreaker(); err == nil && b.GetState() != want {
+			err = fmt.Errorf("breaker %v", b)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("breaker %s did not become %v: %v, %v", name, want, r, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err
+	})
+	return b
 }
 
 // TestBreakerSharedAcrossSidecars: a shared breaker lives in Redis, so
@@ -199,7 +198,7 @@ breakers:
 	if r := brkAllow(t, ctx, b, "probe"); r.GetAllowed() {
 		t.Fatal("a second probe was admitted")
 	}
-	time.Sleep(400 * time.Millisecond) // the probe's permit expires (Redis time)
+	testkit.RedisTime(400 * time.Millisecond) // the probe's permit expires by Redis time
 	if r := brkAllow(t, ctx, c, "probe"); r.GetAllowed() || r.GetState() != v1.BreakerState_BREAKER_STATE_OPEN {
 		t.Fatalf("after the probe's permit expired: %v; want refused, open again", r)
 	}
@@ -407,20 +406,16 @@ upstreams:
 	}
 
 	rd.Restart()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	testkit.Eventually(t, 30*time.Second, "out of degraded mode after Redis came back", func() bool {
 		r := brkAllow(t, ctx, c, "fleet")
-		if !r.GetDegraded() {
-			if !r.GetAllowed() {
-				t.Fatalf("after recovery: %v", r)
-			}
-			break
+		if r.GetDegraded() {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatal("still degraded after Redis came back")
+		if !r.GetAllowed() {
+			t.Fatalf("after recovery: %v", r)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return true
+	})
 }
 
 // TestBreakerConfigErrorExits2: a policy that cannot trip, or a bad

@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // choreoState is the union of what the three services of
@@ -134,13 +136,12 @@ func TestEventsChoreography(t *testing.T) {
 	// Inventory got order.placed twice (it dropped the first ack), and
 	// reserved once.
 	invPath := filepath.Join(dir, "inventory.json")
-	deadline := time.Now().Add(30 * time.Second)
-	for readChoreoState(t, invPath).Deliveries[placed] < 2 {
-		if time.Now().After(deadline) {
-			t.Fatalf("order.placed was not redelivered to inventory: %+v", readChoreoState(t, invPath))
+	testkit.EventuallyNil(t, 30*time.Second, "order.placed redelivered to inventory", func() error {
+		if st := readChoreoState(t, invPath); st.Deliveries[placed] < 2 {
+			return fmt.Errorf("inventory state %+v", st)
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 	inv := readChoreoState(t, invPath)
 	if inv.Stock != 10 || len(inv.Reserved) != 0 || !slices.Equal(inv.Released, []string{"o-1"}) {
 		t.Errorf("inventory: stock %d, reserved %v, released %v; want the reservation released (stock 10)", inv.Stock, inv.Reserved, inv.Released)

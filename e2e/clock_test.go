@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/linearize"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
 )
 
@@ -61,13 +62,15 @@ func TestClockLamportUniqueAcrossSidecars(t *testing.T) {
 	ctx := ctxT(t, 3*time.Minute)
 	const callers, ops = 64, 60
 	counts := []uint32{1, 1, 2, 7, 100, 1000}
+	hist := linearize.NewHistory()
+	defer linearize.Check(t, lamportModel, hist)
 
 	var seen atomic.Uint64 // highest value any caller got: "messages" carry it
 	blocks := make([][]lamportBlock, callers)
 	var wg sync.WaitGroup
 	for c := range callers {
 		wg.Go(func() {
-			client := clockClient(t, sidecars[c%len(sidecars)])
+			client := recordClock(hist, clockClient(t, sidecars[c%len(sidecars)]))
 			rng := rand.New(rand.NewPCG(uint64(c), 1))
 			var last uint64
 			for range ops {
@@ -134,14 +137,14 @@ func TestClockLamportUniqueAcrossSidecars(t *testing.T) {
 	top := all[len(all)-1].last
 	t.Logf("%d answers, %d values, highest %d", len(all), values, top)
 	for _, s := range sidecars {
-		g, err := clockClient(t, s).GetLamport(ctx, &v1.GetLamportRequest{Clock: "orders"})
+		g, err := recordClock(hist, clockClient(t, s)).GetLamport(ctx, &v1.GetLamportRequest{Clock: "orders"})
 		if err != nil || g.GetTimestamp() != top {
 			t.Fatalf("GetLamport = %v, %v; want the highest value handed out, %d", g, err, top)
 		}
 		s.Kill()
 	}
 	fresh := clockSidecars(t, 1, rd.URL())[0]
-	r, err := clockClient(t, fresh).NextLamport(ctx, &v1.NextLamportRequest{Clock: "orders"})
+	r, err := recordClock(hist, clockClient(t, fresh)).NextLamport(ctx, &v1.NextLamportRequest{Clock: "orders"})
 	if err != nil || r.GetFirst() != top+1 {
 		t.Fatalf("after every sidecar restarted: %v, %v; want %d", r, err, top+1)
 	}
@@ -152,7 +155,9 @@ func TestClockLamportUniqueAcrossSidecars(t *testing.T) {
 func TestClockLamportSurvivesRedisRestartWithAOF(t *testing.T) {
 	rd := testharness.StartRedis(t, testharness.WithAppendOnly(), testharness.WithRedisArgs("--appendfsync", "always"))
 	sc := clockSidecars(t, 1, rd.URL(), "--store-timeout", "300ms", "--health-interval", "100ms")[0]
-	c := clockClient(t, sc)
+	hist := linearize.NewHistory()
+	defer linearize.Check(t, lamportModel, hist)
+	c := recordClock(hist, clockClient(t, sc))
 	ctx := ctxT(t, time.Minute)
 	if r, err := c.NextLamport(ctx, &v1.NextLamportRequest{Clock: "c", Count: 10}); err != nil || r.GetLast() != 10 {
 		t.Fatal(r, err)
@@ -173,7 +178,11 @@ func TestClockLamportSurvivesRedisRestartWithAOF(t *testing.T) {
 func TestClockLamportRefusesToGoBackwards(t *testing.T) {
 	rd := testharness.StartRedis(t)
 	sc := clockSidecars(t, 1, rd.URL(), "--store-timeout", "300ms", "--health-interval", "100ms")[0]
-	c := clockClient(t, sc)
+	// The refused calls (INTERNAL) count as of unknown outcome; no answer
+	// the clients saw may go backwards.
+	hist := linearize.NewHistory()
+	defer linearize.Check(t, lamportModel, hist)
+	c := recordClock(hist, clockClient(t, sc))
 	ctx := ctxT(t, time.Minute)
 	if r, err := c.NextLamport(ctx, &v1.NextLamportRequest{Clock: "c", Count: 10}); err != nil || r.GetLast() != 10 {
 		t.Fatal(r, err)
@@ -208,7 +217,10 @@ func TestClockLamportRefusesToGoBackwards(t *testing.T) {
 func TestClockRedisDown(t *testing.T) {
 	rd := testharness.StartRedis(t)
 	sc := clockSidecars(t, 1, rd.URL(), "--store-timeout", "300ms", "--health-interval", "100ms")[0]
-	c := clockClient(t, sc)
+	hist := linearize.NewHistory()
+	defer linearize.Check(t, lamportModel, hist)
+	base := clockClient(t, sc)
+	c := recordClock(hist, base)
 	ctx := ctxT(t, 2*time.Minute)
 	if _, err := c.NextLamport(ctx, &v1.NextLamportRequest{Clock: "c"}); err != nil {
 		t.Fatal(err)
@@ -218,6 +230,7 @@ func TestClockRedisDown(t *testing.T) {
 		var wg sync.WaitGroup
 		for i := range 9 {
 			wg.Go(func() {
+				c := recordClock(hist, base)
 				cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 				defer cancel()
 				var err error

@@ -25,6 +25,7 @@ import (
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/events"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 func eventClient(t *testing.T, s *testharness.Sidecar) v1.EventServiceClient {
@@ -355,13 +356,12 @@ events:
 		t.Errorf("broken upstream called %+v, want deliveries 1 and 2", calls)
 	}
 	// The others are delivered (waiting on the upstream's record).
-	deadline := time.Now().Add(30 * time.Second)
-	for len(u.callsTo("/ok")) < 1 || len(u.callsTo("/flaky")) < 5 {
-		if time.Now().After(deadline) {
-			t.Fatalf("pushes: ok %d, flaky %d calls", len(u.callsTo("/ok")), len(u.callsTo("/flaky")))
+	testkit.EventuallyNil(t, 30*time.Second, "pushes to /ok and /flaky", func() error {
+		if ok, flaky := len(u.callsTo("/ok")), len(u.callsTo("/flaky")); ok < 1 || flaky < 5 {
+			return fmt.Errorf("pushes: ok %d, flaky %d calls", ok, flaky)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	oc := u.callsTo("/ok")[0]
 	if oc.idemKey != okID || oc.eventID != okID || oc.topic != "orders" || oc.key != "o-1" || oc.count != "1" ||
 		oc.contentType != "application/json" || oc.body != `{"k":"o-1"}` {
@@ -386,19 +386,18 @@ events:
 	// arrive for the two.
 	rdb := rd.Client(t)
 	streams := events.NewRedisStore(rdb, "default", time.Second)
-	deadline = time.Now().Add(30 * time.Second)
-	for _, g := range []struct{ topic, group string }{{"orders", "ok"}, {"refunds", "flaky"}} {
-		for {
+	testkit.EventuallyNil(t, 30*time.Second, "nothing pending in groups ok and flaky", func() error {
+		for _, g := range []struct{ topic, group string }{{"orders", "ok"}, {"refunds", "flaky"}} {
 			p, err := rdb.XPending(context.Background(), streams.StreamKey(g.topic), g.group).Result()
-			if err == nil && p.Count == 0 {
-				break
+			if err != nil {
+				return err
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("group %s still has events pending: %+v %v", g.group, p, err)
+			if p.Count != 0 {
+				return fmt.Errorf("group %s still has events pending: %+v", g.group, p)
 			}
-			time.Sleep(20 * time.Millisecond)
 		}
-	}
+		return nil
+	})
 	if n, m := len(u.callsTo("/ok")), len(u.callsTo("/flaky")); n != 1 || m != 5 {
 		t.Errorf("after success: %d pushes to /ok, %d to /flaky; want 1 and 5", n, m)
 	}

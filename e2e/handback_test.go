@@ -13,6 +13,7 @@ import (
 
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // Issue 16, section 1: a call that fails leaves no grant behind. Calls
@@ -84,20 +85,18 @@ func eventuallyNone(t *testing.T, what string, count func() int) (first int, aft
 	t.Helper()
 	start := time.Now()
 	first = -1
-	for {
-		polled := time.Since(start)
+	testkit.EventuallyNil(t, 30*time.Second, what+" all given back", func() error {
+		after = time.Since(start)
 		n := count()
 		if first < 0 {
 			first = n
 		}
-		if n == 0 {
-			return first, polled
+		if n != 0 {
+			return fmt.Errorf("%d still held", n)
 		}
-		if time.Since(start) > 30*time.Second {
-			t.Fatalf("%s: %d still held after %v", what, n, time.Since(start))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
+	return first, after
 }
 
 func TestTimedOutAcquiresLeaveNoLockHeld(t *testing.T) {

@@ -22,6 +22,7 @@ import (
 
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // childModeEnv selects a child-process mode of the test binary (see
@@ -101,19 +102,15 @@ func reasonOf(err error) (codes.Code, string) {
 func waitHealth(t *testing.T, conn *grpc.ClientConn, want healthpb.HealthCheckResponse_ServingStatus, within time.Duration) {
 	t.Helper()
 	h := healthpb.NewHealthClient(conn)
-	deadline := time.Now().Add(within)
-	var last string
-	for time.Now().Before(deadline) {
+	testkit.EventuallyNil(t, within, fmt.Sprintf("health %v", want), func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
 		r, err := h.Check(ctx, &healthpb.HealthCheckRequest{})
-		cancel()
-		if err == nil && r.GetStatus() == want {
-			return
+		if err == nil && r.GetStatus() != want {
+			err = fmt.Errorf("health %v", r.GetStatus())
 		}
-		last = fmt.Sprint(r.GetStatus(), err)
-		time.Sleep(20 * time.Millisecond)
-	}
-	t.Fatalf("health did not become %v within %v (last: %s)", want, within, last)
+		return err
+	})
 }
 
 // metricValue scrapes one unlabelled gauge from a Prometheus endpoint.

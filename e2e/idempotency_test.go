@@ -16,6 +16,7 @@ import (
 
 	"github.com/seed-a88e5317/resilience-sidecar/clients/go/resilience"
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/linearize"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
 )
 
@@ -74,6 +75,7 @@ func TestIdempotencyExactlyOnceAcrossSidecars(t *testing.T) {
 	var book ledger
 	var failedOnce sync.Once
 	errFlaky := errors.New("upstream said 503")
+	hist := linearize.NewHistory()
 
 	type outcome struct {
 		key, result string
@@ -85,7 +87,7 @@ func TestIdempotencyExactlyOnceAcrossSidecars(t *testing.T) {
 	for _, key := range keys {
 		for i := range callers {
 			wg.Go(func() {
-				c := clients[i%len(clients)]
+				c := recordIdem(hist, clients[i%len(clients)])
 				me := fmt.Sprintf("caller-%d", i)
 				op := func(ctx context.Context) (resilience.Result, error) {
 					time.Sleep(30 * time.Millisecond) // the operation takes a while
@@ -114,6 +116,7 @@ func TestIdempotencyExactlyOnceAcrossSidecars(t *testing.T) {
 	close(start)
 	wg.Wait()
 	close(out)
+	linearize.Check(t, idemModel, hist)
 
 	results := map[string]map[string]int{}
 	for o := range out {
@@ -149,7 +152,9 @@ func TestIdempotencyExecutorCrashTakeover(t *testing.T) {
 	sidecars := idemSidecars(t, 3, rd.URL())
 	ctx := ctxT(t, 2*time.Minute)
 	const key = "orders/9/fulfil"
-	deadSide := idemClient(t, sidecars[0])
+	hist := linearize.NewHistory()
+	defer linearize.Check(t, idemModel, hist)
+	deadSide := recordIdem(hist, idemClient(t, sidecars[0]))
 	dead, err := deadSide.CheckOrRecordIdempotency(ctx, &v1.CheckOrRecordIdempotencyRequest{
 		Key: key, Fingerprint: "fp", LeaseTtl: durationpb.New(time.Second)})
 	if err != nil || dead.GetOutcome() != v1.CheckOrRecordIdempotencyResponse_OUTCOME_STARTED {
@@ -168,7 +173,7 @@ func TestIdempotencyExecutorCrashTakeover(t *testing.T) {
 	var wg sync.WaitGroup
 	for i := range callers {
 		wg.Go(func() {
-			c := idemClient(t, sidecars[1+i%2])
+			c := recordIdem(hist, idemClient(t, sidecars[1+i%2]))
 			me := fmt.Sprintf("caller-%d", i)
 			res, err := resilience.Idempotent(ctx, c, key, "fp", func(ctx context.Context) (resilience.Result, error) {
 				run := resilience.ExecutionFrom(ctx)
@@ -195,7 +200,7 @@ func TestIdempotencyExecutorCrashTakeover(t *testing.T) {
 
 	// The dead executor comes back (through another sidecar) and tries to
 	// record its own result: refused, and nothing changes.
-	live := idemClient(t, sidecars[1])
+	live := recordIdem(hist, idemClient(t, sidecars[1]))
 	_, err = live.CompleteIdempotency(ctx, &v1.CompleteIdempotencyRequest{Key: key, LeaseId: dead.GetLeaseId(),
 		Result: &v1.IdempotencyResult{Data: []byte("stale")}})
 	if code, reason := reasonOf(err); code != codes.FailedPrecondition || reason != "LEASE_LOST" {
@@ -295,7 +300,9 @@ func TestIdempotencyRefusedRequestsStoreNothing(t *testing.T) {
 func TestIdempotencyRedisOutage(t *testing.T) {
 	rd := testharness.StartRedis(t, testharness.WithAppendOnly(), testharness.WithRedisArgs("--appendfsync", "always"))
 	sc := idemSidecars(t, 1, rd.URL(), "--store-timeout", "300ms", "--health-interval", "100ms")[0]
-	c := idemClient(t, sc)
+	hist := linearize.NewHistory()
+	defer linearize.Check(t, idemModel, hist)
+	c := recordIdem(hist, idemClient(t, sc))
 	ctx := ctxT(t, 2*time.Minute)
 	claim := func(key string, wait time.Duration) (*v1.CheckOrRecordIdempotencyResponse, error) {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)

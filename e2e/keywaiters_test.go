@@ -14,6 +14,7 @@ import (
 
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // Issue 16, section 2: waiting does not cost a Redis connection per key.
@@ -96,17 +97,14 @@ func TestWaitersOnDistinctKeysShareConnections(t *testing.T) {
 			}
 			// All wait once each key's release channel is subscribed.
 			maxConns := 0
-			for deadline := time.Now().Add(3 * time.Minute); ; {
+			testkit.EventuallyNil(t, 3*time.Minute, "every release channel subscribed", func() error {
 				n, channels := sidecarConns()
 				maxConns = max(maxConns, n)
-				if channels == waiters {
-					break
+				if channels != waiters {
+					return fmt.Errorf("%d of %d release channels subscribed", channels, waiters)
 				}
-				if time.Now().After(deadline) {
-					t.Fatalf("%d of %d release channels subscribed", channels, waiters)
-				}
-				time.Sleep(50 * time.Millisecond)
-			}
+				return nil
+			})
 			if maxConns > 32 {
 				t.Fatalf("the sidecar used %d Redis connections for %d waiters on distinct keys, want at most 32", maxConns, waiters)
 			}

@@ -15,23 +15,22 @@ import (
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // waitQueueLen polls the sidecar queue of key until it has n entries.
 func waitQueueLen(t *testing.T, rdb *redis.Client, key string, n int) []string {
 	t.Helper()
 	q := redisx.Key("default", redisx.Lock, key, "lock:queue")
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		ids, err := rdb.ZRange(context.Background(), q, 0, -1).Result()
-		if err == nil && len(ids) == n {
-			return ids
+	var ids []string
+	testkit.EventuallyNil(t, 30*time.Second, fmt.Sprintf("%d entries in queue %s", n, q), func() (err error) {
+		ids, err = rdb.ZRange(context.Background(), q, 0, -1).Result()
+		if err == nil && len(ids) != n {
+			err = fmt.Errorf("queue %v", ids)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("queue %s = %v %v; want %d entries", q, ids, err, n)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return err
+	})
+	return ids
 }
 
 type acquireResult struct {

@@ -14,6 +14,7 @@ import (
 
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // scrape fetches and strictly parses a Prometheus text endpoint.
@@ -159,21 +160,13 @@ func TestMetricsLock(t *testing.T) {
 			break
 		}
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for scrapeMetrics(t, maddr).mustValue(t, "resilience_lock_held") != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("resilience_lock_held did not return to 0 after the session ended")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	testkit.Eventually(t, 10*time.Second, "resilience_lock_held back to 0 after the session ended", func() bool {
+		return scrapeMetrics(t, maddr).mustValue(t, "resilience_lock_held") == 0
+	})
 
 	// Store down: resilience_store_up turns 0.
 	rd.Kill()
-	deadline = time.Now().Add(20 * time.Second)
-	for scrapeMetrics(t, maddr).mustValue(t, "resilience_store_up") != 0 {
-		if time.Now().After(deadline) {
-			t.Fatal("resilience_store_up stayed 1 with Redis killed")
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testkit.Eventually(t, 20*time.Second, "resilience_store_up 0 with Redis killed", func() bool {
+		return scrapeMetrics(t, maddr).mustValue(t, "resilience_store_up") == 0
+	})
 }

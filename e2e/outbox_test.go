@@ -19,6 +19,7 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/outbox"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 const outboxTopic = "orders"
@@ -46,17 +47,11 @@ func outboxStatus(t *testing.T, ctx context.Context, sc *testharness.Sidecar) *v
 	return st
 }
 
-// waitFor polls cond until it holds; ctx bounds the wait (a test bound,
-// not a timing assertion).
-func waitFor(t *testing.T, ctx context.Context, what string, cond func() bool) {
-	t.Helper()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("timed out waiting for %s", what)
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+// left is what remains before ctx's deadline: the bound of a wait that
+// the test's ctx bounds as a whole (not a timing assertion).
+func left(ctx context.Context) time.Duration {
+	d, _ := ctx.Deadline()
+	return time.Until(d)
 }
 
 func countUnpublished(t *testing.T, ctx context.Context, conn *pgx.Conn) int {
@@ -212,7 +207,7 @@ func TestOutboxExactlyOnceThreeSidecars(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer check.Close(context.Background())
-	waitFor(t, ctx, "a third of the rows inserted and some published", func() bool {
+	testkit.Eventually(t, left(ctx), "a third of the rows inserted and some published", func() bool {
 		var marked int
 		_ = check.QueryRow(ctx, `SELECT count(*) FROM outbox WHERE published_at IS NOT NULL`).Scan(&marked)
 		return inserted.Load() >= total/3 && marked > 0 && outboxStatus(t, ctx, sidecars[0]).GetPublished() > 0
@@ -229,7 +224,7 @@ func TestOutboxExactlyOnceThreeSidecars(t *testing.T) {
 	if len(committed)+len(rolledBack) != total || len(rolledBack) == 0 {
 		t.Fatalf("%d committed + %d rolled back, want %d rows with some rolled back", len(committed), len(rolledBack), total)
 	}
-	waitFor(t, ctx, "every committed row marked published", func() bool { return countUnpublished(t, ctx, check) == 0 })
+	testkit.Eventually(t, left(ctx), "every committed row marked published", func() bool { return countUnpublished(t, ctx, check) == 0 })
 	var rowsLeft int
 	if err := check.QueryRow(ctx, `SELECT count(*) FROM outbox`).Scan(&rowsLeft); err != nil {
 		t.Fatal(err)
@@ -269,7 +264,7 @@ func TestOutboxExactlyOnceThreeSidecars(t *testing.T) {
 	}
 
 	for i, sc := range sidecars {
-		waitFor(t, ctx, fmt.Sprintf("sidecar %d reports backlog 0", i), func() bool {
+		testkit.Eventually(t, left(ctx), fmt.Sprintf("sidecar %d reports backlog 0", i), func() bool {
 			st := outboxStatus(t, ctx, sc)
 			return st.GetEnabled() && st.GetHealthy() && st.GetBacklog() == 0 && st.GetTable() == "outbox"
 		})
@@ -319,12 +314,12 @@ func TestOutboxPostgresAndRedisOutages(t *testing.T) {
 	}
 
 	first := insert("before", 10)
-	waitFor(t, ctx, "first rows published", func() bool { return unpublished() == 0 })
-	waitFor(t, ctx, "healthy outbox", func() bool { return outboxStatus(t, ctx, sc).GetHealthy() })
+	testkit.Eventually(t, left(ctx), "first rows published", func() bool { return unpublished() == 0 })
+	testkit.Eventually(t, left(ctx), "healthy outbox", func() bool { return outboxStatus(t, ctx, sc).GetHealthy() })
 
 	// Postgres stopped: unhealthy, with the error.
 	pg.Stop()
-	waitFor(t, ctx, "unhealthy outbox while Postgres is stopped", func() bool {
+	testkit.Eventually(t, left(ctx), "unhealthy outbox while Postgres is stopped", func() bool {
 		st := outboxStatus(t, ctx, sc)
 		return st.GetEnabled() && !st.GetHealthy() && st.GetLastError() != ""
 	})
@@ -334,13 +329,13 @@ func TestOutboxPostgresAndRedisOutages(t *testing.T) {
 	}
 	pg.Restart()
 	second := insert("after-postgres", 10)
-	waitFor(t, ctx, "rows published after Postgres is back", func() bool { return unpublished() == 0 })
-	waitFor(t, ctx, "healthy outbox again", func() bool { return outboxStatus(t, ctx, sc).GetHealthy() })
+	testkit.Eventually(t, left(ctx), "rows published after Postgres is back", func() bool { return unpublished() == 0 })
+	testkit.Eventually(t, left(ctx), "healthy outbox again", func() bool { return outboxStatus(t, ctx, sc).GetHealthy() })
 
 	// Redis down: publishes fail, and the rows must stay unmarked.
 	rd.Kill()
 	third := insert("redis-down", 10)
-	waitFor(t, ctx, "a failed publish reported", func() bool {
+	testkit.Eventually(t, left(ctx), "a failed publish reported", func() bool {
 		st := outboxStatus(t, ctx, sc)
 		return !st.GetHealthy() && strings.Contains(st.GetLastError(), "row ")
 	})
@@ -348,7 +343,7 @@ func TestOutboxPostgresAndRedisOutages(t *testing.T) {
 		t.Fatalf("%d rows unpublished after failed publishes, want all 10", n)
 	}
 	rd.Restart()
-	waitFor(t, ctx, "rows published after Redis is back", func() bool { return unpublished() == 0 })
+	testkit.Eventually(t, left(ctx), "rows published after Redis is back", func() bool { return unpublished() == 0 })
 	seen := streamPayloads(t, ctx, rdb, outboxTopic) // Redis restarted empty: only the third batch
 	for _, p := range third {
 		if seen[p] != 1 {
@@ -359,7 +354,7 @@ func TestOutboxPostgresAndRedisOutages(t *testing.T) {
 		t.Errorf("stream holds %d events after the Redis restart, want %d", len(seen), len(third))
 	}
 	_, _ = first, second
-	waitFor(t, ctx, "healthy outbox with backlog 0", func() bool {
+	testkit.Eventually(t, left(ctx), "healthy outbox with backlog 0", func() bool {
 		st := outboxStatus(t, ctx, sc)
 		return st.GetHealthy() && st.GetBacklog() == 0 && st.GetPublished() == 30
 	})

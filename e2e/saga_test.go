@@ -18,6 +18,7 @@ import (
 
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // sagaUpstream is the real HTTP service the compensations go to. It is
@@ -147,17 +148,15 @@ func startSaga(t *testing.T, ctx context.Context, c v1.SagaServiceClient, id str
 // waitSaga polls GetSaga until the saga is in want (bounded).
 func waitSaga(t *testing.T, ctx context.Context, c v1.SagaServiceClient, id string, want v1.SagaState) *v1.Saga {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	var s *v1.Saga
+	testkit.EventuallyNil(t, 30*time.Second, fmt.Sprintf("saga %s %v", id, want), func() error {
 		r, err := c.GetSaga(ctx, &v1.GetSagaRequest{SagaId: id})
-		if err == nil && r.GetSaga().GetState() == want {
-			return r.GetSaga()
+		if s = r.GetSaga(); err == nil && s.GetState() != want {
+			err = fmt.Errorf("saga %v", s)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("saga %s did not become %v: %v %v", id, want, r.GetSaga(), err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err
+	})
+	return s
 }
 
 // wantEffects checks that saga id's compensations took effect exactly

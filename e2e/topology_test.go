@@ -18,6 +18,7 @@ import (
 
 	"github.com/seed-a88e5317/resilience-sidecar/clients/go/resilience"
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/linearize"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
 )
@@ -57,7 +58,9 @@ func TestTopologySentinel(t *testing.T) {
 
 	t.Run("FollowsFailoverAfterMasterKilled", func(t *testing.T) {
 		sc := tp.sidecars(t, 1, "follow", "--store-timeout", "300ms", "--health-interval", "100ms")[0]
-		c := lockClient(t, sc)
+		hist := linearize.NewHistory()
+		defer linearize.Check(t, lockModel, hist)
+		c := recordLocks(hist, lockClient(t, sc))
 		ctx := ctxT(t, time.Minute)
 		before, err := c.AcquireLock(ctx, &v1.AcquireLockRequest{Key: "k", Ttl: durationpb.New(time.Minute)})
 		if err != nil || !before.GetAcquired() {
@@ -162,6 +165,7 @@ func runIdempotencyExactlyOnce(t *testing.T, sidecars []*testharness.Sidecar) {
 	var book ledger
 	var failedOnce sync.Once
 	errFlaky := errors.New("upstream said 503")
+	hist := linearize.NewHistory()
 	type outcome struct {
 		key, result string
 		err         error
@@ -172,7 +176,7 @@ func runIdempotencyExactlyOnce(t *testing.T, sidecars []*testharness.Sidecar) {
 	for _, key := range keys {
 		for i := range callers {
 			wg.Go(func() {
-				c := clients[i%len(clients)]
+				c := recordIdem(hist, clients[i%len(clients)])
 				me := fmt.Sprintf("caller-%d", i)
 				op := func(ctx context.Context) (resilience.Result, error) {
 					time.Sleep(30 * time.Millisecond)
@@ -201,6 +205,7 @@ func runIdempotencyExactlyOnce(t *testing.T, sidecars []*testharness.Sidecar) {
 	close(start)
 	wg.Wait()
 	close(out)
+	linearize.Check(t, idemModel, hist)
 	results := map[string]map[string]int{}
 	for o := range out {
 		if o.err != nil {
@@ -231,12 +236,14 @@ func runLamportUnique(t *testing.T, sidecars []*testharness.Sidecar, fresh func(
 	ctx := ctxT(t, 3*time.Minute)
 	const callers, ops = 64, 60
 	counts := []uint32{1, 1, 2, 7, 100, 1000}
+	hist := linearize.NewHistory()
+	defer linearize.Check(t, lamportModel, hist)
 	var seen atomic.Uint64
 	blocks := make([][]lamportBlock, callers)
 	var wg sync.WaitGroup
 	for c := range callers {
 		wg.Go(func() {
-			client := clockClient(t, sidecars[c%len(sidecars)])
+			client := recordClock(hist, clockClient(t, sidecars[c%len(sidecars)]))
 			rng := rand.New(rand.NewPCG(uint64(c), 2))
 			var last uint64
 			for range ops {
@@ -292,7 +299,7 @@ func runLamportUnique(t *testing.T, sidecars []*testharness.Sidecar, fresh func(
 	for _, s := range sidecars {
 		s.Kill()
 	}
-	r, err := clockClient(t, fresh()).NextLamport(ctx, &v1.NextLamportRequest{Clock: "orders"})
+	r, err := recordClock(hist, clockClient(t, fresh())).NextLamport(ctx, &v1.NextLamportRequest{Clock: "orders"})
 	if err != nil || r.GetFirst() != top+1 {
 		t.Fatalf("after every sidecar restarted: %v, %v; want %d", r, err, top+1)
 	}
@@ -346,7 +353,9 @@ func TestClusterWaiterWokenAfterSlotMoved(t *testing.T) {
 	cl := testharness.StartCluster(t, 3)
 	tp := topology{url: cl.URL(), mode: "cluster"}
 	sidecars := tp.sidecars(t, 2, "move")
-	a, b := lockClient(t, sidecars[0]), lockClient(t, sidecars[1])
+	hist := linearize.NewHistory()
+	defer linearize.Check(t, lockModel, hist)
+	a, b := recordLocks(hist, lockClient(t, sidecars[0])), recordLocks(hist, lockClient(t, sidecars[1]))
 	ctx := ctxT(t, time.Minute)
 	const key = "moving-lock"
 	held, err := a.AcquireLock(ctx, &v1.AcquireLockRequest{Key: key, Ttl: durationpb.New(time.Hour), Owner: "a"})

@@ -18,24 +18,18 @@ const responseOverhead = 64 << 10
 // breakers in shared; nil on the embedded store, where they run locally)
 // and the caller of the config's upstreams. Close both when done.
 func newBreakers(cfg *config.Config, shared breaker.Store, m *metrics.Metrics, log *slog.Logger) (*breaker.Service, *upstream.Caller, error) {
-	policies := make(map[string]breaker.Policy, len(cfg.Breakers))
 	for name, p := range cfg.Breakers {
-		policies[name] = p.Policy()
-		if shared == nil && p.Scope == "shared" {
+		if shared == nil && p.Scope == breaker.Shared {
 			log.Warn("breaker has scope shared, but on the embedded store it is local to this sidecar (min_reporters ignored)", "breaker", name)
 		}
 	}
-	svc, err := breaker.NewService(breaker.Options{Policies: policies, Shared: shared, MaxBreakers: cfg.MaxBreakers, Log: log, Metrics: m})
+	svc, err := breaker.NewService(breaker.Options{Policies: cfg.Breakers, Shared: shared, MaxBreakers: cfg.MaxBreakers, Log: log, Metrics: m})
 	if err != nil {
 		return nil, nil, fmt.Errorf("breakers: %w", err)
 	}
 	ups := make([]upstream.Config, 0, len(cfg.Upstreams))
-	for name, u := range cfg.Upstreams {
-		ups = append(ups, upstream.Config{
-			Name: name, URL: u.URL, Timeout: u.Timeout, Breaker: u.Breaker,
-			MaxAttempts: u.Retry.MaxAttempts, InitialBackoff: u.Retry.InitialBackoff, MaxBackoff: u.Retry.MaxBackoff,
-			MaxBodyBytes: u.MaxBodyBytes, MaxConns: u.MaxConnections,
-		})
+	for _, u := range cfg.Upstreams {
+		ups = append(ups, u.Config)
 	}
 	bodyLimit := max(int64(cfg.MaxMessageBytes)-responseOverhead, int64(cfg.MaxMessageBytes)/2)
 	caller, err := upstream.New(ups, upstream.Options{Breakers: svc, Log: log, Metrics: m, BodyLimit: bodyLimit})
@@ -43,6 +37,6 @@ func newBreakers(cfg *config.Config, shared breaker.Store, m *metrics.Metrics, l
 		svc.Close()
 		return nil, nil, err
 	}
-	log.Info("breakers ready", "declared_policies", len(policies), "upstreams", caller.Names(), "shared_store", shared != nil)
+	log.Info("breakers ready", "declared_policies", len(cfg.Breakers), "upstreams", caller.Names(), "shared_store", shared != nil)
 	return svc, caller, nil
 }

@@ -17,7 +17,7 @@ import (
 // own pool and without the command hooks, so that they never hold a
 // connection the other stores need and do not count as store latency.
 func newRedisEvents(cfg *config.Config, rdb redis.UniversalClient, log *slog.Logger) *events.RedisStore {
-	block, err := redisx.NewClient(cfg.RedisURL, redisx.Mode(cfg.RedisMode), cfg.StoreTimeout)
+	block, err := redisx.NewClient(cfg.RedisURL, cfg.RedisMode, cfg.StoreTimeout)
 	if err != nil {
 		// Cannot happen: the same URL made rdb.
 		log.Warn("events: no separate client for blocking reads; sharing the main one", "error", err)
@@ -31,35 +31,13 @@ func newRedisEvents(cfg *config.Config, rdb redis.UniversalClient, log *slog.Log
 // releases the store's own connections; call it before closing the caller
 // and the stores.
 func newEvents(cfg *config.Config, st stores, caller *upstream.Caller, m *metrics.Metrics, log *slog.Logger) (*events.Service, func()) {
-	ec := cfg.Events
-	var topics map[string]events.TopicConfig
-	if len(ec.Topics) > 0 {
-		topics = make(map[string]events.TopicConfig, len(ec.Topics))
-		for name, t := range ec.Topics {
-			topics[name] = events.TopicConfig{MaxLen: t.MaxLen}
-		}
-	}
-	svc := events.NewService(st.events, events.Options{
-		MaxPayloadBytes: ec.MaxPayloadBytes,
-		MaxLen:          ec.MaxLen,
-		DedupRetention:  ec.DedupRetention,
-		Topics:          topics,
-		Visibility:      ec.VisibilityTimeout,
-		MaxDeliveries:   ec.MaxDeliveries,
-		Log:             log,
-		Metrics:         m,
-	})
-	pushers := make([]*events.Pusher, 0, len(ec.Push))
-	for _, p := range ec.Push {
-		start := events.Earliest
-		if p.StartLatest {
-			start = events.Latest
-		}
+	opts := cfg.Events.Options
+	opts.Log, opts.Metrics = log, m
+	svc := events.NewService(st.events, opts)
+	pushers := make([]*events.Pusher, 0, len(cfg.Events.Push))
+	for _, p := range cfg.Events.Push {
 		log.Info("push subscription", "name", p.Name, "topic", p.Topic, "group", p.Group, "upstream", p.Upstream)
-		pushers = append(pushers, svc.StartPush(events.PushConfig{
-			Name: p.Name, Topic: p.Topic, Group: p.Group, Upstream: p.Upstream, Method: p.Method, Path: p.Path,
-			MaxDeliveries: p.MaxDeliveries, Visibility: p.VisibilityTimeout, Concurrency: p.Concurrency, Start: start,
-		}, caller))
+		pushers = append(pushers, svc.StartPush(p, caller))
 	}
 	return svc, func() {
 		for _, p := range pushers {

@@ -93,7 +93,7 @@ func openStores(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log
 		return stores{lock: m, idempotency: idempotency.NewMemoryStore(nil), clock: clock.NewMemoryStore(), saga: saga.NewMemoryStore(nil), events: events.NewMemoryStore(nil),
 			pinger: m, close: func() error { return nil }}, nil
 	}
-	rdb, err := redisx.NewClient(cfg.RedisURL, redisx.Mode(cfg.RedisMode), cfg.StoreTimeout)
+	rdb, err := redisx.NewClient(cfg.RedisURL, cfg.RedisMode, cfg.StoreTimeout)
 	if err != nil {
 		return stores{}, err
 	}

@@ -16,29 +16,20 @@ import (
 // the relay, rolling back a batch in flight; call it before stopping the
 // event service and closing the stores.
 func startOutbox(ctx context.Context, cfg *config.Config, pub outbox.Publisher, m *metrics.Metrics, log *slog.Logger) (status api.OutboxStatuser, stop func(), err error) {
-	oc := cfg.Outbox
-	if !oc.Enabled() {
+	opts := cfg.Outbox
+	if !opts.Enabled() {
 		return nil, func() {}, nil
 	}
 	if cfg.UsesEmbeddedStore() {
 		log.Warn("outbox relay publishes to the EMBEDDED IN-MEMORY STORE: rows are marked published but their events are lost on exit, and the idempotency keys that make relaying exactly-once are not shared with other sidecars")
 	}
-	r, err := outbox.New(outbox.Options{
-		URL:           oc.PostgresURL,
-		Table:         oc.Table,
-		BatchSize:     oc.BatchSize,
-		PollInterval:  oc.PollInterval,
-		NotifyChannel: oc.NotifyChannel,
-		OnPublish:     outbox.Mode(oc.OnPublish),
-		Publisher:     pub,
-		Log:           log,
-		Metrics:       m,
-	})
+	opts.Publisher, opts.Log, opts.Metrics = pub, log, m
+	r, err := outbox.New(opts)
 	if err != nil {
 		return nil, nil, err
 	}
-	log.Info("outbox relay", "table", oc.Table, "on_publish", oc.OnPublish, "batch_size", oc.BatchSize,
-		"poll_interval", oc.PollInterval.String(), "notify_channel", oc.NotifyChannel)
+	log.Info("outbox relay", "table", opts.Table, "on_publish", string(opts.OnPublish), "batch_size", opts.BatchSize,
+		"poll_interval", opts.PollInterval.String(), "notify_channel", opts.NotifyChannel)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

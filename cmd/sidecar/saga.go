@@ -20,27 +20,17 @@ import (
 // Close it before the caller and the stores.
 func newSagas(cfg *config.Config, st stores, caller *upstream.Caller, m *metrics.Metrics, log *slog.Logger) (*saga.Service, error) {
 	host, _ := os.Hostname()
-	svc, err := saga.NewService(saga.Options{
-		Store:   st.saga,
-		Caller:  caller,
-		Elector: lockElector{st.lock},
-		Owner:   fmt.Sprintf("sidecar %s pid %d", host, os.Getpid()),
-		Retry: func(name string) saga.RetryPolicy {
-			u, ok := cfg.Upstreams[name]
-			if !ok {
-				return saga.DefaultRetry
-			}
-			r := u.CompensationRetry
-			return saga.RetryPolicy{MaxAttempts: r.MaxAttempts, InitialBackoff: r.InitialBackoff, MaxBackoff: r.MaxBackoff}
-		},
-		Retention:        cfg.SagaRetention,
-		Lease:            cfg.SagaLeaseTTL,
-		RecoveryInterval: cfg.SagaRecoveryInterval,
-		MaxSteps:         cfg.SagaMaxSteps,
-		MaxBodyBytes:     cfg.SagaMaxBodyBytes,
-		Log:              log,
-		Metrics:          m,
-	})
+	opts := cfg.Saga
+	opts.Store, opts.Caller, opts.Elector = st.saga, caller, lockElector{st.lock}
+	opts.Owner = fmt.Sprintf("sidecar %s pid %d", host, os.Getpid())
+	opts.Retry = func(name string) saga.RetryPolicy {
+		if u, ok := cfg.Upstreams[name]; ok {
+			return u.CompensationRetry
+		}
+		return saga.DefaultRetry
+	}
+	opts.Log, opts.Metrics = log, m
+	svc, err := saga.NewService(opts)
 	if err != nil {
 		return nil, fmt.Errorf("sagas: %w", err)
 	}

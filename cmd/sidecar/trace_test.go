@@ -26,6 +26,7 @@ import (
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/config"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // TestExecuteCallIsOneTrace runs the sidecar's own assembly (serve) with an
@@ -101,19 +102,18 @@ upstreams:
 	// The server span ends after the response is sent: wait for it.
 	var spans tracetest.SpanStubs
 	var server *tracetest.SpanStub
-	deadline := time.Now().Add(10 * time.Second)
-	for server == nil {
-		if time.Now().After(deadline) {
-			t.Fatalf("no server span for ExecuteCall among %d spans: %v", len(spans), names(spans))
-		}
-		time.Sleep(10 * time.Millisecond)
+	testkit.EventuallyNil(t, 10*time.Second, "the server span of ExecuteCall", func() error {
 		spans = exp.GetSpans()
 		for i := range spans {
 			if spans[i].SpanKind == trace.SpanKindServer && strings.HasSuffix(spans[i].Name, "/ExecuteCall") {
 				server = &spans[i]
 			}
 		}
-	}
+		if server == nil {
+			return fmt.Errorf("none among %d spans: %v", len(spans), names(spans))
+		}
+		return nil
+	})
 	traceID := server.SpanContext.TraceID()
 	byID := map[trace.SpanID]tracetest.SpanStub{}
 	for _, s := range spans {
@@ -173,17 +173,13 @@ func names(spans tracetest.SpanStubs) []string {
 func waitServing(t *testing.T, conn *grpc.ClientConn) {
 	t.Helper()
 	h := healthpb.NewHealthClient(conn)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	testkit.EventuallyNil(t, 20*time.Second, "the sidecar serving", func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
 		r, err := h.Check(ctx, &healthpb.HealthCheckRequest{})
-		cancel()
-		if err == nil && r.GetStatus() == healthpb.HealthCheckResponse_SERVING {
-			return
+		if err == nil && r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			err = fmt.Errorf("health %v", r.GetStatus())
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("sidecar not serving: %v %v", r, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err
+	})
 }

@@ -25,29 +25,13 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/api"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/breaker"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/upstream"
 )
 
-type brkClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *brkClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *brkClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
 type brkSidecar struct {
 	client v1.BreakerServiceClient
-	clk    *brkClock
+	clk    *testkit.Clock
 	svc    *breaker.Service
 }
 
@@ -55,7 +39,7 @@ type brkSidecar struct {
 // policies and upstreams; breaker time is a fake clock.
 func startBreakers(t *testing.T, policies map[string]breaker.Policy, ups []upstream.Config, opts ...func(*breaker.Options)) *brkSidecar {
 	t.Helper()
-	clk := &brkClock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+	clk := testkit.NewClock()
 	bo := breaker.Options{Policies: policies, Now: clk.Now}
 	for _, o := range opts {
 		o(&bo)
@@ -407,27 +391,23 @@ func FuzzValidateBreaker(f *testing.F) {
 func waitProbe(t *testing.T, c v1.BreakerServiceClient, name string, within time.Duration) {
 	t.Helper()
 	ctx := rpcCtx(t)
-	deadline := time.Now().Add(within)
-	for {
+	testkit.EventuallyNil(t, within, "a half-open probe admitted (the failed call's permit holds the slot)", func() error {
 		a, err := c.AllowCall(ctx, &v1.AllowCallRequest{Breaker: name, PermitTtl: durationpb.New(time.Minute)})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if a.GetAllowed() {
-			if a.GetState() != v1.BreakerState_BREAKER_STATE_HALF_OPEN {
-				t.Fatalf("admitted in %v, want a half-open probe", a.GetState())
-			}
-			if _, err := c.ReportCall(ctx, &v1.ReportCallRequest{PermitId: a.GetPermitId(), Outcome: v1.CallOutcome_CALL_OUTCOME_SUCCESS}); err != nil {
-				t.Fatal(err)
-			}
-			return
-		}
-		if time.Now().After(deadline) {
+		if !a.GetAllowed() {
 			b, _ := c.GetBreaker(ctx, &v1.GetBreakerRequest{Breaker: name})
-			t.Fatalf("no probe admitted within %v: the failed call's permit holds the slot (%v)", within, b.GetBreaker().GetCounts())
+			return fmt.Errorf("refused: %v", b.GetBreaker().GetCounts())
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		if a.GetState() != v1.BreakerState_BREAKER_STATE_HALF_OPEN {
+			t.Fatalf("admitted in %v, want a half-open probe", a.GetState())
+		}
+		if _, err := c.ReportCall(ctx, &v1.ReportCallRequest{PermitId: a.GetPermitId(), Outcome: v1.CallOutcome_CALL_OUTCOME_SUCCESS}); err != nil {
+			t.Fatal(err)
+		}
+		return nil
+	})
 }
 
 // TestAllowCallPastDeadlineLeavesNoPermit: AllowCall on a half-open shared
@@ -449,13 +429,15 @@ func TestAllowCallPastDeadlineLeavesNoPermit(t *testing.T) {
 	if _, err := sc.client.ReportCall(ctx, &v1.ReportCallRequest{PermitId: a.GetPermitId(), Outcome: v1.CallOutcome_CALL_OUTCOME_FAILURE}); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(pol.OpenDuration + 50*time.Millisecond) // Redis time decides
+	testkit.RedisTime(pol.OpenDuration + 50*time.Millisecond) // the open duration passes on Redis time
 
 	r.Pause()
 	short, cancel := context.WithTimeout(ctx, 100*time.Millisecond)
 	_, err = sc.client.AllowCall(short, &v1.AllowCallRequest{Breaker: "probe", PermitTtl: durationpb.New(time.Minute)})
 	cancel()
-	time.Sleep(300 * time.Millisecond) // the handler is still waiting on Redis
+	// Real time: the handler, past its caller's deadline, is still waiting
+	// on the frozen Redis.
+	time.Sleep(300 * time.Millisecond)
 	r.Resume()
 	if status.Code(err) != codes.DeadlineExceeded {
 		t.Fatalf("AllowCall on a paused Redis: %v, want DEADLINE_EXCEEDED", err)
@@ -495,20 +477,16 @@ func TestExecuteCallCancelledLeavesNoPermit(t *testing.T) {
 	if status.Code(err) != codes.Canceled {
 		t.Fatalf("ExecuteCall cancelled by its caller: %v", err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
+	testkit.EventuallyNil(t, 5*time.Second, "the cancelled probe's slot freed", func() error {
 		b, err := sc.client.GetBreaker(ctx, &v1.GetBreakerRequest{Breaker: "up"})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if c := b.GetBreaker().GetCounts(); b.GetBreaker().GetState() == v1.BreakerState_BREAKER_STATE_HALF_OPEN &&
-			c.GetHalfOpenInFlight() == 0 && c.GetOutstandingPermits() == 0 {
-			break
+		if c := b.GetBreaker().GetCounts(); b.GetBreaker().GetState() != v1.BreakerState_BREAKER_STATE_HALF_OPEN ||
+			c.GetHalfOpenInFlight() != 0 || c.GetOutstandingPermits() != 0 {
+			return fmt.Errorf("breaker %v", b.GetBreaker())
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("the cancelled probe still holds its slot: %v", b.GetBreaker())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return nil
+	})
 	waitProbe(t, sc.client, "up", 0)
 }

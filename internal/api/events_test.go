@@ -2,6 +2,7 @@ package api_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -19,6 +20,7 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/api"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/events"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // eventEnv serves the event API over bufconn.
@@ -390,20 +392,19 @@ func TestEventsAPICancelledMidReadHandsBack(t *testing.T) {
 	// Subscribed is sent before the first read, which is then on its way
 	// (a second each way through the proxy).
 	e.subscribe(t, sctx, &v1.SubscribeRequest{Topic: "t", Group: "g", Consumer: "c1", VisibilityTimeout: hour})
+	// Real time: the read is sent into the slow proxy before the
+	// subscription is cancelled.
 	time.Sleep(300 * time.Millisecond)
 	cancel()
 	// The read reaches Redis and takes the event for c1.
 	rdb := rd.Client(t)
-	for {
+	testkit.EventuallyNil(t, 10*time.Second, "the cancelled read to reach Redis", func() error {
 		pe, err := rdb.XPending(ctx, direct.StreamKey("t"), "g").Result()
-		if err == nil && pe.Count == 1 {
-			break
+		if err == nil && pe.Count != 1 {
+			err = fmt.Errorf("pending %+v", pe)
 		}
-		if ctx.Err() != nil {
-			t.Fatalf("the cancelled read never reached Redis: %v %v", pe, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return err
+	})
 	px.SetLatency(0)
 
 	c2ctx, c2cancel := context.WithTimeout(ctx, 10*time.Second) // an hour is the visibility

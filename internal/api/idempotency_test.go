@@ -26,31 +26,14 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/metrics"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/server"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
-
-// idemClock is a manually advanced clock for the memory store.
-type idemClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *idemClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *idemClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // idemSidecar is an in-process server with the IdempotencyServer
 // registered, served over bufconn.
 type idemSidecar struct {
 	client v1.IdempotencyServiceClient
-	clock  *idemClock
+	clock  *testkit.Clock
 	mem    *idempotency.MemoryStore
 	// watching receives a value each time a CheckOrRecord starts waiting
 	// (memory store only).
@@ -65,7 +48,7 @@ const idemMaxResult = 4096
 // fake clock when st is nil, with a result limit of idemMaxResult bytes.
 func startIdem(t *testing.T, st idempotency.Store, opts ...api.Option) *idemSidecar {
 	t.Helper()
-	sc := &idemSidecar{clock: &idemClock{now: time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)}}
+	sc := &idemSidecar{clock: testkit.NewClock()}
 	if st == nil {
 		sc.mem = idempotency.NewMemoryStore(sc.clock.Now)
 		sc.watching = make(chan struct{}, 64)
@@ -73,8 +56,10 @@ func startIdem(t *testing.T, st idempotency.Store, opts ...api.Option) *idemSide
 	}
 	discard := slog.New(slog.DiscardHandler)
 	srv := server.New(server.Options{Log: discard, ShutdownTimeout: 5 * time.Second})
+	svc := idempotency.NewService(st, nil, discard)
+	t.Cleanup(svc.Close) // after the server stopped: its hand-back queue ends
 	v1.RegisterIdempotencyServiceServer(srv.GRPC(),
-		api.NewIdempotencyServer(srv.Stopping(), idempotency.NewService(st, nil, discard), discard, idemMaxResult, opts...))
+		api.NewIdempotencyServer(srv.Stopping(), svc, discard, idemMaxResult, opts...))
 	lis := bufconn.Listen(1 << 20)
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)

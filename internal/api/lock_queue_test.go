@@ -6,6 +6,7 @@ package api_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"testing"
@@ -21,6 +22,7 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/api"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/lock"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/server"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // startQueueSidecar is startSidecar on a memory store that also returns
@@ -51,13 +53,12 @@ func startQueueSidecar(t *testing.T) (*sidecar, *lock.Service) {
 
 func waitWaiters(t *testing.T, svc *lock.Service, key string, n int) {
 	t.Helper()
-	deadline := time.Now().Add(eventTimeout)
-	for svc.Waiters(key) != n {
-		if time.Now().After(deadline) {
-			t.Fatalf("waiters on %q = %d; want %d", key, svc.Waiters(key), n)
+	testkit.EventuallyNil(t, eventTimeout, fmt.Sprintf("%d waiters on %q", n, key), func() error {
+		if got := svc.Waiters(key); got != n {
+			return fmt.Errorf("%d waiters", got)
 		}
-		time.Sleep(2 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func TestAcquireLockQueuedWaitersAllEndOnShutdown(t *testing.T) {

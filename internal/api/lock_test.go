@@ -3,6 +3,7 @@ package api_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -27,6 +28,7 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/lock"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/server"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // eventTimeout bounds every wait for something that should happen
@@ -54,7 +56,9 @@ func startSidecar(t *testing.T, st lock.Store) *sidecar {
 	}
 	discard := slog.New(slog.DiscardHandler)
 	srv := server.New(server.Options{Log: discard, ShutdownTimeout: 5 * time.Second})
-	v1.RegisterLockServiceServer(srv.GRPC(), api.NewLockServer(srv.Stopping(), lock.NewService(st, nil, discard), discard))
+	svc := lock.NewService(st, nil, discard)
+	t.Cleanup(svc.Close) // after the server stopped: its hand-back queue ends
+	v1.RegisterLockServiceServer(srv.GRPC(), api.NewLockServer(srv.Stopping(), svc, discard))
 
 	lis := bufconn.Listen(1 << 20)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -122,17 +126,12 @@ func getLock(t *testing.T, c v1.LockServiceClient, key string) *v1.GetLockRespon
 // waitFree polls GetLock until key is not held.
 func waitFree(t *testing.T, c v1.LockServiceClient, key string) {
 	t.Helper()
-	deadline := time.Now().Add(eventTimeout)
-	for {
-		resp := getLock(t, c, key)
-		if !resp.GetHeld() {
-			return
+	testkit.EventuallyNil(t, eventTimeout, fmt.Sprintf("lock %q free", key), func() error {
+		if resp := getLock(t, c, key); resp.GetHeld() {
+			return fmt.Errorf("held by %v", resp.GetHolder())
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("lock %q still held by %v", key, resp.GetHolder())
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func fieldViolations(st *status.Status) []string {

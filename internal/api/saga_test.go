@@ -2,6 +2,7 @@ package api_test
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -22,6 +23,7 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/api"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/breaker"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/saga"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/upstream"
 )
 
@@ -138,17 +140,17 @@ func TestSagaAPIFlow(t *testing.T) {
 		t.Fatalf("abort: %v %v", ab, err)
 	}
 	var got *v1.Saga
-	for deadline := time.Now().Add(10 * time.Second); ; {
+	testkit.EventuallyNil(t, 10*time.Second, "saga order-1 compensated", func() error {
 		g, err := e.client.GetSaga(ctx, &v1.GetSagaRequest{SagaId: "order-1"})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got = g.GetSaga(); got.GetState() == v1.SagaState_SAGA_STATE_COMPENSATED || time.Now().After(deadline) {
-			break
+		if got = g.GetSaga(); got.GetState() != v1.SagaState_SAGA_STATE_COMPENSATED {
+			return fmt.Errorf("saga %v", got)
 		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	if got.GetState() != v1.SagaState_SAGA_STATE_COMPENSATED || len(got.GetSteps()) != 3 || got.GetExpireTime() == nil {
+		return nil
+	})
+	if len(got.GetSteps()) != 3 || got.GetExpireTime() == nil {
 		t.Fatalf("saga %v", got)
 	}
 	for _, st := range got.GetSteps() {

@@ -30,6 +30,7 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/server"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // redisSidecar is an in-process sidecar (server.Server with its health
@@ -57,8 +58,12 @@ func startRedisSidecar(t *testing.T, url string, wait redisx.Wait) *redisSidecar
 		Store: redisx.Pinger{Client: rdb, Timeout: 2 * time.Second}, HealthInterval: 20 * time.Millisecond})
 	ls := lock.NewRedisStore(rdb, "test", 2*time.Second, lock.WithWait(wait))
 	is := idempotency.NewRedisStore(rdb, "test", 2*time.Second, idempotency.WithWait(wait))
-	v1.RegisterLockServiceServer(srv.GRPC(), api.NewLockServer(srv.Stopping(), lock.NewService(ls, nil, discard), discard))
-	v1.RegisterIdempotencyServiceServer(srv.GRPC(), api.NewIdempotencyServer(srv.Stopping(), idempotency.NewService(is, nil, discard), discard, idemMaxResult))
+	lsvc, isvc := lock.NewService(ls, nil, discard), idempotency.NewService(is, nil, discard)
+	// After the server stopped: their hand-back queues end.
+	t.Cleanup(lsvc.Close)
+	t.Cleanup(isvc.Close)
+	v1.RegisterLockServiceServer(srv.GRPC(), api.NewLockServer(srv.Stopping(), lsvc, discard))
+	v1.RegisterIdempotencyServiceServer(srv.GRPC(), api.NewIdempotencyServer(srv.Stopping(), isvc, discard, idemMaxResult))
 
 	lis := bufconn.Listen(1 << 20)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -91,21 +96,16 @@ func startRedisSidecar(t *testing.T, url string, wait redisx.Wait) *redisSidecar
 // waitHealth waits until the sidecar's overall health is want.
 func (sc *redisSidecar) waitHealth(t *testing.T, want healthpb.HealthCheckResponse_ServingStatus) {
 	t.Helper()
-	deadline := time.Now().Add(eventTimeout)
-	var got healthpb.HealthCheckResponse_ServingStatus
-	for {
+	testkit.EventuallyNil(t, eventTimeout, fmt.Sprintf("health %v", want), func() error {
 		resp, err := sc.health.Check(rpcCtx(t), &healthpb.HealthCheckRequest{})
 		if err != nil {
 			t.Fatalf("health check: %v", err)
 		}
-		if got = resp.GetStatus(); got == want {
-			return
+		if got := resp.GetStatus(); got != want {
+			return fmt.Errorf("health = %v", got)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("health = %v; want %v", got, want)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // storeErrors is resilience_store_errors_total{reason}.
@@ -268,34 +268,30 @@ func busyRedis(t *testing.T) string {
 		_ = runner.Eval(context.Background(), "while true do end", nil).Err()
 	}()
 	admin := redis.NewClient(&redis.Options{Addr: r.Addr(), MaxRetries: -1, DisableIdentity: true})
+	// Cleanups run last registered first: the script is killed, then its
+	// caller is waited for and the clients closed.
 	t.Cleanup(func() {
-		deadline := time.Now().Add(eventTimeout)
-		for {
-			err := admin.ScriptKill(context.Background()).Err()
-			if err == nil || strings.HasPrefix(err.Error(), "NOTBUSY") {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Errorf("SCRIPT KILL: %v", err)
-				break
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
 		wg.Wait()
 		runner.Close()
 		admin.Close()
 	})
-	deadline := time.Now().Add(eventTimeout)
-	for {
+	t.Cleanup(func() {
+		testkit.EventuallyNil(t, eventTimeout, "SCRIPT KILL", func() error {
+			err := admin.ScriptKill(context.Background()).Err()
+			if err != nil && strings.HasPrefix(err.Error(), "NOTBUSY") {
+				return nil
+			}
+			return err
+		})
+	})
+	testkit.EventuallyNil(t, eventTimeout, "Redis to reply BUSY", func() error {
 		err := admin.Ping(rpcCtx(t)).Err()
 		if err != nil && strings.HasPrefix(err.Error(), "BUSY ") {
-			return r.URL()
+			return nil
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("Redis never replied BUSY: %v", err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return fmt.Errorf("PING: %v", err)
+	})
+	return r.URL()
 }
 
 // misconfRedis is a fresh Redis whose RDB save failed while save points
@@ -315,20 +311,17 @@ func misconfRedis(t *testing.T) string {
 	if err := c.BgSave(rpcCtx(t)).Err(); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(eventTimeout)
-	for {
+	testkit.EventuallyNil(t, eventTimeout, "BGSAVE into a removed directory to fail", func() error {
 		info, err := c.Info(rpcCtx(t), "persistence").Result()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if strings.Contains(info, "rdb_bgsave_in_progress:0") && strings.Contains(info, "rdb_last_bgsave_status:err") {
-			return r.URL()
+		if !strings.Contains(info, "rdb_bgsave_in_progress:0") || !strings.Contains(info, "rdb_last_bgsave_status:err") {
+			return fmt.Errorf("INFO persistence:\n%s", info)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("BGSAVE into a removed directory did not fail:\n%s", info)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return nil
+	})
+	return r.URL()
 }
 
 // TestReasonListIsEveryClients: every reason of status.go is known to each

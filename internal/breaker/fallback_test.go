@@ -5,10 +5,12 @@ import (
 	"errors"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/seed-a88e5317/resilience-sidecar/internal/breaker"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // flakyStore is a Store that can be switched off: every call then fails
@@ -66,9 +68,15 @@ func (f *flakyStore) Reset(ctx context.Context, name string, p breaker.Policy) (
 
 func (f *flakyStore) Ping(ctx context.Context) error { return f.fail() }
 
+// TestSharedFallbackWhileStoreDown runs in a synctest bubble: the
+// service's recovery loop waits only for time.
 func TestSharedFallbackWhileStoreDown(t *testing.T) {
+	synctest.Test(t, testSharedFallbackWhileStoreDown)
+}
+
+func testSharedFallbackWhileStoreDown(t *testing.T) {
 	ctx := context.Background()
-	clk := newFakeClock()
+	clk := testkit.NewClock()
 	mem := breaker.NewMemoryStore(clk.Now)
 	fs := &flakyStore{Store: mem}
 	pol := breaker.Policy{Scope: breaker.Shared, ConsecutiveFailures: 2, OpenDuration: time.Minute}
@@ -125,13 +133,7 @@ func TestSharedFallbackWhileStoreDown(t *testing.T) {
 
 	late, _ := s.Allow(ctx, "healthy", time.Minute)
 	fs.down.Store(false)
-	deadline := time.Now().Add(10 * time.Second)
-	for s.Degraded() {
-		if time.Now().After(deadline) {
-			t.Fatal("did not recover")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.Eventually(t, 10*time.Second, "recovery", func() bool { return !s.Degraded() })
 	// The kept report was replayed into the store.
 	snap, _ := mem.Get(ctx, "healthy", pol)
 	if snap.Counts.Calls != 1 || snap.Counts.OutstandingPermits != 0 {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/seed-a88e5317/resilience-sidecar/internal/breaker"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/metrics"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // TestForgottenBreakersTakeTheirSeries: 20 000 random breaker names, each
@@ -22,7 +23,7 @@ func TestForgottenBreakersTakeTheirSeries(t *testing.T) {
 		open        = time.Second
 	)
 	ctx := context.Background()
-	clk := newFakeClock()
+	clk := testkit.NewClock()
 	m := metrics.New()
 	pol := breaker.Policy{ConsecutiveFailures: 1, OpenDuration: open, HalfOpenMaxCalls: 1}
 	s := newService(t, clk, map[string]breaker.Policy{breaker.DefaultName: pol}, func(o *breaker.Options) {

@@ -1,10 +1,11 @@
 package breaker
 
 import (
-	"errors"
 	"fmt"
 	"math"
 	"time"
+
+	"github.com/seed-a88e5317/resilience-sidecar/internal/config/field"
 )
 
 // Scope says where a breaker's state lives.
@@ -65,37 +66,40 @@ const MaxPermitTTL = 10 * time.Minute
 // or slow calls/calls >= SlowCallRate. It stays open for OpenDuration, then
 // admits HalfOpenMaxCalls probes: when all succeed it closes, when any fails
 // (or is slow, with a slow-call condition) it opens again.
+//
+// The yaml tags are the keys of one entry of the config file's `breakers`
+// section (Config), which also says what the file's left-out keys mean.
 type Policy struct {
 	// Scope: zero means Local.
-	Scope Scope
+	Scope Scope `yaml:"scope"`
 	// ConsecutiveFailures trips after this many failures in a row; zero
 	// disables the condition.
-	ConsecutiveFailures int
+	ConsecutiveFailures int `yaml:"consecutive_failures"`
 	// FailureRate in (0, 1]; zero disables the condition.
-	FailureRate float64
+	FailureRate float64 `yaml:"failure_rate"`
 	// Window is the sliding time window of the rates (and of the reporters
 	// counted for MinReporters), kept in 10 buckets of Window/10: zero
 	// means DefaultWindow.
-	Window time.Duration
+	Window time.Duration `yaml:"window"`
 	// MinCalls is how many calls the window must hold before a rate can
 	// trip: zero means DefaultMinCalls.
-	MinCalls int
+	MinCalls int `yaml:"min_calls"`
 	// SlowCallDuration: a call at least this long is slow. Zero disables
 	// slow-call detection; it is set exactly when SlowCallRate is.
-	SlowCallDuration time.Duration
+	SlowCallDuration time.Duration `yaml:"slow_call_duration"`
 	// SlowCallRate in (0, 1]; zero disables the condition.
-	SlowCallRate float64
+	SlowCallRate float64 `yaml:"slow_call_rate"`
 	// OpenDuration is how long the breaker stays open before admitting
 	// probes: zero means DefaultOpenDuration.
-	OpenDuration time.Duration
+	OpenDuration time.Duration `yaml:"open_duration"`
 	// HalfOpenMaxCalls is how many probes half-open admits, and how many
 	// must succeed to close: zero means DefaultHalfOpenMaxCalls.
-	HalfOpenMaxCalls int
+	HalfOpenMaxCalls int `yaml:"half_open_max_calls"`
 	// MinReporters (Shared only) is how many distinct sidecars must have a
 	// failure or slow call in the window before the breaker opens: zero
 	// means 1. A local breaker (and a shared one's local fallback) ignores
 	// it: it has one reporter.
-	MinReporters int
+	MinReporters int `yaml:"min_reporters"`
 }
 
 // DefaultPolicy is the built-in policy for names the config does not
@@ -127,44 +131,80 @@ func (p Policy) WithDefaults() Policy {
 	return p
 }
 
-// Validate reports the first problem of p (after WithDefaults): a bound
-// violated, or a policy that can never trip or never close.
+// Validate reports the first problem of p after WithDefaults: a bound
+// violated, or a policy that can never trip or never close. The message
+// names the setting by its config file key ("breaker: failure_rate must be
+// in (0,1], got 2"); errors.As finds the *field.Error.
 func (p Policy) Validate() error {
-	p = p.WithDefaults()
-	rate := func(name string, r float64) error {
-		if r != 0 && !(r > 0 && r <= 1) {
-			return fmt.Errorf("breaker: %s must be in (0,1], got %v", name, r)
+	if err := p.WithDefaults().check(); err != nil {
+		return fmt.Errorf("breaker: %w", err)
+	}
+	return nil
+}
+
+// check is Validate without the defaults: a zero field is checked as it
+// is. Its problems are *field.Error with the setting's key as path.
+func (p Policy) check() error {
+	if p.Scope != Local && p.Scope != Shared {
+		return field.Errorf("scope", "must be one of local, shared, got %v", p.Scope)
+	}
+	if err := checkRate("failure_rate", p.FailureRate); err != nil {
+		return err
+	}
+	if err := checkRate("slow_call_rate", p.SlowCallRate); err != nil {
+		return err
+	}
+	between := func(key string, v, lo, hi int) error {
+		if v < lo || v > hi {
+			return field.Errorf(key, "must be between %d and %d, got %d", lo, hi, v)
 		}
 		return nil
 	}
+	within := func(key string, d, lo, hi time.Duration) error {
+		if d < lo || d > hi {
+			return field.Errorf(key, "must be between %v and %v, got %v", lo, hi, d)
+		}
+		return nil
+	}
+	var slow error // slow_call_duration is checked only when set: zero is off
+	if p.SlowCallDuration != 0 {
+		slow = within("slow_call_duration", p.SlowCallDuration, MinSlowCallDuration, MaxSlowCallDuration)
+	}
+	for _, err := range []error{
+		between("consecutive_failures", p.ConsecutiveFailures, 0, MaxCount),
+		within("window", p.Window, MinWindow, MaxWindow),
+		between("min_calls", p.MinCalls, 1, MaxCount),
+		slow,
+		within("open_duration", p.OpenDuration, MinOpenDuration, MaxOpenDuration),
+		between("half_open_max_calls", p.HalfOpenMaxCalls, 1, MaxHalfOpenMaxCalls),
+		between("min_reporters", p.MinReporters, 1, MaxMinReporters),
+	} {
+		if err != nil {
+			return err
+		}
+	}
 	switch {
-	case p.Scope != Local && p.Scope != Shared:
-		return fmt.Errorf("breaker: unknown scope %v", p.Scope)
-	case p.ConsecutiveFailures < 0 || p.ConsecutiveFailures > MaxCount:
-		return fmt.Errorf("breaker: consecutive_failures must be between 0 and %d, got %d", MaxCount, p.ConsecutiveFailures)
-	case p.MinCalls < 1 || p.MinCalls > MaxCount:
-		return fmt.Errorf("breaker: min_calls must be between 1 and %d, got %d", MaxCount, p.MinCalls)
-	case p.Window < MinWindow || p.Window > MaxWindow:
-		return fmt.Errorf("breaker: window must be between %v and %v, got %v", MinWindow, MaxWindow, p.Window)
-	case p.OpenDuration < MinOpenDuration || p.OpenDuration > MaxOpenDuration:
-		return fmt.Errorf("breaker: open_duration must be between %v and %v, got %v", MinOpenDuration, MaxOpenDuration, p.OpenDuration)
-	case p.HalfOpenMaxCalls < 1 || p.HalfOpenMaxCalls > MaxHalfOpenMaxCalls:
-		return fmt.Errorf("breaker: half_open_max_calls must be between 1 and %d, got %d", MaxHalfOpenMaxCalls, p.HalfOpenMaxCalls)
-	case p.MinReporters < 1 || p.MinReporters > MaxMinReporters:
-		return fmt.Errorf("breaker: min_reporters must be between 1 and %d, got %d", MaxMinReporters, p.MinReporters)
+	case p.SlowCallRate != 0 && p.SlowCallDuration == 0:
+		return field.Errorf("slow_call_rate", "needs slow_call_duration (the two go together): without it no call is slow and this condition cannot trip")
+	case p.SlowCallDuration != 0 && p.SlowCallRate == 0:
+		return field.Errorf("slow_call_duration", "needs slow_call_rate (the two go together): without it slow calls cannot trip the breaker")
 	case p.MinReporters > 1 && p.Scope != Shared:
-		return errors.New("breaker: min_reporters above 1 needs scope shared: a local breaker has one reporter and could never trip")
-	case (p.SlowCallDuration == 0) != (p.SlowCallRate == 0):
-		return errors.New("breaker: slow_call_duration and slow_call_rate go together")
-	case p.SlowCallDuration != 0 && (p.SlowCallDuration < MinSlowCallDuration || p.SlowCallDuration > MaxSlowCallDuration):
-		return fmt.Errorf("breaker: slow_call_duration must be between %v and %v, got %v", MinSlowCallDuration, MaxSlowCallDuration, p.SlowCallDuration)
+		return field.Errorf("min_reporters", "above 1 needs scope shared: a local breaker has one reporter and could never trip")
 	case p.ConsecutiveFailures == 0 && p.FailureRate == 0 && p.SlowCallRate == 0:
-		return errors.New("breaker: cannot trip: consecutive_failures is 0 and neither failure_rate nor slow_call_rate is set")
+		return field.Errorf("", "cannot trip: consecutive_failures is 0 and neither failure_rate nor slow_call_rate is set")
 	}
-	if err := rate("failure_rate", p.FailureRate); err != nil {
-		return err
+	return nil
+}
+
+// checkRate checks a rate: 0 (off) or a number in (0,1].
+func checkRate(key string, r float64) error {
+	switch {
+	case math.IsNaN(r) || math.IsInf(r, 0):
+		return field.Errorf(key, "must be a number in (0,1], got %v", r)
+	case r != 0 && !(r > 0 && r <= 1):
+		return field.Errorf(key, "must be in (0,1], got %v", r)
 	}
-	return rate("slow_call_rate", p.SlowCallRate)
+	return nil
 }
 
 // params is a policy in the integer form the state machine and the Lua

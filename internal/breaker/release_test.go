@@ -3,12 +3,15 @@ package breaker_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/seed-a88e5317/resilience-sidecar/internal/breaker"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // afterAllowStore runs the real Allow, then calls after, whose error (if
@@ -34,9 +37,9 @@ func (s *afterAllowStore) Allow(ctx context.Context, name string, p breaker.Poli
 // halfOpenProbe is a shared breaker in half-open admitting one probe.
 var halfOpenProbe = breaker.Policy{Scope: breaker.Shared, ConsecutiveFailures: 1, OpenDuration: 200 * time.Millisecond, HalfOpenMaxCalls: 1}
 
-// tripToHalfOpen opens breaker name and waits out its open duration
-// (advancing clk, and real time for a store on Redis time).
-func tripToHalfOpen(t *testing.T, s *breaker.Service, clk *fakeClock, name string) {
+// tripToHalfOpen opens breaker name and waits out its open duration with
+// advance: the fake clock's, plus real time for a store on Redis time.
+func tripToHalfOpen(t *testing.T, s *breaker.Service, advance func(time.Duration), name string) {
 	t.Helper()
 	ctx := context.Background()
 	d, err := s.Allow(ctx, name, time.Minute)
@@ -46,8 +49,7 @@ func tripToHalfOpen(t *testing.T, s *breaker.Service, clk *fakeClock, name strin
 	if r, err := s.Report(ctx, d.PermitID, breaker.Failure, 0); err != nil || r.State != breaker.Open {
 		t.Fatalf("Report(failure) = %+v, %v; want open", r, err)
 	}
-	clk.Advance(halfOpenProbe.OpenDuration + 50*time.Millisecond)
-	time.Sleep(halfOpenProbe.OpenDuration + 50*time.Millisecond)
+	advance(halfOpenProbe.OpenDuration + 50*time.Millisecond)
 }
 
 // probeAdmitted waits (at most `within`, far less than the minute-long
@@ -56,27 +58,23 @@ func tripToHalfOpen(t *testing.T, s *breaker.Service, clk *fakeClock, name strin
 func probeAdmitted(t *testing.T, s *breaker.Service, name string, within time.Duration) {
 	t.Helper()
 	ctx := context.Background()
-	deadline := time.Now().Add(within)
-	for {
+	testkit.EventuallyNil(t, within, "a half-open probe admitted (the permit of the failed call holds the slot until it expires)", func() error {
 		d, err := s.Allow(ctx, name, time.Minute)
 		if err != nil {
 			t.Fatalf("Allow: %v", err)
 		}
-		if d.Allowed {
-			if d.State != breaker.HalfOpen {
-				t.Fatalf("admitted in %v, want a half-open probe", d.State)
-			}
-			if r, err := s.Report(ctx, d.PermitID, breaker.Success, 0); err != nil || r.State != breaker.Closed {
-				t.Fatalf("probe success = %+v, %v; want closed", r, err)
-			}
-			return
-		}
-		if time.Now().After(deadline) {
+		if !d.Allowed {
 			info, _ := s.Get(ctx, name)
-			t.Fatalf("no probe admitted within %v (the permit of the failed call holds the slot until it expires): %+v", within, info)
+			return fmt.Errorf("refused: %+v", info)
 		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		if d.State != breaker.HalfOpen {
+			t.Fatalf("admitted in %v, want a half-open probe", d.State)
+		}
+		if r, err := s.Report(ctx, d.PermitID, breaker.Success, 0); err != nil || r.State != breaker.Closed {
+			t.Fatalf("probe success = %+v, %v; want closed", r, err)
+		}
+		return nil
+	})
 }
 
 // TestAllowCutShortOnPausedRedisHandsBackProbe: the caller's deadline
@@ -87,12 +85,12 @@ func probeAdmitted(t *testing.T, s *breaker.Service, name string, within time.Du
 func TestAllowCutShortOnPausedRedisHandsBackProbe(t *testing.T) {
 	r := testharness.StartRedis(t)
 	rs := breaker.NewRedisStore(r.Client(t), "release", 300*time.Millisecond)
-	clk := newFakeClock()
+	clk := testkit.NewClock()
 	s := newService(t, clk, map[string]breaker.Policy{"probe": halfOpenProbe}, func(o *breaker.Options) {
 		o.Shared = rs
 		o.RecoveryInterval = 50 * time.Millisecond
 	})
-	tripToHalfOpen(t, s, clk, "probe")
+	tripToHalfOpen(t, s, func(d time.Duration) { clk.Advance(d); testkit.RedisTime(d) }, "probe")
 
 	r.Pause()
 	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
@@ -108,12 +106,16 @@ func TestAllowCutShortOnPausedRedisHandsBackProbe(t *testing.T) {
 // TestAllowToGoneCallerHandsBackProbe: the store granted the probe but the
 // caller's context ended before the answer could reach it.
 func TestAllowToGoneCallerHandsBackProbe(t *testing.T) {
-	clk := newFakeClock()
+	synctest.Test(t, testAllowToGoneCallerHandsBackProbe)
+}
+
+func testAllowToGoneCallerHandsBackProbe(t *testing.T) {
+	clk := testkit.NewClock()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	st := &afterAllowStore{Store: breaker.NewMemoryStore(clk.Now)}
 	s := newService(t, clk, map[string]breaker.Policy{"probe": halfOpenProbe}, func(o *breaker.Options) { o.Shared = st })
-	tripToHalfOpen(t, s, clk, "probe")
+	tripToHalfOpen(t, s, clk.Advance, "probe")
 	st.after = func() error { cancel(); return nil }
 	if d, err := s.Allow(ctx, "probe", time.Minute); !errors.Is(err, context.Canceled) {
 		t.Fatalf("Allow for a caller gone meanwhile = %+v, %v; want canceled", d, err)
@@ -135,35 +137,37 @@ func TestAllowWithLostReplyHandsBackProbe(t *testing.T) {
 		{"reply lost", errors.New("breaker: bad reply"), 0},
 		{"store unavailable", store.Unavailable(errors.New("i/o timeout")), 5 * time.Second},
 	} {
+		// Time is all the service's recovery waits for: a synctest bubble.
 		t.Run(tc.name, func(t *testing.T) {
-			clk := newFakeClock()
-			st := &afterAllowStore{Store: breaker.NewMemoryStore(clk.Now)}
-			s := newService(t, clk, map[string]breaker.Policy{"probe": halfOpenProbe}, func(o *breaker.Options) {
-				o.Shared = st
-				o.RecoveryInterval = 10 * time.Millisecond
+			synctest.Test(t, func(t *testing.T) {
+				clk := testkit.NewClock()
+				st := &afterAllowStore{Store: breaker.NewMemoryStore(clk.Now)}
+				s := newService(t, clk, map[string]breaker.Policy{"probe": halfOpenProbe}, func(o *breaker.Options) {
+					o.Shared = st
+					o.RecoveryInterval = 10 * time.Millisecond
+				})
+				tripToHalfOpen(t, s, clk.Advance, "probe")
+				st.after = func() error { return tc.err }
+				_, _ = s.Allow(context.Background(), "probe", time.Minute) // an error, or a fallback's answer
+				st.after = nil
+				testkit.Eventually(t, 5*time.Second, "the store to recover", func() bool { return !s.Degraded() })
+				probeAdmitted(t, s, "probe", tc.within)
 			})
-			tripToHalfOpen(t, s, clk, "probe")
-			st.after = func() error { return tc.err }
-			_, _ = s.Allow(context.Background(), "probe", time.Minute) // an error, or a fallback's answer
-			st.after = nil
-			deadline := time.Now().Add(5 * time.Second)
-			for s.Degraded() && time.Now().Before(deadline) {
-				time.Sleep(10 * time.Millisecond)
-			}
-			probeAdmitted(t, s, "probe", tc.within)
 		})
 	}
 }
 
 // TestReleaseHandsBackLocalProbe: Service.Release frees a local probe's
 // slot without counting it, and is idempotent.
-func TestReleaseHandsBackLocalProbe(t *testing.T) {
+func TestReleaseHandsBackLocalProbe(t *testing.T) { synctest.Test(t, testReleaseHandsBackLocalProbe) }
+
+func testReleaseHandsBackLocalProbe(t *testing.T) {
 	ctx := context.Background()
-	clk := newFakeClock()
+	clk := testkit.NewClock()
 	pol := halfOpenProbe
 	pol.Scope = breaker.Local
 	s := newService(t, clk, map[string]breaker.Policy{"probe": pol})
-	tripToHalfOpen(t, s, clk, "probe")
+	tripToHalfOpen(t, s, clk.Advance, "probe")
 	d, err := s.Allow(ctx, "probe", time.Minute)
 	if err != nil || !d.Allowed {
 		t.Fatalf("probe = %+v, %v", d, err)

@@ -10,9 +10,10 @@ import (
 	"time"
 
 	"github.com/seed-a88e5317/resilience-sidecar/internal/breaker"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
-func newService(t *testing.T, clk *fakeClock, policies map[string]breaker.Policy, opts ...func(*breaker.Options)) *breaker.Service {
+func newService(t *testing.T, clk *testkit.Clock, policies map[string]breaker.Policy, opts ...func(*breaker.Options)) *breaker.Service {
 	t.Helper()
 	o := breaker.Options{Policies: policies, Now: clk.Now}
 	for _, f := range opts {
@@ -98,7 +99,7 @@ func TestStateMachinePolicies(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
-			clk := newFakeClock()
+			clk := testkit.NewClock()
 			s := newService(t, clk, map[string]breaker.Policy{"b": tc.policy})
 			var held []string
 			allow := func(i int) breaker.Decision {
@@ -197,7 +198,7 @@ func TestPolicyValidation(t *testing.T) {
 
 func TestReports(t *testing.T) {
 	ctx := context.Background()
-	clk := newFakeClock()
+	clk := testkit.NewClock()
 	s := newService(t, clk, map[string]breaker.Policy{"b": {ConsecutiveFailures: 1, OpenDuration: time.Second}})
 
 	d, err := s.Allow(ctx, "b", time.Minute)
@@ -241,7 +242,7 @@ func TestReports(t *testing.T) {
 
 func TestResetGetList(t *testing.T) {
 	ctx := context.Background()
-	clk := newFakeClock()
+	clk := testkit.NewClock()
 	s := newService(t, clk, map[string]breaker.Policy{
 		"declared": {ConsecutiveFailures: 1},
 		"default":  {ConsecutiveFailures: 2, OpenDuration: time.Minute},
@@ -297,7 +298,7 @@ func TestResetGetList(t *testing.T) {
 
 func TestBreakerLimit(t *testing.T) {
 	ctx := context.Background()
-	clk := newFakeClock()
+	clk := testkit.NewClock()
 	s := newService(t, clk, map[string]breaker.Policy{"declared": {ConsecutiveFailures: 1}},
 		func(o *breaker.Options) { o.MaxBreakers = 3 })
 	// a holds a permit; b had a call in its window: neither is idle.
@@ -331,7 +332,7 @@ func TestBreakerLimit(t *testing.T) {
 
 func TestPermitLimit(t *testing.T) {
 	ctx := context.Background()
-	clk := newFakeClock()
+	clk := testkit.NewClock()
 	s := newService(t, clk, nil, func(o *breaker.Options) { o.MaxPermits = 3 })
 	for i := range 3 {
 		if _, err := s.Allow(ctx, fmt.Sprint("b", i%2), time.Minute); err != nil {
@@ -349,7 +350,7 @@ func TestPermitLimit(t *testing.T) {
 
 func TestSharedWithoutStoreRunsLocally(t *testing.T) {
 	ctx := context.Background()
-	clk := newFakeClock()
+	clk := testkit.NewClock()
 	s := newService(t, clk, map[string]breaker.Policy{"s": {Scope: breaker.Shared, ConsecutiveFailures: 1, MinReporters: 3}})
 	d, _ := s.Allow(ctx, "s", time.Minute)
 	if r, err := s.Report(ctx, d.PermitID, breaker.Failure, 0); err != nil || r.State != breaker.Open {

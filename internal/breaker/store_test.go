@@ -10,29 +10,8 @@ import (
 
 	"github.com/seed-a88e5317/resilience-sidecar/internal/breaker"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
-
-// fakeClock is a manually advanced clock.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newFakeClock() *fakeClock {
-	return &fakeClock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // storeUnderTest is one Store with a way to let its time pass.
 type storeUnderTest struct {
@@ -43,7 +22,7 @@ type storeUnderTest struct {
 }
 
 func memoryStore(t *testing.T) storeUnderTest {
-	clk := newFakeClock()
+	clk := testkit.NewClock()
 	m := breaker.NewMemoryStore(clk.Now)
 	return storeUnderTest{store: m, advance: clk.Advance, exists: func(name string) bool {
 		s, _ := m.Get(context.Background(), name, breaker.DefaultPolicy())
@@ -55,9 +34,8 @@ func redisStore(t *testing.T) storeUnderTest {
 	r := testharness.StartRedis(t)
 	rdb := r.Client(t)
 	return storeUnderTest{
-		store: breaker.NewRedisStore(rdb, "conformance", 2*time.Second),
-		// Redis decides time by its own clock: real time must pass.
-		advance: time.Sleep,
+		store:   breaker.NewRedisStore(rdb, "conformance", 2*time.Second),
+		advance: testkit.RedisTime, // Redis decides time by its own clock
 		exists: func(name string) bool {
 			n, err := rdb.Exists(context.Background(), "rs:{conformance/breaker/"+name+"}:b").Result()
 			if err != nil {

@@ -10,34 +10,13 @@ import (
 	"time"
 
 	"github.com/seed-a88e5317/resilience-sidecar/internal/clock"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
-// manualClock is a wall clock the test moves, in either direction.
-type manualClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newManualClock() *manualClock {
-	return &manualClock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
-}
-
-func (c *manualClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *manualClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
-
-func ms(c *manualClock) int64 { return c.Now().UnixMilli() }
+func ms(c *testkit.Clock) int64 { return c.Now().UnixMilli() }
 
 func TestHLCNowFollowsWallClock(t *testing.T) {
-	wall := newManualClock()
+	wall := testkit.NewClock()
 	h := clock.NewHLC(wall.Now, 0)
 	a := h.Now()
 	if a.WallTime != ms(wall) || a.Logical != 0 {
@@ -55,7 +34,7 @@ func TestHLCNowFollowsWallClock(t *testing.T) {
 }
 
 func TestHLCNeverGoesBackWithTheWallClock(t *testing.T) {
-	wall := newManualClock()
+	wall := testkit.NewClock()
 	h := clock.NewHLC(wall.Now, 0)
 	a := h.Now()
 	wall.Advance(-10 * time.Second)
@@ -66,7 +45,7 @@ func TestHLCNeverGoesBackWithTheWallClock(t *testing.T) {
 }
 
 func TestHLCLogicalCarriesIntoNextMillisecond(t *testing.T) {
-	wall := newManualClock()
+	wall := testkit.NewClock()
 	h := clock.NewHLC(wall.Now, 0)
 	prev := h.Now()
 	for range 70_000 {
@@ -82,7 +61,7 @@ func TestHLCLogicalCarriesIntoNextMillisecond(t *testing.T) {
 }
 
 func TestHLCUpdateReceiveRule(t *testing.T) {
-	wall := newManualClock()
+	wall := testkit.NewClock()
 	now := ms(wall)
 	tests := []struct {
 		name         string
@@ -127,7 +106,7 @@ func TestHLCUpdateReceiveRule(t *testing.T) {
 }
 
 func TestHLCRefusesSkewAndDoesNotAdoptIt(t *testing.T) {
-	wall := newManualClock()
+	wall := testkit.NewClock()
 	h := clock.NewHLC(wall.Now, 500*time.Millisecond)
 	before := h.Now()
 	_, err := h.Update(clock.Timestamp{WallTime: ms(wall) + 501})
@@ -160,7 +139,7 @@ func TestHLCRefusesSkewAndDoesNotAdoptIt(t *testing.T) {
 }
 
 func TestHLCConcurrentReadsStrictlyIncrease(t *testing.T) {
-	wall := newManualClock()
+	wall := testkit.NewClock()
 	h := clock.NewHLC(wall.Now, 0)
 	var wg sync.WaitGroup
 	var mu sync.Mutex

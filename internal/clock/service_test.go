@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
@@ -16,6 +17,8 @@ import (
 // regression.
 type shuffledStore struct{ *MemoryStore }
 
+// jitter is the random delay. Its callers run in a synctest bubble, so
+// this sleep is fake time: it reorders the answers without waiting.
 func jitter() { time.Sleep(time.Duration(rand.IntN(200)) * time.Microsecond) }
 
 func (s shuffledStore) Next(ctx context.Context, c string, n uint64) (uint64, error) {
@@ -37,6 +40,10 @@ func (s shuffledStore) Get(ctx context.Context, c string) (uint64, error) {
 }
 
 func TestServiceNoFalseRegressionUnderConcurrency(t *testing.T) {
+	synctest.Test(t, testServiceNoFalseRegressionUnderConcurrency)
+}
+
+func testServiceNoFalseRegressionUnderConcurrency(t *testing.T) {
 	svc := NewService(shuffledStore{NewMemoryStore()}, 0, nil)
 	ctx := context.Background()
 	var wg sync.WaitGroup

@@ -12,6 +12,7 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	"github.com/seed-a88e5317/resilience-sidecar/internal/clock"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // checkIncreasing fails unless ids are strictly increasing after prev.
@@ -184,7 +185,7 @@ func TestULIDsOverflowWithinBurst(t *testing.T) {
 }
 
 func TestULIDsWallClockStepsBack(t *testing.T) {
-	wall := newManualClock()
+	wall := testkit.NewClock()
 	g := clock.NewULIDs(wall.Now, nil)
 	first, err := g.Next(5)
 	if err != nil {

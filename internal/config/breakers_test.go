@@ -4,6 +4,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/seed-a88e5317/resilience-sidecar/internal/breaker"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/saga"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/upstream"
 )
 
 func TestBreakerPolicies(t *testing.T) {
@@ -17,18 +21,18 @@ breakers:
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := map[string]BreakerPolicy{
-		"default": {Scope: "local", ConsecutiveFailures: 5, Window: time.Minute, MinCalls: 10, OpenDuration: 30 * time.Second, HalfOpenMaxCalls: 1, MinReporters: 1},
+	want := map[string]breaker.Policy{
+		"default": {Scope: breaker.Local, ConsecutiveFailures: 5, Window: time.Minute, MinCalls: 10, OpenDuration: 30 * time.Second, HalfOpenMaxCalls: 1, MinReporters: 1},
 		// With a rate set, consecutive failures are off unless asked for.
-		"rate": {Scope: "local", FailureRate: 0.25, Window: time.Minute, MinCalls: 10, OpenDuration: 30 * time.Second, HalfOpenMaxCalls: 1, MinReporters: 1},
-		"slow": {Scope: "local", SlowCallDuration: 2 * time.Second, SlowCallRate: 1, Window: time.Minute, MinCalls: 3, OpenDuration: 30 * time.Second, HalfOpenMaxCalls: 1, MinReporters: 1},
-		"both": {Scope: "shared", FailureRate: 1, Window: 5 * time.Second, MinCalls: 10, OpenDuration: time.Minute, HalfOpenMaxCalls: 3, MinReporters: 2},
+		"rate": {Scope: breaker.Local, FailureRate: 0.25, Window: time.Minute, MinCalls: 10, OpenDuration: 30 * time.Second, HalfOpenMaxCalls: 1, MinReporters: 1},
+		"slow": {Scope: breaker.Local, SlowCallDuration: 2 * time.Second, SlowCallRate: 1, Window: time.Minute, MinCalls: 3, OpenDuration: 30 * time.Second, HalfOpenMaxCalls: 1, MinReporters: 1},
+		"both": {Scope: breaker.Shared, FailureRate: 1, Window: 5 * time.Second, MinCalls: 10, OpenDuration: time.Minute, HalfOpenMaxCalls: 3, MinReporters: 2},
 	}
 	for name, w := range want {
 		if got := c.Breakers[name]; got != w {
 			t.Errorf("breakers.%s = %+v\n want %+v", name, got, w)
 		}
-		if err := c.Breakers[name].Policy().Validate(); err != nil {
+		if err := c.Breakers[name].Validate(); err != nil {
 			t.Errorf("breakers.%s: the breaker package refuses it: %v", name, err)
 		}
 	}
@@ -86,13 +90,13 @@ upstreams:
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := Upstream{URL: "https://pay.internal:8443/api/v2/", Timeout: 750 * time.Millisecond, Breaker: "shared-pay",
-		Retry: Retry{MaxAttempts: 5, InitialBackoff: 50 * time.Millisecond, MaxBackoff: 2 * time.Second}, MaxBodyBytes: 1024, MaxConnections: 8,
-		CompensationRetry: Retry{MaxAttempts: 10, InitialBackoff: time.Second, MaxBackoff: time.Minute}}
+	want := Upstream{Config: upstream.Config{Name: "payments", URL: "https://pay.internal:8443/api/v2/", Timeout: 750 * time.Millisecond, Breaker: "shared-pay",
+		MaxAttempts: 5, InitialBackoff: 50 * time.Millisecond, MaxBackoff: 2 * time.Second, MaxBodyBytes: 1024, MaxConns: 8},
+		CompensationRetry: saga.RetryPolicy{MaxAttempts: 10, InitialBackoff: time.Second, MaxBackoff: time.Minute}}
 	if got := c.Upstreams["payments"]; got != want {
 		t.Errorf("payments = %+v\n want %+v", got, want)
 	}
-	if got := c.Upstreams["plain"]; got.Breaker != "plain" || got.Timeout != 10*time.Second || got.Retry.MaxAttempts != 3 || got.MaxBodyBytes != 4<<20 {
+	if got := c.Upstreams["plain"]; got.Breaker != "plain" || got.Timeout != 10*time.Second || got.MaxAttempts != 3 || got.MaxBodyBytes != 4<<20 {
 		t.Errorf("plain = %+v", got)
 	}
 

@@ -2,8 +2,13 @@
 // SIDECAR_* environment variables and an optional YAML file, with the
 // precedence flag > environment > file > default, and validates it once.
 //
-// Every setting has three spellings: the YAML key (store_timeout), the flag
-// (--store-timeout) and the environment variable (SIDECAR_STORE_TIMEOUT).
+// Every top-level setting has three spellings: the YAML key
+// (store_timeout), the flag (--store-timeout) and the environment variable
+// (SIDECAR_STORE_TIMEOUT); one table (fields.go) lists them. The file's
+// sections (breakers, upstreams, events, outbox) are decoded straight into
+// the capability packages' configuration types by their yaml tags, which
+// then check themselves (Validate).
+//
 // Every error Load returns is a *FieldError whose message is one line naming
 // the setting by its YAML/flag spelling, and never contains the Redis
 // password or the API token.
@@ -12,25 +17,22 @@ package config
 import (
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/url"
+	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
 	"unicode"
 
-	"gopkg.in/yaml.v3"
-)
-
-// RedisMode says how RedisURL is read and which kind of Redis deployment the
-// sidecar talks to.
-type RedisMode string
-
-// The Redis modes. The URL of each is parsed by go-redis's ParseURL,
-// ParseClusterURL and ParseFailoverURL respectively.
-const (
-	RedisStandalone RedisMode = "standalone"
-	RedisCluster    RedisMode = "cluster"
-	RedisSentinel   RedisMode = "sentinel"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/breaker"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/config/field"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/events"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/outbox"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/saga"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/upstream"
 )
 
 // Log levels accepted by log_level, lowercase only.
@@ -42,95 +44,131 @@ const (
 )
 
 // Config is the sidecar's whole configuration. A *Config returned by Load
-// has passed validation: every field is within the bounds documented on it,
-// and APIToken holds the token read from APITokenFile (empty when no token
-// file is configured).
+// has passed validation: every field is within the bounds documented on it
+// (or by its type), and APIToken holds the token read from APITokenFile
+// (empty when no token file is configured).
 type Config struct {
 	// Listen is the gRPC listen address: "host:port" (port 0-65535) or
 	// "unix:///absolute/path". Use ListenNetworkAddress to listen on it.
-	Listen string `yaml:"listen"`
+	Listen string
 	// RedisURL is the Redis URL read according to RedisMode; empty means the
 	// embedded in-memory store. It may contain a password: log it only
 	// through String or LogValue, which redact it.
-	RedisURL string `yaml:"redis_url"`
-	// RedisMode is one of RedisStandalone (default), RedisCluster, RedisSentinel.
-	RedisMode RedisMode `yaml:"redis_mode"`
+	RedisURL string
+	// RedisMode is redisx.Standalone (default), Cluster or Sentinel.
+	RedisMode redisx.Mode
 	// ConfigFile is the path of the YAML file that was read ("" if none).
 	// It is set by --config or SIDECAR_CONFIG only.
-	ConfigFile string `yaml:"-"`
+	ConfigFile string
 	// Namespace scopes every key; 1-64 bytes of [A-Za-z0-9._-].
-	Namespace string `yaml:"namespace"`
+	Namespace string
 	// MetricsListen is the host:port of the Prometheus /metrics endpoint;
 	// empty disables it.
-	MetricsListen string `yaml:"metrics_listen"`
+	MetricsListen string
 	// APITokenFile is the path of the file holding the bearer token; empty
 	// disables authentication.
-	APITokenFile string `yaml:"api_token_file"`
+	APITokenFile string
 	// APIToken is the token read from APITokenFile, trimmed of surrounding
 	// whitespace; non-empty exactly when APITokenFile is set. It is never
 	// printed by String or LogValue.
-	APIToken string `yaml:"-" json:"-"`
+	APIToken string `json:"-"`
 	// LogLevel is one of debug, info (default), warn, error. See SlogLevel.
-	LogLevel string `yaml:"log_level"`
+	LogLevel string
 	// StoreTimeout bounds one store call before UNAVAILABLE (50ms-30s, default 1s).
-	StoreTimeout time.Duration `yaml:"store_timeout"`
+	StoreTimeout time.Duration
 	// RedisWaitReplicas is how many replicas must acknowledge (Redis WAIT)
 	// the writes that grant or extend a lock and that start, checkpoint or
 	// complete an idempotency key before the sidecar reports them (0-16,
 	// default 0: do not wait). See docs/topologies.md.
-	RedisWaitReplicas int `yaml:"redis_wait_replicas"`
+	RedisWaitReplicas int
 	// RedisWaitTimeout bounds that wait (1ms-30s, default 500ms; below
 	// StoreTimeout when RedisWaitReplicas is set).
-	RedisWaitTimeout time.Duration `yaml:"redis_wait_timeout"`
+	RedisWaitTimeout time.Duration
 	// RedisPipeline sends the scripts of concurrent calls as pipelines
 	// (default true).
-	RedisPipeline bool `yaml:"redis_pipeline"`
+	RedisPipeline bool
 	// ShutdownTimeout bounds draining in-flight calls at SIGTERM (0s-5m, default 10s).
-	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
+	ShutdownTimeout time.Duration
 	// HealthInterval is how often the store is probed for the health
 	// service (100ms-1m, default 1s).
-	HealthInterval time.Duration `yaml:"health_interval"`
+	HealthInterval time.Duration
 	// MaxOffset is how far ahead of this sidecar's wall clock a remote
 	// hybrid logical clock timestamp may be before UpdateHlc refuses it
 	// with CLOCK_SKEW (1ms-1m, default 500ms).
-	MaxOffset time.Duration `yaml:"max_offset"`
+	MaxOffset time.Duration
 	// MaxMessageBytes is the gRPC max receive message size (1024-67108864,
 	// default 4194304).
-	MaxMessageBytes int `yaml:"max_message_bytes"`
+	MaxMessageBytes int
 	// MaxResultBytes bounds a stored idempotency result, data plus metadata
 	// keys and values (1024-67108864, default 1048576).
-	MaxResultBytes int `yaml:"max_result_bytes"`
+	MaxResultBytes int
 	// MaxBreakers bounds the circuit breakers one sidecar tracks
 	// (1-1000000, default 10000); beyond it a new name is
 	// RESOURCE_EXHAUSTED/LIMIT_EXCEEDED.
-	MaxBreakers int `yaml:"max_breakers"`
-	// Breakers holds the file's breaker policies by name, validated and
-	// with defaults filled in (see BreakerPolicy); "default" covers the
-	// names not declared. Nil when the file declares none.
-	Breakers map[string]BreakerPolicy `yaml:"breakers"`
-	// Upstreams holds the file's upstreams by name, validated and with
-	// defaults filled in (see Upstream). Nil when the file declares none.
-	Upstreams map[string]Upstream `yaml:"upstreams"`
-	// SagaRetention is how long COMPLETED and COMPENSATED sagas are kept
-	// (1m-8760h, default 168h).
-	SagaRetention time.Duration `yaml:"saga_retention"`
-	// SagaLeaseTTL is the lease of a sidecar compensating a saga
-	// (500ms-10m, default 15s).
-	SagaLeaseTTL time.Duration `yaml:"saga_lease_ttl"`
-	// SagaRecoveryInterval is how often the saga recovery worker runs
-	// (10ms-10m, default 5s).
-	SagaRecoveryInterval time.Duration `yaml:"saga_recovery_interval"`
-	// SagaMaxBodyBytes bounds a compensation's body (1-16777216, default
-	// 65536).
-	SagaMaxBodyBytes int `yaml:"saga_max_body_bytes"`
-	// SagaMaxSteps bounds a saga's steps (1-100000, default 1000).
-	SagaMaxSteps int `yaml:"saga_max_steps"`
-	// Events is the file's `events` section (see Events); zero when the
-	// file has none, which means the defaults.
-	Events Events `yaml:"events"`
-	// Outbox is the file's `outbox` section (see Outbox); zero (no relay)
-	// when the file has none.
-	Outbox Outbox `yaml:"outbox"`
+	MaxBreakers int
+	// Saga holds the saga settings of the flags saga_retention (Retention,
+	// 1m-8760h, default 168h), saga_lease_ttl (Lease, 500ms-10m, default
+	// 15s), saga_recovery_interval (RecoveryInterval, 10ms-10m, default
+	// 5s), saga_max_body_bytes (MaxBodyBytes, 1-16777216, default 65536)
+	// and saga_max_steps (MaxSteps, 1-100000, default 1000); the rest of
+	// the Options are the program's to fill.
+	Saga saga.Options
+
+	// The file's sections. A section the file leaves out is the zero value
+	// (nil, or no relay for Outbox); one it gives has every default filled
+	// in and has passed its type's validation.
+
+	// Breakers are the breaker policies by name; "default" covers the
+	// names not declared.
+	Breakers breaker.Config `yaml:"breakers"`
+	// Upstreams are the upstreams by name.
+	Upstreams Upstreams `yaml:"upstreams"`
+	// Events configures the EventService and its push subscriptions.
+	Events events.Config `yaml:"events"`
+	// Outbox configures the outbox relay (docs/outbox.md): Outbox.Enabled
+	// reports whether there is one.
+	Outbox outbox.Options `yaml:"outbox"`
+}
+
+// Upstream is one entry of the file's `upstreams` section: the upstream
+// and how saga compensations on it are retried.
+type Upstream struct {
+	upstream.Config `yaml:",inline"`
+	// CompensationRetry is the saga executor's retry policy for
+	// compensations on the upstream.
+	CompensationRetry saga.RetryPolicy `yaml:"compensation_retry"`
+}
+
+// Upstreams are the file's upstreams by name (Upstream.Name).
+type Upstreams map[string]Upstream
+
+// WithDefaults returns a copy of us with each upstream named after its key
+// and given its defaults.
+func (us Upstreams) WithDefaults() Upstreams {
+	out := make(Upstreams, len(us))
+	for name, u := range us {
+		u.Name = name
+		u.Config = u.Config.WithDefaults()
+		u.CompensationRetry = u.CompensationRetry.WithDefaults()
+		out[name] = u
+	}
+	return out
+}
+
+// Validate reports the first problem of us, by name in sorted order.
+func (us Upstreams) Validate() error {
+	for _, name := range slices.Sorted(maps.Keys(us)) {
+		if err := field.CheckName(name); err != nil {
+			return err
+		}
+		if err := us[name].Config.Validate(); err != nil {
+			return field.Within(field.Key(name), err)
+		}
+		if err := us[name].CompensationRetry.Validate(); err != nil {
+			return field.Within(field.Join(field.Key(name), "compensation_retry"), err)
+		}
+	}
+	return nil
 }
 
 // ListenNetworkAddress returns the arguments for net.Listen: ("unix",
@@ -219,14 +257,14 @@ func (c Config) attrs() []slog.Attr {
 		slog.Int("max_breakers", c.MaxBreakers),
 		slog.Int("breakers", len(c.Breakers)),
 		slog.Int("upstreams", len(c.Upstreams)),
-		slog.String("saga_retention", c.SagaRetention.String()),
-		slog.String("saga_lease_ttl", c.SagaLeaseTTL.String()),
-		slog.String("saga_recovery_interval", c.SagaRecoveryInterval.String()),
-		slog.Int("saga_max_body_bytes", c.SagaMaxBodyBytes),
-		slog.Int("saga_max_steps", c.SagaMaxSteps),
+		slog.String("saga_retention", c.Saga.Retention.String()),
+		slog.String("saga_lease_ttl", c.Saga.Lease.String()),
+		slog.String("saga_recovery_interval", c.Saga.RecoveryInterval.String()),
+		slog.Int("saga_max_body_bytes", c.Saga.MaxBodyBytes),
+		slog.Int("saga_max_steps", c.Saga.MaxSteps),
 		slog.Int("event_topics", len(c.Events.Topics)),
 		slog.Int("event_push", len(c.Events.Push)),
-		slog.String("outbox_postgres_url", redactPostgresURL(c.Outbox.PostgresURL)),
+		slog.String("outbox_postgres_url", redactPostgresURL(c.Outbox.URL)),
 	}
 }
 
@@ -268,60 +306,27 @@ func RedactURL(rawURL string) string {
 	return u.String()
 }
 
-// urlSecrets returns the secrets RedactURL hides, to scrub them from
-// error messages.
-func urlSecrets(rawURL string) []string {
-	u, err := url.Parse(rawURL)
+// dsnPassword matches the password of a key=value DSN, quoted or not.
+var dsnPassword = regexp.MustCompile(`(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)`)
+
+// redactPostgresURL is RedactURL for a URL, and for a key=value DSN the
+// same with its password value replaced.
+func redactPostgresURL(s string) string {
+	if strings.Contains(s, "://") {
+		return RedactURL(s)
+	}
+	return dsnPassword.ReplaceAllString(s, "${1}"+redacted)
+}
+
+// parseDuration reads Go duration syntax ("250ms", "2s", "1m30s"); a bare
+// number such as 5 is refused (no unit), except "0".
+func parseDuration(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(s)
 	if err != nil {
-		return nil
+		return 0, fmt.Errorf("must be a duration such as \"250ms\" or \"2s\", got %s", field.Quote(s))
 	}
-	var s []string
-	if u.User != nil {
-		if p, ok := u.User.Password(); ok && p != "" {
-			s = append(s, p, url.QueryEscape(p), url.PathEscape(p))
-		}
-	}
-	for k, vs := range u.Query() {
-		if strings.Contains(strings.ToLower(k), "password") {
-			for _, v := range vs {
-				if v != "" {
-					s = append(s, v, url.QueryEscape(v))
-				}
-			}
-		}
-	}
-	return s
+	return d, nil
 }
-
-// Duration is a time.Duration written in Go duration syntax ("250ms",
-// "2s", "1m30s") in YAML and text. A bare number such as 5 is rejected
-// (no unit), except "0".
-type Duration time.Duration
-
-// UnmarshalYAML accepts a scalar in Go duration syntax; anything else is an
-// error saying what was expected (without the key, which the caller knows).
-func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
-	if n.Kind == yaml.AliasNode && n.Alias != nil {
-		n = n.Alias
-	}
-	if n.Kind != yaml.ScalarNode {
-		return fmt.Errorf("must be a duration such as \"250ms\" or \"2s\", got a YAML %s", kindName(n.Kind))
-	}
-	return d.UnmarshalText([]byte(n.Value))
-}
-
-// UnmarshalText parses Go duration syntax.
-func (d *Duration) UnmarshalText(b []byte) error {
-	v, err := time.ParseDuration(string(b))
-	if err != nil {
-		return fmt.Errorf("must be a duration such as \"250ms\" or \"2s\", got %s", quoteValue(string(b)))
-	}
-	*d = Duration(v)
-	return nil
-}
-
-// String returns the duration in Go syntax, e.g. "1.5s".
-func (d Duration) String() string { return time.Duration(d).String() }
 
 // FieldError is the one kind of error Load returns (besides flag.ErrHelp).
 // Error gives one line, "config: <field>: <msg>", where Field is the
@@ -362,35 +367,4 @@ func oneLine(s string) string {
 
 func needsEscape(r rune) bool {
 	return unicode.IsControl(r) || r == '\u2028' || r == '\u2029'
-}
-
-// quoteValue quotes a user-supplied value for an error message, cut to a
-// readable length.
-func quoteValue(s string) string {
-	const maxLen = 80
-	if len(s) > maxLen {
-		cut := maxLen
-		for cut > 0 && !utf8RuneStart(s[cut]) {
-			cut--
-		}
-		return strconv.Quote(s[:cut]) + "..."
-	}
-	return strconv.Quote(s)
-}
-
-func utf8RuneStart(b byte) bool { return b&0xC0 != 0x80 }
-
-func kindName(k yaml.Kind) string {
-	switch k {
-	case yaml.MappingNode:
-		return "mapping"
-	case yaml.SequenceNode:
-		return "sequence"
-	case yaml.DocumentNode:
-		return "document"
-	case yaml.AliasNode:
-		return "alias"
-	default:
-		return "scalar"
-	}
 }

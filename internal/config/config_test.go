@@ -13,6 +13,11 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/seed-a88e5317/resilience-sidecar/internal/breaker"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/saga"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/upstream"
 )
 
 // env is a fake environment.
@@ -73,7 +78,7 @@ func TestDefaults(t *testing.T) {
 	}
 	want := Config{
 		Listen:           "127.0.0.1:50051",
-		RedisMode:        RedisStandalone,
+		RedisMode:        redisx.Standalone,
 		Namespace:        "default",
 		MetricsListen:    "127.0.0.1:9090",
 		LogLevel:         "info",
@@ -87,11 +92,13 @@ func TestDefaults(t *testing.T) {
 		MaxResultBytes:   1048576,
 		MaxBreakers:      10000,
 
-		SagaRetention:        7 * 24 * time.Hour,
-		SagaLeaseTTL:         15 * time.Second,
-		SagaRecoveryInterval: 5 * time.Second,
-		SagaMaxBodyBytes:     65536,
-		SagaMaxSteps:         1000,
+		Saga: saga.Options{
+			Retention:        7 * 24 * time.Hour,
+			Lease:            15 * time.Second,
+			RecoveryInterval: 5 * time.Second,
+			MaxBodyBytes:     65536,
+			MaxSteps:         1000,
+		},
 	}
 	if fmt.Sprintf("%#v", *c) != fmt.Sprintf("%#v", want) || c.APIToken != "" || c.APITokenFile != "" ||
 		c.RedisURL != "" || c.ConfigFile != "" || c.Breakers != nil || c.Upstreams != nil {
@@ -483,18 +490,18 @@ func TestDesignExample(t *testing.T) {
 	if len(c.Breakers) != 2 || len(c.Upstreams) != 1 {
 		t.Fatalf("breakers %d upstreams %d", len(c.Breakers), len(c.Upstreams))
 	}
-	wantPayments := BreakerPolicy{Scope: "shared", FailureRate: 0.5, Window: 20 * time.Second, MinCalls: 10,
+	wantPayments := breaker.Policy{Scope: breaker.Shared, FailureRate: 0.5, Window: 20 * time.Second, MinCalls: 10,
 		OpenDuration: 30 * time.Second, HalfOpenMaxCalls: 1, MinReporters: 1}
 	if p := c.Breakers["payments"]; p != wantPayments {
 		t.Errorf("breakers.payments = %+v, want %+v", p, wantPayments)
 	}
-	if p := c.Breakers["default"]; p.Scope != "local" || p.ConsecutiveFailures != 5 || p.OpenDuration != 30*time.Second || p.HalfOpenMaxCalls != 1 {
+	if p := c.Breakers["default"]; p.Scope != breaker.Local || p.ConsecutiveFailures != 5 || p.OpenDuration != 30*time.Second || p.HalfOpenMaxCalls != 1 {
 		t.Errorf("breakers.default = %+v", p)
 	}
-	wantUp := Upstream{URL: "http://127.0.0.1:8081", Timeout: 2 * time.Second, Breaker: "payments",
-		Retry:        Retry{MaxAttempts: 3, InitialBackoff: 100 * time.Millisecond, MaxBackoff: 2 * time.Second},
-		MaxBodyBytes: 4 << 20, MaxConnections: 100,
-		CompensationRetry: Retry{MaxAttempts: 10, InitialBackoff: time.Second, MaxBackoff: time.Minute}}
+	wantUp := Upstream{Config: upstream.Config{Name: "payments", URL: "http://127.0.0.1:8081", Timeout: 2 * time.Second, Breaker: "payments",
+		MaxAttempts: 3, InitialBackoff: 100 * time.Millisecond, MaxBackoff: 2 * time.Second,
+		MaxBodyBytes: 4 << 20, MaxConns: 100},
+		CompensationRetry: saga.RetryPolicy{MaxAttempts: 10, InitialBackoff: time.Second, MaxBackoff: time.Minute}}
 	if u := c.Upstreams["payments"]; u != wantUp {
 		t.Errorf("upstreams.payments = %+v, want %+v", u, wantUp)
 	}

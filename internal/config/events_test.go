@@ -3,6 +3,8 @@ package config
 import (
 	"testing"
 	"time"
+
+	"github.com/seed-a88e5317/resilience-sidecar/internal/events"
 )
 
 func TestEventsSection(t *testing.T) {
@@ -26,15 +28,15 @@ events:
 		t.Fatal(err)
 	}
 	e := c.Events
-	if e.MaxPayloadBytes != 2048 || e.MaxLen != 5000 || e.DedupRetention != time.Hour || e.VisibilityTimeout != 5*time.Second || e.MaxDeliveries != 4 {
+	if e.MaxPayloadBytes != 2048 || e.MaxLen != 5000 || e.DedupRetention != time.Hour || e.Visibility != 5*time.Second || e.MaxDeliveries != 4 {
 		t.Fatalf("events = %+v", e)
 	}
 	if len(e.Topics) != 2 || e.Topics["orders"].MaxLen != 100 || e.Topics["payments"].MaxLen != 0 {
 		t.Fatalf("topics = %+v", e.Topics)
 	}
-	want := []EventPush{
-		{Name: "bill", Topic: "orders", Group: "bill", Upstream: "billing", Path: "/events", Method: "POST", MaxDeliveries: 4, VisibilityTimeout: 5 * time.Second, Concurrency: 4},
-		{Name: "ops", Topic: "payments.dead", Group: "ops-team", Upstream: "billing", Path: "/", Method: "PUT", MaxDeliveries: 2, VisibilityTimeout: time.Minute, Concurrency: 1, StartLatest: true},
+	want := []events.PushConfig{
+		{Name: "bill", Topic: "orders", Group: "bill", Upstream: "billing", Path: "/events", Method: "POST", MaxDeliveries: 4, Visibility: 5 * time.Second, Concurrency: 4},
+		{Name: "ops", Topic: "payments.dead", Group: "ops-team", Upstream: "billing", Path: "/", Method: "PUT", MaxDeliveries: 2, Visibility: time.Minute, Concurrency: 1, Start: events.Latest},
 	}
 	if len(e.Push) != 2 || e.Push[0] != want[0] || e.Push[1] != want[1] {
 		t.Fatalf("push = %+v\nwant %+v", e.Push, want)
@@ -46,7 +48,7 @@ events:
 		t.Fatal(err)
 	}
 	if c.Events.MaxPayloadBytes != 1<<20 || c.Events.MaxLen != 1_000_000 || c.Events.DedupRetention != 24*time.Hour ||
-		c.Events.VisibilityTimeout != 30*time.Second || c.Events.MaxDeliveries != 10 || len(c.Events.Topics) != 2 {
+		c.Events.Visibility != 30*time.Second || c.Events.MaxDeliveries != 10 || len(c.Events.Topics) != 2 {
 		t.Fatalf("defaults = %+v", c.Events)
 	}
 	if c, err := load(t, "log_level: info\n", nil); err != nil || c.Events.Topics != nil || c.Events.Push != nil {

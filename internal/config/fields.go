@@ -6,13 +6,14 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"net/url"
 	"os"
 	"strconv"
 	"strings"
 	"time"
 
-	"github.com/redis/go-redis/v9"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/config/field"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/saga"
 )
 
 // Bounds and defaults.
@@ -61,8 +62,8 @@ const (
 	maxMaxOffset = time.Minute
 )
 
-// field describes one setting: its spellings, default, parsing and validation.
-type field struct {
+// setting describes one top-level setting: its spellings, default, parsing and validation.
+type setting struct {
 	key    string // YAML key; the flag is key with '-' for '_', the env var SIDECAR_<KEY>
 	typ    string // value kind shown in usage
 	usage  string
@@ -74,16 +75,16 @@ type field struct {
 	check func(c *Config) error
 }
 
-func (f field) flagName() string { return strings.ReplaceAll(f.key, "_", "-") }
-func (f field) envName() string  { return envPrefix + strings.ToUpper(f.key) }
+func (f setting) flagName() string { return strings.ReplaceAll(f.key, "_", "-") }
+func (f setting) envName() string  { return envPrefix + strings.ToUpper(f.key) }
 
 const configKey = "config"
 
-// fields returns the settings in usage and validation order (redis_mode
+// settings returns the settings in usage and validation order (redis_mode
 // before redis_url, which depends on it). It returns a fresh slice on every
 // call.
-func fields() []field {
-	return append([]field{
+func settings() []setting {
+	return []setting{
 		{
 			key: configKey, typ: "path", def: "", inFile: false,
 			usage: "YAML config file (flag and environment only)",
@@ -96,11 +97,11 @@ func fields() []field {
 			check: func(c *Config) error { return checkListen(c.Listen) },
 		},
 		{
-			key: "redis_mode", typ: "mode", def: string(RedisStandalone), inFile: true,
+			key: "redis_mode", typ: "mode", def: string(redisx.Standalone), inFile: true,
 			usage: "how redis_url is read: standalone, cluster or sentinel",
-			set:   func(c *Config, s string) error { c.RedisMode = RedisMode(s); return nil },
+			set:   func(c *Config, s string) error { c.RedisMode = redisx.Mode(s); return nil },
 			check: func(c *Config) error {
-				return checkOneOf(string(c.RedisMode), string(RedisStandalone), string(RedisCluster), string(RedisSentinel))
+				return checkOneOf(string(c.RedisMode), string(redisx.Standalone), string(redisx.Cluster), string(redisx.Sentinel))
 			},
 		},
 		{
@@ -136,20 +137,22 @@ func fields() []field {
 		durationField("store_timeout", "1s", minStoreTimeout, maxStoreTimeout,
 			"how long one store call may take before UNAVAILABLE",
 			func(c *Config) *time.Duration { return &c.StoreTimeout }),
+		intField("redis_wait_replicas", "count", 0, minWaitReplicas, maxWaitReplicas,
+			fmt.Sprintf("replicas that must acknowledge (Redis WAIT) a lock grant or renewal and an idempotency key's start, checkpoint or completion before it is reported; fewer in redis_wait_timeout is UNAVAILABLE, never a success (%d-%d, 0: do not wait)", minWaitReplicas, maxWaitReplicas),
+			func(c *Config) *int { return &c.RedisWaitReplicas }),
+		redisWaitTimeoutField(),
 		{
-			key: "redis_wait_replicas", typ: "count", def: "0", inFile: true,
-			usage: fmt.Sprintf("replicas that must acknowledge (Redis WAIT) a lock grant or renewal and an idempotency key's start, checkpoint or completion before it is reported; fewer in redis_wait_timeout is UNAVAILABLE, never a success (%d-%d, 0: do not wait)", minWaitReplicas, maxWaitReplicas),
+			key: "redis_pipeline", typ: "bool", def: "true", inFile: true,
+			usage: "send the Redis scripts of concurrent calls together as pipelines, which costs Redis less CPU per call; a lone call still goes out at once (true or false)",
 			set: func(c *Config, s string) error {
-				n, err := strconv.ParseInt(s, 10, 64)
-				if err != nil || n < minWaitReplicas || n > maxWaitReplicas {
-					return fmt.Errorf("must be a whole number between %d and %d, got %s", minWaitReplicas, maxWaitReplicas, quoteValue(s))
+				b, err := strconv.ParseBool(s)
+				if err != nil {
+					return fmt.Errorf("must be true or false, got %s", field.Quote(s))
 				}
-				c.RedisWaitReplicas = int(n)
+				c.RedisPipeline = b
 				return nil
 			},
 		},
-		redisWaitTimeoutField(),
-		redisPipelineField(),
 		durationField("shutdown_timeout", "10s", minShutdownTimeout, maxShutdownTimeout,
 			"bound on draining in-flight calls at SIGTERM",
 			func(c *Config) *time.Duration { return &c.ShutdownTimeout }),
@@ -159,62 +162,36 @@ func fields() []field {
 		durationField("max_offset", "500ms", minMaxOffset, maxMaxOffset,
 			"how far ahead of this sidecar's clock a remote hybrid logical clock timestamp may be before UpdateHlc refuses it (CLOCK_SKEW)",
 			func(c *Config) *time.Duration { return &c.MaxOffset }),
-		{
-			key: "max_message_bytes", typ: "bytes", def: strconv.Itoa(4 << 20), inFile: true,
-			usage: fmt.Sprintf("gRPC max receive message size (%d-%d)", minMessageBytes, maxMessageBytes),
-			set: func(c *Config, s string) error {
-				n, err := strconv.ParseInt(s, 10, 64)
-				if err != nil {
-					if errors.Is(err, strconv.ErrRange) {
-						return fmt.Errorf("must be between %d and %d, got %s", minMessageBytes, maxMessageBytes, quoteValue(s))
-					}
-					return fmt.Errorf("must be an integer number of bytes, got %s", quoteValue(s))
-				}
-				if n < minMessageBytes || n > maxMessageBytes {
-					// Checked here too so an out-of-range int64 never
-					// reaches an int on 32-bit platforms.
-					return fmt.Errorf("must be between %d and %d, got %d", minMessageBytes, maxMessageBytes, n)
-				}
-				c.MaxMessageBytes = int(n)
-				return nil
-			},
-		},
-		{
-			key: "max_result_bytes", typ: "bytes", def: strconv.Itoa(1 << 20), inFile: true,
-			usage: fmt.Sprintf("largest idempotency result stored, data plus metadata (%d-%d); a request carrying it must also fit max_message_bytes", minResultBytes, maxResultBytes),
-			set: func(c *Config, s string) error {
-				n, err := strconv.ParseInt(s, 10, 64)
-				if err != nil {
-					if errors.Is(err, strconv.ErrRange) {
-						return fmt.Errorf("must be between %d and %d, got %s", minResultBytes, maxResultBytes, quoteValue(s))
-					}
-					return fmt.Errorf("must be an integer number of bytes, got %s", quoteValue(s))
-				}
-				if n < minResultBytes || n > maxResultBytes {
-					return fmt.Errorf("must be between %d and %d, got %d", minResultBytes, maxResultBytes, n)
-				}
-				c.MaxResultBytes = int(n)
-				return nil
-			},
-		},
-		{
-			key: "max_breakers", typ: "count", def: "10000", inFile: true,
-			usage: fmt.Sprintf("most circuit breakers one sidecar tracks; idle undeclared ones are forgotten to make room (%d-%d)", minBreakers, maxBreakers),
-			set: func(c *Config, s string) error {
-				n, err := strconv.ParseInt(s, 10, 64)
-				if err != nil || n < minBreakers || n > maxBreakers {
-					return fmt.Errorf("must be a whole number between %d and %d, got %s", minBreakers, maxBreakers, quoteValue(s))
-				}
-				c.MaxBreakers = int(n)
-				return nil
-			},
-		},
-	}, sagaFields()...)
+		bytesField("max_message_bytes", 4<<20, minMessageBytes, maxMessageBytes,
+			fmt.Sprintf("gRPC max receive message size (%d-%d)", minMessageBytes, maxMessageBytes),
+			func(c *Config) *int { return &c.MaxMessageBytes }),
+		bytesField("max_result_bytes", 1<<20, minResultBytes, maxResultBytes,
+			fmt.Sprintf("largest idempotency result stored, data plus metadata (%d-%d); a request carrying it must also fit max_message_bytes", minResultBytes, maxResultBytes),
+			func(c *Config) *int { return &c.MaxResultBytes }),
+		intField("max_breakers", "count", 10000, minBreakers, maxBreakers,
+			fmt.Sprintf("most circuit breakers one sidecar tracks; idle undeclared ones are forgotten to make room (%d-%d)", minBreakers, maxBreakers),
+			func(c *Config) *int { return &c.MaxBreakers }),
+		durationField("saga_retention", "168h", saga.MinRetention, saga.MaxRetention,
+			"how long COMPLETED and COMPENSATED sagas stay in the saga log (COMPENSATION_FAILED ones stay until resolved)",
+			func(c *Config) *time.Duration { return &c.Saga.Retention }),
+		durationField("saga_lease_ttl", saga.DefaultLease.String(), saga.MinLease, saga.MaxLease,
+			"lease of a sidecar compensating a saga, renewed every third of it; when a sidecar dies another takes its sagas over after it",
+			func(c *Config) *time.Duration { return &c.Saga.Lease }),
+		durationField("saga_recovery_interval", saga.DefaultRecoveryInterval.String(), saga.MinRecoveryInterval, saga.MaxRecoveryInterval,
+			"how often the recovery worker looks for timed-out sagas and sagas whose compensating sidecar died",
+			func(c *Config) *time.Duration { return &c.Saga.RecoveryInterval }),
+		intField("saga_max_body_bytes", "bytes", saga.DefaultMaxBodyBytes, 1, saga.MaxMaxBodyBytes,
+			fmt.Sprintf("largest compensation body RecordStep accepts (it is kept in the saga log) (1-%d)", saga.MaxMaxBodyBytes),
+			func(c *Config) *int { return &c.Saga.MaxBodyBytes }),
+		intField("saga_max_steps", "count", saga.DefaultMaxSteps, 1, saga.MaxMaxSteps,
+			fmt.Sprintf("most steps one saga may record (1-%d)", saga.MaxMaxSteps),
+			func(c *Config) *int { return &c.Saga.MaxSteps }),
+	}
 }
 
-// redisWaitTimeoutField is a duration field that must also leave room for
+// redisWaitTimeoutField is a duration setting that must also leave room for
 // the write itself within store_timeout when replicas are awaited.
-func redisWaitTimeoutField() field {
+func redisWaitTimeoutField() setting {
 	f := durationField("redis_wait_timeout", "500ms", minWaitTimeout, maxWaitTimeout,
 		"how long the replicas of redis_wait_replicas have to acknowledge; below store_timeout",
 		func(c *Config) *time.Duration { return &c.RedisWaitTimeout })
@@ -231,22 +208,55 @@ func redisWaitTimeoutField() field {
 	return f
 }
 
-func durationField(key, def string, lo, hi time.Duration, usage string, ptr func(*Config) *time.Duration) field {
-	return field{
+func durationField(key, def string, lo, hi time.Duration, usage string, ptr func(*Config) *time.Duration) setting {
+	return setting{
 		key: key, typ: "duration", def: def, inFile: true,
 		usage: fmt.Sprintf("%s (%v-%v)", usage, lo, hi),
 		set: func(c *Config, s string) error {
-			var d Duration
-			if err := d.UnmarshalText([]byte(s)); err != nil {
-				return err
-			}
-			*ptr(c) = time.Duration(d)
-			return nil
+			d, err := parseDuration(s)
+			*ptr(c) = d
+			return err
 		},
 		check: func(c *Config) error {
 			if d := *ptr(c); d < lo || d > hi {
 				return fmt.Errorf("must be between %v and %v, got %v", lo, hi, d)
 			}
+			return nil
+		},
+	}
+}
+
+// intField is a whole-number setting within [lo, hi], checked as it is
+// parsed.
+func intField(key, typ string, def, lo, hi int, usage string, ptr func(*Config) *int) setting {
+	return setting{
+		key: key, typ: typ, def: strconv.Itoa(def), inFile: true, usage: usage,
+		set: func(c *Config, s string) error {
+			n, err := strconv.ParseInt(s, 10, 64)
+			if err != nil || n < int64(lo) || n > int64(hi) {
+				return fmt.Errorf("must be a whole number between %d and %d, got %s", lo, hi, field.Quote(s))
+			}
+			*ptr(c) = int(n)
+			return nil
+		},
+	}
+}
+
+// bytesField is a size in bytes within [lo, hi], checked as it is parsed.
+func bytesField(key string, def, lo, hi int, usage string, ptr func(*Config) *int) setting {
+	return setting{
+		key: key, typ: "bytes", def: strconv.Itoa(def), inFile: true, usage: usage,
+		set: func(c *Config, s string) error {
+			n, err := strconv.ParseInt(s, 10, 64)
+			switch {
+			case errors.Is(err, strconv.ErrRange):
+				return fmt.Errorf("must be between %d and %d, got %s", lo, hi, field.Quote(s))
+			case err != nil:
+				return fmt.Errorf("must be an integer number of bytes, got %s", field.Quote(s))
+			case n < int64(lo) || n > int64(hi): // before the int conversion, for 32-bit platforms
+				return fmt.Errorf("must be between %d and %d, got %d", lo, hi, n)
+			}
+			*ptr(c) = int(n)
 			return nil
 		},
 	}
@@ -258,7 +268,7 @@ func checkOneOf(v string, allowed ...string) error {
 			return nil
 		}
 	}
-	return fmt.Errorf("must be one of %s, got %s", strings.Join(allowed, ", "), quoteValue(v))
+	return fmt.Errorf("must be one of %s, got %s", strings.Join(allowed, ", "), field.Quote(v))
 }
 
 func checkListen(s string) error {
@@ -269,11 +279,11 @@ func checkListen(s string) error {
 		p, ok := strings.CutPrefix(s, unixPrefix)
 		switch {
 		case !ok || !strings.HasPrefix(p, "/"):
-			return fmt.Errorf("a unix socket must be written unix:///absolute/path, got %s", quoteValue(s))
+			return fmt.Errorf("a unix socket must be written unix:///absolute/path, got %s", field.Quote(s))
 		case strings.HasSuffix(p, "/"):
-			return fmt.Errorf("unix socket path must name a file, not a directory, got %s", quoteValue(s))
+			return fmt.Errorf("unix socket path must name a file, not a directory, got %s", field.Quote(s))
 		case strings.ContainsRune(p, 0):
-			return fmt.Errorf("unix socket path must not contain NUL, got %s", quoteValue(s))
+			return fmt.Errorf("unix socket path must not contain NUL, got %s", field.Quote(s))
 		case len(p) > maxUnixPathLen:
 			return fmt.Errorf("unix socket path must be at most %d bytes, got %d", maxUnixPathLen, len(p))
 		}
@@ -290,7 +300,7 @@ func checkMetricsListen(c *Config) error {
 		return err
 	}
 	if c.MetricsListen == c.Listen && !strings.HasSuffix(c.Listen, ":0") {
-		return fmt.Errorf("must differ from listen, both are %s", quoteValue(c.Listen))
+		return fmt.Errorf("must differ from listen, both are %s", field.Quote(c.Listen))
 	}
 	return nil
 }
@@ -300,10 +310,10 @@ func checkMetricsListen(c *Config) error {
 func checkHostPort(s, want string) error {
 	host, port, err := net.SplitHostPort(s)
 	if err != nil || strings.Contains(s, "/") {
-		return fmt.Errorf("must be %s, got %s", want, quoteValue(s))
+		return fmt.Errorf("must be %s, got %s", want, field.Quote(s))
 	}
 	if _, err := strconv.ParseUint(port, 10, 16); err != nil {
-		return fmt.Errorf("port must be a number 0-65535, got %s", quoteValue(port))
+		return fmt.Errorf("port must be a number 0-65535, got %s", field.Quote(port))
 	}
 	if host == "" {
 		return nil
@@ -312,7 +322,7 @@ func checkHostPort(s, want string) error {
 		return nil
 	}
 	if !validHostname(host) {
-		return fmt.Errorf("host must be an IP address or a DNS name, got %s", quoteValue(host))
+		return fmt.Errorf("host must be an IP address or a DNS name, got %s", field.Quote(host))
 	}
 	return nil
 }
@@ -342,66 +352,22 @@ func checkNamespace(ns string) error {
 	for i := 0; i < len(ns); i++ {
 		b := ns[i]
 		if !(b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' || b >= '0' && b <= '9' || b == '.' || b == '_' || b == '-') {
-			return fmt.Errorf("must be 1-%d bytes of A-Z a-z 0-9 . _ -, got %s", maxNamespaceLen, quoteValue(ns))
+			return fmt.Errorf("must be 1-%d bytes of A-Z a-z 0-9 . _ -, got %s", maxNamespaceLen, field.Quote(ns))
 		}
 	}
 	return nil
 }
 
-// checkRedisURL parses RedisURL the way go-redis will for RedisMode.
-// Messages never contain the URL's password: a URL that net/url cannot
-// parse is described without any quoted part of it, and the secrets of one
-// that parses are scrubbed from go-redis's message.
+// checkRedisURL checks RedisURL for RedisMode (redisx.CheckURL); empty
+// means the embedded store, standalone only.
 func checkRedisURL(c *Config) error {
+	if c.RedisURL == "" && c.RedisMode != redisx.Standalone {
+		return fmt.Errorf("must be set when redis_mode is %s (empty means the embedded in-memory store)", c.RedisMode)
+	}
 	if c.RedisURL == "" {
-		if c.RedisMode != RedisStandalone {
-			return fmt.Errorf("must be set when redis_mode is %s (empty means the embedded in-memory store)", c.RedisMode)
-		}
 		return nil
 	}
-	var err error
-	switch c.RedisMode {
-	case RedisStandalone:
-		_, err = redis.ParseURL(c.RedisURL)
-	case RedisCluster:
-		_, err = redis.ParseClusterURL(c.RedisURL)
-	case RedisSentinel:
-		var o *redis.FailoverOptions
-		if o, err = redis.ParseFailoverURL(c.RedisURL); err == nil && o.MasterName == "" {
-			return errors.New("redis_mode sentinel needs the master name in the URL: ?master_name=...")
-		}
-	}
-	if err == nil {
-		return nil
-	}
-	var msg string
-	if ue := (*url.Error)(nil); errors.As(err, &ue) {
-		msg = "malformed URL: " + dropQuoted(ue.Err.Error())
-	} else {
-		msg = err.Error()
-		for _, s := range urlSecrets(c.RedisURL) {
-			msg = strings.ReplaceAll(msg, s, redacted)
-		}
-	}
-	// The cause is deliberately not wrapped: it may quote the password.
-	return fmt.Errorf("not a valid %s Redis URL: %s", c.RedisMode, msg)
-}
-
-// dropQuoted removes every "..." part of s (net/url quotes pieces of the
-// URL, which may be pieces of the password).
-func dropQuoted(s string) string {
-	var b strings.Builder
-	in := false
-	for _, r := range s {
-		if r == '"' {
-			in = !in
-			continue
-		}
-		if !in {
-			b.WriteRune(r)
-		}
-	}
-	return strings.Join(strings.Fields(b.String()), " ")
+	return redisx.CheckURL(c.RedisURL, c.RedisMode)
 }
 
 // loadToken reads APITokenFile into APIToken. Messages never contain the
@@ -421,15 +387,15 @@ func loadToken(c *Config) error {
 		return fmt.Errorf("cannot read token: %w", err)
 	}
 	if len(b) > maxTokenFileBytes {
-		return fmt.Errorf("token file %s is larger than %d bytes", quoteValue(c.APITokenFile), maxTokenFileBytes)
+		return fmt.Errorf("token file %s is larger than %d bytes", field.Quote(c.APITokenFile), maxTokenFileBytes)
 	}
 	tok := strings.TrimSpace(string(b))
 	if tok == "" {
-		return fmt.Errorf("token file %s is empty", quoteValue(c.APITokenFile))
+		return fmt.Errorf("token file %s is empty", field.Quote(c.APITokenFile))
 	}
 	for i := 0; i < len(tok); i++ {
 		if tok[i] <= ' ' || tok[i] >= 0x7f {
-			return fmt.Errorf("token file %s must hold one token of printable ASCII without spaces", quoteValue(c.APITokenFile))
+			return fmt.Errorf("token file %s must hold one token of printable ASCII without spaces", field.Quote(c.APITokenFile))
 		}
 	}
 	c.APIToken = tok

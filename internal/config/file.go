@@ -6,37 +6,66 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"reflect"
 	"slices"
 	"strings"
 
 	"gopkg.in/yaml.v3"
+
+	"github.com/seed-a88e5317/resilience-sidecar/internal/config/field"
 )
 
 // maxFileBytes bounds how much of the config file is read.
 const maxFileBytes = 1 << 20
 
-// fileValue is one scalar setting from the file, as text.
+// fileValue is one top-level value of the file: a setting's text, or a
+// section's YAML.
 type fileValue struct {
 	text string
-	line int
+	node *yaml.Node
+	line int // of the key
 }
 
-// fileValues is what the config file sets.
+// fileValues is what the config file sets, by top-level key.
 type fileValues struct {
-	scalars   map[string]fileValue
-	breakers  map[string]yaml.Node
-	upstreams map[string]yaml.Node
-	events    *yaml.Node
-	outbox    *yaml.Node
+	path     string
+	scalars  map[string]fileValue
+	sections map[string]fileValue
 }
 
 // lookup returns the file's value for f; a nil *fileValues (no file) has none.
-func (v *fileValues) lookup(f field) (fileValue, bool) {
+func (v *fileValues) lookup(f setting) (fileValue, bool) {
 	if v == nil || !f.inFile {
 		return fileValue{}, false
 	}
 	fv, ok := v.scalars[f.key]
 	return fv, ok
+}
+
+// sectionKeys are the file's sections: the yaml-tagged fields of Config.
+var sectionKeys = structKeys(reflect.TypeFor[Config]())
+
+// decodeSections decodes the file's sections into c (see decoder), in the
+// order of Config's fields, checking each and what it names in the ones
+// before.
+func (v *fileValues) decodeSections(c *Config) error {
+	d := &decoder{file: v.path, lines: map[string]int{}}
+	t := reflect.TypeFor[Config]()
+	for i := range t.NumField() {
+		key, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+		s, ok := v.sections[key]
+		if !ok {
+			continue
+		}
+		ref := sectionKeys[key]
+		if err := d.section(s.node, reflect.ValueOf(c).Elem().Field(i), key, s.line, ref.item); err != nil {
+			return err
+		}
+		if err := d.references(c, key); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // readFile reads and parses the YAML config file at path.
@@ -60,17 +89,17 @@ func readFile(path string) (*fileValues, error) {
 }
 
 // parseFile reads one YAML document whose top level maps the known keys
-// (fields with inFile, plus breakers and upstreams) to values. It rejects
-// unknown and duplicate keys, as yaml.v3's KnownFields(true) would, but
-// names the key and line in a one-line message. Scalars are kept as text
-// and parsed later like environment and flag values, so "2s" means the same
-// in every source. A null value counts as absent.
+// (the settings the file may give, and the sections) to values. It rejects
+// unknown and duplicate keys, naming the key and line in a one-line
+// message. Settings are kept as text and parsed later like environment and
+// flag values, so "2s" means the same in every source. A null value counts
+// as absent.
 func parseFile(path string, data []byte) (*fileValues, error) {
 	root, err := decodeOne(data)
 	if err != nil {
 		return nil, &FieldError{Field: configKey, Msg: path + ": " + err.Error(), err: err}
 	}
-	out := &fileValues{scalars: make(map[string]fileValue)}
+	out := &fileValues{path: path, scalars: map[string]fileValue{}, sections: map[string]fileValue{}}
 	if root == nil || isNull(root) {
 		return out, nil // empty file: all defaults
 	}
@@ -79,18 +108,22 @@ func parseFile(path string, data []byte) (*fileValues, error) {
 			"%s line %d: the top level must be a mapping of settings, got a YAML %s", path, root.Line, kindName(root.Kind))}
 	}
 
-	known := make(map[string]field)
-	var keys []string
-	for _, f := range fields() {
-		if f.inFile {
-			known[f.key] = f
-			keys = append(keys, f.key)
-		}
+	known := map[string]bool{}
+	for _, f := range settings() {
+		known[f.key] = f.inFile
 	}
-	keys = append(keys, "breakers", "upstreams", "events", "outbox")
-	slices.Sort(keys)
+	for k := range sectionKeys {
+		known[k] = true
+	}
+	keys := slices.Sorted(func(yield func(string) bool) {
+		for k, ok := range known {
+			if ok && !yield(k) {
+				return
+			}
+		}
+	})
 
-	seen := make(map[string]int) // key -> line
+	seen := map[string]int{} // key -> line
 	for i := 0; i+1 < len(root.Content); i += 2 {
 		k, v := root.Content[i], resolve(root.Content[i+1])
 		where := fmt.Sprintf("%s line %d", path, k.Line)
@@ -99,48 +132,29 @@ func parseFile(path string, data []byte) (*fileValues, error) {
 		}
 		name := k.Value
 		if prev, dup := seen[name]; dup {
-			return nil, &FieldError{Field: fieldName(name), Msg: fmt.Sprintf("duplicate key in %s (first at line %d)", where, prev)}
+			return nil, &FieldError{Field: field.Key(name), Msg: fmt.Sprintf("duplicate key in %s (first at line %d)", where, prev)}
 		}
 		seen[name] = k.Line
-
-		if name == "events" {
-			out.events = v
-			continue
-		}
-		if name == "outbox" {
-			out.outbox = v
-			continue
-		}
-		if name == "breakers" || name == "upstreams" {
-			m, err := namedMapping(v)
-			if err != nil {
-				return nil, &FieldError{Field: name, Msg: fmt.Sprintf("%s (from %s)", err, where), err: err}
-			}
-			if name == "breakers" {
-				out.breakers = m
-			} else {
-				out.upstreams = m
-			}
-			continue
-		}
-		if _, ok := known[name]; !ok {
+		if !known[name] {
 			msg := "unknown key in " + where
-			if alt := strings.ReplaceAll(name, "-", "_"); alt != name && (known[alt].key != "" || alt == "breakers" || alt == "upstreams") {
+			if alt := strings.ReplaceAll(name, "-", "_"); alt != name && known[alt] {
 				msg += fmt.Sprintf(" (did you mean %s?)", alt)
 			} else if name == configKey {
 				msg += " (the config file is chosen only by --config or SIDECAR_CONFIG)"
 			} else {
 				msg += " (known keys: " + strings.Join(keys, ", ") + ")"
 			}
-			return nil, &FieldError{Field: fieldName(name), Msg: msg}
+			return nil, &FieldError{Field: field.Key(name), Msg: msg}
 		}
-		if isNull(v) {
-			continue
-		}
-		if v.Kind != yaml.ScalarNode {
+		switch {
+		case isNull(v):
+		case sectionKeys[name] != nil:
+			out.sections[name] = fileValue{node: v, line: k.Line}
+		case v.Kind != yaml.ScalarNode:
 			return nil, &FieldError{Field: name, Msg: fmt.Sprintf("must be a single value, got a YAML %s (from %s)", kindName(v.Kind), where)}
+		default:
+			out.scalars[name] = fileValue{text: v.Value, line: v.Line}
 		}
-		out.scalars[name] = fileValue{text: v.Value, line: v.Line}
 	}
 	return out, nil
 }
@@ -179,29 +193,6 @@ func decodeOne(data []byte) (root *yaml.Node, err error) {
 	return resolve(&doc), nil
 }
 
-// namedMapping turns a mapping of name -> anything into a map of raw nodes.
-// A null value means no entries.
-func namedMapping(n *yaml.Node) (map[string]yaml.Node, error) {
-	if isNull(n) {
-		return nil, nil
-	}
-	if n.Kind != yaml.MappingNode {
-		return nil, fmt.Errorf("must be a mapping of names to settings, got a YAML %s", kindName(n.Kind))
-	}
-	m := make(map[string]yaml.Node, len(n.Content)/2)
-	for i := 0; i+1 < len(n.Content); i += 2 {
-		k := n.Content[i]
-		if k.Kind != yaml.ScalarNode || isNull(k) {
-			return nil, fmt.Errorf("line %d: names must be plain strings", k.Line)
-		}
-		if _, dup := m[k.Value]; dup {
-			return nil, fmt.Errorf("line %d: duplicate name %s", k.Line, quoteValue(k.Value))
-		}
-		m[k.Value] = *resolve(n.Content[i+1])
-	}
-	return m, nil
-}
-
 // resolve follows an alias to the node it names.
 func resolve(n *yaml.Node) *yaml.Node {
 	for i := 0; n != nil && n.Kind == yaml.AliasNode && n.Alias != nil && i < 100; i++ {
@@ -214,17 +205,17 @@ func isNull(n *yaml.Node) bool {
 	return n == nil || n.Kind == 0 || (n.Kind == yaml.ScalarNode && n.ShortTag() == "!!null")
 }
 
-// fieldName spells a file key for FieldError.Field: as is when it is a
-// plain name, quoted otherwise.
-func fieldName(key string) string {
-	if key == "" {
-		return `""`
+func kindName(k yaml.Kind) string {
+	switch k {
+	case yaml.MappingNode:
+		return "mapping"
+	case yaml.SequenceNode:
+		return "sequence"
+	case yaml.DocumentNode:
+		return "document"
+	case yaml.AliasNode:
+		return "alias"
+	default:
+		return "scalar"
 	}
-	for i := 0; i < len(key); i++ {
-		b := key[i]
-		if !(b >= 'a' && b <= 'z' || b >= 'A' && b <= 'Z' || b >= '0' && b <= '9' || b == '_' || b == '-' || b == '.') {
-			return quoteValue(key)
-		}
-	}
-	return key
 }

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"io"
 	"strings"
+
+	"github.com/seed-a88e5317/resilience-sidecar/internal/config/field"
 )
 
 // Load builds the Config from args (the command line without the program
@@ -29,7 +31,7 @@ func Load(args []string, getenv func(string) string, usageOut io.Writer) (*Confi
 	if usageOut == nil {
 		usageOut = io.Discard
 	}
-	specs := fields()
+	specs := settings()
 
 	fset := flag.NewFlagSet("sidecar", flag.ContinueOnError)
 	fset.SetOutput(io.Discard) // Load reports errors itself, in one line
@@ -46,14 +48,14 @@ func Load(args []string, getenv func(string) string, usageOut io.Writer) (*Confi
 	}
 	if fset.NArg() > 0 {
 		return nil, &FieldError{Field: "flags", Msg: fmt.Sprintf(
-			"unexpected argument %s: every setting is a --flag (see --help)", quoteValue(fset.Arg(0)))}
+			"unexpected argument %s: every setting is a --flag (see --help)", field.Quote(fset.Arg(0)))}
 	}
 	flags := make(map[string]string)
 	fset.Visit(func(fl *flag.Flag) { flags[fl.Name] = fl.Value.String() })
 
 	c := &Config{}
 	sources := make(map[string]string) // key -> where its value came from; absent for defaults
-	apply := func(f field, text, source string) error {
+	apply := func(f setting, text, source string) error {
 		if err := f.set(c, text); err != nil {
 			return &FieldError{Field: f.key, Msg: err.Error() + " (from " + source + ")", err: err}
 		}
@@ -61,7 +63,7 @@ func Load(args []string, getenv func(string) string, usageOut io.Writer) (*Confi
 		return nil
 	}
 	// applyAbove applies the environment, then the flag, over what c holds.
-	applyAbove := func(f field) error {
+	applyAbove := func(f setting) error {
 		if v := getenv(f.envName()); v != "" {
 			if err := apply(f, v, f.envName()); err != nil {
 				return err
@@ -92,16 +94,7 @@ func Load(args []string, getenv func(string) string, usageOut io.Writer) (*Confi
 		if file, err = readFile(c.ConfigFile); err != nil {
 			return nil, err
 		}
-		if c.Breakers, err = parseBreakers(c.ConfigFile, file.breakers); err != nil {
-			return nil, err
-		}
-		if c.Upstreams, err = parseUpstreams(c.ConfigFile, file.upstreams, c.Breakers); err != nil {
-			return nil, err
-		}
-		if c.Events, err = parseEvents(c.ConfigFile, file.events, c.Upstreams); err != nil {
-			return nil, err
-		}
-		if c.Outbox, err = parseOutbox(c.ConfigFile, file.outbox); err != nil {
+		if err := file.decodeSections(c); err != nil {
 			return nil, err
 		}
 	}
@@ -136,7 +129,7 @@ func Load(args []string, getenv func(string) string, usageOut io.Writer) (*Confi
 }
 
 // writeUsage prints the flags with their defaults and environment variables.
-func writeUsage(w io.Writer, specs []field) {
+func writeUsage(w io.Writer, specs []setting) {
 	var b strings.Builder
 	b.WriteString("Usage: sidecar [flags]\n\n")
 	b.WriteString("Every flag --some-name can also be set by the environment variable\n")

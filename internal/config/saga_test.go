@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/seed-a88e5317/resilience-sidecar/internal/saga"
 )
 
 // TestSagaSettings: the saga settings from each source, and their bounds.
@@ -14,8 +16,8 @@ func TestSagaSettings(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.SagaRetention != 24*time.Hour || c.SagaLeaseTTL != 2*time.Second || c.SagaRecoveryInterval != 100*time.Millisecond ||
-		c.SagaMaxBodyBytes != 1024 || c.SagaMaxSteps != 10 {
+	if c.Saga.Retention != 24*time.Hour || c.Saga.Lease != 2*time.Second || c.Saga.RecoveryInterval != 100*time.Millisecond ||
+		c.Saga.MaxBodyBytes != 1024 || c.Saga.MaxSteps != 10 {
 		t.Fatalf("got %s", c)
 	}
 	for _, tc := range []struct{ key, value, want string }{
@@ -58,7 +60,7 @@ upstreams:
 	if err != nil {
 		t.Fatal(err)
 	}
-	for name, want := range map[string]Retry{
+	for name, want := range map[string]saga.RetryPolicy{
 		"inventory": {MaxAttempts: 2, InitialBackoff: 10 * time.Millisecond, MaxBackoff: time.Minute},
 		"plain":     {MaxAttempts: 10, InitialBackoff: time.Second, MaxBackoff: time.Minute},
 		// max_backoff defaults to at least initial_backoff.

@@ -15,22 +15,6 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/upstream"
 )
 
-// PushConfig is one push subscription: the sidecar consumes Topic as
-// consumer Name of Group and sends each event to an upstream.
-type PushConfig struct {
-	Name, Topic, Group string
-	// Upstream, Method (POST when empty) and Path name the request.
-	Upstream, Method, Path string
-	// MaxDeliveries and Visibility as for a subscription (service defaults
-	// when 0). Visibility also bounds each push, retries included.
-	MaxDeliveries int
-	Visibility    time.Duration
-	// Concurrency is how many events are pushed at once (1 when 0; 1
-	// keeps the group's order).
-	Concurrency int
-	Start       StartFrom
-}
-
 // Caller makes upstream calls: *upstream.Caller, with its retries,
 // backoff and circuit breaker.
 type Caller interface {

@@ -13,34 +13,6 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/metrics"
 )
 
-// TopicConfig is a declared topic.
-type TopicConfig struct {
-	// MaxLen bounds the topic's log (Options.MaxLen when 0).
-	MaxLen int64
-}
-
-// Options configure a Service. Zero values get the defaults noted.
-type Options struct {
-	// MaxPayloadBytes bounds payload plus headers (DefaultMaxPayloadBytes).
-	MaxPayloadBytes int
-	// MaxLen bounds each topic's log (DefaultMaxLen).
-	MaxLen int64
-	// DedupRetention is how long idempotency keys are remembered
-	// (DefaultDedupRetention).
-	DedupRetention time.Duration
-	// Topics, when not empty, are the only topics accepted (with their
-	// dead-letter topics).
-	Topics map[string]TopicConfig
-	// Visibility and MaxDeliveries are the subscription defaults
-	// (DefaultVisibility, DefaultMaxDeliveries).
-	Visibility    time.Duration
-	MaxDeliveries int
-	// PollInterval bounds each wait for events (DefaultPollInterval).
-	PollInterval time.Duration
-	Log          *slog.Logger
-	Metrics      *metrics.Metrics
-}
-
 // Service publishes and delivers events on a Store. It is safe for
 // concurrent use.
 type Service struct {
@@ -59,24 +31,7 @@ type subKey struct{ topic, group string }
 
 // NewService returns a Service on store.
 func NewService(store Store, opts Options) *Service {
-	if opts.MaxPayloadBytes <= 0 {
-		opts.MaxPayloadBytes = DefaultMaxPayloadBytes
-	}
-	if opts.MaxLen <= 0 {
-		opts.MaxLen = DefaultMaxLen
-	}
-	if opts.DedupRetention <= 0 {
-		opts.DedupRetention = DefaultDedupRetention
-	}
-	if opts.Visibility <= 0 {
-		opts.Visibility = DefaultVisibility
-	}
-	if opts.MaxDeliveries <= 0 {
-		opts.MaxDeliveries = DefaultMaxDeliveries
-	}
-	if opts.PollInterval <= 0 {
-		opts.PollInterval = DefaultPollInterval
-	}
+	opts = opts.WithDefaults()
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}

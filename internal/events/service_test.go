@@ -3,6 +3,7 @@ package events_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -13,6 +14,7 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/breaker"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/events"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/upstream"
 )
 
@@ -188,19 +190,14 @@ func TestPushHeaders(t *testing.T) {
 	pusher := svc.StartPush(events.PushConfig{Name: "p", Topic: "t", Group: "g", Upstream: "hook", Path: "/in", Visibility: time.Second}, caller)
 	received := func(want int) {
 		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for {
+		testkit.EventuallyNil(t, 20*time.Second, fmt.Sprintf("%d pushes", want), func() error {
 			mu.Lock()
-			n := len(got)
-			mu.Unlock()
-			if n >= want {
-				return
+			defer mu.Unlock()
+			if len(got) < want {
+				return fmt.Errorf("%d pushed", len(got))
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%d pushed, want %d", n, want)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+			return nil
+		})
 	}
 	received(1)
 	// Pushes run one at a time: once a second event arrives, the first

@@ -7,7 +7,6 @@ import (
 	"slices"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -15,25 +14,8 @@ import (
 
 	"github.com/seed-a88e5317/resilience-sidecar/internal/events"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
-
-// fakeClock is a manually advanced clock for the memory store.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // storeUnderTest is one Store with a way to let store time pass.
 type storeUnderTest struct {
@@ -45,7 +27,7 @@ type storeUnderTest struct {
 
 func memoryStores(*testing.T) func(*testing.T) storeUnderTest {
 	return func(t *testing.T) storeUnderTest {
-		clk := &fakeClock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+		clk := testkit.NewClock()
 		m := events.NewMemoryStore(clk.Now)
 		return storeUnderTest{store: m, advance: clk.Advance, xlen: func(t *testing.T, topic string) int64 {
 			return int64(len(readAll(t, m, topic)))
@@ -54,11 +36,11 @@ func memoryStores(*testing.T) func(*testing.T) storeUnderTest {
 }
 
 func redisBacked(rdb redis.UniversalClient, prefix string, opts ...events.RedisOption) func(*testing.T) storeUnderTest {
-	var n atomic.Int32
+	ns := testkit.Namespaces(prefix)
 	return func(t *testing.T) storeUnderTest {
-		ns := fmt.Sprintf("%s-%d", prefix, n.Add(1))
-		r := events.NewRedisStore(rdb, ns, 2*time.Second, opts...)
-		return storeUnderTest{store: r, advance: func(d time.Duration) { time.Sleep(d) }, xlen: func(t *testing.T, topic string) int64 {
+		r := events.NewRedisStore(rdb, ns(), 2*time.Second, opts...)
+		// Redis decides time by its own clock.
+		return storeUnderTest{store: r, advance: testkit.RedisTime, xlen: func(t *testing.T, topic string) int64 {
 			n, err := rdb.XLen(context.Background(), r.StreamKey(topic)).Result()
 			if err != nil {
 				t.Fatalf("XLEN: %v", err)

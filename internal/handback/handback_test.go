@@ -5,9 +5,11 @@ import (
 	"errors"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/seed-a88e5317/resilience-sidecar/internal/handback"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // flaky is a revoke that fails until healed, counting its calls per lease.
@@ -39,93 +41,97 @@ func (f *flaky) state(leaseID string) (calls int, done bool) {
 	return f.calls[leaseID], f.done[leaseID]
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not reached", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
+// TestQueue's subtests run in synctest bubbles: the queue waits for
+// nothing but its backoff timers, so fake time decides.
 func TestQueue(t *testing.T) {
 	t.Run("retries until the store confirms", func(t *testing.T) {
-		f := newFlaky()
-		q := handback.New("test", f.revoke, time.Second, nil)
-		t.Cleanup(q.Close)
-		q.Add("k", "a", time.Now().Add(time.Hour))
-		waitFor(t, "three failed tries", func() bool { n, _ := f.state("a"); return n >= 3 })
-		if q.Pending() != 1 {
-			t.Fatalf("Pending() = %d while failing, want 1", q.Pending())
-		}
-		f.heal()
-		waitFor(t, "confirmed", func() bool { _, done := f.state("a"); return done })
-		waitFor(t, "nothing pending", func() bool { return q.Pending() == 0 })
+		synctest.Test(t, func(t *testing.T) {
+			f := newFlaky()
+			q := handback.New("test", f.revoke, time.Second, nil)
+			t.Cleanup(q.Close)
+			q.Add("k", "a", time.Now().Add(time.Hour))
+			testkit.Eventually(t, 10*time.Second, "three failed tries", func() bool { n, _ := f.state("a"); return n >= 3 })
+			if q.Pending() != 1 {
+				t.Fatalf("Pending() = %d while failing, want 1", q.Pending())
+			}
+			f.heal()
+			testkit.Eventually(t, 10*time.Second, "confirmed", func() bool { _, done := f.state("a"); return done })
+			testkit.Eventually(t, 10*time.Second, "nothing pending", func() bool { return q.Pending() == 0 })
+		})
 	})
 	t.Run("gives up once the grant has expired anyway", func(t *testing.T) {
-		f := newFlaky()
-		q := handback.New("test", f.revoke, time.Second, nil)
-		t.Cleanup(q.Close)
-		q.Add("k", "a", time.Now().Add(100*time.Millisecond))
-		waitFor(t, "dropped", func() bool { return q.Pending() == 0 })
-		n, _ := f.state("a")
-		q.Close() // tries what is still pending once more: nothing
-		if m, _ := f.state("a"); m != n {
-			t.Fatalf("tried %d more times after giving up", m-n)
-		}
+		synctest.Test(t, func(t *testing.T) {
+			f := newFlaky()
+			q := handback.New("test", f.revoke, time.Second, nil)
+			t.Cleanup(q.Close)
+			q.Add("k", "a", time.Now().Add(100*time.Millisecond))
+			testkit.Eventually(t, 10*time.Second, "dropped", func() bool { return q.Pending() == 0 })
+			n, _ := f.state("a")
+			q.Close() // tries what is still pending once more: nothing
+			if m, _ := f.state("a"); m != n {
+				t.Fatalf("tried %d more times after giving up", m-n)
+			}
+		})
 	})
 	t.Run("Give confirms before returning when the store answers", func(t *testing.T) {
-		f := newFlaky()
-		f.heal()
-		q := handback.New("test", f.revoke, time.Second, nil)
-		t.Cleanup(q.Close)
-		q.Give("k", "a", time.Now().Add(time.Hour))
-		if n, done := f.state("a"); n != 1 || !done || q.Pending() != 0 {
-			t.Fatalf("after Give: %d calls, done %v, %d pending", n, done, q.Pending())
-		}
+		synctest.Test(t, func(t *testing.T) {
+			f := newFlaky()
+			f.heal()
+			q := handback.New("test", f.revoke, time.Second, nil)
+			t.Cleanup(q.Close)
+			q.Give("k", "a", time.Now().Add(time.Hour))
+			if n, done := f.state("a"); n != 1 || !done || q.Pending() != 0 {
+				t.Fatalf("after Give: %d calls, done %v, %d pending", n, done, q.Pending())
+			}
+		})
 	})
 	t.Run("Give falls back to retries", func(t *testing.T) {
-		f := newFlaky()
-		q := handback.New("test", f.revoke, time.Second, nil)
-		t.Cleanup(q.Close)
-		q.Give("k", "a", time.Now().Add(time.Hour))
-		if q.Pending() != 1 {
-			t.Fatalf("Pending() = %d after a failed Give, want 1", q.Pending())
-		}
-		f.heal()
-		waitFor(t, "confirmed", func() bool { _, done := f.state("a"); return done })
+		synctest.Test(t, func(t *testing.T) {
+			f := newFlaky()
+			q := handback.New("test", f.revoke, time.Second, nil)
+			t.Cleanup(q.Close)
+			q.Give("k", "a", time.Now().Add(time.Hour))
+			if q.Pending() != 1 {
+				t.Fatalf("Pending() = %d after a failed Give, want 1", q.Pending())
+			}
+			f.heal()
+			testkit.Eventually(t, 10*time.Second, "confirmed", func() bool { _, done := f.state("a"); return done })
+		})
 	})
 	t.Run("Close tries the pending ones once more", func(t *testing.T) {
-		f := newFlaky()
-		q := handback.New("test", f.revoke, time.Second, nil)
-		for _, id := range []string{"a", "b", "c"} {
-			q.Add("k", id, time.Now().Add(time.Hour))
-		}
-		f.heal()
-		q.Close()
-		for _, id := range []string{"a", "b", "c"} {
-			if _, done := f.state(id); !done {
-				t.Fatalf("%s not revoked by Close", id)
+		synctest.Test(t, func(t *testing.T) {
+			f := newFlaky()
+			q := handback.New("test", f.revoke, time.Second, nil)
+			for _, id := range []string{"a", "b", "c"} {
+				q.Add("k", id, time.Now().Add(time.Hour))
 			}
-		}
-		q.Close() // idempotent
+			f.heal()
+			q.Close()
+			for _, id := range []string{"a", "b", "c"} {
+				if _, done := f.state(id); !done {
+					t.Fatalf("%s not revoked by Close", id)
+				}
+			}
+			q.Close() // idempotent
+		})
 	})
 	t.Run("many at once", func(t *testing.T) {
-		f := newFlaky()
-		f.heal()
-		q := handback.New("test", f.revoke, time.Second, nil)
-		t.Cleanup(q.Close)
-		var wg sync.WaitGroup
-		for i := range 1000 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				q.Add("k", string(rune('a'+i%26))+time.Now().String(), time.Now().Add(time.Hour))
-			}()
-		}
-		wg.Wait()
-		waitFor(t, "all confirmed", func() bool { return q.Pending() == 0 })
+		synctest.Test(t, func(t *testing.T) {
+			f := newFlaky()
+			f.heal()
+			q := handback.New("test", f.revoke, time.Second, nil)
+			t.Cleanup(q.Close)
+			var wg sync.WaitGroup
+			for i := range 1000 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					q.Add("k", string(rune('a'+i%26))+time.Now().String(), time.Now().Add(time.Hour))
+				}()
+			}
+			wg.Wait()
+			testkit.Eventually(t, 10*time.Second, "all confirmed", func() bool { return q.Pending() == 0 })
+		})
 	})
 }
 

@@ -14,25 +14,8 @@ import (
 
 	"github.com/seed-a88e5317/resilience-sidecar/internal/idempotency"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
-
-// fakeClock is a manually advanced clock for the memory store.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // storeUnderTest is one Store implementation with the hooks the suite
 // needs: advance lets store time pass.
@@ -43,7 +26,7 @@ type storeUnderTest struct {
 
 func memoryStore(t *testing.T) storeUnderTest {
 	t.Helper()
-	clk := &fakeClock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+	clk := testkit.NewClock()
 	return storeUnderTest{store: idempotency.NewMemoryStore(clk.Now), advance: clk.Advance}
 }
 
@@ -51,9 +34,8 @@ func redisStore(t *testing.T) storeUnderTest {
 	t.Helper()
 	rdb := testharness.StartRedis(t).Client(t)
 	return storeUnderTest{
-		store: idempotency.NewRedisStore(rdb, "conformance", time.Second),
-		// Redis decides expiry by its own clock, so real time must pass.
-		advance: func(d time.Duration) { time.Sleep(d) },
+		store:   idempotency.NewRedisStore(rdb, "conformance", time.Second),
+		advance: testkit.RedisTime, // Redis decides expiry by its own clock
 	}
 }
 

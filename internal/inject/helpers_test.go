@@ -21,13 +21,12 @@ import (
 	"time"
 
 	jsonpatch "github.com/evanphx/json-patch/v5"
-	"go.uber.org/goleak"
 	corev1 "k8s.io/api/core/v1"
+
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
-func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m)
-}
+func TestMain(m *testing.M) { testkit.Main(m) }
 
 // applyPatch applies an RFC 6902 patch to a JSON document, failing the test
 // on any error, and checks that every operation is an "add".

@@ -19,6 +19,7 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/lock"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // qCountingMemory counts the acquisition attempts on a memory store.
@@ -47,19 +48,6 @@ func (c qCountingRedis) TryAcquire(ctx context.Context, key, leaseID, owner stri
 func (c qCountingRedis) TryAcquireQueued(ctx context.Context, key, leaseID, owner string, ttl time.Duration, more bool, stay time.Duration) (lock.Lease, lock.Holder, bool, time.Time, error) {
 	c.tries.Add(1)
 	return c.RedisStore.TryAcquireQueued(ctx, key, leaseID, owner, ttl, more, stay)
-}
-
-// qWaitFor polls cond until it holds; the bound is a safety net, not a
-// timing assertion.
-func qWaitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(svcEventTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
 }
 
 // qQueue reads the sidecar queue of key in Redis, head first.
@@ -111,7 +99,7 @@ func qHerd(t *testing.T, holder *lock.Service, svcs []*lock.Service, n int, befo
 			}
 		}()
 	}
-	qWaitFor(t, "every caller to queue", func() bool {
+	testkit.Eventually(t, svcEventTimeout, "every caller to queue", func() bool {
 		total := 0
 		for _, s := range svcs {
 			total += s.Waiters(key)
@@ -164,7 +152,7 @@ func TestQueueOneReleaseWakesOneWaiterPerSidecarRedis(t *testing.T) {
 	const n = 999
 	var base int64
 	releases := qHerd(t, svcs[0], svcs, n, func() {
-		qWaitFor(t, "all three sidecars to queue", func() bool { return len(qQueue(t, rdb, "herd", "herd")) == 3 })
+		testkit.Eventually(t, svcEventTimeout, "all three sidecars to queue", func() bool { return len(qQueue(t, rdb, "herd", "herd")) == 3 })
 		base = tries.Load()
 	})
 	got := tries.Load() - base
@@ -202,7 +190,7 @@ func TestQueueLocalWaitersAreServedInArrivalOrder(t *testing.T) {
 				t.Error(err)
 			}
 		}()
-		qWaitFor(t, "the waiter to queue", func() bool { return svc.Waiters("k") == i+1 })
+		testkit.Eventually(t, svcEventTimeout, "the waiter to queue", func() bool { return svc.Waiters("k") == i+1 })
 	}
 	if err := svc.Release(ctx, "k", held.LeaseID); err != nil {
 		t.Fatal(err)
@@ -258,9 +246,9 @@ func TestQueueLockPassesToTheSidecarThatWaitedFirst(t *testing.T) {
 	ctx := svcCtx(t)
 	held := svcMustAcquire(t, a, "k", lock.AcquireOptions{TTL: time.Hour, Owner: "holder"})
 	fromB := svcAcquireAsync(ctx, b, "k", lock.AcquireOptions{TTL: time.Hour, Wait: time.Minute, Owner: "b"})
-	qWaitFor(t, "b to queue", func() bool { return len(qQueue(t, rdb, "fifo", "k")) == 1 })
+	testkit.Eventually(t, svcEventTimeout, "b to queue", func() bool { return len(qQueue(t, rdb, "fifo", "k")) == 1 })
 	fromA := svcAcquireAsync(ctx, a, "k", lock.AcquireOptions{TTL: time.Hour, Wait: time.Minute, Owner: "a"})
-	qWaitFor(t, "a to queue behind b", func() bool { return len(qQueue(t, rdb, "fifo", "k")) == 2 })
+	testkit.Eventually(t, svcEventTimeout, "a to queue behind b", func() bool { return len(qQueue(t, rdb, "fifo", "k")) == 2 })
 	if q := qQueue(t, rdb, "fifo", "k"); q[0] != "sc-1" || q[1] != "sc-0" {
 		t.Fatalf("queue = %v; want [sc-1 sc-0]", q)
 	}
@@ -300,7 +288,7 @@ func TestQueueCrashedSidecarIsSkipped(t *testing.T) {
 		t.Fatalf("dead sidecar's try = %v %v; want queued", ok, err)
 	}
 	res := svcAcquireAsync(ctx, live, "k", lock.AcquireOptions{TTL: time.Hour, Wait: time.Minute, Owner: "live"})
-	qWaitFor(t, "the live sidecar to queue behind the dead one", func() bool { return len(qQueue(t, rdb, "crash", "k")) == 2 })
+	testkit.Eventually(t, svcEventTimeout, "the live sidecar to queue behind the dead one", func() bool { return len(qQueue(t, rdb, "crash", "k")) == 2 })
 	if err := live.Release(ctx, "k", held.LeaseID); err != nil {
 		t.Fatal(err)
 	}
@@ -325,7 +313,7 @@ func TestQueueCancelledWaitersLeaveNothing(t *testing.T) {
 	for i := range 20 {
 		results = append(results, svcAcquireAsync(wctx, scs[i%2], "k", lock.AcquireOptions{TTL: time.Hour, Wait: time.Minute}))
 	}
-	qWaitFor(t, "both sidecars to queue", func() bool {
+	testkit.Eventually(t, svcEventTimeout, "both sidecars to queue", func() bool {
 		return len(qQueue(t, rdb, "cancel", "k")) == 2 && scs[0].Waiters("k")+scs[1].Waiters("k") == 20
 	})
 	cancel()

@@ -17,6 +17,7 @@ import (
 
 	"github.com/seed-a88e5317/resilience-sidecar/internal/lock"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // rnRenewCounter counts the renew scripts Redis receives and the round
@@ -102,7 +103,7 @@ func TestSessionsRenewInBatchesRedis(t *testing.T) {
 	}
 	// Every session renewed at least three times, i.e. held across more
 	// than one TTL after its grant.
-	qWaitFor(t, "three renewals of every session", func() bool {
+	testkit.Eventually(t, svcEventTimeout, "three renewals of every session", func() bool {
 		for i, s := range sessions {
 			select {
 			case <-s.Done():
@@ -136,7 +137,7 @@ func TestSessionsRenewInBatchesRedis(t *testing.T) {
 		t.Fatalf("evicted session: Err = %v; want ErrLeaseLost", err)
 	}
 	before := counter.renewals.Load()
-	qWaitFor(t, "another round of renewals", func() bool { return counter.renewals.Load() >= before+n })
+	testkit.Eventually(t, svcEventTimeout, "another round of renewals", func() bool { return counter.renewals.Load() >= before+n })
 	for i, s := range sessions {
 		if i == 7 {
 			continue
@@ -154,7 +155,7 @@ func TestSessionsRenewInBatchesRedis(t *testing.T) {
 		}
 	}
 	// The renewer goroutine ends once no session is left.
-	qWaitFor(t, "the renewer to stop", func() bool { return runtime.NumGoroutine() <= goroutines+2 })
+	testkit.Eventually(t, svcEventTimeout, "the renewer to stop", func() bool { return runtime.NumGoroutine() <= goroutines+2 })
 }
 
 func TestSessionsRenewInBatchesMemory(t *testing.T) {
@@ -174,7 +175,7 @@ func TestSessionsRenewInBatchesMemory(t *testing.T) {
 	for i, s := range sessions {
 		first[i] = s.Lease().ExpireTime
 	}
-	qWaitFor(t, "every session renewed past a TTL", func() bool {
+	testkit.Eventually(t, svcEventTimeout, "every session renewed past a TTL", func() bool {
 		for i, s := range sessions {
 			select {
 			case <-s.Done():
@@ -269,7 +270,7 @@ func TestClusterRenewManyAndQueue(t *testing.T) {
 	other := lock.NewService(lock.NewRedisStore(rdb, "cl", 5*time.Second), nil, nil)
 	defer other.Close()
 	res := svcAcquireAsync(ctx, other, "k0", lock.AcquireOptions{TTL: time.Minute, Wait: time.Minute, Owner: "waiter"})
-	qWaitFor(t, "the waiter to queue", func() bool { return len(qQueue(t, rdb, "cl", "k0")) == 1 })
+	testkit.Eventually(t, svcEventTimeout, "the waiter to queue", func() bool { return len(qQueue(t, rdb, "cl", "k0")) == 1 })
 	if err := st.Release(ctx, "k0", "lease"); err != nil {
 		t.Fatal(err)
 	}

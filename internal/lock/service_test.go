@@ -9,37 +9,17 @@ import (
 	"errors"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/seed-a88e5317/resilience-sidecar/internal/lock"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // svcEventTimeout bounds every wait for an event that should happen
 // promptly; it is a safety net against hangs, not a timing assertion.
 const svcEventTimeout = 10 * time.Second
-
-// svcClock is a manually advanced clock for the memory store.
-type svcClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newSvcClock() *svcClock {
-	return &svcClock{now: time.Date(2026, 3, 4, 5, 6, 7, 0, time.UTC)}
-}
-
-func (c *svcClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *svcClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // svcSpyStore wraps a Store and reports when a caller is parked in
 // Service.Acquire's wait: it subscribed with WatchRelease and the try after
@@ -312,8 +292,12 @@ func TestSessionNotAcquired(t *testing.T) {
 	}
 }
 
-func TestSessionRenewsLease(t *testing.T) {
-	clk := newSvcClock()
+// The session tests below run in synctest bubbles: on a memory store, a
+// session waits for nothing but its renewal and max-hold timers.
+func TestSessionRenewsLease(t *testing.T) { synctest.Test(t, testSessionRenewsLease) }
+
+func testSessionRenewsLease(t *testing.T) {
+	clk := testkit.NewClock()
 	mem := lock.NewMemoryStore(clk.Now)
 	svc := lock.NewService(mem, nil, nil)
 	const ttl = 150 * time.Millisecond
@@ -347,7 +331,11 @@ func TestSessionRenewsLease(t *testing.T) {
 }
 
 func TestSessionLeaseStolenEndsWithLeaseLost(t *testing.T) {
-	clk := newSvcClock()
+	synctest.Test(t, testSessionLeaseStolenEndsWithLeaseLost)
+}
+
+func testSessionLeaseStolenEndsWithLeaseLost(t *testing.T) {
+	clk := testkit.NewClock()
 	mem := lock.NewMemoryStore(clk.Now)
 	svc := lock.NewService(mem, nil, nil)
 	const ttl = 300 * time.Millisecond // real renewal every ~100ms
@@ -376,6 +364,10 @@ func TestSessionLeaseStolenEndsWithLeaseLost(t *testing.T) {
 }
 
 func TestSessionStoreUnavailableUntilExpiryEndsWithLeaseLost(t *testing.T) {
+	synctest.Test(t, testSessionStoreUnavailableUntilExpiryEndsWithLeaseLost)
+}
+
+func testSessionStoreUnavailableUntilExpiryEndsWithLeaseLost(t *testing.T) {
 	spy := newSvcSpyStore(lock.NewMemoryStore(nil))
 	var mu sync.Mutex
 	renewCalls := 0
@@ -411,7 +403,9 @@ func TestSessionStoreUnavailableUntilExpiryEndsWithLeaseLost(t *testing.T) {
 	}
 }
 
-func TestSessionMaxHoldReleasesLock(t *testing.T) {
+func TestSessionMaxHoldReleasesLock(t *testing.T) { synctest.Test(t, testSessionMaxHoldReleasesLock) }
+
+func testSessionMaxHoldReleasesLock(t *testing.T) {
 	mem := lock.NewMemoryStore(nil)
 	svc := lock.NewService(mem, nil, nil)
 	sess, _, ok, err := svc.Hold(svcCtx(t), "k", lock.HoldOptions{

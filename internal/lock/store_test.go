@@ -11,25 +11,8 @@ import (
 
 	"github.com/seed-a88e5317/resilience-sidecar/internal/lock"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
-
-// fakeClock is a manually advanced clock for the memory store.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // storeUnderTest is one Store implementation with hooks the suite needs:
 // advance lets lock time pass, evict drops a key's bookkeeping.
@@ -41,7 +24,7 @@ type storeUnderTest struct {
 
 func memoryStore(t *testing.T) storeUnderTest {
 	t.Helper()
-	clk := &fakeClock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+	clk := testkit.NewClock()
 	m := lock.NewMemoryStore(clk.Now)
 	return storeUnderTest{store: m, advance: clk.Advance, evict: m.Evict}
 }
@@ -51,9 +34,8 @@ func redisStore(t *testing.T) storeUnderTest {
 	rdb := testharness.StartRedis(t).Client(t)
 	s := lock.NewRedisStore(rdb, "conformance", time.Second)
 	return storeUnderTest{
-		store: s,
-		// Redis decides expiry by its own clock, so real time must pass.
-		advance: func(d time.Duration) { time.Sleep(d) },
+		store:   s,
+		advance: testkit.RedisTime, // Redis decides expiry by its own clock
 		evict: func(key string) {
 			if err := s.Evict(context.Background(), key); err != nil {
 				t.Fatalf("evict: %v", err)

@@ -47,7 +47,6 @@ import (
 
 	"github.com/seed-a88e5317/resilience-sidecar/internal/backoff"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/events"
-	"github.com/seed-a88e5317/resilience-sidecar/internal/metrics"
 )
 
 // Defaults of Options.
@@ -102,41 +101,6 @@ type Publisher interface {
 	Publish(ctx context.Context, m events.Message) (events.Published, error)
 }
 
-// Options configure a Relay. Zero values get the defaults noted.
-type Options struct {
-	// URL is the Postgres connection URL or DSN (pgx syntax); required.
-	// It may hold a password: it is never logged.
-	URL string
-	// Table holds the outbox rows (DefaultTable), a lowercase identifier,
-	// optionally schema-qualified.
-	Table string
-	// BatchSize is the most rows one transaction locks and publishes
-	// (DefaultBatchSize, at most MaxBatchSize).
-	BatchSize int
-	// PollInterval is how often the table is read when no notification
-	// arrives (DefaultPollInterval).
-	PollInterval time.Duration
-	// NotifyChannel is the channel LISTENed on (DefaultNotifyChannel).
-	NotifyChannel string
-	// OnPublish is Mark (default) or Delete.
-	OnPublish Mode
-	// Publisher publishes the rows; required.
-	Publisher Publisher
-	// StatsInterval is how often backlog and lag are read (DefaultStatsInterval).
-	StatsInterval time.Duration
-	// MinBackoff and MaxBackoff bound the wait after a failed cycle; it
-	// doubles per consecutive failure, with full jitter
-	// (DefaultMinBackoff, DefaultMaxBackoff).
-	MinBackoff, MaxBackoff time.Duration
-	// BatchTimeout bounds one cycle, Postgres and publishes together
-	// (DefaultBatchTimeout).
-	BatchTimeout time.Duration
-	// Log receives failures and recoveries (nil: discarded).
-	Log *slog.Logger
-	// Metrics receives the resilience_outbox_* series (nil: none).
-	Metrics *metrics.Metrics
-}
-
 // Relay relays one outbox table. Run it once; Close stops it. Status is
 // safe for concurrent use.
 type Relay struct {
@@ -182,45 +146,18 @@ func New(o Options) (*Relay, error) {
 	if _, err := pgx.ParseConfig(o.URL); err != nil {
 		return nil, errors.New("outbox: the Postgres URL does not parse") // the cause may quote the password
 	}
-	if o.Table == "" {
-		o.Table = DefaultTable
-	}
+	o = o.WithDefaults()
 	if err := CheckIdentifier(o.Table, true); err != nil {
 		return nil, fmt.Errorf("outbox: table %w", err)
-	}
-	if o.NotifyChannel == "" {
-		o.NotifyChannel = DefaultNotifyChannel
 	}
 	if err := CheckIdentifier(o.NotifyChannel, false); err != nil {
 		return nil, fmt.Errorf("outbox: notify channel %w", err)
 	}
-	switch o.OnPublish {
-	case "":
-		o.OnPublish = Mark
-	case Mark, Delete:
-	default:
+	if o.OnPublish != Mark && o.OnPublish != Delete {
 		return nil, fmt.Errorf("outbox: on_publish must be mark or delete, got %q", o.OnPublish)
 	}
-	if o.BatchSize <= 0 {
-		o.BatchSize = DefaultBatchSize
-	}
 	o.BatchSize = min(o.BatchSize, MaxBatchSize)
-	if o.PollInterval <= 0 {
-		o.PollInterval = DefaultPollInterval
-	}
-	if o.StatsInterval <= 0 {
-		o.StatsInterval = DefaultStatsInterval
-	}
-	if o.MinBackoff <= 0 {
-		o.MinBackoff = DefaultMinBackoff
-	}
-	if o.MaxBackoff <= 0 {
-		o.MaxBackoff = DefaultMaxBackoff
-	}
 	o.MaxBackoff = max(o.MaxBackoff, o.MinBackoff)
-	if o.BatchTimeout <= 0 {
-		o.BatchTimeout = DefaultBatchTimeout
-	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
 	}

@@ -12,14 +12,12 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"go.uber.org/goleak"
 
 	"github.com/seed-a88e5317/resilience-sidecar/internal/events"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/outbox"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
-
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // recorder publishes through a real events.Service (on the in-memory
 // store) and records, per idempotency key, how many publishes appended an
@@ -141,18 +139,9 @@ func rowCount(t *testing.T, ctx context.Context, conn *pgx.Conn) int {
 	return n
 }
 
-// eventually polls cond until it holds or ctx ends (the test's own bound,
+// relayWait bounds each wait for the relay (a bound for a loaded machine,
 // not a timing assertion).
-func eventually(t *testing.T, ctx context.Context, what string, cond func() bool) {
-	t.Helper()
-	for !cond() {
-		select {
-		case <-ctx.Done():
-			t.Fatalf("timed out waiting for %s", what)
-		case <-time.After(20 * time.Millisecond):
-		}
-	}
-}
+const relayWait = time.Minute
 
 // checkExactlyOnce checks that every committed id was appended exactly
 // once and nothing else was.
@@ -210,7 +199,7 @@ func TestRelayPublishesEveryCommittedRowOnceWithThreeRelays(t *testing.T) {
 	}
 	wg.Wait()
 	check := pg.Conn(t, url)
-	eventually(t, ctx, "every committed row marked", func() bool { return unpublished(t, ctx, check) == 0 })
+	testkit.Eventually(t, relayWait, "every committed row marked", func() bool { return unpublished(t, ctx, check) == 0 })
 	checkExactlyOnce(t, rec, committed, rolledBack)
 	if got := rowCount(t, ctx, check); got != len(committed) {
 		t.Errorf("mark mode left %d rows, want the %d committed ones", got, len(committed))
@@ -225,13 +214,13 @@ func TestRelayDeleteMode(t *testing.T) {
 	r := startRelay(t, outbox.Options{URL: url, Publisher: rec, OnPublish: outbox.Delete, PollInterval: 50 * time.Millisecond})
 	conn := pg.Conn(t, url)
 	ids := insertRows(t, ctx, conn, "orders", "d", 30, true)
-	eventually(t, ctx, "rows deleted", func() bool { return rowCount(t, ctx, conn) == 0 })
+	testkit.Eventually(t, relayWait, "rows deleted", func() bool { return rowCount(t, ctx, conn) == 0 })
 	committed := map[int64]bool{}
 	for _, id := range ids {
 		committed[id] = true
 	}
 	checkExactlyOnce(t, rec, committed, nil)
-	eventually(t, ctx, "status counts 30 published and backlog 0", func() bool {
+	testkit.Eventually(t, relayWait, "status counts 30 published and backlog 0", func() bool {
 		st := r.Status()
 		return st.Published == 30 && st.Backlog == 0 && st.Healthy
 	})
@@ -276,12 +265,12 @@ func TestRelayWakesOnNotifyWithoutPolling(t *testing.T) {
 	// An hour between polls: only a notification can make the relay look
 	// at the table again after its first (empty) cycle.
 	r := startRelay(t, outbox.Options{URL: url, Publisher: rec, PollInterval: time.Hour})
-	eventually(t, ctx, "first cycle", func() bool { return r.Status().Healthy })
+	testkit.Eventually(t, relayWait, "first cycle", func() bool { return r.Status().Healthy })
 	conn := pg.Conn(t, url)
 	for i := 0; i < 3; i++ {
 		insertRows(t, ctx, conn, "orders", "n"+strconv.Itoa(i), 1, true)
 		want := i + 1
-		eventually(t, ctx, "notified row published", func() bool { return rec.appendedCount() == want })
+		testkit.Eventually(t, relayWait, "notified row published", func() bool { return rec.appendedCount() == want })
 	}
 }
 
@@ -295,11 +284,11 @@ func TestRelayPublishFailureNeverMarks(t *testing.T) {
 		MinBackoff: 5 * time.Millisecond, MaxBackoff: 50 * time.Millisecond})
 	conn := pg.Conn(t, url)
 	ids := insertRows(t, ctx, conn, "orders", "f", 20, true)
-	eventually(t, ctx, "unhealthy with the publish error", func() bool {
+	testkit.Eventually(t, relayWait, "unhealthy with the publish error", func() bool {
 		st := r.Status()
 		return !st.Healthy && strings.Contains(st.LastError, errInjected.Error())
 	})
-	eventually(t, ctx, "backlog seen", func() bool { return r.Status().Backlog == 20 })
+	testkit.Eventually(t, relayWait, "backlog seen", func() bool { return r.Status().Backlog == 20 })
 	if n := unpublished(t, ctx, conn); n != 20 {
 		t.Fatalf("%d rows unpublished while every publish fails, want 20", n)
 	}
@@ -307,8 +296,8 @@ func TestRelayPublishFailureNeverMarks(t *testing.T) {
 		t.Fatalf("Published = %d while every publish fails", st.Published)
 	}
 	rec.failing.Store(false)
-	eventually(t, ctx, "all published after recovery", func() bool { return unpublished(t, ctx, conn) == 0 })
-	eventually(t, ctx, "healthy again, error cleared", func() bool {
+	testkit.Eventually(t, relayWait, "all published after recovery", func() bool { return unpublished(t, ctx, conn) == 0 })
+	testkit.Eventually(t, relayWait, "healthy again, error cleared", func() bool {
 		st := r.Status()
 		return st.Healthy && st.LastError == ""
 	})
@@ -332,7 +321,7 @@ func TestRelayPostgresDownThenBack(t *testing.T) {
 		for _, id := range insertRows(t, ctx, conn, "orders", "before", 10, true) {
 			committed[id] = true
 		}
-		eventually(t, ctx, "first rows published", func() bool { return unpublished(t, ctx, conn) == 0 })
+		testkit.Eventually(t, relayWait, "first rows published", func() bool { return unpublished(t, ctx, conn) == 0 })
 		_ = conn.Close(ctx)
 	}()
 
@@ -343,14 +332,14 @@ func TestRelayPostgresDownThenBack(t *testing.T) {
 	waiting := insertRows(t, ctx, conn, "orders", "waiting", 10, true)
 	_ = conn.Close(ctx)
 	pg.Kill()
-	eventually(t, ctx, "unhealthy with a Postgres error", func() bool {
+	testkit.Eventually(t, relayWait, "unhealthy with a Postgres error", func() bool {
 		st := r.Status()
 		return !st.Healthy && st.LastError != "" && !strings.Contains(st.LastError, errInjected.Error())
 	})
 	before := r.Status().Published
 	pg.Restart()
 	conn = pg.Conn(t, url)
-	eventually(t, ctx, "relay fails on publish after Postgres is back", func() bool {
+	testkit.Eventually(t, relayWait, "relay fails on publish after Postgres is back", func() bool {
 		return strings.Contains(r.Status().LastError, errInjected.Error())
 	})
 	if n := unpublished(t, ctx, conn); n != 10 {
@@ -366,8 +355,8 @@ func TestRelayPostgresDownThenBack(t *testing.T) {
 	for _, id := range insertRows(t, ctx, conn, "orders", "after", 10, true) {
 		committed[id] = true
 	}
-	eventually(t, ctx, "every row published after recovery", func() bool { return unpublished(t, ctx, conn) == 0 })
-	eventually(t, ctx, "healthy", func() bool { return r.Status().Healthy })
+	testkit.Eventually(t, relayWait, "every row published after recovery", func() bool { return unpublished(t, ctx, conn) == 0 })
+	testkit.Eventually(t, relayWait, "healthy", func() bool { return r.Status().Healthy })
 	checkExactlyOnce(t, rec, committed, nil)
 }
 
@@ -453,7 +442,7 @@ func TestRelayStoppedMidBatchLosesNothing(t *testing.T) {
 	}
 
 	startRelay(t, outbox.Options{URL: url, Publisher: rec, PollInterval: 20 * time.Millisecond})
-	eventually(t, ctx, "every row published by the second relay", func() bool { return unpublished(t, ctx, conn) == 0 })
+	testkit.Eventually(t, relayWait, "every row published by the second relay", func() bool { return unpublished(t, ctx, conn) == 0 })
 	committed := map[int64]bool{}
 	for _, id := range ids {
 		committed[id] = true
@@ -487,8 +476,8 @@ func TestRelaySkipsRowsRefusedForGood(t *testing.T) {
 
 	rec := newRecorder()
 	r := startRelay(t, outbox.Options{URL: url, Publisher: rec, PollInterval: 50 * time.Millisecond, BatchSize: 4})
-	eventually(t, ctx, "every valid row published", func() bool { return rec.appendedCount() == len(before)+len(after) })
-	eventually(t, ctx, "valid rows marked", func() bool { return unpublished(t, ctx, conn) == 2 })
+	testkit.Eventually(t, relayWait, "every valid row published", func() bool { return rec.appendedCount() == len(before)+len(after) })
+	testkit.Eventually(t, relayWait, "valid rows marked", func() bool { return unpublished(t, ctx, conn) == 2 })
 	var left []int64
 	rows, err := conn.Query(ctx, `SELECT id FROM outbox WHERE published_at IS NULL ORDER BY id`)
 	if err != nil {

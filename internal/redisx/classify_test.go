@@ -16,6 +16,7 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // replyError is a Redis error reply as go-redis returns it (redis.Error).
@@ -210,20 +211,16 @@ func TestClassifyRealReplies(t *testing.T) {
 			if err := c.BgSave(ctx).Err(); err != nil {
 				t.Fatal(err)
 			}
-			deadline := time.Now().Add(10 * time.Second)
-			for {
+			testkit.EventuallyNil(t, 10*time.Second, "BGSAVE into a removed directory to fail", func() error {
 				info, err := c.Info(ctx, "persistence").Result()
 				if err != nil {
 					t.Fatal(err)
 				}
-				if strings.Contains(info, "rdb_bgsave_in_progress:0") && strings.Contains(info, "rdb_last_bgsave_status:err") {
-					break
+				if !strings.Contains(info, "rdb_bgsave_in_progress:0") || !strings.Contains(info, "rdb_last_bgsave_status:err") {
+					return fmt.Errorf("INFO persistence:\n%s", info)
 				}
-				if time.Now().After(deadline) {
-					t.Fatalf("BGSAVE into a removed directory did not fail:\n%s", info)
-				}
-				time.Sleep(10 * time.Millisecond)
-			}
+				return nil
+			})
 			return c, func() { c.ConfigSet(ctx, "save", "") }
 		}, store.ErrReadOnly},
 	}

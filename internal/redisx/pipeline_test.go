@@ -14,6 +14,7 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // echoScript counts its calls on KEYS[1] and returns ARGV[1], so every
@@ -32,17 +33,6 @@ func pipelined(t *testing.T, url string, mode redisx.Mode, timeout time.Duration
 	}
 	t.Cleanup(func() { c.Close() })
 	return c, redisx.AutoPipeline(c, flushers, 0)
-}
-
-// waitFor polls cond until it holds, failing the test after a while.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(20 * time.Second); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(time.Millisecond)
-	}
 }
 
 // result is what one call returned.
@@ -117,7 +107,7 @@ func TestAutoPipelineBatches(t *testing.T) {
 	for i := range res {
 		res[i] = call(ctx, c, echoScript, fmt.Sprintf("rs:{t/%d}:n", i), i)
 	}
-	waitFor(t, "every call to reach the pipeliner", func() bool { return p.Stats().Calls-before.Calls == callers })
+	testkit.Eventually(t, 20*time.Second, "every call to reach the pipeliner", func() bool { return p.Stats().Calls-before.Calls == callers })
 	r.Resume()
 	for i, ch := range res {
 		if got := <-ch; got.err != nil || got.v != fmt.Sprint(i) {
@@ -152,7 +142,7 @@ func TestAutoPipelineErrorsStayWithTheirCall(t *testing.T) {
 		t.Fatal(err)
 	}
 	filler := call(ctx, c, echoScript, "rs:{t}:filler", "f") // goes out alone and holds the slot
-	waitFor(t, "the filler", func() bool { return p.Stats().Calls == 1 })
+	testkit.Eventually(t, 20*time.Second, "the filler", func() bool { return p.Stats().Calls == 1 })
 	r.Pause()
 	before := p.Stats()
 	good1 := call(ctx, c, echoScript, "rs:{t}:a", "a")
@@ -165,7 +155,7 @@ func TestAutoPipelineErrorsStayWithTheirCall(t *testing.T) {
 		noscript <- c.EvalSha(ctx, strings.Repeat("0", 40), []string{"rs:{t}:f"}).Err()
 	}()
 	good2 := call(ctx, c, echoScript, "rs:{t}:g", "g")
-	waitFor(t, "every call to queue", func() bool { return p.Stats().Calls-before.Calls == 7 })
+	testkit.Eventually(t, 20*time.Second, "every call to queue", func() bool { return p.Stats().Calls-before.Calls == 7 })
 	r.Resume()
 
 	if got := <-filler; got.err != nil || got.v != "f" {
@@ -214,7 +204,7 @@ func TestAutoPipelineCancellation(t *testing.T) {
 	fctx, fcancel := context.WithTimeout(bg, 2*time.Second)
 	defer fcancel()
 	filler := call(fctx, c, echoScript, "rs:{t}:filler", "f")
-	waitFor(t, "the filler", func() bool { return p.Stats().RoundTrips == 1 })
+	testkit.Eventually(t, 20*time.Second, "the filler", func() bool { return p.Stats().RoundTrips == 1 })
 
 	dead, cancelDead := context.WithCancel(bg)
 	cancelDead()
@@ -224,7 +214,7 @@ func TestAutoPipelineCancellation(t *testing.T) {
 	keep := call(bg, c, echoScript, "rs:{t}:keep", "k")
 	inflightCtx, cancelInflight := context.WithCancel(bg)
 	inflight := call(inflightCtx, c, echoScript, "rs:{t}:inflight", "i")
-	waitFor(t, "the calls to queue", func() bool { return p.Stats().Calls == 5 })
+	testkit.Eventually(t, 20*time.Second, "the calls to queue", func() bool { return p.Stats().Calls == 5 })
 
 	if got := <-early; !errors.Is(got.err, context.Canceled) {
 		t.Errorf("call with a cancelled context = %v, %v", got.v, got.err)
@@ -238,7 +228,7 @@ func TestAutoPipelineCancellation(t *testing.T) {
 	if got := <-filler; got.err == nil {
 		t.Errorf("filler on a paused Redis = %v; want its deadline's error", got.v)
 	}
-	waitFor(t, "the pipeline to be sent", func() bool { return p.Stats().RoundTrips == 2 })
+	testkit.Eventually(t, 20*time.Second, "the pipeline to be sent", func() bool { return p.Stats().RoundTrips == 2 })
 	cancelInflight()
 	if got := <-inflight; !errors.Is(got.err, context.Canceled) {
 		t.Errorf("call cancelled in flight = %v, %v", got.v, got.err)

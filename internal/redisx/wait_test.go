@@ -3,6 +3,7 @@ package redisx_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"testing"
@@ -11,6 +12,7 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // incrScript writes when ARGV[1] is "w" and returns the new value, else
@@ -35,17 +37,13 @@ func TestRedisRunWaitStandaloneWithReplica(t *testing.T) {
 	ctx := context.Background()
 	keys := []string{"rs:{t/k}:n"}
 	// The replica attaches asynchronously.
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	testkit.EventuallyNil(t, 20*time.Second, "the replica to attach", func() error {
 		n, err := c.Do(ctx, "wait", 1, 100).Int()
-		if err == nil && n == 1 {
-			break
+		if err == nil && n != 1 {
+			err = fmt.Errorf("WAIT 1 = %d", n)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("replica never attached: %d %v", n, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err
+	})
 
 	// Generous: success returns as soon as the replica acknowledges; a loaded
 	// machine can take a while to schedule the replica.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // receive fails the test unless sig is signalled within a generous bound.
@@ -23,17 +24,6 @@ func receive(t *testing.T, sig <-chan struct{}, what string) {
 		}
 	case <-time.After(10 * time.Second):
 		t.Fatalf("%s: nothing received", what)
-	}
-}
-
-// eventually polls cond until it holds, failing after a generous bound.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(15 * time.Second); !cond(); {
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not reached", what)
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -106,7 +96,7 @@ func TestWatchesShareOneConnection(t *testing.T) {
 		stop()
 		stop() // idempotent
 	}
-	eventually(t, "connection closed after the last stop", func() bool {
+	testkit.Eventually(t, 15*time.Second, "connection closed after the last stop", func() bool {
 		return ws.Connections() == 0 && pubsubClients(t, c, r.Addr()) == 0
 	})
 }
@@ -169,7 +159,7 @@ func TestWatchesSurviveKilledConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	receive(t, sig, "signal after the reconnection")
-	eventually(t, "subscribed again", func() bool { return pubsubClients(t, c, r.Addr()) == 1 })
+	testkit.Eventually(t, 15*time.Second, "subscribed again", func() bool { return pubsubClients(t, c, r.Addr()) == 1 })
 	if err := c.SPublish(ctx, "rs:{t/kill}:done", "x").Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +231,7 @@ func TestClusterWatchesFollowSlot(t *testing.T) {
 		t.Fatal(err)
 	}
 	receive(t, sig, "re-subscription after the move")
-	eventually(t, "subscribed on the new owner", func() bool { return subscribers() == 1 })
+	testkit.Eventually(t, 15*time.Second, "subscribed on the new owner", func() bool { return subscribers() == 1 })
 	if err := c.SPublish(ctx, ch, "2").Err(); err != nil {
 		t.Fatal(err)
 	}

@@ -29,33 +29,10 @@ const (
 	DefaultMaxExecutors     = 64
 )
 
-// Bounds of a compensation retry policy (the config file is checked
-// against the same).
-const (
-	MaxRetryAttempts = 1000
-	MinRetryBackoff  = time.Millisecond
-	MaxRetryBackoff  = time.Hour
-)
-
-// DefaultRetry is the compensation retry policy of an upstream that
-// declares none: 10 tries with full-jitter backoff from 1s doubling up to
-// 1m between them, so about two minutes (at most four) before a
-// compensation is given up.
-var DefaultRetry = RetryPolicy{MaxAttempts: 10, InitialBackoff: time.Second, MaxBackoff: time.Minute}
-
 // RecoveryLockKey is the lock the recovery worker of a namespace is
 // elected with. It holds a control character, which the lock API refuses,
 // so no application can take it.
 const RecoveryLockKey = "\x1fsaga-recovery"
-
-// RetryPolicy is how a compensation is retried. Each try is one call
-// through the upstream caller (which itself retries transport failures per
-// the upstream's own retry policy); between tries the executor waits a
-// uniform random time in [0, min(MaxBackoff, InitialBackoff*2^(n-1))].
-type RetryPolicy struct {
-	MaxAttempts                int
-	InitialBackoff, MaxBackoff time.Duration
-}
 
 // Caller makes the compensation calls: *upstream.Caller.
 type Caller interface {

@@ -14,17 +14,15 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
-	"go.uber.org/goleak"
 
 	"github.com/seed-a88e5317/resilience-sidecar/internal/breaker"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/lock"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/metrics"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/saga"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/upstream"
 )
-
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // compServer is a real local HTTP server standing for the services a saga
 // compensates in. It records every compensation it completes, by
@@ -160,17 +158,15 @@ func (f *fixture) startWithSteps(t *testing.T, id string, timeout time.Duration,
 // waitState polls until the saga is in want (bounded, not a timing assertion).
 func (f *fixture) waitState(t *testing.T, id string, want saga.State) saga.Saga {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		s, err := f.svc.Get(context.Background(), id)
-		if err == nil && s.State == want {
-			return s
+	var s saga.Saga
+	testkit.EventuallyNil(t, 20*time.Second, fmt.Sprintf("saga %s %v", id, want), func() (err error) {
+		s, err = f.svc.Get(context.Background(), id)
+		if err == nil && s.State != want {
+			err = fmt.Errorf("saga is %+v", s)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("saga %s did not become %v: %+v %v", id, want, s, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return err
+	})
+	return s
 }
 
 func TestSagaCompleteRunsNoCompensation(t *testing.T) {
@@ -263,13 +259,7 @@ func TestSagaCompensationFailedThenRetried(t *testing.T) {
 	if err != nil || len(list) != 1 || list[0].ID != "o-4" {
 		t.Fatalf("list failed: %+v %v", list, err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for testutil.ToFloat64(f.metrics.SagaStuck) != 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("saga_stuck never became 1")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.Eventually(t, 10*time.Second, "saga_stuck to become 1", func() bool { return testutil.ToFloat64(f.metrics.SagaStuck) == 1 })
 	if _, err := f.svc.Complete(testCtx(t), "o-4"); !errors.Is(err, saga.ErrStateConflict) {
 		t.Fatalf("complete a failed saga: %v", err)
 	}
@@ -427,17 +417,15 @@ func TestSagaIdempotencyKey(t *testing.T) {
 // timing assertion).
 func (f *fixture) waitTerminal(t *testing.T, id string) saga.Saga {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		s, err := f.svc.Get(context.Background(), id)
-		if err == nil && s.State.Terminal() {
-			return s
+	var s saga.Saga
+	testkit.EventuallyNil(t, 20*time.Second, fmt.Sprintf("saga %s to end", id), func() (err error) {
+		s, err = f.svc.Get(context.Background(), id)
+		if err == nil && !s.State.Terminal() {
+			err = fmt.Errorf("saga is %+v", s)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("saga %s did not end: %+v %v", id, s, err)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return err
+	})
+	return s
 }
 
 // TestSagaBreakerRefusalIsNoTry (issue 16): the upstream fails until its
@@ -503,12 +491,7 @@ func TestSagaBreakerRefusalIsNoTry(t *testing.T) {
 	if _, err := f.svc.Abort(testCtx(t), "b-0", "x"); err != nil {
 		t.Fatal(err)
 	}
-	for deadline := time.Now().Add(10 * time.Second); breakerWaits.Load() == 0; {
-		if time.Now().After(deadline) {
-			t.Fatal("no saga waited for the breaker")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.Eventually(t, 10*time.Second, "a saga to wait for the breaker", func() bool { return breakerWaits.Load() > 0 })
 	for i := 1; i < n; i++ {
 		if _, err := f.svc.Abort(testCtx(t), fmt.Sprintf("b-%d", i), "x"); err != nil {
 			t.Fatal(err)
@@ -558,6 +541,8 @@ func TestSagaAbortUnknownOutcomeHandsTheLeaseBack(t *testing.T) {
 	resumed := make(chan struct{})
 	go func() {
 		defer close(resumed)
+		// Real time: Redis stays frozen while the Abort's 100ms deadline
+		// passes, so the Abort gives up with its script sent.
 		time.Sleep(400 * time.Millisecond)
 		rd.Resume()
 	}()

@@ -12,28 +12,9 @@ import (
 
 	"github.com/seed-a88e5317/resilience-sidecar/internal/saga"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/upstream"
 )
-
-// fakeClock is a manually advanced clock for the memory store.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func newFakeClock() *fakeClock { return &fakeClock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)} }
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // storeUnderTest is one Store with a way to let store time pass.
 type storeUnderTest struct {
@@ -43,7 +24,7 @@ type storeUnderTest struct {
 
 func memoryStores(t *testing.T) func(*testing.T) storeUnderTest {
 	return func(t *testing.T) storeUnderTest {
-		clk := newFakeClock()
+		clk := testkit.NewClock()
 		return storeUnderTest{store: saga.NewMemoryStore(clk.Now), advance: clk.Advance}
 	}
 }
@@ -51,11 +32,10 @@ func memoryStores(t *testing.T) func(*testing.T) storeUnderTest {
 // redisStores share one redis-server; each store has its own namespace.
 func redisStores(t *testing.T) func(*testing.T) storeUnderTest {
 	rdb := testharness.StartRedis(t).Client(t)
-	var n atomic.Int32
+	ns := testkit.Namespaces("conformance")
 	return func(t *testing.T) storeUnderTest {
-		ns := fmt.Sprintf("conformance-%d", n.Add(1))
-		// Redis decides time by its own clock, so real time must pass.
-		return storeUnderTest{store: saga.NewRedisStore(rdb, ns, 2*time.Second), advance: func(d time.Duration) { time.Sleep(d) }}
+		// Redis decides time by its own clock.
+		return storeUnderTest{store: saga.NewRedisStore(rdb, ns(), 2*time.Second), advance: testkit.RedisTime}
 	}
 }
 
@@ -64,10 +44,9 @@ func redisStores(t *testing.T) func(*testing.T) storeUnderTest {
 // shards living on different masters.
 func clusterStores(t *testing.T) func(*testing.T) storeUnderTest {
 	rdb := testharness.StartCluster(t, 3).Client(t)
-	var n atomic.Int32
+	ns := testkit.Namespaces("cluster")
 	return func(t *testing.T) storeUnderTest {
-		ns := fmt.Sprintf("cluster-%d", n.Add(1))
-		return storeUnderTest{store: saga.NewRedisStore(rdb, ns, 2*time.Second), advance: func(d time.Duration) { time.Sleep(d) }}
+		return storeUnderTest{store: saga.NewRedisStore(rdb, ns(), 2*time.Second), advance: testkit.RedisTime}
 	}
 }
 

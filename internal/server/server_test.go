@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"os"
@@ -26,6 +27,7 @@ import (
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/server"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // eventTimeout bounds every wait for something that should happen
@@ -169,17 +171,12 @@ func healthStatus(t *testing.T, ctx context.Context, conn *grpc.ClientConn, serv
 // waitHealth polls Check until service reports want.
 func waitHealth(t *testing.T, conn *grpc.ClientConn, service string, want healthpb.HealthCheckResponse_ServingStatus) {
 	t.Helper()
-	deadline := time.Now().Add(eventTimeout)
-	for {
-		got := healthStatus(t, callCtx(t), conn, service)
-		if got == want {
-			return
+	testkit.EventuallyNil(t, eventTimeout, fmt.Sprintf("health of %q %v", service, want), func() error {
+		if got := healthStatus(t, callCtx(t), conn, service); got != want {
+			return fmt.Errorf("health is %v", got)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("health of %q is %v; want %v", service, got, want)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 func listServices(t *testing.T, ctx context.Context, conn *grpc.ClientConn) []string {
@@ -213,6 +210,7 @@ func TestPanicIsRecoveredToInternal(t *testing.T) {
 		},
 		hold: func(v1.LockService_HoldLockServer) error {
 			var m map[string]int
+			//lint:ignore SA5000 the write to a nil map is the runtime panic under test
 			m["x"] = 1 // a runtime panic, not a panic(string)
 			return nil
 		},

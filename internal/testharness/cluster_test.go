@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // A 3-master cluster serves every slot; a slot moved while a client keeps
@@ -53,9 +55,11 @@ func TestClusterMoveSlotUnderLoad(t *testing.T) {
 
 	var incs atomic.Int64
 	stop := make(chan struct{})
+	exited := make(chan struct{})
 	var wg sync.WaitGroup
 	var loadErr error
 	wg.Go(func() {
+		defer close(exited)
 		for {
 			select {
 			case <-stop:
@@ -69,14 +73,28 @@ func TestClusterMoveSlotUnderLoad(t *testing.T) {
 			incs.Add(1)
 		}
 	})
-	time.Sleep(50 * time.Millisecond)
+	// loaded waits until the load made n more increments (or ended on an
+	// error, reported below).
+	loaded := func(what string, n int64) {
+		t.Helper()
+		target := incs.Load() + n
+		testkit.Eventually(t, time.Minute, what, func() bool {
+			select {
+			case <-exited:
+				return true
+			default:
+				return incs.Load() >= target
+			}
+		})
+	}
+	loaded("load before the move", 20)
 	if err := cl.MoveSlot(ctx, slot, to, 100*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
 	if err := cl.MoveSlot(ctx, slot, to, 0); err != nil { // already there: no-op
 		t.Fatal(err)
 	}
-	time.Sleep(50 * time.Millisecond)
+	loaded("load after the move", 20)
 	close(stop)
 	wg.Wait()
 	if loadErr != nil {

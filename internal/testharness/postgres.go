@@ -281,9 +281,6 @@ func postgresURL(addr, db string) string {
 	return "postgres://" + PostgresUser + "@" + addr + "/" + db + "?sslmode=disable"
 }
 
-// LogPath returns the file receiving the server's output.
-func (pg *Postgres) LogPath() string { return pg.logPath }
-
 // NewDatabase creates a fresh database holding the outbox table of
 // deploy/postgres/outbox.sql and returns its URL, so tests sharing one
 // server do not see each other's rows (or notifications).

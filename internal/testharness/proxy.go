@@ -52,9 +52,6 @@ func StartProxy(tb TB, target string) *Proxy {
 // Addr returns the proxy's "127.0.0.1:port".
 func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 
-// Target returns the address the proxy forwards to.
-func (p *Proxy) Target() string { return p.target }
-
 // SetLatency delays every chunk read from either side by d before it is
 // written to the other (so a request and its reply take 2d more).
 func (p *Proxy) SetLatency(d time.Duration) { p.latency.Store(int64(d)) }

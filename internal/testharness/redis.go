@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -190,20 +189,9 @@ func (r *Redis) URL() string {
 	return "redis://" + r.Addr() + "/0"
 }
 
-// Port returns the server's TCP port.
-func (r *Redis) Port() int {
-	_, port, _ := net.SplitHostPort(r.Addr())
-	n, _ := strconv.Atoi(port)
-	return n
-}
-
 // Dir returns the server's working directory (its --dir, where the log and,
 // with WithAppendOnly, the append-only file live).
 func (r *Redis) Dir() string { return r.dir }
-
-// LogPath returns the file that receives the server's stdout and stderr
-// across all restarts.
-func (r *Redis) LogPath() string { return r.logPath }
 
 // Kill ends the server with SIGKILL (even while paused) and waits for it to
 // exit. Without WithAppendOnly all data is lost. Killing a server that is

@@ -34,32 +34,11 @@ type sentinelConfig struct {
 	extraArgs    []string
 }
 
-// WithSentinelReplicas sets the number of replicas (default 1).
-func WithSentinelReplicas(n int) SentinelOption {
-	return func(c *sentinelConfig) { c.replicas = n }
-}
-
-// WithSentinels sets the number of sentinels (default 3, quorum a majority).
-func WithSentinels(n int) SentinelOption {
-	return func(c *sentinelConfig) { c.sentinels = n }
-}
-
-// WithDownAfter sets the sentinels' down-after-milliseconds (default 1s):
-// how long a master must be unreachable before failover starts.
-func WithDownAfter(d time.Duration) SentinelOption {
-	return func(c *sentinelConfig) { c.downAfter = d }
-}
-
 // WithReplicationProxy makes every replica replicate from the initial
 // master through a Proxy (see ReplicationProxy), so that a test can delay
 // or cut replication. Clients and sentinels still reach every node directly.
 func WithReplicationProxy() SentinelOption {
 	return func(c *sentinelConfig) { c.replicaProxy = true }
-}
-
-// WithSentinelRedisArgs appends redis-server arguments for every data node.
-func WithSentinelRedisArgs(args ...string) SentinelOption {
-	return func(c *sentinelConfig) { c.extraArgs = append(c.extraArgs, args...) }
 }
 
 // Sentinel is a Redis Sentinel deployment of real processes on loopback
@@ -358,6 +337,20 @@ func (s *Sentinel) Master(tb TB) *Redis {
 // to be in sync (see WaitReplicasSynced).
 func (s *Sentinel) Failover(tb TB) *Redis {
 	tb.Helper()
+	return s.failover(tb, true)
+}
+
+// Switchover is Failover as an operator's planned switchover happens: the
+// old master is left to the sentinels, which point it at the new one at
+// their next INFO round (up to 10 s later); until then it still says it is
+// a master, and clients connected to it stay connected.
+func (s *Sentinel) Switchover(tb TB) *Redis {
+	tb.Helper()
+	return s.failover(tb, false)
+}
+
+func (s *Sentinel) failover(tb TB, repoint bool) *Redis {
+	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), sentinelReadyTimeout)
 	defer cancel()
 	old, err := s.masterAddr(ctx)
@@ -379,8 +372,10 @@ func (s *Sentinel) Failover(tb TB) *Redis {
 		time.Sleep(100 * time.Millisecond)
 	}
 	nm := s.waitNewMaster(tb, ctx, old)
-	host, port, _ := net.SplitHostPort(nm.Addr())
-	_, _ = do(ctx, old, "replicaof", host, port) // best effort: the sentinels insist anyway
+	if repoint {
+		host, port, _ := net.SplitHostPort(nm.Addr())
+		_, _ = do(ctx, old, "replicaof", host, port) // best effort: the sentinels insist anyway
+	}
 	return nm
 }
 

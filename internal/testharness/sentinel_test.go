@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // A failover promotes the replica; a failover client follows it by itself
@@ -36,17 +38,9 @@ func TestSentinelFailover(t *testing.T) {
 	if nm == old || s.Master(t) != nm {
 		t.Fatalf("master after failover: %s (old %s)", nm.Addr(), old.Addr())
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		err := c.Set(ctx, "after", "1", 0).Err()
-		if err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("client did not follow the failover: %v", err)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+	testkit.EventuallyNil(t, 20*time.Second, "the client to follow the failover", func() error {
+		return c.Set(ctx, "after", "1", 0).Err()
+	})
 	if v, err := c.Get(ctx, "before").Result(); err != nil || v != "1" {
 		t.Fatalf("GET before = %q, %v", v, err)
 	}

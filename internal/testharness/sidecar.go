@@ -235,9 +235,6 @@ func (s *Sidecar) Addr() string { return s.addr }
 // PID returns the sidecar's process id.
 func (s *Sidecar) PID() int { return s.p.cmd.Process.Pid }
 
-// LogPath returns the file receiving the sidecar's stdout and stderr.
-func (s *Sidecar) LogPath() string { return s.logPath }
-
 // Log returns everything the sidecar has written to stdout and stderr so far.
 func (s *Sidecar) Log() string {
 	data, err := os.ReadFile(s.logPath)

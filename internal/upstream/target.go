@@ -33,30 +33,6 @@ var methods = map[string]bool{
 	http.MethodOptions: true, http.MethodPost: false, http.MethodPatch: false,
 }
 
-// parseBase checks an upstream's base URL: absolute http or https with a
-// host, no user info, query or fragment. The path is a prefix every
-// request stays under.
-func parseBase(raw string) (*url.URL, error) {
-	u, err := url.Parse(raw)
-	switch {
-	case err != nil:
-		return nil, fmt.Errorf("not a URL: %v", err)
-	case u.Scheme != "http" && u.Scheme != "https":
-		return nil, fmt.Errorf("must be an http:// or https:// URL, got %q", raw)
-	case u.Host == "" || u.Hostname() == "":
-		return nil, fmt.Errorf("must name a host, got %q", raw)
-	case u.User != nil:
-		return nil, fmt.Errorf("must not carry credentials (user info)")
-	case u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || strings.Contains(raw, "#"):
-		return nil, fmt.Errorf("must not have a query or fragment, got %q", raw)
-	case u.Opaque != "":
-		return nil, fmt.Errorf("must be a hierarchical URL, got %q", raw)
-	}
-	u.Path = strings.TrimSuffix(u.Path, "/")
-	u.RawPath = strings.TrimSuffix(u.RawPath, "/")
-	return u, nil
-}
-
 // resolve joins an escaped request path and query to the base URL. It
 // refuses, as not naming a configured target, anything that could leave
 // the base: a URL, a scheme-relative "//host", "." and ".." segments (also

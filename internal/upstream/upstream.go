@@ -36,23 +36,7 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/metrics"
 )
 
-// Defaults and bounds of an upstream's settings (the config file is
-// checked against the same).
 const (
-	DefaultTimeout        = 10 * time.Second
-	MinTimeout            = time.Millisecond
-	MaxTimeout            = 5 * time.Minute
-	DefaultMaxAttempts    = 3
-	MaxMaxAttempts        = 10
-	DefaultInitialBackoff = 100 * time.Millisecond
-	DefaultMaxBackoff     = 2 * time.Second
-	MinBackoff            = time.Millisecond
-	MaxBackoff            = 5 * time.Minute
-	DefaultMaxBodyBytes   = 4 << 20
-	MaxMaxBodyBytes       = 64 << 20
-	DefaultMaxConns       = 100
-	MaxMaxConns           = 10_000
-
 	// DefaultCallTimeout bounds a whole call, attempts and backoffs, when
 	// the request gives no timeout; MaxCallTimeout bounds the one it gives.
 	DefaultCallTimeout = 30 * time.Second
@@ -143,28 +127,6 @@ func describe(err error) string {
 	return err.Error()
 }
 
-// Config is one upstream. Zero values get the defaults noted.
-type Config struct {
-	Name string
-	// URL is the base URL: http or https, a host, an optional path prefix.
-	URL string
-	// Timeout bounds one attempt (DefaultTimeout).
-	Timeout time.Duration
-	// Breaker names the upstream's circuit breaker (default: Name).
-	Breaker string
-	// MaxAttempts counts the first try (DefaultMaxAttempts).
-	MaxAttempts int
-	// InitialBackoff and MaxBackoff shape the retry delay: attempt n waits
-	// a uniform random time in [0, min(MaxBackoff, InitialBackoff*2^(n-1))]
-	// (DefaultInitialBackoff, DefaultMaxBackoff).
-	InitialBackoff, MaxBackoff time.Duration
-	// MaxBodyBytes bounds request and response bodies
-	// (DefaultMaxBodyBytes).
-	MaxBodyBytes int64
-	// MaxConns bounds the connections to the upstream (DefaultMaxConns).
-	MaxConns int
-}
-
 // Breakers is the breaker service an upstream call goes through.
 type Breakers interface {
 	Allow(ctx context.Context, name string, ttl time.Duration) (breaker.Decision, error)
@@ -232,48 +194,16 @@ func New(cfgs []Config, opts Options) (*Caller, error) {
 }
 
 func newTarget(cfg Config, bodyLimit int64) (*target, error) {
-	base, err := parseBase(cfg.URL)
+	cfg = cfg.WithDefaults()
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	base, err := baseURL(cfg.URL)
 	if err != nil {
-		return nil, fmt.Errorf("url: %w", err)
-	}
-	def := func(v *time.Duration, d time.Duration) {
-		if *v == 0 {
-			*v = d
-		}
-	}
-	def(&cfg.Timeout, DefaultTimeout)
-	def(&cfg.InitialBackoff, DefaultInitialBackoff)
-	def(&cfg.MaxBackoff, DefaultMaxBackoff)
-	if cfg.Breaker == "" {
-		cfg.Breaker = cfg.Name
-	}
-	if cfg.MaxAttempts == 0 {
-		cfg.MaxAttempts = DefaultMaxAttempts
-	}
-	if cfg.MaxBodyBytes == 0 {
-		cfg.MaxBodyBytes = DefaultMaxBodyBytes
+		return nil, err
 	}
 	if bodyLimit > 0 {
 		cfg.MaxBodyBytes = min(cfg.MaxBodyBytes, bodyLimit)
-	}
-	if cfg.MaxConns == 0 {
-		cfg.MaxConns = DefaultMaxConns
-	}
-	switch {
-	case cfg.Name == "":
-		return nil, errors.New("name: must not be empty")
-	case cfg.Timeout < MinTimeout || cfg.Timeout > MaxTimeout:
-		return nil, fmt.Errorf("timeout: must be between %v and %v, got %v", MinTimeout, MaxTimeout, cfg.Timeout)
-	case cfg.MaxAttempts < 1 || cfg.MaxAttempts > MaxMaxAttempts:
-		return nil, fmt.Errorf("retry.max_attempts: must be between 1 and %d, got %d", MaxMaxAttempts, cfg.MaxAttempts)
-	case cfg.InitialBackoff < MinBackoff || cfg.InitialBackoff > MaxBackoff:
-		return nil, fmt.Errorf("retry.initial_backoff: must be between %v and %v, got %v", MinBackoff, MaxBackoff, cfg.InitialBackoff)
-	case cfg.MaxBackoff < cfg.InitialBackoff || cfg.MaxBackoff > MaxBackoff:
-		return nil, fmt.Errorf("retry.max_backoff: must be between initial_backoff (%v) and %v, got %v", cfg.InitialBackoff, MaxBackoff, cfg.MaxBackoff)
-	case cfg.MaxBodyBytes < 1 || cfg.MaxBodyBytes > MaxMaxBodyBytes:
-		return nil, fmt.Errorf("max_body_bytes: must be between 1 and %d, got %d", MaxMaxBodyBytes, cfg.MaxBodyBytes)
-	case cfg.MaxConns < 1 || cfg.MaxConns > MaxMaxConns:
-		return nil, fmt.Errorf("max_connections: must be between 1 and %d, got %d", MaxMaxConns, cfg.MaxConns)
 	}
 	tr := &http.Transport{
 		// Upstreams are reached directly: no proxy from the environment.

@@ -15,26 +15,9 @@ import (
 	"time"
 
 	"github.com/seed-a88e5317/resilience-sidecar/internal/breaker"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/upstream"
 )
-
-// fakeClock drives the breakers; HTTP timeouts use real time.
-type fakeClock struct {
-	mu  sync.Mutex
-	now time.Time
-}
-
-func (c *fakeClock) Now() time.Time {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.now
-}
-
-func (c *fakeClock) Advance(d time.Duration) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.now = c.now.Add(d)
-}
 
 // server is a real local HTTP server that counts the requests it sees and
 // answers with the handler of the moment.
@@ -83,7 +66,7 @@ func status(code int) http.HandlerFunc {
 // env is a Caller with one upstream "svc" whose breaker is "svc".
 type env struct {
 	caller *upstream.Caller
-	clk    *fakeClock
+	clk    *testkit.Clock // drives the breakers; HTTP timeouts use real time
 	svc    *breaker.Service
 	waits  *[]time.Duration
 }
@@ -92,7 +75,7 @@ type envOpt func(*upstream.Config, *breaker.Policy, *upstream.Options)
 
 func newEnv(t *testing.T, url string, opts ...envOpt) env {
 	t.Helper()
-	clk := &fakeClock{now: time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)}
+	clk := testkit.NewClock()
 	cfg := upstream.Config{Name: "svc", URL: url, Timeout: 2 * time.Second, InitialBackoff: 10 * time.Millisecond, MaxBackoff: 40 * time.Millisecond}
 	pol := breaker.Policy{ConsecutiveFailures: 100, OpenDuration: time.Minute}
 	var waits []time.Duration

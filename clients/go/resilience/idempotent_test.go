@@ -9,10 +9,12 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/seed-a88e5317/resilience-sidecar/clients/go/resilience"
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 func idempotency(t *testing.T) v1.IdempotencyServiceClient {
@@ -37,8 +39,34 @@ func idemTestCtx(t *testing.T) context.Context {
 	return ctx
 }
 
+// callerKey is the context key of a caller number for countingIdempotency.
+type callerKey struct{}
+
+// countingIdempotency records which callers (by the number in their
+// context) have called CheckOrRecord through it.
+type countingIdempotency struct {
+	v1.IdempotencyServiceClient
+	mu      sync.Mutex
+	checked map[int]bool
+}
+
+func (c *countingIdempotency) CheckOrRecordIdempotency(ctx context.Context, in *v1.CheckOrRecordIdempotencyRequest, opts ...grpc.CallOption) (*v1.CheckOrRecordIdempotencyResponse, error) {
+	if i, ok := ctx.Value(callerKey{}).(int); ok {
+		c.mu.Lock()
+		c.checked[i] = true
+		c.mu.Unlock()
+	}
+	return c.IdempotencyServiceClient.CheckOrRecordIdempotency(ctx, in, opts...)
+}
+
+func (c *countingIdempotency) callers() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.checked)
+}
+
 func TestIdempotentRunsOnceForConcurrentDuplicates(t *testing.T) {
-	c := idempotency(t)
+	c := &countingIdempotency{IdempotencyServiceClient: idempotency(t), checked: map[int]bool{}}
 	ctx := idemTestCtx(t)
 	key := freshKey(t)
 	var runs atomic.Int32
@@ -53,10 +81,14 @@ func TestIdempotentRunsOnceForConcurrentDuplicates(t *testing.T) {
 	errs := make([]error, len(results))
 	for i := range results {
 		wg.Go(func() {
-			results[i], errs[i] = resilience.Idempotent(ctx, c, key, "fp", fn, resilience.WithInProgressWait(time.Second))
+			results[i], errs[i] = resilience.Idempotent(context.WithValue(ctx, callerKey{}, i), c, key, "fp", fn, resilience.WithInProgressWait(time.Second))
 		})
 	}
-	time.Sleep(200 * time.Millisecond) // let duplicates arrive while it runs (not required for correctness)
+	// Every caller has asked while the first one runs (the duplicates
+	// wait), then it finishes.
+	testkit.Eventually(t, 30*time.Second, "every caller to check while the first runs", func() bool {
+		return runs.Load() >= 1 && c.callers() == len(results)
+	})
 	close(release)
 	wg.Wait()
 	if n := runs.Load(); n != 1 {

@@ -17,6 +17,7 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/clients/go/resilience"
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // TestSagaStepFailureCompensates runs a saga through a sidecar of its own
@@ -59,17 +60,15 @@ func TestSagaStepFailureCompensates(t *testing.T) {
 	if !errors.Is(err, boom) {
 		t.Fatalf("Step = %v, want the step's error", err)
 	}
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+	testkit.EventuallyNil(t, 20*time.Second, "saga order-7 compensated", func() error {
 		g, err := sagas.GetSaga(ctx, &v1.GetSagaRequest{SagaId: "order-7"})
-		if err == nil && g.GetSaga().GetState() == v1.SagaState_SAGA_STATE_COMPENSATED {
-			if !strings.Contains(g.GetSaga().GetReason(), "carrier refused") {
-				t.Fatalf("reason %q", g.GetSaga().GetReason())
-			}
-			break
+		if err == nil && g.GetSaga().GetState() != v1.SagaState_SAGA_STATE_COMPENSATED {
+			err = fmt.Errorf("saga %v", g.GetSaga())
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("saga not compensated: %v %v", g, err)
-		}
+		return err
+	})
+	if g, err := sagas.GetSaga(ctx, &v1.GetSagaRequest{SagaId: "order-7"}); err != nil || !strings.Contains(g.GetSaga().GetReason(), "carrier refused") {
+		t.Fatalf("reason %q, %v", g.GetSaga().GetReason(), err)
 	}
 	mu.Lock()
 	got := strings.Join(undone, ", ")
