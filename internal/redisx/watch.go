@@ -3,6 +3,7 @@ package redisx
 import (
 	"context"
 	"errors"
+	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,6 +33,10 @@ type Watches struct {
 	mu     sync.Mutex
 	chans  map[string]*wchan
 	shards map[string]*shard // by master address; "" outside Cluster
+	// master is where the client's latest connection went, outside
+	// Cluster: when it changes (a Sentinel switched masters), the
+	// subscriptions follow (followMaster).
+	master string
 }
 
 // chanState is where a channel's subscription stands. At most one command
@@ -65,8 +70,10 @@ type wchan struct {
 // that sends the queued (un)subscriptions and a reader that dispatches
 // replies and messages.
 type shard struct {
-	addr string
-	ps   *redis.PubSub
+	addr   string
+	remote string // where its connection went, outside Cluster (followMaster); guarded by Watches.mu
+	node   subscriber
+	ps     *redis.PubSub
 	// Guarded by Watches.mu.
 	chans map[string]*wchan
 	ops   []op
@@ -87,6 +94,10 @@ type op struct {
 // pinged; a second silent interval marks it dead.
 const watchPingEvery = 3 * time.Second
 
+// roleCheckEvery is how often, on Cluster, a subscription connection's node
+// is asked whether it is still a master (see demoted).
+const roleCheckEvery = time.Second
+
 // maxSubscribeBatch bounds the channels of one (S)SUBSCRIBE command.
 const maxSubscribeBatch = 512
 
@@ -95,7 +106,69 @@ const maxSubscribeBatch = 512
 func NewWatches(rdb redis.UniversalClient, timeout time.Duration) *Watches {
 	ws := &Watches{rdb: rdb, timeout: timeout, chans: map[string]*wchan{}, shards: map[string]*shard{}}
 	ws.cluster, _ = rdb.(*redis.ClusterClient)
+	if ws.cluster == nil {
+		rdb.AddHook(followMaster{ws})
+	}
 	return ws
+}
+
+// followMaster moves the subscriptions of Watches outside Cluster to the
+// master the client's connections go to. A Sentinel failover client
+// learns of a new master from the sentinels (+switch-master) or from a
+// failed connection, and closes its connections to the old one; but not
+// its subscription connections, and after a planned switchover
+// (SENTINEL FAILOVER) the old master stays up, and says it is a master,
+// until the sentinels reconfigure it up to 10 s later: subscriptions left
+// there hear no release, and waiters would fall back to the holder's
+// expiry. So a connection the client opens to another address than a
+// subscription connection's replaces that subscription connection; the
+// new one is dialled, like every connection, to the master the sentinels
+// name, and the watchers are signalled since releases may have been
+// missed.
+type followMaster struct{ ws *Watches }
+
+// shardKey marks a subscription connection's dial with its shard.
+type shardKey struct{}
+
+func (f followMaster) DialHook(next redis.DialHook) redis.DialHook {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := next(ctx, network, addr)
+		if err == nil {
+			sh, _ := ctx.Value(shardKey{}).(*shard)
+			f.ws.dialed(sh, conn.RemoteAddr().String())
+		}
+		return conn, err
+	}
+}
+
+func (followMaster) ProcessHook(next redis.ProcessHook) redis.ProcessHook { return next }
+
+func (followMaster) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// dialed records that the client connected to addr, for the subscription
+// connection of sh when sh is not nil. The subscription connections to
+// other addresses are replaced, on goroutines of their own: this runs
+// inside a dial, which may be a subscription's, holding its lock.
+func (ws *Watches) dialed(sh *shard, addr string) {
+	ws.mu.Lock()
+	if sh != nil {
+		sh.remote = addr
+	}
+	var stale []*shard
+	if addr != ws.master {
+		ws.master = addr
+		for _, other := range ws.shards {
+			if other.remote != "" && other.remote != addr {
+				stale = append(stale, other)
+			}
+		}
+	}
+	ws.mu.Unlock()
+	for _, sh := range stale {
+		go ws.fail(sh)
+	}
 }
 
 var closedReady = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
@@ -247,6 +320,7 @@ func (ws *Watches) placeLocked(c *wchan, addr string, node subscriber, slot int)
 // Sentinel, or one Cluster master).
 type subscriber interface {
 	SSubscribe(ctx context.Context, channels ...string) *redis.PubSub
+	Do(ctx context.Context, args ...any) *redis.Cmd
 }
 
 // route returns the master that serves channel: its address (empty outside
@@ -280,8 +354,9 @@ func (ws *Watches) enqueue(c *wchan, sub bool) {
 }
 
 func (ws *Watches) newShard(addr string, node subscriber, delay time.Duration) *shard {
-	sh := &shard{addr: addr, chans: map[string]*wchan{}, kick: make(chan struct{}, 1), delay: delay}
+	sh := &shard{addr: addr, node: node, chans: map[string]*wchan{}, kick: make(chan struct{}, 1), delay: delay}
 	sh.ctx, sh.cancel = context.WithCancel(context.Background())
+	sh.ctx = context.WithValue(sh.ctx, shardKey{}, sh)
 	sh.ps = node.SSubscribe(sh.ctx) // no channel yet: connects on the first write
 	ws.shards[addr] = sh
 	go ws.write(sh)
@@ -354,14 +429,30 @@ func batches(ops []op, bySlot bool) []batch {
 // closed.
 func (ws *Watches) read(sh *shard) {
 	silent := 0
+	every := watchPingEvery
+	if ws.cluster != nil {
+		every = roleCheckEvery
+	}
+	lastHeard, lastCheck := time.Now(), time.Now()
 	for {
-		msg, err := sh.ps.ReceiveTimeout(sh.ctx, watchPingEvery)
+		msg, err := sh.ps.ReceiveTimeout(sh.ctx, every)
 		if sh.ctx.Err() != nil {
 			return
+		}
+		if ws.cluster != nil && time.Since(lastCheck) >= roleCheckEvery {
+			lastCheck = time.Now()
+			if ws.demoted(sh) {
+				ws.fail(sh)
+				return
+			}
 		}
 		if err != nil {
 			var ne interface{ Timeout() bool }
 			if errors.As(err, &ne) && ne.Timeout() {
+				if time.Since(lastHeard) < watchPingEvery {
+					continue
+				}
+				lastHeard = time.Now()
 				if silent++; silent > 1 || sh.ps.Ping(sh.ctx) != nil {
 					ws.fail(sh)
 					return
@@ -375,6 +466,7 @@ func (ws *Watches) read(sh *shard) {
 			ws.fail(sh)
 			return
 		}
+		lastHeard = time.Now()
 		if silent = 0; sh.delay > 0 {
 			ws.mu.Lock()
 			sh.delay = 0 // the connection works: the next failure starts afresh
@@ -518,6 +610,25 @@ func (ws *Watches) moved(sh *shard, err error) {
 	for _, c := range again {
 		go ws.placeLater(c)
 	}
+}
+
+// demoted reports whether the node of sh, on Cluster, says it is no
+// longer a master: after a failover (CLUSTER FAILOVER, or its master
+// failing) the old master serves its slots no more, and until it is a
+// replica of the new one in every node's view, releases published on the
+// new master may not reach it. Its channels are then subscribed again on
+// the slots' new owner, after the client reloads the slot map.
+func (ws *Watches) demoted(sh *shard) bool {
+	ctx, cancel := context.WithTimeout(sh.ctx, ws.timeout)
+	defer cancel()
+	role, err := sh.node.Do(ctx, "ROLE").Slice()
+	if err != nil || len(role) == 0 || role[0] == "master" {
+		return false // a node that does not answer is the ping's to judge
+	}
+	ctx, cancel = context.WithTimeout(sh.ctx, ws.timeout)
+	defer cancel()
+	ws.cluster.ReloadState(ctx)
+	return true
 }
 
 // fail closes a broken shard and places its channels again, on a new
