@@ -47,13 +47,12 @@ GENERATED := clients/go/resiliencev1 clients/node/src/gen clients/python/resilie
 check-generated: generate
 	@test -z "$$(git status --porcelain -- $(GENERATED))" || { git status --short -- $(GENERATED); echo "generated code is stale: run 'make generate' and commit" >&2; exit 1; }
 
-## lint: go vet, staticcheck (default checks), buf lint and format, gofmt.
-## Not part of it: $(BIN)/deadcode -test ./... (after make tools) lists
-## functions no program or test reaches; it also lists the Go client's
-## public options that no test calls, so it is read, not enforced.
-lint: $(BIN)/buf $(BIN)/staticcheck
+## lint: go vet, staticcheck (default checks), deadcode (no function that
+## no program or test reaches), buf lint and format, gofmt.
+lint: $(BIN)/buf $(BIN)/staticcheck $(BIN)/deadcode
 	$(GO) vet ./...
 	staticcheck ./...
+	@out="$$(deadcode -test ./...)"; test -z "$$out" || { echo "$$out"; echo "unreachable code: delete it, or test it if it is API" >&2; exit 1; }
 	buf lint
 	buf format -d --exit-code
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed" >&2; exit 1; }

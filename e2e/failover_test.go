@@ -3,7 +3,9 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
 	"slices"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -35,8 +37,9 @@ type changeRig struct {
 	// subscribed reports whether a release channel is subscribed on the
 	// master serving the lock keys; after change, on the new one.
 	subscribed func(ctx context.Context) bool
-	// synced waits until the replicas have every write so far.
-	synced func(ctx context.Context) error
+	// synced waits until the replicas of the master serving the lock keys
+	// have every write it made so far.
+	synced func(t *testing.T, ctx context.Context)
 	// change changes the master and returns once the new one serves.
 	change func(t *testing.T)
 }
@@ -47,7 +50,7 @@ var masterChanges = []masterChange{
 		return changeRig{
 			tp:         topology{url: s.URL(), mode: "sentinel"},
 			subscribed: func(ctx context.Context) bool { return shardChannels(ctx, s.Master(t).Client(t)) > 0 },
-			synced:     s.WaitReplicasSynced,
+			synced:     func(t *testing.T, ctx context.Context) { waitReplicasHave(t, ctx, s.Master(t), s.Nodes()) },
 			change:     func(t *testing.T) { s.Switchover(t) },
 		}
 	}},
@@ -56,7 +59,7 @@ var masterChanges = []masterChange{
 		return changeRig{
 			tp:         topology{url: s.URL(), mode: "sentinel"},
 			subscribed: func(ctx context.Context) bool { return shardChannels(ctx, s.Master(t).Client(t)) > 0 },
-			synced:     s.WaitReplicasSynced,
+			synced:     func(t *testing.T, ctx context.Context) { waitReplicasHave(t, ctx, s.Master(t), s.Nodes()) },
 			change: func(t *testing.T) {
 				old := s.Master(t)
 				old.Kill()
@@ -85,7 +88,10 @@ var masterChanges = []masterChange{
 				}
 				return false
 			},
-			synced: cl.WaitReplicasSynced,
+			synced: func(t *testing.T, ctx context.Context) {
+				owner := cl.Owner(t, int(slot.Load()))
+				waitReplicasHave(t, ctx, owner, replicasOf(t, ctx, cl.Replicas(), owner))
+			},
 			change: func(t *testing.T) { cl.Failover(t, int(slot.Load())) },
 		}
 	}},
@@ -126,9 +132,7 @@ func TestWaiterFollowsMasterChange(t *testing.T) {
 			}()
 			testkit.Eventually(t, 30*time.Second, "the waiter's release subscription", func() bool { return rig.subscribed(ctx) })
 			// The grant must be on the replicas, or the change may lose it.
-			if err := rig.synced(ctx); err != nil {
-				t.Fatal(err)
-			}
+			rig.synced(t, ctx)
 			changeStart := time.Now()
 			rig.change(t)
 			t.Logf("the change took %v", time.Since(changeStart).Round(time.Millisecond))
@@ -136,19 +140,15 @@ func TestWaiterFollowsMasterChange(t *testing.T) {
 			// new master (left on the old one, the waiter would hear no
 			// release and wake only at its own deadline).
 			testkit.Eventually(t, 30*time.Second, "the release subscription on the new master", func() bool { return rig.subscribed(ctx) })
-			for {
+			// The store may still be failing over: STORE_UNAVAILABLE is
+			// retried, any other error is a failure.
+			testkit.EventuallyNil(t, time.Minute, "the holder's release after the change", func() error {
 				_, err := c.ReleaseLock(ctx, &v1.ReleaseLockRequest{Key: "k", LeaseId: held.GetLease().GetLeaseId()})
-				if err == nil {
-					break
-				}
-				if code, reason := reasonOf(err); reason != "STORE_UNAVAILABLE" {
+				if code, reason := reasonOf(err); err != nil && reason != "STORE_UNAVAILABLE" {
 					t.Fatalf("release after the change: %v %s %v", code, reason, err)
 				}
-				if ctx.Err() != nil {
-					t.Fatalf("release after the change: %v", err)
-				}
-				time.Sleep(50 * time.Millisecond) // real time: the store is failing over
-			}
+				return err
+			})
 			released := time.Now()
 			res := <-done
 			t.Logf("the waiter's answer came %v after the release", time.Since(released).Round(time.Millisecond))
@@ -221,9 +221,7 @@ func TestGrantRateAfterMasterChange(t *testing.T) {
 			const window = time.Second
 			testkit.Eventually(t, 30*time.Second, "a release subscription", func() bool { return rig.subscribed(ctx) })
 			time.Sleep(4 * window) // real time: the rate before the change is measured over it
-			if err := rig.synced(ctx); err != nil {
-				t.Fatal(err)
-			}
+			rig.synced(t, ctx)
 			changeStart := time.Now()
 			var before []int
 			for w := changeStart.Add(-4 * window); w.Before(changeStart); w = w.Add(window) {
@@ -272,4 +270,25 @@ func TestGrantRateAfterMasterChange(t *testing.T) {
 			}
 		})
 	}
+}
+
+// replicasOf returns the nodes that say (ROLE) they replicate master.
+func replicasOf(t *testing.T, ctx context.Context, nodes []*testharness.Redis, master *testharness.Redis) []*testharness.Redis {
+	t.Helper()
+	var out []*testharness.Redis
+	for _, n := range nodes {
+		role, err := n.Client(t).Do(ctx, "role").Slice()
+		if err != nil || len(role) < 3 || role[0] != "slave" {
+			continue
+		}
+		host, _ := role[1].(string)
+		port, _ := role[2].(int64)
+		if net.JoinHostPort(host, strconv.FormatInt(port, 10)) == master.Addr() {
+			out = append(out, n)
+		}
+	}
+	if len(out) == 0 {
+		t.Fatalf("no replica of %s", master.Addr())
+	}
+	return out
 }

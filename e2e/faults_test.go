@@ -24,6 +24,7 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/linearize"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // ---- The checker: what every client believed it held ----
@@ -139,7 +140,7 @@ func lockWorker(c v1.LockServiceClient, key, name string, ttl, wait, hold, idle 
 	rng := rand.New(rand.NewPCG(uint64(len(name)), uint64(name[len(name)-1])))
 	for i := 0; ; i++ {
 		if idle > 0 && i > 0 {
-			time.Sleep(time.Duration(rng.Int64N(int64(idle))))
+			time.Sleep(time.Duration(rng.Int64N(int64(idle)))) // real time: the client's pause between rounds
 		}
 		select {
 		case <-stop:
@@ -153,7 +154,7 @@ func lockWorker(c v1.LockServiceClient, key, name string, ttl, wait, hold, idle 
 		if code, _ := reasonOf(err); err != nil {
 			if code == codes.Unavailable {
 				l.unavailable.Add(1)
-				time.Sleep(20 * time.Millisecond)
+				time.Sleep(20 * time.Millisecond) // real time: back off while the store is unavailable
 				continue
 			}
 			l.fail(fmt.Errorf("%s acquire: %w", holder, err))
@@ -167,7 +168,7 @@ func lockWorker(c v1.LockServiceClient, key, name string, ttl, wait, hold, idle 
 		lease := resp.GetLease()
 		from := time.Now()
 		if v, err := res.read(holder, lease.GetFencingToken()); err == nil {
-			time.Sleep(hold)
+			time.Sleep(hold) // real time: simulated work under the lock
 			_ = res.write(holder, lease.GetFencingToken(), v+1)
 		}
 		to := time.Now()
@@ -265,7 +266,7 @@ func TestClusterReshardingUnderLoad(t *testing.T) {
 					me := fmt.Sprintf("p%d-d%d", p, d)
 					ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 					res, err := resilience.Idempotent(ctx, c, key, "fp", func(context.Context) (resilience.Result, error) {
-						time.Sleep(5 * time.Millisecond)
+						time.Sleep(5 * time.Millisecond) // real time: simulated work, so that duplicates overlap
 						book.append(key, me)
 						return resilience.Result{Data: []byte(me)}, nil
 					}, resilience.WithInProgressWait(5*time.Second), resilience.WithLeaseTTL(2*time.Second), resilience.WithUnavailableRetries(20))
@@ -335,7 +336,11 @@ func TestClusterReshardingUnderLoad(t *testing.T) {
 	slices.Sort(slots)
 	moves := 0
 	deadline := time.Now().Add(4 * time.Second)
-	time.Sleep(300 * time.Millisecond)
+	testkit.Eventually(t, 30*time.Second, "locks, idempotency and clock load under way before the first move", func() bool {
+		clockMu.Lock()
+		defer clockMu.Unlock()
+		return locks.grants.Load() > 0 && idemOps.Load() > 0 && len(clockVals) > 0
+	})
 	for round := 0; time.Now().Before(deadline) || round < 2; round++ {
 		for _, s := range slots {
 			owner := cl.Owner(t, s)
@@ -346,7 +351,7 @@ func TestClusterReshardingUnderLoad(t *testing.T) {
 			moves++
 		}
 	}
-	time.Sleep(300 * time.Millisecond)
+	time.Sleep(300 * time.Millisecond) // real time: the load goes on after the last move
 	close(stop)
 	wg.Wait()
 	hist.check(t)
@@ -443,28 +448,24 @@ func TestSentinelFailoverUnderLoad(t *testing.T) {
 					lockWorker(c, key, fmt.Sprintf("w%d", i), 3*time.Second, 3*time.Second, 100*time.Millisecond, 300*time.Millisecond, locks, stop)
 				})
 			}
-			time.Sleep(1500 * time.Millisecond)
+			time.Sleep(1500 * time.Millisecond) // real time: grants are made on the old master for 1.5 s before the failover
 			before := locks.grants.Load()
 			old := s.Master(t)
 			nm := s.Failover(t)
 			// Load goes on until both sidecars grant on the new master.
 			for _, sc := range sidecars {
 				c := lockClient(t, sc)
-				deadline := time.Now().Add(30 * time.Second)
-				for {
+				testkit.EventuallyNil(t, 30*time.Second, fmt.Sprintf("sidecar %s grants after the failover", sc.Addr()), func() error {
 					ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+					defer cancel()
 					r, err := c.AcquireLock(ctx, &v1.AcquireLockRequest{Key: "probe-" + sc.Addr(), Ttl: durationpb.New(time.Second)})
-					cancel()
-					if err == nil && r.GetAcquired() {
-						break
+					if err == nil && !r.GetAcquired() {
+						err = fmt.Errorf("not acquired: %v", r)
 					}
-					if time.Now().After(deadline) {
-						t.Fatalf("sidecar %s does not grant after the failover: %v %v", sc.Addr(), r, err)
-					}
-					time.Sleep(50 * time.Millisecond)
-				}
+					return err
+				})
 			}
-			time.Sleep(1500 * time.Millisecond)
+			time.Sleep(1500 * time.Millisecond) // real time: the load goes on for 1.5 s on the new master
 			close(stop)
 			wg.Wait()
 
@@ -558,7 +559,7 @@ func mixedOp(conn *grpc.ClientConn, rng *rand.Rand, worker, i int, ttl, deadline
 		r, err = locks.AcquireLock(ctx, &v1.AcquireLockRequest{Key: key, Ttl: durationpb.New(ttl), WaitTimeout: durationpb.New(200 * time.Millisecond)})
 		if err == nil && r.GetAcquired() {
 			claimed = true
-			time.Sleep(time.Millisecond)
+			time.Sleep(time.Millisecond) // real time: simulated work under the lock
 			_, err = locks.ReleaseLock(ctx, &v1.ReleaseLockRequest{Key: key, LeaseId: r.GetLease().GetLeaseId()})
 		}
 	case n < 7:
@@ -619,22 +620,20 @@ func (f footprint) String() string {
 func waitFootprint(t *testing.T, metrics string, conn *grpc.ClientConn, base footprint, slack, heapSlack float64) footprint {
 	t.Helper()
 	clk := v1.NewClockServiceClient(conn)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		f := sidecarFootprint(t, metrics)
+	var f footprint
+	testkit.EventuallyNil(t, 30*time.Second, fmt.Sprintf("sidecar back to its baseline (%v)", base), func() error {
+		f = sidecarFootprint(t, metrics)
 		if f.goroutines <= base.goroutines+slack && f.heapMiB <= base.heapMiB+heapSlack {
-			return f
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("sidecar did not return to its baseline (%v): %v", base, f)
+			return nil
 		}
 		for range 300 {
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			_, _ = clk.NextUlid(ctx, &v1.NextUlidRequest{Count: 100})
 			cancel()
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		return fmt.Errorf("footprint %v", f)
+	})
+	return f
 }
 
 // dialN opens n connections to the sidecar, closed at the end of the test.
@@ -683,7 +682,7 @@ func TestFaultRedisPausedUnderLoad(t *testing.T) {
 						lastOK[w].Store(time.Now().UnixNano())
 					}
 					if c.code != codes.OK {
-						time.Sleep(10 * time.Millisecond)
+						time.Sleep(10 * time.Millisecond) // real time: back off while Redis is frozen
 					}
 				}
 			})
@@ -697,7 +696,7 @@ func TestFaultRedisPausedUnderLoad(t *testing.T) {
 	stop := make(chan struct{})
 	time.AfterFunc(time.Second, func() { close(stop) })
 	run(stop, &callLog{hist: &hist}, nil)
-	time.Sleep(time.Second)
+	time.Sleep(time.Second) // real time: the sidecar rests a second before its baseline is read
 	base := sidecarFootprint(t, metrics)
 
 	log := &callLog{hist: &hist}
@@ -705,26 +704,25 @@ func TestFaultRedisPausedUnderLoad(t *testing.T) {
 	stop = make(chan struct{})
 	done := make(chan struct{})
 	go func() { run(stop, log, lastOK); close(done) }()
-	time.Sleep(time.Second)
+	time.Sleep(time.Second) // real time: a second of load before Redis is frozen
 	pausedAt := time.Now()
 	rd.Pause()
 	waitHealth(t, sc.Conn(t), healthpb.HealthCheckResponse_NOT_SERVING, 5*time.Second)
-	time.Sleep(5*time.Second - time.Since(pausedAt))
+	time.Sleep(5*time.Second - time.Since(pausedAt)) // real time: Redis stays frozen for 5 s
 	during := sidecarFootprint(t, metrics)
 	resumedAt := time.Now()
 	rd.Resume()
 	// Every client succeeds again.
-	recovered := time.Now().Add(20 * time.Second)
-	for w := range workers {
-		for lastOK[w].Load() < resumedAt.UnixNano() {
-			if time.Now().After(recovered) {
-				t.Fatalf("client %d has not succeeded since SIGCONT", w)
+	testkit.EventuallyNil(t, 20*time.Second, "every client succeeds again after SIGCONT", func() error {
+		for w := range workers {
+			if lastOK[w].Load() < resumedAt.UnixNano() {
+				return fmt.Errorf("client %d has not succeeded since SIGCONT", w)
 			}
-			time.Sleep(20 * time.Millisecond)
 		}
-	}
+		return nil
+	})
 	allBack := time.Since(resumedAt)
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(500 * time.Millisecond) // real time: the load goes on for half a second after the recovery
 	close(stop)
 	<-done
 	waitHealth(t, sc.Conn(t), healthpb.HealthCheckResponse_SERVING, 10*time.Second)
@@ -850,10 +848,10 @@ func TestFaultSidecarKilledUnderLoad(t *testing.T) {
 			lockWorker(c, key, fmt.Sprintf("w%d", i), 700*time.Millisecond, 2*time.Second, 2*time.Millisecond, 0, locks, stop)
 		})
 	}
-	time.Sleep(time.Second)
+	time.Sleep(time.Second) // real time: a second of load on all three sidecars before the kill
 	before := locks.grants.Load()
 	sidecars[0].Kill()
-	time.Sleep(2 * time.Second)
+	time.Sleep(2 * time.Second) // real time: the survivors go on past the victims' 700 ms TTL, so their locks lapse
 	close(stop)
 	wg.Wait()
 	// The victims' calls after the kill are of unknown outcome.
@@ -885,16 +883,13 @@ func TestFaultWaitReplicasReplicaPaused(t *testing.T) {
 	replica := testharness.StartRedis(t, testharness.WithRedisArgs("--replicaof", host, port))
 	ctx := ctxT(t, time.Minute)
 	rc := replica.Client(t)
-	for deadline := time.Now().Add(20 * time.Second); ; {
+	testkit.EventuallyNil(t, 20*time.Second, "replica in sync", func() error {
 		info, err := rc.Info(ctx, "replication").Result()
-		if err == nil && strings.Contains(info, "master_link_status:up") {
-			break
+		if err == nil && !strings.Contains(info, "master_link_status:up") {
+			err = fmt.Errorf("replication: %q", info)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("replica not in sync: %v %v", info, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return err
+	})
 	sc := startSidecars(t, 1, master.URL(), "--redis-wait-replicas", "1", "--redis-wait-timeout", "2s", "--store-timeout", "4s")[0]
 	locks, idem := lockClient(t, sc), idemClient(t, sc)
 	unavailable := func(what string, err error) {
@@ -980,7 +975,7 @@ func TestFaultThousandClients(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(500 * time.Millisecond) // real time: the sidecar rests after the connections are made, before its baseline is read
 	base := sidecarFootprint(t, metrics)
 
 	const clients, duration = 1000, 10 * time.Second

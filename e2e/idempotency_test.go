@@ -90,7 +90,7 @@ func TestIdempotencyExactlyOnceAcrossSidecars(t *testing.T) {
 				c := recordIdem(hist, clients[i%len(clients)])
 				me := fmt.Sprintf("caller-%d", i)
 				op := func(ctx context.Context) (resilience.Result, error) {
-					time.Sleep(30 * time.Millisecond) // the operation takes a while
+					time.Sleep(30 * time.Millisecond) // real time: the operation takes a while, so that duplicates overlap
 					if strings.HasSuffix(key, "flaky") {
 						failed := false
 						failedOnce.Do(func() { failed = true })

@@ -24,6 +24,7 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/linearize"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // fencedCounter is the resource a lock protects, with Kleppmann's fencing
@@ -110,7 +111,7 @@ func runContention(t *testing.T, sidecars []*testharness.Sidecar, clientsPer, ro
 					v, err := res.read(holder, lease.GetFencingToken())
 					if err == nil {
 						if sleepEvery > 0 && r%sleepEvery == 0 {
-							time.Sleep(sleep) // a GC pause or slow disk, longer than the TTL
+							time.Sleep(sleep) // real time: a GC pause or slow disk, longer than the TTL
 						}
 						_ = res.write(holder, lease.GetFencingToken(), v+1)
 					}
@@ -205,17 +206,13 @@ func TestLockWaiterWokenByRelease(t *testing.T) {
 	// the grant can only come from the wake-up (the TTL is an hour).
 	rdb := rd.Client(t)
 	ch := redisx.Key("default", redisx.Lock, "wake", "lock:released")
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	testkit.EventuallyNil(t, 20*time.Second, "the waiter subscribed to "+ch, func() error {
 		n, err := rdb.PubSubShardNumSub(ctx, ch).Result()
-		if err == nil && n[ch] > 0 {
-			break
+		if err == nil && n[ch] == 0 {
+			err = fmt.Errorf("subscribers %v", n)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("waiter never subscribed to %s: %v %v", ch, n, err)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return err
+	})
 	if _, err := a.ReleaseLock(ctx, &v1.ReleaseLockRequest{Key: "wake", LeaseId: held.GetLease().GetLeaseId()}); err != nil {
 		t.Fatal(err)
 	}
@@ -257,17 +254,12 @@ func TestLockCancelledWaitersLeaveNoGoroutines(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		n := metricValue(t, metrics, "go_goroutines")
-		if n <= baseline+2 {
-			break
+	testkit.EventuallyNil(t, 20*time.Second, "the cancelled waiters' goroutines gone", func() error {
+		if n := metricValue(t, metrics, "go_goroutines"); n > baseline+2 {
+			return fmt.Errorf("goroutines %v, baseline %v: cancelled waiters left goroutines behind", n, baseline)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("goroutines %v, baseline %v: cancelled waiters left goroutines behind", n, baseline)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 	// And no subscription is left open for the key.
 	rdb := rd.Client(t)
 	ch := redisx.Key("default", redisx.Lock, "busy", "lock:released")

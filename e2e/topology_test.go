@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,6 +22,7 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/linearize"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // topology is a Redis deployment the sidecars under test run on: the URL
@@ -71,24 +73,17 @@ func TestTopologySentinel(t *testing.T) {
 		if err := s.WaitReplicasSynced(ctx); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(200 * time.Millisecond)
 		old := s.Master(t)
+		waitReplicasHave(t, ctx, old, s.Nodes())
 		old.Kill()
 		nm := s.WaitNewMaster(t, old.Addr())
 		t.Logf("master %s killed; sentinels promoted %s", old.Addr(), nm.Addr())
 		waitHealth(t, sc.Conn(t), healthpb.HealthCheckResponse_SERVING, 20*time.Second)
 		var after *v1.AcquireLockResponse
-		deadline := time.Now().Add(20 * time.Second)
-		for {
+		testkit.EventuallyNil(t, 20*time.Second, "the sidecar follows the failover", func() (err error) {
 			after, err = c.AcquireLock(ctx, &v1.AcquireLockRequest{Key: "other", Ttl: durationpb.New(time.Minute)})
-			if err == nil {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("sidecar did not follow the failover: %v", err)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
+			return err
+		})
 		if !after.GetAcquired() {
 			t.Fatalf("after failover: %v", after)
 		}
@@ -98,6 +93,49 @@ func TestTopologySentinel(t *testing.T) {
 			t.Fatalf("replicated grant after failover: %v %v; want held with token %d", r, err, before.GetLease().GetFencingToken())
 		}
 	})
+}
+
+// waitReplicasHave waits until every node of nodes other than master has
+// applied master's replication stream up to where it is now: each replica
+// then has every write the master made so far. A replication link that is
+// up (WaitReplicasSynced) does not say that much: the link is asynchronous.
+func waitReplicasHave(t *testing.T, ctx context.Context, master *testharness.Redis, nodes []*testharness.Redis) {
+	t.Helper()
+	info, err := master.Client(t).Info(ctx, "replication").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, ok := infoInt(info, "master_repl_offset")
+	if !ok {
+		t.Fatalf("no master_repl_offset in the master's INFO replication: %q", info)
+	}
+	for _, r := range nodes {
+		if r == master {
+			continue
+		}
+		rc := r.Client(t)
+		testkit.EventuallyNil(t, 20*time.Second, fmt.Sprintf("replica %s at the master's offset %d", r.Addr(), want), func() error {
+			info, err := rc.Info(ctx, "replication").Result()
+			if err != nil {
+				return err
+			}
+			if got, ok := infoInt(info, "slave_repl_offset"); !ok || got < want {
+				return fmt.Errorf("replica at %d (found %v)", got, ok)
+			}
+			return nil
+		})
+	}
+}
+
+// infoInt reads the integer field name of an INFO reply.
+func infoInt(info, name string) (int64, bool) {
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), name+":"); ok {
+			n, err := strconv.ParseInt(v, 10, 64)
+			return n, err == nil
+		}
+	}
+	return 0, false
 }
 
 // runTopologySuite runs, on tp, the concurrency tests of the lock
@@ -179,7 +217,7 @@ func runIdempotencyExactlyOnce(t *testing.T, sidecars []*testharness.Sidecar) {
 				c := recordIdem(hist, clients[i%len(clients)])
 				me := fmt.Sprintf("caller-%d", i)
 				op := func(ctx context.Context) (resilience.Result, error) {
-					time.Sleep(30 * time.Millisecond)
+					time.Sleep(30 * time.Millisecond) // real time: the operation takes a while, so that duplicates overlap
 					if strings.HasSuffix(key, "flaky") {
 						failed := false
 						failedOnce.Do(func() { failed = true })
@@ -374,17 +412,13 @@ func TestClusterWaiterWokenAfterSlotMoved(t *testing.T) {
 	ch := redisx.Key("move", redisx.Lock, key, "lock:released")
 	waitSubscribed := func() {
 		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for {
+		testkit.EventuallyNil(t, 20*time.Second, "the waiter subscribed to "+ch, func() error {
 			n, err := rdb.PubSubShardNumSub(ctx, ch).Result()
-			if err == nil && n[ch] > 0 {
-				return
+			if err == nil && n[ch] == 0 {
+				err = fmt.Errorf("subscribers %v", n)
 			}
-			if time.Now().After(deadline) {
-				t.Fatalf("waiter never subscribed to %s: %v %v", ch, n, err)
-			}
-			time.Sleep(10 * time.Millisecond)
-		}
+			return err
+		})
 	}
 	waitSubscribed()
 	slot := cl.KeySlot(t, ch)

@@ -154,30 +154,18 @@ func (p Policy) check() error {
 	if err := checkRate("slow_call_rate", p.SlowCallRate); err != nil {
 		return err
 	}
-	between := func(key string, v, lo, hi int) error {
-		if v < lo || v > hi {
-			return field.Errorf(key, "must be between %d and %d, got %d", lo, hi, v)
-		}
-		return nil
-	}
-	within := func(key string, d, lo, hi time.Duration) error {
-		if d < lo || d > hi {
-			return field.Errorf(key, "must be between %v and %v, got %v", lo, hi, d)
-		}
-		return nil
-	}
 	var slow error // slow_call_duration is checked only when set: zero is off
 	if p.SlowCallDuration != 0 {
-		slow = within("slow_call_duration", p.SlowCallDuration, MinSlowCallDuration, MaxSlowCallDuration)
+		slow = field.Range("slow_call_duration", p.SlowCallDuration, MinSlowCallDuration, MaxSlowCallDuration)
 	}
 	for _, err := range []error{
-		between("consecutive_failures", p.ConsecutiveFailures, 0, MaxCount),
-		within("window", p.Window, MinWindow, MaxWindow),
-		between("min_calls", p.MinCalls, 1, MaxCount),
+		field.Range("consecutive_failures", p.ConsecutiveFailures, 0, MaxCount),
+		field.Range("window", p.Window, MinWindow, MaxWindow),
+		field.Range("min_calls", p.MinCalls, 1, MaxCount),
 		slow,
-		within("open_duration", p.OpenDuration, MinOpenDuration, MaxOpenDuration),
-		between("half_open_max_calls", p.HalfOpenMaxCalls, 1, MaxHalfOpenMaxCalls),
-		between("min_reporters", p.MinReporters, 1, MaxMinReporters),
+		field.Range("open_duration", p.OpenDuration, MinOpenDuration, MaxOpenDuration),
+		field.Range("half_open_max_calls", p.HalfOpenMaxCalls, 1, MaxHalfOpenMaxCalls),
+		field.Range("min_reporters", p.MinReporters, 1, MaxMinReporters),
 	} {
 		if err != nil {
 			return err

@@ -152,24 +152,12 @@ func (c Config) Validate() error {
 // max_len written as 0 is refused: 0 means "the section's", which the
 // file says by leaving the key out.
 func (c Config) ValidateFile(written func(path string) bool) error {
-	between := func(key string, v, lo, hi int64) error {
-		if v < lo || v > hi {
-			return field.Errorf(key, "must be between %d and %d, got %d", lo, hi, v)
-		}
-		return nil
-	}
-	within := func(key string, d, lo, hi time.Duration) error {
-		if d < lo || d > hi {
-			return field.Errorf(key, "must be between %v and %v, got %v", lo, hi, d)
-		}
-		return nil
-	}
 	for _, err := range []error{
-		between("max_payload_bytes", int64(c.MaxPayloadBytes), 1, MaxMaxPayloadBytes),
-		between("max_len", c.MaxLen, 1, MaxMaxLen),
-		within("dedup_retention", c.DedupRetention, MinDedupRetention, MaxDedupRetention),
-		within("visibility_timeout", c.Visibility, MinVisibility, MaxVisibility),
-		between("max_deliveries", int64(c.MaxDeliveries), 1, MaxMaxDeliveries),
+		field.Range("max_payload_bytes", int64(c.MaxPayloadBytes), 1, MaxMaxPayloadBytes),
+		field.Range("max_len", c.MaxLen, 1, MaxMaxLen),
+		field.Range("dedup_retention", c.DedupRetention, MinDedupRetention, MaxDedupRetention),
+		field.Range("visibility_timeout", c.Visibility, MinVisibility, MaxVisibility),
+		field.Range("max_deliveries", int64(c.MaxDeliveries), 1, MaxMaxDeliveries),
 	} {
 		if err != nil {
 			return err
@@ -188,7 +176,7 @@ func (c Config) ValidateFile(written func(path string) bool) error {
 			return field.Errorf(path, "declare %s, not its dead-letter topic (declared with it)", field.Quote(strings.TrimSuffix(name, DeadSuffix)))
 		}
 		if n := c.Topics[name].MaxLen; n != 0 || written(field.Join(path, "max_len")) {
-			if err := between(field.Join(path, "max_len"), n, 1, MaxMaxLen); err != nil {
+			if err := field.Range(field.Join(path, "max_len"), n, 1, MaxMaxLen); err != nil {
 				return err
 			}
 		}

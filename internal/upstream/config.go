@@ -95,25 +95,13 @@ func (c Config) Validate() error {
 	if _, err := baseURL(c.URL); err != nil {
 		return field.Within("url", err)
 	}
-	between := func(key string, v, lo, hi int64) error {
-		if v < lo || v > hi {
-			return field.Errorf(key, "must be between %d and %d, got %d", lo, hi, v)
-		}
-		return nil
-	}
-	within := func(key string, d, lo, hi time.Duration) error {
-		if d < lo || d > hi {
-			return field.Errorf(key, "must be between %v and %v, got %v", lo, hi, d)
-		}
-		return nil
-	}
 	for _, err := range []error{
-		within("timeout", c.Timeout, MinTimeout, MaxTimeout),
-		between("max_body_bytes", c.MaxBodyBytes, 1, MaxMaxBodyBytes),
-		between("max_connections", int64(c.MaxConns), 1, MaxMaxConns),
-		between("retry.max_attempts", int64(c.MaxAttempts), 1, MaxMaxAttempts),
-		within("retry.initial_backoff", c.InitialBackoff, MinBackoff, MaxBackoff),
-		within("retry.max_backoff", c.MaxBackoff, c.InitialBackoff, MaxBackoff),
+		field.Range("timeout", c.Timeout, MinTimeout, MaxTimeout),
+		field.Range("max_body_bytes", c.MaxBodyBytes, 1, MaxMaxBodyBytes),
+		field.Range("max_connections", int64(c.MaxConns), 1, MaxMaxConns),
+		field.Range("retry.max_attempts", int64(c.MaxAttempts), 1, MaxMaxAttempts),
+		field.Range("retry.initial_backoff", c.InitialBackoff, MinBackoff, MaxBackoff),
+		field.Range("retry.max_backoff", c.MaxBackoff, c.InitialBackoff, MaxBackoff),
 	} {
 		if err != nil {
 			return err

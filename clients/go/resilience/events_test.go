@@ -18,6 +18,7 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/clients/go/resilience"
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // eachStore runs test against the sidecar TestMain started (the embedded
@@ -353,5 +354,172 @@ func TestSubscribeEndsWithShuttingDown(t *testing.T) {
 	})
 	if !errors.Is(err, resilience.ErrShuttingDown) {
 		t.Fatalf("Subscribe while the sidecar stops = %v, want SHUTTING_DOWN", err)
+	}
+}
+
+// sharedEvents is the EventService of the sidecar TestMain started.
+func sharedEvents(t *testing.T) v1.EventServiceClient {
+	t.Helper()
+	conn, err := resilience.Dial()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return v1.NewEventServiceClient(conn)
+}
+
+// WithMaxDeliveries: an event whose handler always fails is delivered that
+// many times (the default is 10), then moved to the dead-letter topic
+// "<topic>.dead", with headers naming where it came from.
+func TestSubscribeMaxDeliveriesDeadLetters(t *testing.T) {
+	events := sharedEvents(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	topic := uniqueTopic(t)
+	if _, _, err := resilience.Publish(ctx, events, topic, []byte("poison"), resilience.WithEventKey("order-9")); err != nil {
+		t.Fatal(err)
+	}
+	var (
+		mu     sync.Mutex
+		counts []uint32
+	)
+	sctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() {
+		done <- resilience.Subscribe(sctx, events, topic, "g", "c", func(_ context.Context, ev *v1.Event) error {
+			mu.Lock()
+			counts = append(counts, ev.GetDeliveryCount())
+			mu.Unlock()
+			return errors.New("cannot handle it")
+		}, resilience.WithMaxDeliveries(2))
+	}()
+
+	var dead *v1.Event
+	dctx, dstop := context.WithCancel(ctx)
+	defer dstop()
+	err := resilience.Subscribe(dctx, events, topic+".dead", "dlq", "c", func(_ context.Context, ev *v1.Event) error {
+		dead = ev
+		dstop()
+		return nil
+	})
+	stop()
+	if serr := <-done; err != nil || serr != nil {
+		t.Fatalf("subscriptions ended with %v (dead letters) and %v", err, serr)
+	}
+	if dead == nil {
+		t.Fatal("nothing reached the dead-letter topic")
+	}
+	h := dead.GetHeaders()
+	if string(dead.GetPayload()) != "poison" || dead.GetKey() != "order-9" || h["x-dead-letter-topic"] != topic ||
+		h["x-dead-letter-group"] != "g" || h["x-dead-letter-deliveries"] != "2" {
+		t.Fatalf("dead letter %v", dead)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if fmt.Sprint(counts) != "[1 2]" {
+		t.Fatalf("deliveries %v, want [1 2]", counts)
+	}
+}
+
+// WithStartFrom(START_FROM_LATEST): a new group gets only the events
+// published after it was created; an existing group keeps its position
+// whatever the option says, and a new group from the earliest gets
+// everything.
+func TestSubscribeStartFrom(t *testing.T) {
+	events := sharedEvents(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	topic := uniqueTopic(t)
+	publish := func(payload string) {
+		if _, _, err := resilience.Publish(ctx, events, topic, []byte(payload)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	publish("before")
+	// first subscribes as consumer and, once the subscription has ended,
+	// sends the payload of the first event it was given ("" if none). What
+	// else was delivered to it comes again after a short visibility
+	// timeout.
+	first := func(group, consumer string, from v1.StartFrom) <-chan string {
+		got := make(chan string, 1)
+		go func() {
+			sctx, stop := context.WithCancel(ctx)
+			defer stop()
+			var payload string
+			err := resilience.Subscribe(sctx, events, topic, group, consumer, func(_ context.Context, ev *v1.Event) error {
+				if payload == "" {
+					payload = string(ev.GetPayload())
+				}
+				stop()
+				return nil
+			}, resilience.WithStartFrom(from), resilience.WithVisibilityTimeout(200*time.Millisecond))
+			if err != nil {
+				t.Errorf("subscribe %s/%s: %v", group, consumer, err)
+			}
+			got <- payload
+		}()
+		return got
+	}
+
+	// The group is created when the subscription starts, which the client
+	// cannot see: publish until the subscriber gets something.
+	latest := first("late", "c1", v1.StartFrom_START_FROM_LATEST)
+	var got string
+	n := 0
+	testkit.Eventually(t, 20*time.Second, "an event for the group started from the latest", func() bool {
+		select {
+		case got = <-latest:
+			return true
+		default:
+		}
+		n++
+		publish(fmt.Sprint("after-", n))
+		return false
+	})
+	if !strings.HasPrefix(got, "after-") {
+		t.Fatalf("new group started from the latest got %q first, want an event published after it", got)
+	}
+	publish("later")
+	if again := <-first("late", "c2", v1.StartFrom_START_FROM_EARLIEST); again != "later" && !strings.HasPrefix(again, "after-") {
+		t.Fatalf("existing group, resubscribed from the earliest, got %q first; want it to keep its position", again)
+	}
+	if all := <-first("all", "c1", v1.StartFrom_START_FROM_EARLIEST); all != "before" {
+		t.Fatalf("new group from the earliest got %q first, want %q", all, "before")
+	}
+}
+
+// WithNackDelay: an event whose handler failed comes again after the
+// delay. Without one it comes again within the sidecar's poll interval
+// (1s), so the delay here is well above that.
+func TestSubscribeNackDelay(t *testing.T) {
+	events := sharedEvents(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	topic := uniqueTopic(t)
+	if _, _, err := resilience.Publish(ctx, events, topic, []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	const delay = 3 * time.Second
+	var times []time.Time
+	sctx, stop := context.WithCancel(ctx)
+	defer stop()
+	err := resilience.Subscribe(sctx, events, topic, "g", "c", func(_ context.Context, ev *v1.Event) error {
+		times = append(times, time.Now())
+		if ev.GetDeliveryCount() == 1 {
+			return errors.New("not yet")
+		}
+		stop()
+		return nil
+	}, resilience.WithNackDelay(delay))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(times) != 2 {
+		t.Fatalf("%d deliveries, want 2", len(times))
+	}
+	// The nack was sent after the first delivery was handled, so the
+	// redelivery cannot come sooner (less 100ms for rounding).
+	if d := times[1].Sub(times[0]); d < delay-100*time.Millisecond {
+		t.Fatalf("redelivered after %v, want at least %v (WithNackDelay)", d, delay)
 	}
 }

@@ -2,6 +2,8 @@ package resilience_test
 
 import (
 	"context"
+	"crypto/rand"
+	"fmt"
 	"log"
 	"time"
 
@@ -16,15 +18,16 @@ import (
 // sidecar's config must declare the upstreams ("inventory", "payments",
 // "shipping"); see docs/sagas.md.
 func ExampleStartSaga() {
-	conn, err := resilience.Dial()
+	conn, err := resilience.Dial() // SIDECAR_ADDR, or 127.0.0.1:50051
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer conn.Close()
+	sagas := v1.NewSagaServiceClient(conn)
 	ctx := context.Background()
 
-	order := "order-1001"
-	saga, err := resilience.StartSaga(ctx, v1.NewSagaServiceClient(conn), order, "place-order", 5*time.Minute)
+	order := "order-" + rand.Text() // a fresh order for each run of the example
+	saga, err := resilience.StartSaga(ctx, sagas, order, "place-order", 5*time.Minute)
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -42,15 +45,29 @@ func ExampleStartSaga() {
 	}
 	for _, st := range steps {
 		if err := saga.Step(ctx, st.name, st.undo, st.do); err != nil {
-			log.Printf("order %s not placed: %v (the sidecar undoes the steps taken)", order, err)
+			fmt.Println("order not placed (the sidecar undoes the steps taken):", err)
 			return
 		}
+		fmt.Println("done:", st.name)
 	}
 	if err := saga.Complete(ctx); err != nil {
-		log.Printf("order %s: %v", order, err) // it timed out meanwhile: it is being undone
+		fmt.Println("order not placed:", err) // it timed out meanwhile: it is being undone
+		return
 	}
+
+	// The saga log, as the sidecar keeps it.
+	got, err := sagas.GetSaga(ctx, &v1.GetSagaRequest{SagaId: order})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(got.GetSaga().GetState(), "with", len(got.GetSaga().GetSteps()), "steps recorded")
+	// Output:
+	// done: reserve-stock
+	// done: charge-card
+	// done: book-courier
+	// SAGA_STATE_COMPLETED with 3 steps recorded
 }
 
-func reserveStock(context.Context) error { return nil }
-func chargeCard(context.Context) error   { return nil }
-func bookCourier(context.Context) error  { return nil }
+func reserveStock(context.Context) error { return nil } // call the inventory service here
+func chargeCard(context.Context) error   { return nil } // call the payment provider here
+func bookCourier(context.Context) error  { return nil } // call the shipping service here

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 
 	"github.com/seed-a88e5317/resilience-sidecar/clients/go/resilience"
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 func breakers(t *testing.T) v1.BreakerServiceClient {
@@ -121,5 +123,37 @@ func TestGuardInvalidName(t *testing.T) {
 	var e *resilience.Error
 	if !errors.Is(err, resilience.ErrInvalidArgument) || !errors.As(err, &e) || e.Violations["breaker"] == "" {
 		t.Fatalf("Guard with an empty name = %v", err)
+	}
+}
+
+// WithPermitTTL bounds how long the sidecar waits for fn's outcome: a call
+// that outlives it is counted as a failure while fn still runs (with the
+// default, ctx's remaining minute plus 5s, it would stay outstanding), and
+// the late report changes nothing. A TTL out of the sidecar's range is
+// refused before fn runs.
+func TestGuardPermitTTL(t *testing.T) {
+	c := breakers(t)
+	name := "guard/" + rand.Text()
+	err := resilience.Guard(guardCtx(t), c, name, func(context.Context) error {
+		testkit.EventuallyNil(t, 30*time.Second, "the unreported call counted as failed", func() error {
+			if b := counts(t, c, name); b.GetCounts().GetFailures() != 1 || b.GetCounts().GetOutstandingPermits() != 0 {
+				return fmt.Errorf("counts %v", b.GetCounts())
+			}
+			return nil
+		})
+		return nil // reported too late: the permit expired
+	}, resilience.WithPermitTTL(100*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := counts(t, c, name); b.GetCounts().GetCalls() != 1 || b.GetCounts().GetFailures() != 1 {
+		t.Fatalf("after the late success: %v; want the one call counted as failed", b.GetCounts())
+	}
+
+	ran := false
+	err = resilience.Guard(guardCtx(t), c, name, func(context.Context) error { ran = true; return nil }, resilience.WithPermitTTL(time.Hour))
+	var e *resilience.Error
+	if ran || !errors.Is(err, resilience.ErrInvalidArgument) || !errors.As(err, &e) || e.Violations["permit_ttl"] == "" {
+		t.Fatalf("a permit TTL of an hour: ran %v, %v; want ErrInvalidArgument naming permit_ttl", ran, err)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -238,5 +239,53 @@ func TestFingerprint(t *testing.T) {
 	a, b := resilience.Fingerprint([]byte("x")), resilience.Fingerprint([]byte("y"))
 	if a == b || len(a) != len("sha256:")+64 || a != resilience.Fingerprint([]byte("x")) {
 		t.Fatalf("fingerprints %q %q", a, b)
+	}
+}
+
+// WithRetention sets how long the result is kept for duplicates: one right
+// after the operation gets the stored result, and once the retention is
+// over the key is forgotten and the operation runs again (with the
+// default, 24h, it never would within the test). A retention out of the
+// sidecar's range is refused before fn runs.
+func TestIdempotentRetention(t *testing.T) {
+	c := idempotency(t)
+	ctx := idemTestCtx(t)
+	key := freshKey(t)
+	const retention = 2 * time.Second
+	var runs atomic.Int32
+	var ranAt time.Time // when fn last returned: the result is stored after it
+	op := func(context.Context) (resilience.Result, error) {
+		n := runs.Add(1)
+		ranAt = time.Now()
+		return resilience.Result{Data: []byte(fmt.Sprint("run ", n))}, nil
+	}
+	if res, err := resilience.Idempotent(ctx, c, key, "fp", op, resilience.WithRetention(retention)); err != nil || string(res.Data) != "run 1" {
+		t.Fatalf("first call: %q, %v", res.Data, err)
+	}
+	res, err := resilience.Idempotent(ctx, c, key, "fp", op, resilience.WithRetention(retention))
+	answered := time.Now()
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The sidecar stored the result after ranAt and answered the duplicate
+	// before answered: if that is within the retention, the result was kept.
+	if answered.Sub(ranAt) < retention && (runs.Load() != 1 || string(res.Data) != "run 1") {
+		t.Fatalf("duplicate %v after the run: %q, %d runs; want the stored result", answered.Sub(ranAt), res.Data, runs.Load())
+	}
+	testkit.EventuallyNil(t, 30*time.Second, "the key forgotten after its retention", func() error {
+		res, err := resilience.Idempotent(ctx, c, key, "fp", op, resilience.WithRetention(retention))
+		if err == nil && runs.Load() < 2 {
+			err = fmt.Errorf("still the stored result %q", res.Data)
+		}
+		return err
+	})
+
+	_, err = resilience.Idempotent(ctx, c, freshKey(t), "fp", func(context.Context) (resilience.Result, error) {
+		t.Error("ran with a retention the sidecar refuses")
+		return resilience.Result{}, nil
+	}, resilience.WithRetention(time.Millisecond))
+	var e *resilience.Error
+	if !errors.Is(err, resilience.ErrInvalidArgument) || !errors.As(err, &e) || e.Violations["retention"] == "" {
+		t.Fatalf("a retention of 1ms: %v; want ErrInvalidArgument naming retention", err)
 	}
 }

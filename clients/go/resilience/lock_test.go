@@ -3,11 +3,17 @@ package resilience_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/types/known/durationpb"
+
 	"github.com/seed-a88e5317/resilience-sidecar/clients/go/resilience"
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 func locks(t *testing.T) v1.LockServiceClient {
@@ -78,14 +84,59 @@ func TestTypedErrors(t *testing.T) {
 	}
 }
 
-func TestDialStoppedSidecarFailsFast(t *testing.T) {
-	conn, err := resilience.Dial(resilience.WithAddr("127.0.0.1:1"), resilience.WithCallTimeout(time.Second))
+// WithWait makes WithLock wait for a held lock: it runs fn once the holder
+// releases, where a WithLock without it is told at once that the lock is
+// held. The sidecar runs on Redis so that the test can see the wait begin:
+// a waiting sidecar stands in the key's queue (docs/locks.md), and the
+// holder releases only then, so the grant can only come from the wait.
+func TestWithLockWithWaitGetsTheLockOnRelease(t *testing.T) {
+	rd := testharness.StartRedis(t)
+	sc := testharness.StartSidecar(t, testharness.BuildSidecar(t), "--redis-url", rd.URL())
+	conn, err := resilience.Dial(resilience.WithAddr(sc.Addr()))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	_, err = v1.NewLockServiceClient(conn).GetLock(context.Background(), &v1.GetLockRequest{Key: "k"})
-	if err == nil {
-		t.Fatal("call to a stopped sidecar succeeded")
+	c := v1.NewLockServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const key = "client/wait"
+	held, err := c.AcquireLock(ctx, &v1.AcquireLockRequest{Key: key, Ttl: durationpb.New(time.Hour), Owner: "holder"})
+	if err != nil || !held.GetAcquired() {
+		t.Fatalf("holder: %v %v", held, err)
+	}
+	noop := func(context.Context, resilience.Lease) error { return nil }
+	if err := resilience.WithLock(ctx, c, key, noop); !errors.Is(err, resilience.ErrNotAcquired) {
+		t.Fatalf("WithLock without WithWait on a held lock = %v, want ErrNotAcquired", err)
+	}
+
+	type result struct {
+		lease resilience.Lease
+		err   error
+	}
+	done := make(chan result, 1)
+	go func() {
+		var r result
+		r.err = resilience.WithLock(ctx, c, key, func(_ context.Context, l resilience.Lease) error {
+			r.lease = l
+			return nil
+		}, resilience.WithWait(time.Minute), resilience.WithOwner("waiter"))
+		done <- r
+	}()
+	rdb := rd.Client(t)
+	queue := redisx.Key("default", redisx.Lock, key, "lock:queue")
+	testkit.EventuallyNil(t, 30*time.Second, "the waiter in the queue "+queue, func() error {
+		n, err := rdb.ZCard(ctx, queue).Result()
+		if err == nil && n != 1 {
+			err = fmt.Errorf("%d in the queue", n)
+		}
+		return err
+	})
+	if _, err := c.ReleaseLock(ctx, &v1.ReleaseLockRequest{Key: key, LeaseId: held.GetLease().GetLeaseId()}); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.err != nil || r.lease.Owner != "waiter" || r.lease.FencingToken <= held.GetLease().GetFencingToken() {
+		t.Fatalf("waiter: lease %+v, %v; want the lock after the holder's token %d", r.lease, r.err, held.GetLease().GetFencingToken())
 	}
 }

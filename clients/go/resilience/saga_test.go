@@ -87,8 +87,8 @@ func TestSagaStepFailureCompensates(t *testing.T) {
 	}
 }
 
-// The shared sidecar of these tests declares no upstream, so its sagas can
-// only start, complete and abort without steps.
+// A saga without steps starts, completes and aborts; StartSaga of a taken
+// id with another name is a conflict.
 func TestSagaWithoutSteps(t *testing.T) {
 	conn, err := resilience.Dial()
 	if err != nil {

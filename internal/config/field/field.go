@@ -11,6 +11,7 @@
 package field
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"strconv"
@@ -39,6 +40,15 @@ func (e *Error) Error() string {
 // Errorf returns an *Error for the setting at path.
 func Errorf(path, format string, args ...any) error {
 	return &Error{Path: path, Msg: fmt.Sprintf(format, args...)}
+}
+
+// Range is the error "key: must be between lo and hi, got v" when v is
+// outside [lo, hi], else nil.
+func Range[T cmp.Ordered](key string, v, lo, hi T) error {
+	if v < lo || v > hi {
+		return Errorf(key, "must be between %v and %v, got %v", lo, hi, v)
+	}
+	return nil
 }
 
 // Within returns err as the problem of a setting inside the one at prefix:

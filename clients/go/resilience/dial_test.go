@@ -1,0 +1,90 @@
+package resilience_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/seed-a88e5317/resilience-sidecar/clients/go/resilience"
+	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+)
+
+// perRPCBearer is a raw gRPC credential, for WithGRPCOptions.
+type perRPCBearer string
+
+func (b perRPCBearer) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	return map[string]string{"authorization": "Bearer " + string(b)}, nil
+}
+func (perRPCBearer) RequireTransportSecurity() bool { return false }
+
+// A sidecar started with --api-token-file refuses calls without its token
+// (UNAUTHENTICATED). WithToken sends the token, and wins over
+// SIDECAR_API_TOKEN; WithGRPCOptions hands Dial raw gRPC options, here a
+// credential of the application's own.
+func TestDialToken(t *testing.T) {
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte("s3cret-token\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	sc := testharness.StartSidecar(t, testharness.BuildSidecar(t), "--api-token-file", tokenFile)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	call := func(t *testing.T, opts ...resilience.DialOption) error {
+		t.Helper()
+		conn, err := resilience.Dial(append([]resilience.DialOption{resilience.WithAddr(sc.Addr())}, opts...)...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		_, err = v1.NewLockServiceClient(conn).GetLock(ctx, &v1.GetLockRequest{Key: "k"})
+		return err
+	}
+	refused := func(t *testing.T, err error) {
+		t.Helper()
+		if status.Code(err) != codes.Unauthenticated {
+			t.Fatalf("call = %v, want UNAUTHENTICATED", err)
+		}
+	}
+	// No token from the environment unless a subtest sets one.
+	t.Setenv(resilience.EnvToken, "")
+	t.Setenv(resilience.EnvTokenFile, "")
+
+	t.Run("WithToken", func(t *testing.T) {
+		refused(t, call(t))
+		refused(t, call(t, resilience.WithToken("wrong-token")))
+		if err := call(t, resilience.WithToken("s3cret-token")); err != nil {
+			t.Fatalf("with the right token: %v", err)
+		}
+	})
+	t.Run("WithToken overrides SIDECAR_API_TOKEN", func(t *testing.T) {
+		t.Setenv(resilience.EnvToken, "wrong-token")
+		refused(t, call(t))
+		if err := call(t, resilience.WithToken("s3cret-token")); err != nil {
+			t.Fatalf("WithToken over a wrong SIDECAR_API_TOKEN: %v", err)
+		}
+	})
+	t.Run("WithGRPCOptions", func(t *testing.T) {
+		if err := call(t, resilience.WithGRPCOptions(grpc.WithPerRPCCredentials(perRPCBearer("s3cret-token")))); err != nil {
+			t.Fatalf("with the token as a raw gRPC credential: %v", err)
+		}
+	})
+}
+
+func TestDialStoppedSidecarFailsFast(t *testing.T) {
+	conn, err := resilience.Dial(resilience.WithAddr("127.0.0.1:1"), resilience.WithCallTimeout(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_, err = v1.NewLockServiceClient(conn).GetLock(context.Background(), &v1.GetLockRequest{Key: "k"})
+	if err == nil {
+		t.Fatal("call to a stopped sidecar succeeded")
+	}
+}
