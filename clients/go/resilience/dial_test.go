@@ -2,6 +2,7 @@ package resilience_test
 
 import (
 	"context"
+	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -77,14 +78,62 @@ func TestDialToken(t *testing.T) {
 	})
 }
 
-func TestDialStoppedSidecarFailsFast(t *testing.T) {
-	conn, err := resilience.Dial(resilience.WithAddr("127.0.0.1:1"), resilience.WithCallTimeout(time.Second))
+// hungLocks is a LockService that answers no call: it reports whether
+// the call's context had a deadline, then waits for the caller to give up.
+type hungLocks struct {
+	v1.UnimplementedLockServiceServer
+	deadline chan bool
+}
+
+func (h *hungLocks) GetLock(ctx context.Context, _ *v1.GetLockRequest) (*v1.GetLockResponse, error) {
+	_, has := ctx.Deadline()
+	h.deadline <- has
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// A call without a deadline of its own gets WithCallTimeout's: against a
+// sidecar that never answers it ends DEADLINE_EXCEEDED instead of hanging.
+// WithCallTimeout(0) leaves such a call without a deadline.
+func TestDialCallTimeoutEndsHungCalls(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer conn.Close()
-	_, err = v1.NewLockServiceClient(conn).GetLock(context.Background(), &v1.GetLockRequest{Key: "k"})
-	if err == nil {
-		t.Fatal("call to a stopped sidecar succeeded")
+	h := &hungLocks{deadline: make(chan bool, 1)}
+	srv := grpc.NewServer()
+	v1.RegisterLockServiceServer(srv, h)
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+
+	dial := func(d time.Duration) v1.LockServiceClient {
+		conn, err := resilience.Dial(resilience.WithAddr(lis.Addr().String()), resilience.WithCallTimeout(d))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = conn.Close() })
+		return v1.NewLockServiceClient(conn)
+	}
+
+	_, err = dial(200*time.Millisecond).GetLock(context.Background(), &v1.GetLockRequest{Key: "k"})
+	if !<-h.deadline {
+		t.Fatal("the call reached the sidecar without a deadline; want WithCallTimeout's")
+	}
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("hung call: %v, want DEADLINE_EXCEEDED", err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := dial(0).GetLock(ctx, &v1.GetLockRequest{Key: "k"})
+		done <- err
+	}()
+	if <-h.deadline {
+		t.Fatal("WithCallTimeout(0): the call had a deadline")
+	}
+	cancel()
+	if err := <-done; status.Code(err) != codes.Canceled {
+		t.Fatalf("WithCallTimeout(0), cancelled: %v, want CANCELED", err)
 	}
 }

@@ -169,7 +169,10 @@ func testSubscribeRetryAfterDelaysRedelivery(t *testing.T, events v1.EventServic
 	err := resilience.Subscribe(sctx, events, topic, "g", "c", func(_ context.Context, ev *v1.Event) error {
 		times = append(times, time.Now())
 		if ev.GetDeliveryCount() == 1 {
-			return resilience.RetryAfter(errors.New("not yet"), 700*time.Millisecond)
+			// Longer than the subscription's poll interval (1 s), which
+			// redelivers a nacked event without a delay: only RetryAfter can
+			// hold it back this long.
+			return resilience.RetryAfter(errors.New("not yet"), 2500*time.Millisecond)
 		}
 		stop()
 		return nil
@@ -180,8 +183,8 @@ func testSubscribeRetryAfterDelaysRedelivery(t *testing.T, events v1.EventServic
 	if len(times) != 2 {
 		t.Fatalf("%d deliveries, want 2", len(times))
 	}
-	if d := times[1].Sub(times[0]); d < 600*time.Millisecond {
-		t.Fatalf("redelivered after %v, want about 700ms (RetryAfter)", d)
+	if d := times[1].Sub(times[0]); d < 2400*time.Millisecond {
+		t.Fatalf("redelivered after %v, want about 2.5s (RetryAfter)", d)
 	}
 }
 
