@@ -3,9 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
-	"net"
 	"slices"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -45,28 +43,12 @@ type changeRig struct {
 }
 
 var masterChanges = []masterChange{
-	{"SentinelSwitchover", func(t *testing.T) changeRig {
-		s := testharness.StartSentinel(t)
-		return changeRig{
-			tp:         topology{url: s.URL(), mode: "sentinel"},
-			subscribed: func(ctx context.Context) bool { return shardChannels(ctx, s.Master(t).Client(t)) > 0 },
-			synced:     func(t *testing.T, ctx context.Context) { waitReplicasHave(t, ctx, s.Master(t), s.Nodes()) },
-			change:     func(t *testing.T) { s.Switchover(t) },
-		}
-	}},
-	{"SentinelMasterKilled", func(t *testing.T) changeRig {
-		s := testharness.StartSentinel(t)
-		return changeRig{
-			tp:         topology{url: s.URL(), mode: "sentinel"},
-			subscribed: func(ctx context.Context) bool { return shardChannels(ctx, s.Master(t).Client(t)) > 0 },
-			synced:     func(t *testing.T, ctx context.Context) { waitReplicasHave(t, ctx, s.Master(t), s.Nodes()) },
-			change: func(t *testing.T) {
-				old := s.Master(t)
-				old.Kill()
-				s.WaitNewMaster(t, old.Addr())
-			},
-		}
-	}},
+	{"SentinelSwitchover", sentinelRig(func(t *testing.T, s *testharness.Sentinel) { s.Switchover(t) })},
+	{"SentinelMasterKilled", sentinelRig(func(t *testing.T, s *testharness.Sentinel) {
+		old := s.Master(t)
+		old.Kill()
+		s.WaitNewMaster(t, old.Addr())
+	})},
 	{"ClusterFailover", func(t *testing.T) changeRig {
 		cl := testharness.StartCluster(t, 3, testharness.WithClusterReplicas(1))
 		// The slot of the lock keys: the one whose master has the
@@ -90,11 +72,24 @@ var masterChanges = []masterChange{
 			},
 			synced: func(t *testing.T, ctx context.Context) {
 				owner := cl.Owner(t, int(slot.Load()))
-				waitReplicasHave(t, ctx, owner, replicasOf(t, ctx, cl.Replicas(), owner))
+				waitReplicasHave(t, ctx, owner, cl.ReplicasOf(t, owner))
 			},
 			change: func(t *testing.T) { cl.Failover(t, int(slot.Load())) },
 		}
 	}},
+}
+
+// sentinelRig is a Sentinel deployment whose master change is change.
+func sentinelRig(change func(t *testing.T, s *testharness.Sentinel)) func(t *testing.T) changeRig {
+	return func(t *testing.T) changeRig {
+		s := testharness.StartSentinel(t)
+		return changeRig{
+			tp:         topology{url: s.URL(), mode: "sentinel"},
+			subscribed: func(ctx context.Context) bool { return shardChannels(ctx, s.Master(t).Client(t)) > 0 },
+			synced:     func(t *testing.T, ctx context.Context) { waitReplicasHave(t, ctx, s.Master(t), s.Nodes()) },
+			change:     func(t *testing.T) { change(t, s) },
+		}
+	}
 }
 
 func shardChannels(ctx context.Context, c *redis.Client) int {
@@ -270,25 +265,4 @@ func TestGrantRateAfterMasterChange(t *testing.T) {
 			}
 		})
 	}
-}
-
-// replicasOf returns the nodes that say (ROLE) they replicate master.
-func replicasOf(t *testing.T, ctx context.Context, nodes []*testharness.Redis, master *testharness.Redis) []*testharness.Redis {
-	t.Helper()
-	var out []*testharness.Redis
-	for _, n := range nodes {
-		role, err := n.Client(t).Do(ctx, "role").Slice()
-		if err != nil || len(role) < 3 || role[0] != "slave" {
-			continue
-		}
-		host, _ := role[1].(string)
-		port, _ := role[2].(int64)
-		if net.JoinHostPort(host, strconv.FormatInt(port, 10)) == master.Addr() {
-			out = append(out, n)
-		}
-	}
-	if len(out) == 0 {
-		t.Fatalf("no replica of %s", master.Addr())
-	}
-	return out
 }

@@ -175,7 +175,7 @@ func (s *methodSeries) done(err error, d time.Duration) {
 // received, one sent unless it failed, handled by code, and its latency.
 func (m *RPCMetrics) UnaryServerInterceptor() grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
-		c := m.BeginUnary(info.FullMethod)
+		c := m.BeginUnary(info.FullMethod, time.Now())
 		resp, err := handler(ctx, req)
 		m.EndUnary(c, err)
 		return resp, err
@@ -188,11 +188,11 @@ type UnaryCall struct {
 	start time.Time
 }
 
-// BeginUnary records the start of a unary call of fullMethod and its one
-// received message; EndUnary records the rest. It is
+// BeginUnary records the start of a unary call of fullMethod at start and
+// its one received message; EndUnary records the rest. It is
 // UnaryServerInterceptor for servers that compose their own interceptor.
-func (m *RPCMetrics) BeginUnary(fullMethod string) UnaryCall {
-	c := UnaryCall{s: m.lookup(fullMethod, "unary"), start: time.Now()}
+func (m *RPCMetrics) BeginUnary(fullMethod string, start time.Time) UnaryCall {
+	c := UnaryCall{s: m.lookup(fullMethod, "unary"), start: start}
 	c.s.started.Inc()
 	c.s.received.Inc()
 	return c

@@ -32,16 +32,16 @@ func (e *unaryEdge) intercept(ctx context.Context, req any, info *grpc.UnaryServ
 	if e.propagate {
 		ctx = extractTraceContext(ctx)
 	}
+	start := time.Now() // one clock read for the metrics and the log record
 	var call metrics.UnaryCall
 	if e.metrics != nil {
-		call = e.metrics.BeginUnary(info.FullMethod)
+		call = e.metrics.BeginUnary(info.FullMethod, start)
 	}
 	if e.log.Enabled(ctx, slog.LevelDebug) {
 		resp, err = e.debugLog(ctx, req, info, func(ctx context.Context, req any) (any, error) {
 			return e.handle(ctx, req, info, handler)
 		})
 	} else {
-		start := time.Now()
 		resp, err = e.handle(ctx, req, info, handler)
 		logFinished(ctx, e.log, info.FullMethod, "unary", start, err)
 	}

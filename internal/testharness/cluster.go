@@ -497,23 +497,11 @@ func (c *Cluster) Failover(tb TB, slot int) *Redis {
 	if err != nil {
 		tb.Fatalf("testharness: %v", err)
 	}
-	var promoted *Redis
-	for _, r := range c.Nodes() {
-		v, err := do(ctx, r.Addr(), "role")
-		role, _ := v.([]any)
-		if err != nil || len(role) < 3 || role[0] != "slave" {
-			continue
-		}
-		host, _ := role[1].(string)
-		port, _ := role[2].(int64)
-		if net.JoinHostPort(host, strconv.FormatInt(port, 10)) == old {
-			promoted = r
-			break
-		}
-	}
-	if promoted == nil {
+	replicas := c.replicasOf(ctx, old)
+	if len(replicas) == 0 {
 		tb.Fatalf("testharness: no replica of %s (the owner of slot %d) to fail over to", old, slot)
 	}
+	promoted := replicas[0]
 	// A manual failover the replica cannot complete within Redis's 5 s
 	// (a loaded machine) is abandoned by Redis: ask again after that.
 	var asked time.Time
@@ -546,6 +534,31 @@ func (c *Cluster) Failover(tb TB, slot int) *Redis {
 		case <-time.After(pollInterval):
 		}
 	}
+}
+
+// ReplicasOf returns the nodes that say (ROLE) they replicate master.
+func (c *Cluster) ReplicasOf(tb TB, master *Redis) []*Redis {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	return c.replicasOf(ctx, master.Addr())
+}
+
+func (c *Cluster) replicasOf(ctx context.Context, master string) []*Redis {
+	var out []*Redis
+	for _, r := range c.Nodes() {
+		v, err := do(ctx, r.Addr(), "role")
+		role, _ := v.([]any)
+		if err != nil || len(role) < 3 || role[0] != "slave" {
+			continue
+		}
+		host, _ := role[1].(string)
+		port, _ := role[2].(int64)
+		if net.JoinHostPort(host, strconv.FormatInt(port, 10)) == master {
+			out = append(out, r)
+		}
+	}
+	return out
 }
 
 // isReplica reports whether the node at addr says it is a replica.
