@@ -40,9 +40,12 @@ generate: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc
 	buf generate
 	BUF=$(BIN)/buf clients/node/scripts/generate.sh
 	clients/python/generate.sh
+	$(GO) run ./internal/api/reasongen
 
 ## check-generated: fails when committed generated code differs from what make generate writes.
-GENERATED := clients/go/resiliencev1 clients/node/src/gen clients/python/resilience_sidecar/v1
+GENERATED := clients/go/resiliencev1 clients/node/src/gen clients/python/resilience_sidecar/v1 \
+             clients/go/resilience/reasons_gen.go clients/node/src/reasons.ts clients/python/resilience_sidecar/reasons.py \
+             clients/java/src/main/java/io/github/seeda88e5317/resilience/Reasons.java
 
 check-generated: generate
 	@test -z "$$(git status --porcelain -- $(GENERATED))" || { git status --short -- $(GENERATED); echo "generated code is stale: run 'make generate' and commit" >&2; exit 1; }
