@@ -1,21 +1,16 @@
-// Package config builds the sidecar's one Config from command-line flags,
+// Package config builds the sidecar's Config from command-line flags,
 // SIDECAR_* environment variables and an optional YAML file, with the
 // precedence flag > environment > file > default, and validates it once.
 //
-// Every top-level setting has three spellings: the YAML key
-// (store_timeout), the flag (--store-timeout) and the environment variable
-// (SIDECAR_STORE_TIMEOUT); one table (fields.go) lists them. The file's
-// sections (breakers, upstreams, events, outbox) are decoded straight into
-// the capability packages' configuration types by their yaml tags, which
-// then check themselves (Validate).
-//
-// Every error Load returns is a *FieldError whose message is one line naming
-// the setting by its YAML/flag spelling, and never contains the Redis
-// password or the API token.
+// Each top-level setting is one row of settings(), which gives its YAML key
+// (store_timeout), flag (--store-timeout) and environment variable
+// (SIDECAR_STORE_TIMEOUT). The file's sections are decoded strictly into
+// the capability packages' Config types by their yaml tags (file.go), and
+// those types check themselves. Every error Load returns is a *FieldError:
+// one line naming the setting, without the Redis password or the API token.
 package config
 
 import (
-	"fmt"
 	"log/slog"
 	"maps"
 	"net/url"
@@ -35,107 +30,47 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/upstream"
 )
 
-// Log levels accepted by log_level, lowercase only.
-const (
-	LogDebug = "debug"
-	LogInfo  = "info"
-	LogWarn  = "warn"
-	LogError = "error"
-)
-
 // Config is the sidecar's whole configuration. A *Config returned by Load
-// has passed validation: every field is within the bounds documented on it
-// (or by its type), and APIToken holds the token read from APITokenFile
-// (empty when no token file is configured).
+// has passed validation: each top-level setting is within the bounds of its
+// row in settings() (--help lists them), and each section the file gives
+// has its defaults filled in and has passed its type's Validate.
 type Config struct {
-	// Listen is the gRPC listen address: "host:port" (port 0-65535) or
-	// "unix:///absolute/path". Use ListenNetworkAddress to listen on it.
-	Listen string
-	// RedisURL is the Redis URL read according to RedisMode; empty means the
-	// embedded in-memory store. It may contain a password: log it only
-	// through String or LogValue, which redact it.
-	RedisURL string
-	// RedisMode is redisx.Standalone (default), Cluster or Sentinel.
-	RedisMode redisx.Mode
-	// ConfigFile is the path of the YAML file that was read ("" if none).
-	// It is set by --config or SIDECAR_CONFIG only.
-	ConfigFile string
-	// Namespace scopes every key; 1-64 bytes of [A-Za-z0-9._-].
-	Namespace string
-	// MetricsListen is the host:port of the Prometheus /metrics endpoint;
-	// empty disables it.
-	MetricsListen string
-	// APITokenFile is the path of the file holding the bearer token; empty
-	// disables authentication.
-	APITokenFile string
+	Listen        string      // gRPC address: host:port or unix:///absolute/path (see ListenNetworkAddress)
+	RedisURL      string      // read according to RedisMode; empty: the embedded in-memory store
+	RedisMode     redisx.Mode // standalone, cluster or sentinel
+	ConfigFile    string      // the YAML file read ("" if none); set by --config or SIDECAR_CONFIG only
+	Namespace     string      // scopes every key
+	MetricsListen string      // host:port of /metrics; empty disables it
+	APITokenFile  string      // file holding the bearer token; empty disables authentication
 	// APIToken is the token read from APITokenFile, trimmed of surrounding
-	// whitespace; non-empty exactly when APITokenFile is set. It is never
-	// printed by String or LogValue.
-	APIToken string `json:"-"`
-	// LogLevel is one of debug, info (default), warn, error. See SlogLevel.
-	LogLevel string
-	// StoreTimeout bounds one store call before UNAVAILABLE (50ms-30s, default 1s).
-	StoreTimeout time.Duration
-	// RedisWaitReplicas is how many replicas must acknowledge (Redis WAIT)
-	// the writes that grant or extend a lock and that start, checkpoint or
-	// complete an idempotency key before the sidecar reports them (0-16,
-	// default 0: do not wait). See docs/topologies.md.
-	RedisWaitReplicas int
-	// RedisWaitTimeout bounds that wait (1ms-30s, default 500ms; below
-	// StoreTimeout when RedisWaitReplicas is set).
-	RedisWaitTimeout time.Duration
-	// RedisPipeline sends the scripts of concurrent calls as pipelines
-	// (default true).
-	RedisPipeline bool
-	// ShutdownTimeout bounds draining in-flight calls at SIGTERM (0s-5m, default 10s).
-	ShutdownTimeout time.Duration
-	// HealthInterval is how often the store is probed for the health
-	// service (100ms-1m, default 1s).
-	HealthInterval time.Duration
-	// MaxOffset is how far ahead of this sidecar's wall clock a remote
-	// hybrid logical clock timestamp may be before UpdateHlc refuses it
-	// with CLOCK_SKEW (1ms-1m, default 500ms).
-	MaxOffset time.Duration
-	// MaxMessageBytes is the gRPC max receive message size (1024-67108864,
-	// default 4194304).
-	MaxMessageBytes int
-	// MaxResultBytes bounds a stored idempotency result, data plus metadata
-	// keys and values (1024-67108864, default 1048576).
-	MaxResultBytes int
-	// MaxBreakers bounds the circuit breakers one sidecar tracks
-	// (1-1000000, default 10000); beyond it a new name is
-	// RESOURCE_EXHAUSTED/LIMIT_EXCEEDED.
-	MaxBreakers int
-	// Saga holds the saga settings of the flags saga_retention (Retention,
-	// 1m-8760h, default 168h), saga_lease_ttl (Lease, 500ms-10m, default
-	// 15s), saga_recovery_interval (RecoveryInterval, 10ms-10m, default
-	// 5s), saga_max_body_bytes (MaxBodyBytes, 1-16777216, default 65536)
-	// and saga_max_steps (MaxSteps, 1-100000, default 1000); the rest of
-	// the Options are the program's to fill.
+	// whitespace; non-empty exactly when APITokenFile is set.
+	APIToken          string `json:"-"`
+	LogLevel          string // debug, info, warn or error (see SlogLevel)
+	StoreTimeout      time.Duration
+	RedisWaitReplicas int // replicas that must acknowledge (Redis WAIT) ownership writes; 0: none
+	RedisWaitTimeout  time.Duration
+	RedisPipeline     bool
+	ShutdownTimeout   time.Duration
+	HealthInterval    time.Duration
+	MaxOffset         time.Duration
+	MaxMessageBytes   int
+	MaxResultBytes    int
+	MaxBreakers       int
+	// Saga holds the saga_* settings (Retention, Lease, RecoveryInterval,
+	// MaxBodyBytes, MaxSteps); the rest of the Options are the program's.
 	Saga saga.Options
 
-	// The file's sections. A section the file leaves out is the zero value
-	// (nil, or no relay for Outbox); one it gives has every default filled
-	// in and has passed its type's validation.
-
-	// Breakers are the breaker policies by name; "default" covers the
-	// names not declared.
-	Breakers breaker.Config `yaml:"breakers"`
-	// Upstreams are the upstreams by name.
-	Upstreams Upstreams `yaml:"upstreams"`
-	// Events configures the EventService and its push subscriptions.
-	Events events.Config `yaml:"events"`
-	// Outbox configures the outbox relay (docs/outbox.md): Outbox.Enabled
-	// reports whether there is one.
-	Outbox outbox.Options `yaml:"outbox"`
+	// The file's sections, each the zero value when the file leaves it out.
+	Breakers  breaker.Config `yaml:"breakers"`  // by name; "default" covers the undeclared
+	Upstreams Upstreams      `yaml:"upstreams"` // by name
+	Events    events.Config  `yaml:"events"`
+	Outbox    outbox.Options `yaml:"outbox"` // Outbox.Enabled reports whether there is a relay
 }
 
 // Upstream is one entry of the file's `upstreams` section: the upstream
 // and how saga compensations on it are retried.
 type Upstream struct {
-	upstream.Config `yaml:",inline"`
-	// CompensationRetry is the saga executor's retry policy for
-	// compensations on the upstream.
+	upstream.Config   `yaml:",inline"`
 	CompensationRetry saga.RetryPolicy `yaml:"compensation_retry"`
 }
 
@@ -148,8 +83,7 @@ func (us Upstreams) WithDefaults() Upstreams {
 	out := make(Upstreams, len(us))
 	for name, u := range us {
 		u.Name = name
-		u.Config = u.Config.WithDefaults()
-		u.CompensationRetry = u.CompensationRetry.WithDefaults()
+		u.Config, u.CompensationRetry = u.Config.WithDefaults(), u.CompensationRetry.WithDefaults()
 		out[name] = u
 	}
 	return out
@@ -165,7 +99,7 @@ func (us Upstreams) Validate() error {
 			return field.Within(field.Key(name), err)
 		}
 		if err := us[name].CompensationRetry.Validate(); err != nil {
-			return field.Within(field.Join(field.Key(name), "compensation_retry"), err)
+			return field.Within(field.Key(name)+".compensation_retry", err)
 		}
 	}
 	return nil
@@ -187,21 +121,12 @@ func (c *Config) UsesEmbeddedStore() bool { return c.RedisURL == "" }
 // SlogLevel returns LogLevel as a slog.Level; an unrecognised level (only
 // possible for a Config not made by Load) is slog.LevelInfo.
 func (c *Config) SlogLevel() slog.Level {
-	switch c.LogLevel {
-	case LogDebug:
-		return slog.LevelDebug
-	case LogWarn:
-		return slog.LevelWarn
-	case LogError:
-		return slog.LevelError
-	default:
-		return slog.LevelInfo
-	}
+	return map[string]slog.Level{"debug": slog.LevelDebug, "warn": slog.LevelWarn, "error": slog.LevelError}[c.LogLevel]
 }
 
 // LogValue implements slog.LogValuer: the settings as a group, with the
-// Redis password (user info and any password query parameter) replaced by
-// "xxxxx", and the API token left out (only whether one is set).
+// passwords of the Redis and Postgres URLs replaced by "xxxxx", and the
+// API token left out (only whether one is set).
 func (c Config) LogValue() slog.Value { return slog.GroupValue(c.attrs()...) }
 
 // String returns the settings as one line of key=value pairs, redacted
@@ -209,18 +134,14 @@ func (c Config) LogValue() slog.Value { return slog.GroupValue(c.attrs()...) }
 func (c Config) String() string {
 	var b strings.Builder
 	for i, a := range c.attrs() {
+		v := a.Value.String()
+		if v == "" || strings.ContainsFunc(v, func(r rune) bool { return r == ' ' || r == '"' || r == '=' || !unicode.IsPrint(r) }) {
+			v = strconv.Quote(v)
+		}
 		if i > 0 {
 			b.WriteByte(' ')
 		}
-		b.WriteString(a.Key)
-		b.WriteByte('=')
-		v := a.Value.String()
-		if v == "" || strings.ContainsFunc(v, func(r rune) bool {
-			return r == ' ' || r == '"' || r == '=' || !unicode.IsPrint(r)
-		}) {
-			v = strconv.Quote(v)
-		}
-		b.WriteString(v)
+		b.WriteString(a.Key + "=" + v)
 	}
 	return b.String()
 }
@@ -230,42 +151,21 @@ func (c Config) String() string {
 func (c Config) GoString() string { return "config.Config{" + c.String() + "}" }
 
 func (c Config) attrs() []slog.Attr {
-	store := "embedded"
-	if c.RedisURL != "" {
-		store = "redis"
+	store := "redis"
+	if c.UsesEmbeddedStore() {
+		store = "embedded"
 	}
-	return []slog.Attr{
-		slog.String("listen", c.Listen),
-		slog.String("store", store),
-		slog.String("redis_url", RedactURL(c.RedisURL)),
-		slog.String("redis_mode", string(c.RedisMode)),
-		slog.String("config", c.ConfigFile),
-		slog.String("namespace", c.Namespace),
-		slog.String("metrics_listen", c.MetricsListen),
-		slog.String("api_token_file", c.APITokenFile),
-		slog.Bool("api_token_set", c.APIToken != ""),
-		slog.String("log_level", c.LogLevel),
-		slog.String("store_timeout", c.StoreTimeout.String()),
-		slog.Int("redis_wait_replicas", c.RedisWaitReplicas),
-		slog.String("redis_wait_timeout", c.RedisWaitTimeout.String()),
-		slog.Bool("redis_pipeline", c.RedisPipeline),
-		slog.String("shutdown_timeout", c.ShutdownTimeout.String()),
-		slog.String("health_interval", c.HealthInterval.String()),
-		slog.String("max_offset", c.MaxOffset.String()),
-		slog.Int("max_message_bytes", c.MaxMessageBytes),
-		slog.Int("max_result_bytes", c.MaxResultBytes),
-		slog.Int("max_breakers", c.MaxBreakers),
-		slog.Int("breakers", len(c.Breakers)),
-		slog.Int("upstreams", len(c.Upstreams)),
-		slog.String("saga_retention", c.Saga.Retention.String()),
-		slog.String("saga_lease_ttl", c.Saga.Lease.String()),
-		slog.String("saga_recovery_interval", c.Saga.RecoveryInterval.String()),
-		slog.Int("saga_max_body_bytes", c.Saga.MaxBodyBytes),
-		slog.Int("saga_max_steps", c.Saga.MaxSteps),
-		slog.Int("event_topics", len(c.Events.Topics)),
-		slog.Int("event_push", len(c.Events.Push)),
-		slog.String("outbox_postgres_url", redactPostgresURL(c.Outbox.URL)),
+	out := []slog.Attr{slog.String("store", store)}
+	for _, s := range settings(&c) {
+		out = append(out, slog.Attr{Key: s.key, Value: s.value()})
+		if s.key == "redis_url" { // the one setting that may hold a secret
+			out[len(out)-1].Value = slog.StringValue(RedactURL(c.RedisURL))
+		}
 	}
+	return append(out, slog.Bool("api_token_set", c.APIToken != ""),
+		slog.Int("breakers", len(c.Breakers)), slog.Int("upstreams", len(c.Upstreams)),
+		slog.Int("event_topics", len(c.Events.Topics)), slog.Int("event_push", len(c.Events.Push)),
+		slog.String("outbox_postgres_url", redactPostgresURL(c.Outbox.URL)))
 }
 
 // redacted replaces secrets in logs and errors.
@@ -276,32 +176,24 @@ const redacted = "xxxxx"
 // by "xxxxx". A URL that does not parse is returned as a fixed placeholder,
 // since its secrets cannot be located; "" stays "".
 func RedactURL(rawURL string) string {
-	if rawURL == "" {
-		return ""
-	}
 	u, err := url.Parse(rawURL)
-	if err != nil {
+	switch {
+	case rawURL == "":
+		return ""
+	case err != nil:
 		return "<unparsable URL, redacted>"
 	}
-	if u.User != nil {
-		if _, ok := u.User.Password(); ok {
-			u.User = url.UserPassword(u.User.Username(), redacted)
+	if _, ok := u.User.Password(); ok {
+		u.User = url.UserPassword(u.User.Username(), redacted)
+	}
+	q, changed := u.Query(), false
+	for k, vs := range q {
+		if strings.Contains(strings.ToLower(k), "password") {
+			q[k], changed = slices.Repeat([]string{redacted}, len(vs)), true
 		}
 	}
-	if u.RawQuery != "" {
-		q := u.Query()
-		changed := false
-		for k, vs := range q {
-			if strings.Contains(strings.ToLower(k), "password") {
-				for i := range vs {
-					vs[i] = redacted
-				}
-				changed = true
-			}
-		}
-		if changed {
-			u.RawQuery = q.Encode()
-		}
+	if changed {
+		u.RawQuery = q.Encode()
 	}
 	return u.String()
 }
@@ -318,21 +210,11 @@ func redactPostgresURL(s string) string {
 	return dsnPassword.ReplaceAllString(s, "${1}"+redacted)
 }
 
-// parseDuration reads Go duration syntax ("250ms", "2s", "1m30s"); a bare
-// number such as 5 is refused (no unit), except "0".
-func parseDuration(s string) (time.Duration, error) {
-	d, err := time.ParseDuration(s)
-	if err != nil {
-		return 0, fmt.Errorf("must be a duration such as \"250ms\" or \"2s\", got %s", field.Quote(s))
-	}
-	return d, nil
-}
-
 // FieldError is the one kind of error Load returns (besides flag.ErrHelp).
 // Error gives one line, "config: <field>: <msg>", where Field is the
-// setting's YAML/flag spelling ("store_timeout"), "config" for problems
-// reading the file, or "flags" for malformed command lines. Msg never
-// contains the Redis password or the API token.
+// setting's YAML/flag spelling ("store_timeout", "upstreams.pay.timeout"),
+// "config" for problems reading the file, or "flags" for malformed command
+// lines. Msg never contains the Redis password or the API token.
 type FieldError struct {
 	Field string
 	Msg   string
@@ -341,30 +223,24 @@ type FieldError struct {
 
 // Error returns "config: <field>: <msg>" on one line: line breaks and other
 // control characters are escaped.
-func (e *FieldError) Error() string {
-	return "config: " + oneLine(e.Field) + ": " + oneLine(e.Msg)
-}
+func (e *FieldError) Error() string { return "config: " + oneLine(e.Field) + ": " + oneLine(e.Msg) }
 
 // Unwrap returns the underlying cause (e.g. an *fs.PathError), if any.
 func (e *FieldError) Unwrap() error { return e.err }
 
 // oneLine escapes control and line-separator characters so s prints as one line.
 func oneLine(s string) string {
-	if !strings.ContainsFunc(s, needsEscape) {
+	escape := func(r rune) bool { return unicode.IsControl(r) || r == '\u2028' || r == '\u2029' }
+	if !strings.ContainsFunc(s, escape) {
 		return s
 	}
 	var b strings.Builder
 	for _, r := range s {
-		if needsEscape(r) {
-			q := strconv.QuoteRune(r)
+		if q := strconv.QuoteRune(r); escape(r) {
 			b.WriteString(q[1 : len(q)-1])
-			continue
+		} else {
+			b.WriteRune(r)
 		}
-		b.WriteRune(r)
 	}
 	return b.String()
-}
-
-func needsEscape(r rune) bool {
-	return unicode.IsControl(r) || r == '\u2028' || r == '\u2029'
 }

@@ -7,6 +7,8 @@ import (
 	"io"
 	"strings"
 
+	"gopkg.in/yaml.v3"
+
 	"github.com/seed-a88e5317/resilience-sidecar/internal/config/field"
 )
 
@@ -28,120 +30,96 @@ func Load(args []string, getenv func(string) string, usageOut io.Writer) (*Confi
 	if getenv == nil {
 		getenv = func(string) string { return "" }
 	}
-	if usageOut == nil {
-		usageOut = io.Discard
-	}
-	specs := settings()
-
+	c := &Config{}
+	rows := settings(c)
 	fset := flag.NewFlagSet("sidecar", flag.ContinueOnError)
 	fset.SetOutput(io.Discard) // Load reports errors itself, in one line
 	fset.Usage = func() {}
-	for _, f := range specs {
-		fset.String(f.flagName(), f.def, f.usage)
+	for _, s := range rows {
+		fset.String(s.flagName(), s.def, s.usage)
 	}
-	if err := fset.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			writeUsage(usageOut, specs)
-			return nil, flag.ErrHelp
+	switch err := fset.Parse(args); {
+	case errors.Is(err, flag.ErrHelp):
+		if usageOut != nil {
+			writeUsage(usageOut, rows)
 		}
+		return nil, flag.ErrHelp
+	case err != nil:
 		return nil, &FieldError{Field: "flags", Msg: err.Error() + " (see --help)", err: err}
-	}
-	if fset.NArg() > 0 {
+	case fset.NArg() > 0:
 		return nil, &FieldError{Field: "flags", Msg: fmt.Sprintf(
 			"unexpected argument %s: every setting is a --flag (see --help)", field.Quote(fset.Arg(0)))}
 	}
-	flags := make(map[string]string)
-	fset.Visit(func(fl *flag.Flag) { flags[fl.Name] = fl.Value.String() })
+	flags := map[string]string{}
+	fset.Visit(func(f *flag.Flag) { flags[f.Name] = f.Value.String() })
 
-	c := &Config{}
-	sources := make(map[string]string) // key -> where its value came from; absent for defaults
-	apply := func(f setting, text, source string) error {
-		if err := f.set(c, text); err != nil {
-			return &FieldError{Field: f.key, Msg: err.Error() + " (from " + source + ")", err: err}
+	var file map[string]*yaml.Node // the file's values by top-level key
+	sources := map[string]string{} // where each value came from; absent for defaults
+	apply := func(s setting, text, source string) error {
+		if err := s.set(text); err != nil {
+			return &FieldError{Field: s.key, Msg: err.Error() + " (from " + source + ")", err: err}
 		}
-		sources[f.key] = source
+		sources[s.key] = source
 		return nil
 	}
-	// applyAbove applies the environment, then the flag, over what c holds.
-	applyAbove := func(f setting) error {
-		if v := getenv(f.envName()); v != "" {
-			if err := apply(f, v, f.envName()); err != nil {
-				return err
-			}
+	layer := func(s setting) (err error) { // default, file, environment, flag: the last given wins
+		if err := s.set(s.def); err != nil {
+			panic("config: bad default of " + s.key + ": " + err.Error())
 		}
-		if v, ok := flags[f.flagName()]; ok {
-			return apply(f, v, "--"+f.flagName())
+		if n := file[s.key]; n != nil {
+			err = apply(s, n.Value, fmt.Sprintf("%s line %d", c.ConfigFile, n.Line))
 		}
-		return nil
+		if v := getenv(s.envName()); v != "" && err == nil {
+			err = apply(s, v, s.envName())
+		}
+		if v, ok := flags[s.flagName()]; ok && err == nil {
+			err = apply(s, v, "--"+s.flagName())
+		}
+		return err
 	}
-
-	for _, f := range specs {
-		if err := f.set(c, f.def); err != nil {
-			return nil, &FieldError{Field: f.key, Msg: "internal error: bad default: " + err.Error(), err: err}
-		}
-	}
-
-	var file *fileValues
-	for _, f := range specs {
-		if f.key == configKey {
-			if err := applyAbove(f); err != nil {
-				return nil, err
-			}
-		}
+	if err := layer(rows[0]); err != nil { // config, which names the file
+		return nil, err
 	}
 	if c.ConfigFile != "" {
 		var err error
-		if file, err = readFile(c.ConfigFile); err != nil {
-			return nil, err
-		}
-		if err := file.decodeSections(c); err != nil {
+		if file, err = readFile(c, rows[1:]); err != nil {
 			return nil, err
 		}
 	}
-
-	for _, f := range specs {
-		if f.key == configKey {
-			continue
-		}
-		if v, ok := file.lookup(f); ok {
-			if err := apply(f, v.text, fmt.Sprintf("%s line %d", c.ConfigFile, v.line)); err != nil {
-				return nil, err
-			}
-		}
-		if err := applyAbove(f); err != nil {
+	for _, s := range rows[1:] {
+		if err := layer(s); err != nil {
 			return nil, err
 		}
 	}
-
-	for _, f := range specs {
-		if f.check == nil {
+	for _, s := range rows {
+		if s.check == nil {
 			continue
 		}
-		if err := f.check(c); err != nil {
+		if err := s.check(); err != nil {
 			msg := err.Error()
-			if src, ok := sources[f.key]; ok {
+			if src, ok := sources[s.key]; ok {
 				msg += " (from " + src + ")"
 			}
-			return nil, &FieldError{Field: f.key, Msg: msg, err: err}
+			return nil, &FieldError{Field: s.key, Msg: msg, err: err}
 		}
 	}
 	return c, nil
 }
 
 // writeUsage prints the flags with their defaults and environment variables.
-func writeUsage(w io.Writer, specs []setting) {
+func writeUsage(w io.Writer, rows []setting) {
 	var b strings.Builder
 	b.WriteString("Usage: sidecar [flags]\n\n")
 	b.WriteString("Every flag --some-name can also be set by the environment variable\n")
 	b.WriteString("SIDECAR_SOME_NAME or by the key some_name in the YAML file given by --config\n")
 	b.WriteString("(except --config itself). A flag beats the environment, which beats the file.\n\n")
 	b.WriteString("Flags:\n")
-	for _, f := range specs {
-		fmt.Fprintf(&b, "  --%s %s\n    \t%s\n    \t(", f.flagName(), f.typ, f.usage)
-		if f.def != "" {
-			fmt.Fprintf(&b, "default %q; ", f.def)
+	for _, s := range rows {
+		fmt.Fprintf(&b, "  --%s %s\n    \t%s\n    \t(", s.flagName(), s.typ, s.usage)
+		if s.def != "" {
+			fmt.Fprintf(&b, "default %q; ", s.def)
 		}
-		fmt.Fprintf(&b, "env %s)\n", f.envName())
+		fmt.Fprintf(&b, "env %s)\n", s.envName())
 	}
 	b.WriteString("  -h, --help\n    \tprint this help\n")
 	_, _ = io.WriteString(w, b.String())
