@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Tests of the Node client: install (npm ci, from package-lock.json), compile
-# (tsc), and run the tests (node --test). The tests start a real
-# redis-server (from PATH) and the real sidecar binary themselves, on free
-# loopback ports, and stop them at the end.
+# (tsc), and run the tests (node --test, through test/run.ts). The tests
+# start a real redis-server (from PATH) and the real sidecar binary
+# themselves, on free loopback ports, and stop them at the end. A full run
+# also fails when a scenario of ../scenarios.txt has no passing test.
 #
 #   SIDECAR_BIN   the sidecar binary (default ../../.bin/sidecar, built here if missing)
+#   test.sh [build-test/test/x.test.js ...]   run only those files (no scenario check)
 #
 # Runs from any directory; exits non-zero when anything fails.
 set -euo pipefail
@@ -20,4 +22,4 @@ npm ci --no-audit --no-fund --loglevel=error
 rm -rf dist build-test
 npm run --silent build
 npm run --silent build:test
-node --test --test-concurrency=1 --test-timeout=120000 build-test/test/*.test.js
+node build-test/test/run.js "$@"

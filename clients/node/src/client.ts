@@ -17,6 +17,7 @@ import { EventService } from "./gen/resilience/v1/events_pb.js";
 import { IdempotencyService } from "./gen/resilience/v1/idempotency_pb.js";
 import { LockService } from "./gen/resilience/v1/lock_pb.js";
 import { fromError, makeError, SidecarError } from "./errors.js";
+import { traceContextInterceptor } from "./tracing.js";
 
 /** The sidecar address: "host:port" or "unix:///absolute/path". */
 export const ENV_ADDR = "SIDECAR_ADDR";
@@ -46,8 +47,14 @@ export interface ClientOptions {
    * last as long as the lock is held.
    */
   timeoutMs?: number;
-  /** Extra Connect interceptors (tracing, logging, ...). */
+  /** Extra Connect interceptors (logging, ...). */
   interceptors?: Interceptor[];
+  /**
+   * Send the caller's OpenTelemetry context (W3C `traceparent` with the
+   * globally configured propagator) on every call when the optional peer
+   * dependency @opentelemetry/api is installed; default true.
+   */
+  propagateTraceContext?: boolean;
 }
 
 /** A connection to the sidecar: one typed client per service. */
@@ -71,6 +78,11 @@ export interface SidecarClient {
  * The sidecar listens on localhost, so the transport is plaintext HTTP/2
  * (gRPC, h2c). Every unary call without a timeoutMs of its own gets the
  * default deadline, and every call error is a SidecarError.
+ *
+ * Reconnecting: the transport (Connect's Http2SessionManager) has no
+ * backoff. A call made while the connection is down opens a new one at
+ * once, so the first call after a restarted sidecar listens again succeeds
+ * (a call while it is down fails at once with SidecarUnreachableError).
  */
 export function createClient(options: ClientOptions = {}): SidecarClient {
   const addr = options.addr || process.env[ENV_ADDR] || DEFAULT_ADDR;
@@ -89,6 +101,7 @@ export function createClient(options: ClientOptions = {}): SidecarClient {
     socketPath ? { createConnection: () => net.connect(socketPath) } : {},
   );
   const interceptors: Interceptor[] = [];
+  if (options.propagateTraceContext ?? true) interceptors.push(traceContextInterceptor());
   if (token) {
     interceptors.push((next) => (req) => {
       req.header.set("authorization", `Bearer ${token}`);

@@ -12,31 +12,25 @@ export { Code };
 /** ErrorInfo domain of the sidecar's errors. */
 export const ERROR_DOMAIN = "resilience.sidecar";
 
+import { ALL_REASONS, Reason } from "./reasons.js";
+
+export { ALL_REASONS, Reason };
+
 /**
- * The sidecar's stable ErrorInfo reasons (DESIGN.md section 3): switch on
- * `err.reason` or use the SidecarError subclasses.
+ * Why a lease was lost (LeaseLostError.lostReason). The first four come
+ * from the sidecar's HoldLock `lost` event; STREAM_ENDED means the session
+ * broke without one; RENEWAL_OVERDUE means no grant or renewal confirmation
+ * arrived before the lease's local deadline (see withLock).
  */
-export const Reason = {
+export const LostReason = {
   LEASE_LOST: "LEASE_LOST",
-  IDEMPOTENCY_KEY_MISMATCH: "IDEMPOTENCY_KEY_MISMATCH",
-  BREAKER_OPEN: "BREAKER_OPEN",
-  UPSTREAM_UNKNOWN: "UPSTREAM_UNKNOWN",
+  MAX_HOLD: "MAX_HOLD",
+  SHUTDOWN: "SHUTDOWN",
   STORE_UNAVAILABLE: "STORE_UNAVAILABLE",
-  SAGA_NOT_FOUND: "SAGA_NOT_FOUND",
-  SAGA_STATE_CONFLICT: "SAGA_STATE_CONFLICT",
-  LIMIT_EXCEEDED: "LIMIT_EXCEEDED",
-  CLOCK_SKEW: "CLOCK_SKEW",
-  SHUTTING_DOWN: "SHUTTING_DOWN",
-  PERMIT_UNKNOWN: "PERMIT_UNKNOWN",
-  UPSTREAM_UNAVAILABLE: "UPSTREAM_UNAVAILABLE",
-  UPSTREAM_TIMEOUT: "UPSTREAM_TIMEOUT",
-  TOPIC_UNKNOWN: "TOPIC_UNKNOWN",
-  // Store states that say more than STORE_UNAVAILABLE: StoreUnavailableError too.
-  STORE_FULL: "STORE_FULL",
-  STORE_READ_ONLY: "STORE_READ_ONLY",
-  REPLICATION_SHORTFALL: "REPLICATION_SHORTFALL",
+  STREAM_ENDED: "STREAM_ENDED",
+  RENEWAL_OVERDUE: "RENEWAL_OVERDUE",
 } as const;
-export type Reason = (typeof Reason)[keyof typeof Reason];
+export type LostReason = (typeof LostReason)[keyof typeof LostReason];
 
 /** One field of a request that the sidecar refused (google.rpc.BadRequest). */
 export interface FieldViolation {
@@ -131,9 +125,12 @@ export class SidecarError extends Error {
  */
 export class LeaseLostError extends SidecarError {
   /**
-   * For a lease lost during a HoldLock session (withLock): why, as the
-   * sidecar reported it: "LEASE_LOST", "MAX_HOLD", "SHUTDOWN",
-   * "STORE_UNAVAILABLE", or "STREAM_ENDED" when the session broke.
+   * For a lease held by withLock or acquireLock: why it was lost
+   * (LostReason): "LEASE_LOST", "MAX_HOLD", "SHUTDOWN" or
+   * "STORE_UNAVAILABLE" as the sidecar reported it, "STREAM_ENDED" when the
+   * session broke, "RENEWAL_OVERDUE" when no renewal confirmation arrived
+   * before the lease's local deadline. "LEASE_LOST" for a call that failed
+   * with the reason.
    */
   readonly lostReason: string;
   constructor(init: SidecarErrorInit & { lostReason?: string }) {
@@ -146,42 +143,107 @@ export class LeaseLostError extends SidecarError {
 export class IdempotencyKeyMismatchError extends SidecarError {}
 /**
  * STORE_UNAVAILABLE: the sidecar's store (Redis) did not answer, or cannot
- * serve now; retry after retryDelayMs. Also STORE_FULL (out of memory),
- * STORE_READ_ONLY (writes refused) and REPLICATION_SHORTFALL (too few
- * replicas acknowledged the write): `reason` tells which.
+ * serve now; retry after retryDelayMs. StoreFullError, StoreReadOnlyError
+ * and ReplicationShortfallError are StoreUnavailableErrors that say more.
  */
 export class StoreUnavailableError extends SidecarError {}
+/** STORE_FULL: the store is out of memory (Redis maxmemory with noeviction); retry after retryDelayMs. */
+export class StoreFullError extends StoreUnavailableError {}
+/** STORE_READ_ONLY: the store refuses writes (a read-only replica, or a failed RDB save); retry after retryDelayMs. */
+export class StoreReadOnlyError extends StoreUnavailableError {}
+/** REPLICATION_SHORTFALL: too few replicas acknowledged the write; retry after retryDelayMs. */
+export class ReplicationShortfallError extends StoreUnavailableError {}
 /** SHUTTING_DOWN: the sidecar is stopping; retry on another instance. */
 export class ShuttingDownError extends SidecarError {}
-/** BREAKER_OPEN: the breaker refused the call; retry after retryDelayMs. */
+/**
+ * BREAKER_OPEN: the breaker refused the call, which was not made; retry
+ * after retryDelayMs (the time until the breaker lets a probe through).
+ * metadata.breaker names the breaker.
+ */
 export class BreakerOpenError extends SidecarError {}
 /** CLOCK_SKEW: a remote clock reading was too far ahead to adopt. */
 export class ClockSkewError extends SidecarError {}
-/** LIMIT_EXCEEDED: a bound of the sidecar was reached. */
+/** LIMIT_EXCEEDED: a bound of the sidecar was reached (RESOURCE_EXHAUSTED). */
 export class LimitExceededError extends SidecarError {}
 /** NOT_FOUND/TOPIC_UNKNOWN: the sidecar's config declares topics (events.topics), and not this one. */
 export class TopicUnknownError extends SidecarError {}
+/** NOT_FOUND/SAGA_NOT_FOUND: no saga with this id (never started, or removed after its retention). */
+export class SagaNotFoundError extends SidecarError {}
+/**
+ * SAGA_STATE_CONFLICT: the saga's state forbids the call (metadata.state
+ * tells it), or a saga id or step was reused with other content.
+ */
+export class SagaStateConflictError extends SidecarError {}
+/** INVALID_ARGUMENT/UPSTREAM_UNKNOWN: no such upstream in the sidecar's config, or a path leaving its base URL. */
+export class UpstreamUnknownError extends SidecarError {}
+/** PERMIT_UNKNOWN: a breaker report for a permit that is not outstanding (expired, or reported already). */
+export class PermitUnknownError extends SidecarError {}
+/** UNAVAILABLE/UPSTREAM_UNAVAILABLE: no connection to the upstream after the last attempt. */
+export class UpstreamUnavailableError extends SidecarError {}
+/** DEADLINE_EXCEEDED/UPSTREAM_TIMEOUT: the upstream gave no response in time (it may have processed the request). */
+export class UpstreamTimeoutError extends SidecarError {}
 /** INVALID_ARGUMENT: `violations` names each refused field. */
 export class InvalidArgumentError extends SidecarError {}
+/**
+ * UNAVAILABLE without a reason: the sidecar could not be reached (not
+ * running, wrong SIDECAR_ADDR) or the connection to it broke. Safe to retry
+ * once it is back; the client reconnects on the next call.
+ */
+export class SidecarUnreachableError extends SidecarError {}
+/**
+ * DEADLINE_EXCEEDED without a reason: no answer from the sidecar within the
+ * call's deadline (the client's default timeoutMs, or the call's own), e.g.
+ * a frozen sidecar. The call may or may not have taken effect.
+ */
+export class DeadlineExceededError extends SidecarError {}
 
-const byReason: Record<string, new (init: SidecarErrorInit) => SidecarError> = {
-  [Reason.LEASE_LOST]: LeaseLostError,
-  [Reason.IDEMPOTENCY_KEY_MISMATCH]: IdempotencyKeyMismatchError,
-  [Reason.STORE_UNAVAILABLE]: StoreUnavailableError,
-  [Reason.STORE_FULL]: StoreUnavailableError,
-  [Reason.STORE_READ_ONLY]: StoreUnavailableError,
-  [Reason.REPLICATION_SHORTFALL]: StoreUnavailableError,
-  [Reason.SHUTTING_DOWN]: ShuttingDownError,
-  [Reason.BREAKER_OPEN]: BreakerOpenError,
-  [Reason.CLOCK_SKEW]: ClockSkewError,
-  [Reason.LIMIT_EXCEEDED]: LimitExceededError,
-  [Reason.TOPIC_UNKNOWN]: TopicUnknownError,
+/**
+ * The typed error of every ErrorInfo reason the sidecar sends (the
+ * generated ALL_REASONS): a reason added to the sidecar without a class
+ * here does not compile.
+ */
+export const ERROR_CLASSES: { readonly [R in Reason]: new (init: SidecarErrorInit) => SidecarError } = {
+  LEASE_LOST: LeaseLostError,
+  STORE_UNAVAILABLE: StoreUnavailableError,
+  LIMIT_EXCEEDED: LimitExceededError,
+  SHUTTING_DOWN: ShuttingDownError,
+  IDEMPOTENCY_KEY_MISMATCH: IdempotencyKeyMismatchError,
+  CLOCK_SKEW: ClockSkewError,
+  SAGA_NOT_FOUND: SagaNotFoundError,
+  SAGA_STATE_CONFLICT: SagaStateConflictError,
+  TOPIC_UNKNOWN: TopicUnknownError,
+  BREAKER_OPEN: BreakerOpenError,
+  UPSTREAM_UNKNOWN: UpstreamUnknownError,
+  PERMIT_UNKNOWN: PermitUnknownError,
+  UPSTREAM_UNAVAILABLE: UpstreamUnavailableError,
+  UPSTREAM_TIMEOUT: UpstreamTimeoutError,
+  STORE_FULL: StoreFullError,
+  STORE_READ_ONLY: StoreReadOnlyError,
+  REPLICATION_SHORTFALL: ReplicationShortfallError,
 };
 
-/** Builds the SidecarError subclass that matches the reason and code. */
+const knownReasons: ReadonlySet<string> = new Set(ALL_REASONS);
+
+/**
+ * Builds the SidecarError subclass that matches the reason and code: the
+ * reason's class (ERROR_CLASSES); for an error without a known reason,
+ * InvalidArgumentError (INVALID_ARGUMENT), SidecarUnreachableError
+ * (UNAVAILABLE), DeadlineExceededError (DEADLINE_EXCEEDED), else SidecarError.
+ */
 export function makeError(init: SidecarErrorInit): SidecarError {
-  const cls = (init.reason && byReason[init.reason]) || (init.code === Code.InvalidArgument ? InvalidArgumentError : SidecarError);
-  return new cls(init);
+  if (init.reason && knownReasons.has(init.reason)) {
+    return new ERROR_CLASSES[init.reason as Reason](init);
+  }
+  switch (init.code) {
+    case Code.InvalidArgument:
+      return new InvalidArgumentError(init);
+    case Code.Unavailable:
+      return new SidecarUnreachableError(init);
+    case Code.DeadlineExceeded:
+      return new DeadlineExceededError(init);
+    default:
+      return new SidecarError(init);
+  }
 }
 
 /**
@@ -232,5 +294,24 @@ export class NotAcquiredError extends Error {
     this.key = key;
     this.holder = holder;
     this.fencingToken = fencingToken;
+  }
+}
+
+/**
+ * ReleaseUnconfirmedError: a lock's release was sent but not confirmed
+ * before the lease's local deadline or the client's call deadline (a frozen
+ * or unreachable sidecar): the lock expires on its own at the latest when
+ * its TTL passes. withLock rejects with it after fn succeeded (`result` is
+ * fn's result: the critical section ran under the lock); Lock.release()
+ * rejects with it. Not a loss of exclusion, but not a silent success either.
+ */
+export class ReleaseUnconfirmedError extends SidecarError {
+  readonly key: string;
+  /** withLock: what fn resolved with (undefined for Lock.release()). */
+  readonly result: unknown;
+  constructor(init: SidecarErrorInit & { key: string; result?: unknown }) {
+    super(init);
+    this.key = init.key;
+    this.result = init.result;
   }
 }

@@ -142,6 +142,39 @@ export async function idempotent(
   }
 }
 
+
+/**
+ * idempotent for JSON values: fn returns any JSON-serializable value (not
+ * a bigint), stored as its UTF-8 JSON text with metadata
+ * {"content-type": "application/json"}; every caller of the key resolves
+ * with that value parsed again (undefined when fn returned undefined).
+ * Everything else is as idempotent: fn runs at most once per key, a
+ * duplicate gets the stored value, fn's error releases the key.
+ */
+export async function idempotentJson<T>(
+  client: SidecarClient,
+  key: string,
+  fingerprint: string,
+  fn: (exec: Execution) => Promise<T> | T,
+  opts: IdempotentOptions = {},
+): Promise<T> {
+  const r = await idempotent(
+    client,
+    key,
+    fingerprint,
+    async (exec) => {
+      const value = await fn(exec);
+      const text = value === undefined ? "" : JSON.stringify(value);
+      return { data: text ?? "", metadata: { "content-type": JSON_CONTENT_TYPE } };
+    },
+    opts,
+  );
+  if (r.data.length === 0) return undefined as T;
+  return JSON.parse(new TextDecoder().decode(r.data)) as T;
+}
+
+const JSON_CONTENT_TYPE = "application/json";
+
 async function run(
   client: SidecarClient,
   key: string,

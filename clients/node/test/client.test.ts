@@ -11,11 +11,13 @@ import { after, before, describe, test } from "node:test";
 import {
   Code,
   createClient,
+  DeadlineExceededError,
   DEFAULT_TIMEOUT_MS,
   InvalidArgumentError,
   LeaseLostError,
   Reason,
   SidecarError,
+  SidecarUnreachableError,
   StoreUnavailableError,
   withLock,
   type SidecarClient,
@@ -241,7 +243,7 @@ describe("a stopped sidecar is an error, not a hang", () => {
       );
       await inFn;
       frozeAt = Date.now();
-      doomed.freeze();
+      await doomed.frozen();
 
       const timed = async (p: Promise<unknown>) => {
         const start = Date.now();
@@ -261,7 +263,7 @@ describe("a stopped sidecar is an error, not a hang", () => {
         ["unary, 1 s deadline", unaryShort, 1_000],
         ["withLock, 1 s deadline", lock, 1_000],
       ] as const) {
-        assert.ok(r.err instanceof SidecarError, `${what}: got ${r.err}`);
+        assert.ok(r.err instanceof DeadlineExceededError, `${what}: got ${r.err}`);
         assert.equal(r.err.code, Code.DeadlineExceeded, `${what}: ${r.err.message}`);
         assert.ok(r.err.message.includes(doomed.addr), `${what}: message does not name the sidecar: ${r.err.message}`);
         assert.ok(r.ms >= bound - 100 && r.ms < bound + 3_000, `${what}: took ${r.ms} ms for a ${bound} ms deadline`);
@@ -283,14 +285,14 @@ describe("a stopped sidecar is an error, not a hang", () => {
       await doomed.stop();
       const start = Date.now();
       await assert.rejects(c.lock.getLock({ key: "k" }), (e: unknown) => {
-        assert.ok(e instanceof SidecarError, `got ${e}`);
+        assert.ok(e instanceof SidecarUnreachableError, `got ${e}`);
         assert.equal(e.code, Code.Unavailable, e.message);
         assert.ok(e.message.includes(doomed.addr), e.message);
         return true;
       });
       assert.ok(Date.now() - start < 5_000);
       await assert.rejects(withLock(c, "node-test/killed", () => "never"), (e: unknown) => {
-        assert.ok(e instanceof SidecarError, `got ${e}`);
+        assert.ok(e instanceof SidecarUnreachableError, `got ${e}`);
         assert.equal(e.code, Code.Unavailable, e.message);
         return true;
       });

@@ -25,6 +25,7 @@ import {
 } from "@seed-a88e5317/resilience-sidecar";
 
 import { clientOf, Redis, Sidecar, tempDir } from "./harness.js";
+import { scenario } from "./scenarios.js";
 
 let redis: Redis;
 let sidecar: Sidecar;
@@ -104,7 +105,7 @@ describe("publish", () => {
 });
 
 describe("subscribe", () => {
-  test("in order, delivery 1; a throwing handler's event comes again as delivery 2; acked events never again", async () => {
+  scenario("events-redelivery", "in order, delivery 1; a throwing handler's event (nacked) comes again as delivery 2; acked events never again", async () => {
     const topic = uniqueTopic();
     for (const p of ["e1", "e2", "e3"]) await publish(client, topic, p, { headers: { "content-type": "text/plain" } });
     const got: string[] = [];

@@ -2,7 +2,8 @@
 // loopback ports, started by the tests themselves and killed at the end.
 
 import { spawn, type ChildProcess } from "node:child_process";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import * as http from "node:http";
 import * as net from "node:net";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
@@ -133,11 +134,14 @@ export class Sidecar {
     private readonly proc: Proc,
   ) {}
 
-  /** Starts it on a free loopback port, or on the unix socket at `unixSocket`. */
-  static async start(redis: Redis, extraArgs: string[] = [], opts: { unixSocket?: string } = {}): Promise<Sidecar> {
+  /**
+   * Starts it on a free loopback port, on the unix socket at `unixSocket`,
+   * or on `addr` (e.g. the address of a sidecar stopped before: a restart).
+   */
+  static async start(redis: Redis, extraArgs: string[] = [], opts: { unixSocket?: string; addr?: string } = {}): Promise<Sidecar> {
     const bin = sidecarBin();
     for (let tries = 0; ; tries++) {
-      const addr = opts.unixSocket ? `unix://${opts.unixSocket}` : `127.0.0.1:${await freePort()}`;
+      const addr = opts.addr ?? (opts.unixSocket ? `unix://${opts.unixSocket}` : `127.0.0.1:${await freePort()}`);
       const proc = start(bin, ["--listen", addr, "--metrics-listen", "", "--redis-url", redis.url, "--log-level", "warn", ...extraArgs], cleanEnv());
       const sc = new Sidecar(addr, proc);
       if (await sc.waitReady(15_000)) return sc;
@@ -179,6 +183,22 @@ export class Sidecar {
   /** SIGSTOP: the process keeps its socket but answers nothing. */
   freeze(): void {
     this.proc.child.kill("SIGSTOP");
+  }
+
+  /**
+   * SIGSTOP, and wait until the kernel shows the process stopped (state T
+   * in /proc/<pid>/stat): a signal is delivered asynchronously, and the
+   * process may run a little longer on another core.
+   */
+  async frozen(): Promise<void> {
+    this.freeze();
+    for (let i = 0; ; i++) {
+      const stat = readFileSync(`/proc/${this.pid}/stat`, "utf8");
+      // "pid (comm) state ...": the state follows the last ")".
+      if (stat.slice(stat.lastIndexOf(")") + 2).startsWith("T")) return;
+      if (i > 500) throw new Error(`sidecar ${this.pid} not stopped 5 s after SIGSTOP: ${stat}`);
+      await sleep(10);
+    }
   }
 
   thaw(): void {
@@ -240,4 +260,31 @@ export async function redisCommand(port: number, ...args: string[]): Promise<str
     });
     sock.write(payload);
   });
+}
+
+/** A sidecar config file with the given YAML, removed by the returned cleanup. */
+export function configFile(yaml: string): { path: string; remove: () => void } {
+  const dir = tempDir("sidecar-config-");
+  const path = join(dir.path, "sidecar.yaml");
+  writeFileSync(path, yaml);
+  return { path, remove: dir.remove };
+}
+
+/** A plain HTTP server on a free loopback port (an upstream of the sidecar), stopped by close(). */
+export async function startHttp(handler: http.RequestListener): Promise<{ url: string; port: number; close: () => Promise<void> }> {
+  const srv = http.createServer(handler);
+  await new Promise<void>((res, rej) => {
+    srv.once("error", rej);
+    srv.listen(0, "127.0.0.1", () => res());
+  });
+  const port = (srv.address() as net.AddressInfo).port;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    port,
+    close: () =>
+      new Promise<void>((res) => {
+        srv.closeAllConnections();
+        srv.close(() => res());
+      }),
+  };
 }

@@ -8,12 +8,14 @@ import { setTimeout as sleep } from "node:timers/promises";
 import {
   fingerprint,
   idempotent,
+  idempotentJson,
   IdempotencyKeyMismatchError,
   type IdempotentResult,
   type SidecarClient,
 } from "@seed-a88e5317/resilience-sidecar";
 
 import { clientOf, Redis, Sidecar } from "./harness.js";
+import { scenario } from "./scenarios.js";
 
 let redis: Redis;
 let sidecar: Sidecar;
@@ -57,7 +59,7 @@ describe("idempotent", () => {
     assert.deepEqual(first.metadata, { status: "201" });
   });
 
-  test("concurrent duplicates: fn runs once, every caller gets its result", async () => {
+  scenario("idempotent-run-once-stored-result", "concurrent duplicates: fn runs once, every caller gets its stored result", async () => {
     const key = uniqueKey("concurrent");
     const fp = fingerprint("req");
     let runs = 0;
@@ -135,5 +137,31 @@ describe("idempotent", () => {
       return { data: "ok" };
     });
     assert.equal(text(r), "ok");
+  });
+
+  test("idempotentJson: the value round-trips as JSON; a duplicate gets the stored value without running fn", async () => {
+    const key = uniqueKey("json");
+    const fp = fingerprint(JSON.stringify({ order: 42 }));
+    let runs = 0;
+    const fn = async () => {
+      runs++;
+      await sleep(200); // the concurrent duplicate finds it IN_PROGRESS
+      return { charge: `ch_${runs}`, amount: 4200, tags: ["a", "b"], nested: { ok: true, none: null } };
+    };
+    const [a, b] = await Promise.all([idempotentJson(client, key, fp, fn), idempotentJson(client, key, fp, fn)]);
+    const later = await idempotentJson(client, key, fp, fn);
+    assert.equal(runs, 1, "fn ran more than once");
+    const want = { charge: "ch_1", amount: 4200, tags: ["a", "b"], nested: { ok: true, none: null } };
+    assert.deepEqual(a, want);
+    assert.deepEqual(b, want);
+    assert.deepEqual(later, want);
+    const raw = await client.idempotency.checkOrRecordIdempotency({ key, fingerprint: fp });
+    assert.equal(raw.result?.metadata["content-type"], "application/json");
+    assert.equal(new TextDecoder().decode(raw.result?.data), JSON.stringify(want));
+
+    // undefined is stored as an empty result and comes back as undefined.
+    const k2 = uniqueKey("json-undefined");
+    assert.equal(await idempotentJson(client, k2, fp, () => undefined), undefined);
+    assert.equal(await idempotentJson(client, k2, fp, () => "never"), undefined);
   });
 });

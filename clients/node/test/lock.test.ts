@@ -8,15 +8,21 @@ import { after, before, describe, test } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 
 import {
+  acquireLock,
   InvalidArgumentError,
   LeaseLostError,
+  LostReason,
   NotAcquiredError,
+  ReleaseUnconfirmedError,
   SidecarError,
+  SidecarUnreachableError,
+  timestampMs,
   withLock,
   type SidecarClient,
 } from "@seed-a88e5317/resilience-sidecar";
 
 import { clientOf, packageRoot, Redis, redisCommand, runNode, Sidecar, tempDir } from "./harness.js";
+import { scenario } from "./scenarios.js";
 
 let redis: Redis;
 let sidecar: Sidecar;
@@ -49,7 +55,7 @@ function aborted(signal: AbortSignal, ms: number): Promise<unknown> {
 }
 
 describe("withLock", () => {
-  test("two client processes contending for one lock lose no update", async () => {
+  scenario("lock-contention-fencing", "two client processes contending for one lock lose no update; fencing tokens strictly increase", async () => {
     const dir = tempDir("lock-contention-");
     try {
       const rounds = 25;
@@ -78,7 +84,11 @@ describe("withLock", () => {
       assert.equal(shared.log.filter((n: string) => n === "worker-a").length, rounds);
       assert.equal(shared.log.filter((n: string) => n === "worker-b").length, rounds);
       // Fencing tokens: unique and, in the order the resource saw them, increasing.
-      const tokens = results.flatMap((r) => JSON.parse(r.stdout.trim().split("\n").pop()!).tokens as string[]).map(BigInt);
+      const perWorker = results.map((r) => (JSON.parse(r.stdout.trim().split("\n").pop()!).tokens as string[]).map(BigInt));
+      for (const ts of perWorker) {
+        for (let i = 1; i < ts.length; i++) assert.ok(ts[i]! > ts[i - 1]!, `a worker's fencing tokens did not increase: ${ts.join(",")}`);
+      }
+      const tokens = perWorker.flat();
       assert.equal(new Set(tokens).size, 2 * rounds, "a fencing token was handed out twice");
     } finally {
       dir.remove();
@@ -231,5 +241,138 @@ describe("withLock", () => {
       setTimeout(() => ctl.abort(reason), 200);
       await assert.rejects(withLock(client, key, () => "never", { waitMs: 20_000, signal: ctl.signal }), (e) => e === reason);
     });
+  });
+});
+
+/** Resolves with what p settled with (the error when it rejected), or fails the test if p has not settled within ms: a hang. */
+async function settles<T>(p: Promise<T>, ms: number, what: string): Promise<{ value?: T; error?: unknown }> {
+  let timer: NodeJS.Timeout | undefined;
+  const hang = new Promise<never>((_, rej) => (timer = setTimeout(() => rej(new Error(`${what} did not return within ${ms} ms`)), ms)));
+  try {
+    return await Promise.race([p.then((value) => ({ value }), (error: unknown) => ({ error })), hang]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+describe("acquireLock: the explicit handle", () => {
+  scenario("lock-explicit-handle", "acquire -> fencing token, locked() true, extend, release, locked() false", async () => {
+    const key = uniqueKey("handle");
+    const lock = await acquireLock(client, key, { ttlMs: 2_000, owner: "handle" });
+    assert.equal(lock.key, key);
+    assert.equal(lock.owner, "handle");
+    assert.ok(lock.fencingToken > 0n);
+    assert.equal(lock.locked(), true);
+    assert.ok(lock.remainingMs() > 0);
+    assert.ok(Math.abs(lock.deadline - lock.renewedAt - (2_000 - 200)) < 1e-6, "local deadline: t + ttl - max(ttl/10, 100 ms)");
+    const held = await client.lock.getLock({ key });
+    assert.equal(held.held, true);
+    assert.equal(held.holder?.fencingToken, lock.fencingToken);
+    await assert.rejects(acquireLock(client, key), (e: unknown) => {
+      assert.ok(e instanceof NotAcquiredError, `got ${e}`);
+      assert.equal(e.holder, "handle");
+      assert.equal(e.fencingToken, lock.fencingToken);
+      return true;
+    });
+
+    await lock.extend(30_000);
+    assert.equal(lock.ttlMs, 30_000);
+    assert.ok(Math.abs(lock.deadline - lock.renewedAt - (30_000 - 3_000)) < 1e-6);
+    const extended = await client.lock.getLock({ key });
+    // From 2 s to 30 s: the store's expiry moved far past the first one.
+    assert.ok(timestampMs(extended.holder!.expireTime!) > timestampMs(held.holder!.expireTime!) + 20_000, "extend did not move the store's expiry");
+    assert.ok(lock.expireTime.getTime() > Date.now() + 20_000);
+    assert.equal(lock.locked(), true);
+
+    await lock.release();
+    assert.equal(lock.locked(), false);
+    assert.equal(lock.remainingMs(), 0);
+    assert.equal(lock.signal.aborted, false, "a release is not a loss");
+    assert.equal((await client.lock.getLock({ key })).held, false);
+    await lock.release(); // again: resolves at once
+    await assert.rejects(lock.extend(), /after release/);
+
+    const next = await acquireLock(client, key);
+    assert.ok(next.fencingToken > lock.fencingToken, `fencing token did not grow: ${lock.fencingToken} then ${next.fencingToken}`);
+    await next.release();
+  });
+
+  test("without extend the lease is lost at its local deadline: signal aborts with RENEWAL_OVERDUE, release rejects", async () => {
+    const key = uniqueKey("handle-overdue");
+    const lock = await acquireLock(client, key, { ttlMs: 500 });
+    const reason = await aborted(lock.signal, 5_000);
+    assert.ok(reason instanceof LeaseLostError, `got ${reason}`);
+    assert.equal(reason.lostReason, LostReason.RENEWAL_OVERDUE);
+    assert.equal(lock.locked(), false);
+    await assert.rejects(lock.release(), (e) => e === reason);
+    await assert.rejects(lock.extend(), (e) => e === reason);
+  });
+
+  test("extend after the store lost the lease: LeaseLostError (LEASE_LOST), signal aborted", async () => {
+    const key = uniqueKey("handle-store-lost");
+    const lock = await acquireLock(client, key, { ttlMs: 10_000 });
+    const reply = await redisCommand(redis.port, "DEL", `rs:{default/lock/${key.replaceAll("/", "%2F")}}:lock`);
+    assert.equal(reply, ":1\r\n", "lock key not found in redis");
+    await assert.rejects(lock.extend(), (e: unknown) => {
+      assert.ok(e instanceof LeaseLostError, `got ${e}`);
+      assert.equal(e.lostReason, LostReason.LEASE_LOST);
+      return true;
+    });
+    assert.equal(lock.signal.aborted, true);
+    assert.equal(lock.locked(), false);
+  });
+
+  test("waitMs: acquired once the holder releases", async () => {
+    const key = uniqueKey("handle-wait");
+    const first = await acquireLock(client, key, { ttlMs: 5_000 });
+    const second = acquireLock(client, key, { waitMs: 10_000 });
+    await sleep(200); // real time: let the second call start waiting
+    await first.release();
+    const lock = await second;
+    assert.ok(lock.fencingToken > first.fencingToken);
+    await lock.release();
+  });
+});
+
+describe("a sidecar killed mid-hold", () => {
+  scenario("lock-killed-sidecar", "SIGKILL: the lease is signalled lost (STREAM_ENDED or RENEWAL_OVERDUE) and every helper returns", async () => {
+    const sc = await Sidecar.start(redis);
+    const c = clientOf(sc, { timeoutMs: 3_000 });
+    try {
+      let entered!: () => void;
+      const inFn = new Promise<void>((r) => (entered = r));
+      const held = settles(withLock(
+        c,
+        uniqueKey("killed"),
+        async (signal) => {
+          entered();
+          await aborted(signal, 10_000);
+          return "finished anyway";
+        },
+        { ttlMs: 2_000 },
+      ), 15_000, "withLock");
+      await inFn;
+      const handle = await acquireLock(c, uniqueKey("killed-handle"), { ttlMs: 5_000 });
+      await sc.stop(); // SIGKILL
+
+      const r = await held;
+      assert.ok(r.error instanceof LeaseLostError, `withLock: got ${r.error ?? r.value}`);
+      assert.ok(
+        [LostReason.STREAM_ENDED, LostReason.RENEWAL_OVERDUE].includes(r.error.lostReason as "STREAM_ENDED"),
+        `lostReason ${r.error.lostReason}`,
+      );
+
+      // The handle: an extend cannot reach the sidecar (the lease is still
+      // ours until its local deadline); the release is reported unconfirmed.
+      const ext = await settles(handle.extend(), 5_000, "extend");
+      assert.ok(ext.error instanceof SidecarUnreachableError, `extend: got ${ext.error}`);
+      assert.equal(handle.locked(), true);
+      const rel = await settles(handle.release(), 5_000, "release");
+      assert.ok(rel.error instanceof ReleaseUnconfirmedError, `release: got ${rel.error}`);
+      assert.equal(handle.locked(), false);
+    } finally {
+      c.close();
+      await sc.stop();
+    }
   });
 });
