@@ -43,46 +43,54 @@ type changeRig struct {
 }
 
 var masterChanges = []masterChange{
-	{"SentinelSwitchover", sentinelRig(func(t *testing.T, s *testharness.Sentinel) { s.Switchover(t) })},
-	{"SentinelMasterKilled", sentinelRig(func(t *testing.T, s *testharness.Sentinel) {
-		old := s.Master(t)
-		old.Kill()
-		s.WaitNewMaster(t, old.Addr())
-	})},
-	{"ClusterFailover", func(t *testing.T) changeRig {
-		cl := testharness.StartCluster(t, 3, testharness.WithClusterReplicas(1))
-		// The slot of the lock keys: the one whose master has the
-		// subscription (every key of "k" shares one hash tag).
-		var slot atomic.Int64
-		slot.Store(-1)
-		return changeRig{
-			tp: topology{url: cl.URL(), mode: "cluster"},
-			subscribed: func(ctx context.Context) bool {
-				if slot.Load() >= 0 {
-					return shardChannels(ctx, cl.Owner(t, int(slot.Load())).Client(t)) > 0
+	{"SentinelSwitchover", sentinelRig(switchover)},
+	{"SentinelMasterKilled", sentinelRig(killMaster)},
+	{"ClusterFailover", clusterFailoverRig},
+}
+
+func switchover(t *testing.T, s *testharness.Sentinel) { s.Switchover(t) }
+
+func killMaster(t *testing.T, s *testharness.Sentinel) {
+	old := s.Master(t)
+	old.Kill()
+	s.WaitNewMaster(t, old.Addr())
+}
+
+// clusterFailoverRig is a 3-master Cluster with a replica per master; its
+// change is CLUSTER FAILOVER of the master serving the lock keys.
+func clusterFailoverRig(t *testing.T) changeRig {
+	cl := testharness.StartCluster(t, 3, testharness.WithClusterReplicas(1))
+	// The slot of the lock keys: the one whose master has the
+	// subscription (every key of "k" shares one hash tag).
+	var slot atomic.Int64
+	slot.Store(-1)
+	return changeRig{
+		tp: topology{url: cl.URL(), mode: "cluster"},
+		subscribed: func(ctx context.Context) bool {
+			if slot.Load() >= 0 {
+				return shardChannels(ctx, cl.Owner(t, int(slot.Load())).Client(t)) > 0
+			}
+			for _, m := range cl.Masters() {
+				chans, err := m.Client(t).PubSubShardChannels(ctx, "*").Result()
+				if err == nil && len(chans) > 0 {
+					slot.Store(int64(cl.KeySlot(t, chans[0])))
+					return true
 				}
-				for _, m := range cl.Masters() {
-					chans, err := m.Client(t).PubSubShardChannels(ctx, "*").Result()
-					if err == nil && len(chans) > 0 {
-						slot.Store(int64(cl.KeySlot(t, chans[0])))
-						return true
-					}
-				}
-				return false
-			},
-			synced: func(t *testing.T, ctx context.Context) {
-				owner := cl.Owner(t, int(slot.Load()))
-				waitReplicasHave(t, ctx, owner, cl.ReplicasOf(t, owner))
-			},
-			change: func(t *testing.T) { cl.Failover(t, int(slot.Load())) },
-		}
-	}},
+			}
+			return false
+		},
+		synced: func(t *testing.T, ctx context.Context) {
+			owner := cl.Owner(t, int(slot.Load()))
+			waitReplicasHave(t, ctx, owner, cl.ReplicasOf(t, owner))
+		},
+		change: func(t *testing.T) { cl.Failover(t, int(slot.Load())) },
+	}
 }
 
 // sentinelRig is a Sentinel deployment whose master change is change.
-func sentinelRig(change func(t *testing.T, s *testharness.Sentinel)) func(t *testing.T) changeRig {
+func sentinelRig(change func(t *testing.T, s *testharness.Sentinel), opts ...testharness.SentinelOption) func(t *testing.T) changeRig {
 	return func(t *testing.T) changeRig {
-		s := testharness.StartSentinel(t)
+		s := testharness.StartSentinel(t, opts...)
 		return changeRig{
 			tp:         topology{url: s.URL(), mode: "sentinel"},
 			subscribed: func(ctx context.Context) bool { return shardChannels(ctx, s.Master(t).Client(t)) > 0 },

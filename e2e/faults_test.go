@@ -65,6 +65,19 @@ func (g *grantLog) add(key string, gr grant) {
 	g.grants[key] = append(g.grants[key], gr)
 }
 
+// starts returns when each grant began (its answer arrived).
+func (g *grantLog) starts() []time.Time {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	var out []time.Time
+	for _, gs := range g.grants {
+		for _, gr := range gs {
+			out = append(out, gr.from)
+		}
+	}
+	return out
+}
+
 // doubleGrants returns how many grants overlapped an earlier one of the
 // same key, and a few examples.
 func (g *grantLog) doubleGrants() (int, []string) {
@@ -871,13 +884,20 @@ func TestFaultSidecarKilledUnderLoad(t *testing.T) {
 }
 
 // TestFaultWaitReplicasReplicaPaused runs a sidecar with
-// --redis-wait-replicas 1 on a master with one replica, and freezes the
-// replica: grants, renewals, idempotency starts and completions fail
+// --redis-wait-replicas 1, then all, on a master with one replica, and
+// freezes the replica (still online to the master): grants, renewals,
+// idempotency starts and completions, saga starts and completions fail
 // UNAVAILABLE/REPLICATION_SHORTFALL instead of succeeding unreplicated; the
 // grant and the start the master made anyway are given back at once (the
 // TTLs are an hour), and a completion can be repeated once the replica is
 // back.
 func TestFaultWaitReplicasReplicaPaused(t *testing.T) {
+	for _, wait := range []string{"1", "all"} {
+		t.Run("wait-"+wait, func(t *testing.T) { runReplicaPaused(t, wait) })
+	}
+}
+
+func runReplicaPaused(t *testing.T, wait string) {
 	master := testharness.StartRedis(t, testharness.WithRedisArgs("--repl-diskless-sync-delay", "0"))
 	host, port, _ := strings.Cut(master.Addr(), ":")
 	replica := testharness.StartRedis(t, testharness.WithRedisArgs("--replicaof", host, port))
@@ -890,8 +910,8 @@ func TestFaultWaitReplicasReplicaPaused(t *testing.T) {
 		}
 		return err
 	})
-	sc := startSidecars(t, 1, master.URL(), "--redis-wait-replicas", "1", "--redis-wait-timeout", "2s", "--store-timeout", "4s")[0]
-	locks, idem := lockClient(t, sc), idemClient(t, sc)
+	sc := startSidecars(t, 1, master.URL(), "--redis-wait-replicas", wait, "--redis-wait-timeout", "2s", "--store-timeout", "4s")[0]
+	locks, idem, sagas := lockClient(t, sc), idemClient(t, sc), v1.NewSagaServiceClient(sc.Conn(t))
 	unavailable := func(what string, err error) {
 		t.Helper()
 		if code, reason := reasonOf(err); code != codes.Unavailable || reason != "REPLICATION_SHORTFALL" {
@@ -908,6 +928,10 @@ func TestFaultWaitReplicasReplicaPaused(t *testing.T) {
 		t.Fatalf("start acknowledged by the replica: %v %v", started, err)
 	}
 
+	if _, err := sagas.StartSaga(ctx, &v1.StartSagaRequest{SagaId: "completed", Name: "n", Timeout: durationpb.New(time.Hour)}); err != nil {
+		t.Fatalf("saga start acknowledged by the replica: %v", err)
+	}
+
 	replica.Pause()
 	r, err := locks.AcquireLock(ctx, &v1.AcquireLockRequest{Key: "k", Ttl: durationpb.New(time.Hour)})
 	unavailable("grant", err)
@@ -921,6 +945,10 @@ func TestFaultWaitReplicasReplicaPaused(t *testing.T) {
 	_, err = idem.CompleteIdempotency(ctx, &v1.CompleteIdempotencyRequest{Key: "completed", LeaseId: started.GetLeaseId(),
 		Result: &v1.IdempotencyResult{Data: []byte("ok")}})
 	unavailable("completion", err)
+	_, err = sagas.StartSaga(ctx, &v1.StartSagaRequest{SagaId: "new", Name: "n", Timeout: durationpb.New(time.Hour)})
+	unavailable("saga start", err)
+	_, err = sagas.CompleteSaga(ctx, &v1.CompleteSagaRequest{SagaId: "completed"})
+	unavailable("saga completion", err)
 	// Reads do not wait.
 	if _, err := locks.GetLock(ctx, &v1.GetLockRequest{Key: "k"}); err != nil {
 		t.Fatalf("read with the replica frozen: %v", err)
@@ -941,6 +969,13 @@ func TestFaultWaitReplicasReplicaPaused(t *testing.T) {
 	}
 	if _, err := locks.RenewLock(ctx, &v1.RenewLockRequest{Key: "renewed", LeaseId: held.GetLease().GetLeaseId(), Ttl: durationpb.New(time.Hour)}); err != nil {
 		t.Fatalf("renewal after the replica is back: %v", err)
+	}
+	// Saga writes are idempotent: sent again, they are confirmed.
+	if _, err := sagas.StartSaga(ctx, &v1.StartSagaRequest{SagaId: "new", Name: "n", Timeout: durationpb.New(time.Hour)}); err != nil {
+		t.Fatalf("saga start sent again: %v", err)
+	}
+	if r, err := sagas.CompleteSaga(ctx, &v1.CompleteSagaRequest{SagaId: "completed"}); err != nil || r.GetSaga().GetState() != v1.SagaState_SAGA_STATE_COMPLETED {
+		t.Fatalf("saga completion sent again: %v %v", r, err)
 	}
 }
 

@@ -114,22 +114,45 @@ func openStores(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log
 	if err := redisx.LoadScripts(ctx, rdb, slices.Concat(lock.Scripts, idempotency.Scripts, clock.Scripts, breaker.Scripts, saga.Scripts, events.Scripts)...); err != nil {
 		log.Warn("could not preload scripts; Redis unreachable for now", "error", err)
 	}
-	// Grants and idempotency records wait for replicas when asked to, so a
-	// failover is less likely to lose one (docs/topologies.md).
-	wait := redisx.Wait{Replicas: cfg.RedisWaitReplicas, Timeout: cfg.RedisWaitTimeout}
-	if wait.Replicas > 0 {
-		log.Info("lock grants and idempotency records wait for replicas", "replicas", wait.Replicas, "timeout", wait.Timeout.String())
+	// Grants and the records clients rely on wait for replicas when asked
+	// to, so that a failover does not lose them (docs/topologies.md).
+	wait, closeFence, err := replicationWait(cfg)
+	if err != nil {
+		return stores{}, err
+	}
+	if wait.All || wait.Replicas > 0 {
+		log.Info("grants and records wait for replicas", "replicas", cfg.RedisWaitReplicas, "all", wait.All,
+			"min_replicas", wait.Min, "sentinel_fence", wait.Fence != nil, "timeout", wait.Timeout.String())
 	}
 	return stores{
 		lock:        lock.NewRedisStore(rdb, cfg.Namespace, cfg.StoreTimeout, lock.WithWait(wait)),
 		idempotency: idempotency.NewRedisStore(rdb, cfg.Namespace, cfg.StoreTimeout, idempotency.WithWait(wait)),
 		clock:       clock.NewRedisStore(rdb, cfg.Namespace, cfg.StoreTimeout),
 		breaker:     breaker.NewRedisStore(rdb, cfg.Namespace, cfg.StoreTimeout),
-		saga:        saga.NewRedisStore(rdb, cfg.Namespace, cfg.StoreTimeout),
+		saga:        saga.NewRedisStore(rdb, cfg.Namespace, cfg.StoreTimeout, saga.WithWait(wait)),
 		events:      newRedisEvents(cfg, rdb, log),
 		pinger:      redisx.Pinger{Client: rdb, Timeout: cfg.StoreTimeout},
-		close:       func() error { return rdb.Close() },
+		close:       func() error { return errors.Join(closeFence(), rdb.Close()) },
 	}, nil
+}
+
+// replicationWait is the Wait of cfg's redis_wait_* settings, and what
+// closes its Sentinel fence.
+func replicationWait(cfg *config.Config) (redisx.Wait, func() error, error) {
+	none := func() error { return nil }
+	if cfg.RedisWaitReplicas != config.WaitAll {
+		return redisx.Wait{Replicas: cfg.RedisWaitReplicas, Timeout: cfg.RedisWaitTimeout}, none, nil
+	}
+	w := redisx.Wait{All: true, Min: cfg.RedisWaitMinReplicas, Timeout: cfg.RedisWaitTimeout}
+	if cfg.RedisMode != redisx.Sentinel {
+		return w, none, nil
+	}
+	fence, err := redisx.NewSentinelFence(cfg.RedisURL, cfg.RedisWaitTimeout)
+	if err != nil {
+		return redisx.Wait{}, nil, err
+	}
+	w.Fence = fence
+	return w, fence.Close, nil
 }
 
 func serve(ctx context.Context, cfg *config.Config, getenv func(string) string, log *slog.Logger) error {

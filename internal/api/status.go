@@ -129,7 +129,7 @@ func storeStatus(err error) error {
 	case errors.Is(err, store.ErrReadOnly):
 		return withDetails(codes.Unavailable, "store read-only: it refuses writes (a replica, or it cannot persist); retry after a failover or the fix", ReasonStoreReadOnly, nil, storeRetryDelay)
 	case errors.Is(err, store.ErrNotReplicated):
-		return withDetails(codes.Unavailable, "replication shortfall: fewer store replicas than required acknowledged the write; it must be treated as not done", ReasonReplicationShortfall, nil, storeRetryDelay)
+		return withDetails(codes.Unavailable, "replication shortfall: fewer store replicas than required acknowledged the write, or a failover had begun; it must be treated as not done", ReasonReplicationShortfall, nil, storeRetryDelay)
 	}
 	return withDetails(codes.Unavailable, "store unavailable", ReasonStoreUnavailable, nil, storeRetryDelay)
 }

@@ -34,6 +34,10 @@ import (
 // has passed validation: each top-level setting is within the bounds of its
 // row in settings() (--help lists them), and each section the file gives
 // has its defaults filled in and has passed its type's Validate.
+// WaitAll is RedisWaitReplicas for "all": every replica the master reports
+// online (docs/topologies.md).
+const WaitAll = -1
+
 type Config struct {
 	Listen        string      // gRPC address: host:port or unix:///absolute/path (see ListenNetworkAddress)
 	RedisURL      string      // read according to RedisMode; empty: the embedded in-memory store
@@ -47,15 +51,18 @@ type Config struct {
 	APIToken          string `json:"-"`
 	LogLevel          string // debug, info, warn or error (see SlogLevel)
 	StoreTimeout      time.Duration
-	RedisWaitReplicas int // replicas that must acknowledge (Redis WAIT) ownership writes; 0: none
-	RedisWaitTimeout  time.Duration
-	RedisPipeline     bool
-	ShutdownTimeout   time.Duration
-	HealthInterval    time.Duration
-	MaxOffset         time.Duration
-	MaxMessageBytes   int
-	MaxResultBytes    int
-	MaxBreakers       int
+	RedisWaitReplicas int // replicas that must acknowledge (Redis WAIT) ownership writes; 0: none; WaitAll: every one online
+	// RedisWaitMinReplicas, with WaitAll, is the fewest replicas online
+	// those writes need.
+	RedisWaitMinReplicas int
+	RedisWaitTimeout     time.Duration
+	RedisPipeline        bool
+	ShutdownTimeout      time.Duration
+	HealthInterval       time.Duration
+	MaxOffset            time.Duration
+	MaxMessageBytes      int
+	MaxResultBytes       int
+	MaxBreakers          int
 	// Saga holds the saga_* settings (Retention, Lease, RecoveryInterval,
 	// MaxBodyBytes, MaxSteps); the rest of the Options are the program's.
 	Saga saga.Options

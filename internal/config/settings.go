@@ -55,9 +55,26 @@ func (s setting) envName() string  { return "SIDECAR_" + strings.ToUpper(s.key) 
 // its check depends on (redis_mode before redis_url).
 func settings(c *Config) []setting {
 	// Replication: how ownership writes wait for replicas (docs/topologies.md).
-	waitReplicas := row(&c.RedisWaitReplicas, "redis_wait_replicas", "count", "0",
-		"replicas that must acknowledge (Redis WAIT) a lock grant or renewal and an idempotency key's start, checkpoint or completion before it is reported; fewer in redis_wait_timeout is UNAVAILABLE, never a success (0-16, 0: do not wait)",
-		number(0, 16, false), nil)
+	waitReplicas := row(&c.RedisWaitReplicas, "redis_wait_replicas", "count|all", "0",
+		"replicas that must acknowledge (Redis WAIT) a lock grant or renewal, an idempotency key's start, checkpoint or completion, a saga write and an event publish before it is reported; fewer in redis_wait_timeout is UNAVAILABLE, never a success (0-16, 0: do not wait; all: every replica the master reports online and, on Sentinel, no failover begun, which keeps them through any single failover: docs/topologies.md)",
+		func(s string) (int, error) {
+			if s == "all" {
+				return WaitAll, nil
+			}
+			n, err := number(0, 16, false)(s)
+			if err != nil {
+				err = fmt.Errorf("must be all or a whole number between 0 and 16, got %s", field.Quote(s))
+			}
+			return n, err
+		}, nil)
+	waitMin := row(&c.RedisWaitMinReplicas, "redis_wait_min_replicas", "count", "0",
+		"with redis_wait_replicas all: fewer replicas online than this refuses those writes (UNAVAILABLE) (0-16)",
+		number(0, 16, false), func() error {
+			if c.RedisWaitMinReplicas > 0 && c.RedisWaitReplicas != WaitAll {
+				return errors.New("needs redis_wait_replicas all")
+			}
+			return nil
+		})
 	waitTimeout := dur(&c.RedisWaitTimeout, "redis_wait_timeout", "500ms", time.Millisecond, 30*time.Second,
 		"how long the replicas of redis_wait_replicas have to acknowledge; below store_timeout")
 	inBounds := waitTimeout.check
@@ -86,6 +103,7 @@ func settings(c *Config) []setting {
 			func() error { return oneOf(c.LogLevel, "debug", "info", "warn", "error") }),
 		dur(&c.StoreTimeout, "store_timeout", "1s", minStoreTimeout, maxStoreTimeout, "how long one store call may take before UNAVAILABLE"),
 		waitReplicas,
+		waitMin,
 		waitTimeout,
 		row(&c.RedisPipeline, "redis_pipeline", "bool", "true", "send the Redis scripts of concurrent calls together as pipelines, which costs Redis less CPU per call; a lone call still goes out at once (true or false)",
 			parseBool, nil),

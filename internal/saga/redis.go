@@ -327,15 +327,33 @@ type RedisStore struct {
 	rdb     redis.UniversalClient
 	ns      string
 	timeout time.Duration
+	wait    redisx.Wait
 	// scans rotates the shard Due starts with, so that no shard's due
 	// sagas wait behind another's.
 	scans atomic.Uint32
 }
 
+// RedisOption configures a RedisStore.
+type RedisOption func(*RedisStore)
+
+// WithWait makes every write that changes a saga (start, step, transition,
+// report, lease) wait for the replicas w asks for before it is reported.
+// Fewer in w.Timeout is store.ErrUnavailable (wrapping
+// redisx.ErrNotReplicated): the caller must treat the write as not done,
+// and retrying it is safe (every write is idempotent by saga id, step name
+// and executor).
+func WithWait(w redisx.Wait) RedisOption {
+	return func(r *RedisStore) { r.wait = w }
+}
+
 // NewRedisStore returns a store for namespace ns whose calls each take at
 // most timeout before failing with store.ErrUnavailable.
-func NewRedisStore(rdb redis.UniversalClient, ns string, timeout time.Duration) *RedisStore {
-	return &RedisStore{rdb: rdb, ns: ns, timeout: timeout}
+func NewRedisStore(rdb redis.UniversalClient, ns string, timeout time.Duration, opts ...RedisOption) *RedisStore {
+	r := &RedisStore{rdb: rdb, ns: ns, timeout: timeout}
+	for _, o := range opts {
+		o(r)
+	}
+	return r
 }
 
 // shardOf is the index shard of a saga id.
@@ -362,7 +380,23 @@ func (r *RedisStore) keys(id string) []string { return r.shardKeys(shardOf(id), 
 // write runs one saga script: ARGV exec, lease, retention, id, then args.
 func (r *RedisStore) write(ctx context.Context, s *redis.Script, id string, p Params, args ...any) (any, error) {
 	argv := append([]any{p.ExecID, p.Lease.Milliseconds(), p.Retention.Milliseconds(), id}, args...)
-	return redisx.Runner{Client: r.rdb, Timeout: r.timeout}.Run(ctx, s, r.keys(id), argv...)
+	return redisx.Runner{Client: r.rdb, Timeout: r.timeout, Wait: r.wait}.RunDurable(ctx, s, changed, r.keys(id), argv...)
+}
+
+// changed reports whether a saga script's reply may follow a write: every
+// reply but the refusals (not found, wrong state, mismatch, limit, lease
+// lost, out of order), which change nothing.
+func changed(v any) bool {
+	a, ok := v.([]any)
+	if !ok || len(a) == 0 {
+		return true
+	}
+	code, _ := a[0].(string)
+	switch code {
+	case "N", "S", "M", "L", "X":
+		return false
+	}
+	return true
 }
 
 // reply is a parsed saga script reply.

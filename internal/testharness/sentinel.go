@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -39,6 +40,13 @@ type sentinelConfig struct {
 // or cut replication. Clients and sentinels still reach every node directly.
 func WithReplicationProxy() SentinelOption {
 	return func(c *sentinelConfig) { c.replicaProxy = true }
+}
+
+// WithSentinelReplicas sets how many replicas follow the master (default
+// 1). With two, a switchover promotes one while the other still follows
+// the old master until the sentinels repoint it.
+func WithSentinelReplicas(n int) SentinelOption {
+	return func(c *sentinelConfig) { c.replicas = n }
 }
 
 // Sentinel is a Redis Sentinel deployment of real processes on loopback
@@ -433,4 +441,34 @@ func (s *Sentinel) logs() string {
 		fmt.Fprintf(&b, "sentinel %s log, last 20 lines:\n%s\n", sp.addr, tailFile(sp.logPath, 20))
 	}
 	return b.String()
+}
+
+// PauseSentinel freezes the i-th sentinel with SIGSTOP: connections are
+// still accepted by the kernel but nothing is answered. Cleanup (or
+// KillSentinel) ends it.
+func (s *Sentinel) PauseSentinel(tb TB, i int) {
+	tb.Helper()
+	sp := s.sentinels[i]
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	if sp.p == nil {
+		tb.Fatalf("testharness: sentinel %d not running", i)
+		return
+	}
+	if err := sp.p.signal(syscall.SIGSTOP); err != nil {
+		tb.Fatalf("testharness: pause sentinel %s: %v", sp.addr, err)
+	}
+}
+
+// KillSentinel ends the i-th sentinel with SIGKILL (even while paused) and
+// waits for it to exit: its port then refuses connections.
+func (s *Sentinel) KillSentinel(tb TB, i int) {
+	tb.Helper()
+	sp := s.sentinels[i]
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	if sp.p != nil {
+		sp.p.kill()
+		sp.p = nil
+	}
 }
