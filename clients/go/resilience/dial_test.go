@@ -2,6 +2,8 @@ package resilience_test
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -9,12 +11,16 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	"github.com/seed-a88e5317/resilience-sidecar/clients/go/resilience"
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // perRPCBearer is a raw gRPC credential, for WithGRPCOptions.
@@ -135,5 +141,79 @@ func TestDialCallTimeoutEndsHungCalls(t *testing.T) {
 	cancel()
 	if err := <-done; status.Code(err) != codes.Canceled {
 		t.Fatalf("WithCallTimeout(0), cancelled: %v, want CANCELED", err)
+	}
+}
+
+// waitServing waits until the sidecar on addr reports SERVING, over a
+// connection of its own (the one under test must not be helped).
+func waitServing(t *testing.T, addr string) {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{BaseDelay: 10 * time.Millisecond, Multiplier: 1.2, MaxDelay: 50 * time.Millisecond}}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	health := healthpb.NewHealthClient(conn)
+	testkit.EventuallyNil(t, testharness.SidecarReadyTimeout, "the sidecar on "+addr+" SERVING", func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		defer cancel()
+		r, err := health.Check(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true))
+		if err == nil && r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			err = fmt.Errorf("status %v", r.GetStatus())
+		}
+		return err
+	})
+}
+
+// The reconnect scenario: the sidecar is killed, calls fail as
+// unreachable while real time passes (gRPC's default backoff would by
+// then wait 4-7s between connect attempts: 1s, 1.6s, 2.6s, 4.1s, 6.6s...),
+// and it restarts on the same address: the first call, with a 3s
+// deadline, succeeds, because Dial caps the backoff at 1s and the call
+// waits for the connection.
+func TestReconnectAfterRestart(t *testing.T) {
+	scenario(t, "reconnect-after-restart")
+	rd := testharness.StartRedis(t)
+	bin := testharness.BuildSidecar(t)
+	addr := testharness.FreeAddr(t)
+	start := func() *testharness.Sidecar {
+		sc := testharness.StartSidecarNoWait(t, bin, "--listen", addr, "--redis-url", rd.URL())
+		waitServing(t, addr)
+		return sc
+	}
+	first := start()
+	clocks := v1.NewClockServiceClient(dial(t, addr))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := clocks.NextLamport(ctx, &v1.NextLamportRequest{Clock: "reconnect"}); err != nil {
+		t.Fatal(err)
+	}
+	first.Kill()
+
+	outage := time.Now()
+	calls := 0
+	for time.Since(outage) < 10*time.Second { // real time: the outage gRPC's backoff grows in
+		cctx, ccancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		_, err := clocks.NextLamport(cctx, &v1.NextLamportRequest{Clock: "reconnect"})
+		ccancel()
+		if !errors.Is(err, resilience.ErrSidecarUnreachable) {
+			t.Fatalf("call during the outage: %v; want ErrSidecarUnreachable", err)
+		}
+		calls++
+	}
+
+	start()
+	serving := time.Now()
+	cctx, ccancel := context.WithTimeout(ctx, 3*time.Second)
+	defer ccancel()
+	r, err := clocks.NextLamport(cctx, &v1.NextLamportRequest{Clock: "reconnect"})
+	if err != nil {
+		t.Fatalf("first call after the restart (%d failed during the outage): %v", calls, err)
+	}
+	t.Logf("the first call after the restart succeeded %v after the sidecar was serving (%d calls failed during the %v outage)",
+		time.Since(serving).Round(time.Millisecond), calls, serving.Sub(outage).Round(time.Millisecond))
+	if r.GetFirst() != 2 {
+		t.Fatalf("clock %d after the restart; want 2 (kept in Redis)", r.GetFirst())
 	}
 }

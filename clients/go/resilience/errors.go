@@ -16,8 +16,9 @@ import (
 // ErrorDomain is the ErrorInfo domain of the sidecar's errors.
 const ErrorDomain = "resilience.sidecar"
 
-// Sentinel errors for the sidecar's stable ErrorInfo reasons. Errors
-// returned by this package match them with errors.Is.
+// Sentinel errors for the sidecar's stable ErrorInfo reasons (Reasons):
+// every reason has its own, and errors returned by this package match it
+// with errors.Is.
 var (
 	ErrLeaseLost              = errors.New("resilience: lease lost")
 	ErrIdempotencyKeyMismatch = errors.New("resilience: idempotency key reused with a different fingerprint")
@@ -38,33 +39,48 @@ var (
 	ErrStoreFull            = errors.New("resilience: store full (out of memory)")
 	ErrStoreReadOnly        = errors.New("resilience: store read-only")
 	ErrReplicationShortfall = errors.New("resilience: too few store replicas acknowledged the write")
+)
+
+// Sentinel errors for failures that carry no reason.
+var (
 	// ErrInvalidArgument matches every INVALID_ARGUMENT; Error.Violations
 	// names the fields.
 	ErrInvalidArgument = errors.New("resilience: invalid argument")
+	// ErrSidecarUnreachable matches an UNAVAILABLE without the sidecar's
+	// ErrorInfo: the call did not get through to the sidecar (it is
+	// stopped, restarting, or the address is wrong). Retrying is safe once
+	// it is back; a connection from Dial waits for that (WithConnectWait).
+	ErrSidecarUnreachable = errors.New("resilience: sidecar unreachable")
+	// ErrDeadlineExceeded matches every DEADLINE_EXCEEDED: the call's
+	// deadline (the caller's, or Dial's default) passed without an answer.
+	// Such an error also matches context.DeadlineExceeded.
+	ErrDeadlineExceeded = errors.New("resilience: deadline exceeded")
 )
 
+// reasons maps every reason of Reasons to its sentinel; the test walks
+// Reasons so that a reason added to the sidecar cannot be missed here.
 var reasons = map[string]error{
-	"LEASE_LOST":               ErrLeaseLost,
-	"IDEMPOTENCY_KEY_MISMATCH": ErrIdempotencyKeyMismatch,
-	"BREAKER_OPEN":             ErrBreakerOpen,
-	"UPSTREAM_UNKNOWN":         ErrUpstreamUnknown,
-	"STORE_UNAVAILABLE":        ErrStoreUnavailable,
-	"SAGA_NOT_FOUND":           ErrSagaNotFound,
-	"SAGA_STATE_CONFLICT":      ErrSagaStateConflict,
-	"LIMIT_EXCEEDED":           ErrLimitExceeded,
-	"CLOCK_SKEW":               ErrClockSkew,
-	"SHUTTING_DOWN":            ErrShuttingDown,
-	"PERMIT_UNKNOWN":           ErrPermitUnknown,
-	"UPSTREAM_UNAVAILABLE":     ErrUpstreamUnavailable,
-	"UPSTREAM_TIMEOUT":         ErrUpstreamTimeout,
-	"TOPIC_UNKNOWN":            ErrTopicUnknown,
-	"STORE_FULL":               ErrStoreFull,
-	"STORE_READ_ONLY":          ErrStoreReadOnly,
-	"REPLICATION_SHORTFALL":    ErrReplicationShortfall,
+	ReasonLeaseLost:              ErrLeaseLost,
+	ReasonIdempotencyKeyMismatch: ErrIdempotencyKeyMismatch,
+	ReasonBreakerOpen:            ErrBreakerOpen,
+	ReasonUpstreamUnknown:        ErrUpstreamUnknown,
+	ReasonStoreUnavailable:       ErrStoreUnavailable,
+	ReasonSagaNotFound:           ErrSagaNotFound,
+	ReasonSagaStateConflict:      ErrSagaStateConflict,
+	ReasonLimitExceeded:          ErrLimitExceeded,
+	ReasonClockSkew:              ErrClockSkew,
+	ReasonShuttingDown:           ErrShuttingDown,
+	ReasonPermitUnknown:          ErrPermitUnknown,
+	ReasonUpstreamUnavailable:    ErrUpstreamUnavailable,
+	ReasonUpstreamTimeout:        ErrUpstreamTimeout,
+	ReasonTopicUnknown:           ErrTopicUnknown,
+	ReasonStoreFull:              ErrStoreFull,
+	ReasonStoreReadOnly:          ErrStoreReadOnly,
+	ReasonReplicationShortfall:   ErrReplicationShortfall,
 }
 
 // storeReasons are the reasons that also match ErrStoreUnavailable.
-var storeReasons = map[string]bool{"STORE_FULL": true, "STORE_READ_ONLY": true, "REPLICATION_SHORTFALL": true}
+var storeReasons = map[string]bool{ReasonStoreFull: true, ReasonStoreReadOnly: true, ReasonReplicationShortfall: true}
 
 // Error is a sidecar error with its decoded details. It matches the
 // sentinel of its reason (errors.Is) and keeps the gRPC status
@@ -78,8 +94,12 @@ type Error struct {
 	RetryDelay time.Duration
 	// Violations maps field name to description for INVALID_ARGUMENT.
 	Violations map[string]string
+	// Metadata is the ErrorInfo's metadata (the breaker's name, a saga's
+	// state...; nil when there is none).
+	Metadata map[string]string
 
-	st *status.Status
+	st          *status.Status
+	unreachable bool // a call's deadline passed while it waited for the connection
 }
 
 func (e *Error) Error() string {
@@ -90,14 +110,19 @@ func (e *Error) Error() string {
 }
 
 // Is matches the sentinel of the error's reason (and ErrStoreUnavailable
-// for every store reason: STORE_FULL, STORE_READ_ONLY, REPLICATION_SHORTFALL).
-// A DEADLINE_EXCEEDED or CANCELLED error also matches the context error
-// of the same meaning, so callers can test for their own deadline.
+// for every store reason: STORE_FULL, STORE_READ_ONLY, REPLICATION_SHORTFALL),
+// ErrInvalidArgument for INVALID_ARGUMENT, ErrSidecarUnreachable for an
+// UNAVAILABLE without the sidecar's ErrorInfo, and ErrDeadlineExceeded for
+// DEADLINE_EXCEEDED. A DEADLINE_EXCEEDED or CANCELLED error also matches
+// the context error of the same meaning, so callers can test for their
+// own deadline.
 func (e *Error) Is(target error) bool {
 	switch target {
 	case ErrInvalidArgument:
 		return e.Code == codes.InvalidArgument
-	case context.DeadlineExceeded:
+	case ErrSidecarUnreachable:
+		return e.unreachable || e.Code == codes.Unavailable && e.Reason == ""
+	case ErrDeadlineExceeded, context.DeadlineExceeded:
 		return e.Code == codes.DeadlineExceeded
 	case context.Canceled:
 		return e.Code == codes.Canceled
@@ -133,6 +158,7 @@ func FromError(err error) error {
 		case *errdetails.ErrorInfo:
 			if d.GetDomain() == ErrorDomain {
 				e.Reason = d.GetReason()
+				e.Metadata = d.GetMetadata()
 			}
 		case *errdetails.RetryInfo:
 			e.RetryDelay = d.GetRetryDelay().AsDuration()

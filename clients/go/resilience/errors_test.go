@@ -2,10 +2,12 @@ package resilience_test
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
 	"maps"
+	"slices"
 	"testing"
 	"time"
 
@@ -16,6 +18,8 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/seed-a88e5317/resilience-sidecar/clients/go/resilience"
+	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
 )
 
 func statusErr(t *testing.T, code codes.Code, msg string, details ...protoadapt.MessageV1) error {
@@ -34,13 +38,33 @@ func info(reason string) *errdetails.ErrorInfo {
 	return &errdetails.ErrorInfo{Domain: resilience.ErrorDomain, Reason: reason}
 }
 
-var allSentinels = []error{
-	resilience.ErrLeaseLost, resilience.ErrIdempotencyKeyMismatch, resilience.ErrBreakerOpen,
-	resilience.ErrUpstreamUnknown, resilience.ErrStoreUnavailable, resilience.ErrSagaNotFound,
-	resilience.ErrSagaStateConflict, resilience.ErrLimitExceeded, resilience.ErrClockSkew,
-	resilience.ErrShuttingDown, resilience.ErrInvalidArgument,
-	resilience.ErrStoreFull, resilience.ErrStoreReadOnly, resilience.ErrReplicationShortfall,
+// reasonSentinels is the typed error of every reason the sidecar sends.
+// TestErrorsEveryReason walks the generated resilience.Reasons against
+// it: a reason added to internal/api/status.go fails the test until it
+// has a sentinel of its own here and in errors.go.
+var reasonSentinels = map[string]error{
+	resilience.ReasonLeaseLost:              resilience.ErrLeaseLost,
+	resilience.ReasonStoreUnavailable:       resilience.ErrStoreUnavailable,
+	resilience.ReasonLimitExceeded:          resilience.ErrLimitExceeded,
+	resilience.ReasonShuttingDown:           resilience.ErrShuttingDown,
+	resilience.ReasonIdempotencyKeyMismatch: resilience.ErrIdempotencyKeyMismatch,
+	resilience.ReasonClockSkew:              resilience.ErrClockSkew,
+	resilience.ReasonSagaNotFound:           resilience.ErrSagaNotFound,
+	resilience.ReasonSagaStateConflict:      resilience.ErrSagaStateConflict,
+	resilience.ReasonTopicUnknown:           resilience.ErrTopicUnknown,
+	resilience.ReasonBreakerOpen:            resilience.ErrBreakerOpen,
+	resilience.ReasonUpstreamUnknown:        resilience.ErrUpstreamUnknown,
+	resilience.ReasonPermitUnknown:          resilience.ErrPermitUnknown,
+	resilience.ReasonUpstreamUnavailable:    resilience.ErrUpstreamUnavailable,
+	resilience.ReasonUpstreamTimeout:        resilience.ErrUpstreamTimeout,
+	resilience.ReasonStoreFull:              resilience.ErrStoreFull,
+	resilience.ReasonStoreReadOnly:          resilience.ErrStoreReadOnly,
+	resilience.ReasonReplicationShortfall:   resilience.ErrReplicationShortfall,
 }
+
+// allSentinels is every sentinel of the package.
+var allSentinels = append(slices.Collect(maps.Values(reasonSentinels)),
+	resilience.ErrInvalidArgument, resilience.ErrSidecarUnreachable, resilience.ErrDeadlineExceeded)
 
 func TestFromErrorDecodesDetails(t *testing.T) {
 	cases := []struct {
@@ -154,6 +178,20 @@ func TestFromErrorDecodesDetails(t *testing.T) {
 			code: codes.Internal,
 		},
 		{
+			name: "plain unavailable: the sidecar unreachable",
+			err: func(t *testing.T) error {
+				return status.Error(codes.Unavailable, "connection error: connection refused")
+			},
+			code: codes.Unavailable, sentinels: []error{resilience.ErrSidecarUnreachable},
+		},
+		{
+			name: "deadline exceeded",
+			err: func(t *testing.T) error {
+				return status.Error(codes.DeadlineExceeded, "context deadline exceeded")
+			},
+			code: codes.DeadlineExceeded, sentinels: []error{resilience.ErrDeadlineExceeded},
+		},
+		{
 			name: "wrapped status",
 			err: func(t *testing.T) error {
 				return fmt.Errorf("acquire orders: %w", statusErr(t, codes.FailedPrecondition, "lease lost", info("LEASE_LOST")))
@@ -217,5 +255,87 @@ func TestFromErrorPassesThroughNonStatus(t *testing.T) {
 		if errors.As(out, &e) {
 			t.Errorf("FromError(%v) became a *resilience.Error", in)
 		}
+	}
+}
+
+// Every reason of the generated list decodes to its own sentinel, and to
+// no other (but ErrStoreUnavailable for the store states), with its
+// ErrorInfo metadata; against the real sidecar on Redis, errors of a few
+// reasons come with their metadata, an unreachable sidecar is
+// ErrSidecarUnreachable and a passed deadline ErrDeadlineExceeded.
+func TestErrorsEveryReason(t *testing.T) {
+	scenario(t, "errors-every-reason")
+	for _, reason := range resilience.Reasons {
+		sentinel, ok := reasonSentinels[reason]
+		if !ok {
+			t.Errorf("reason %s has no typed error", reason)
+			continue
+		}
+		for _, code := range []codes.Code{codes.FailedPrecondition, codes.Unavailable} {
+			err := resilience.FromError(statusErr(t, code, "m",
+				&errdetails.ErrorInfo{Domain: resilience.ErrorDomain, Reason: reason, Metadata: map[string]string{"reason": reason}}))
+			var e *resilience.Error
+			if !errors.As(err, &e) || e.Reason != reason || e.Metadata["reason"] != reason {
+				t.Errorf("%s: %#v; want the reason and its metadata", reason, err)
+			}
+			for _, s := range allSentinels {
+				want := s == sentinel || s == resilience.ErrStoreUnavailable && slices.Contains(
+					[]string{resilience.ReasonStoreFull, resilience.ReasonStoreReadOnly, resilience.ReasonReplicationShortfall}, reason)
+				if errors.Is(err, s) != want {
+					t.Errorf("%s (%v): errors.Is(%v) = %v", reason, code, s, !want)
+				}
+			}
+		}
+	}
+
+	conn := dial(t, redisSidecars(t, 1)[0].Addr())
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	locks, sagas := v1.NewLockServiceClient(conn), v1.NewSagaServiceClient(conn)
+
+	_, err := locks.ReleaseLock(ctx, &v1.ReleaseLockRequest{Key: "errors/none", LeaseId: "0123456789abcdef0123456789abcdef"})
+	if !errors.Is(err, resilience.ErrLeaseLost) {
+		t.Errorf("release of an unknown lease: %v; want ErrLeaseLost", err)
+	}
+	id := "errors-" + rand.Text()
+	s, err := resilience.StartSaga(ctx, sagas, id, "errors", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Complete(ctx); err != nil {
+		t.Fatal(err)
+	}
+	err = s.Abort(ctx, "too late")
+	var e *resilience.Error
+	if !errors.Is(err, resilience.ErrSagaStateConflict) || !errors.As(err, &e) || e.Metadata["state"] != "SAGA_STATE_COMPLETED" {
+		t.Errorf("abort of a completed saga: %#v; want SAGA_STATE_CONFLICT with metadata state SAGA_STATE_COMPLETED", err)
+	}
+
+	// The lock held: an acquire that waits past the caller's deadline.
+	holder := resilience.NewMutex(locks, "errors/held")
+	if err := holder.Lock(ctx); err != nil {
+		t.Fatal(err)
+	}
+	short, cancelShort := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancelShort()
+	_, err = locks.AcquireLock(short, &v1.AcquireLockRequest{Key: "errors/held", WaitTimeout: durationpb.New(time.Minute)})
+	if !errors.Is(err, resilience.ErrDeadlineExceeded) || !errors.Is(err, context.DeadlineExceeded) || errors.Is(err, resilience.ErrSidecarUnreachable) {
+		t.Errorf("acquire past the deadline: %v; want ErrDeadlineExceeded only", err)
+	}
+
+	// Nothing listens on a free port: unreachable, at once without a
+	// connect wait, and at the deadline when it is shorter than the wait.
+	nowhere := testharness.FreeAddr(t)
+	clocks := v1.NewClockServiceClient(dial(t, nowhere, resilience.WithConnectWait(0)))
+	_, err = clocks.NextLamport(ctx, &v1.NextLamportRequest{Clock: "c"})
+	if !errors.Is(err, resilience.ErrSidecarUnreachable) || errors.Is(err, resilience.ErrDeadlineExceeded) || status.Code(err) != codes.Unavailable {
+		t.Errorf("call to nothing, no connect wait: %v; want UNAVAILABLE, ErrSidecarUnreachable", err)
+	}
+	clocks = v1.NewClockServiceClient(dial(t, nowhere))
+	short, cancelShort = context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancelShort()
+	_, err = clocks.NextLamport(short, &v1.NextLamportRequest{Clock: "c"})
+	if !errors.Is(err, resilience.ErrSidecarUnreachable) || !errors.Is(err, resilience.ErrDeadlineExceeded) || status.Code(err) != codes.DeadlineExceeded {
+		t.Errorf("call to nothing, deadline within the connect wait: %v; want DEADLINE_EXCEEDED, ErrSidecarUnreachable", err)
 	}
 }

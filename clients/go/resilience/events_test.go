@@ -22,8 +22,9 @@ import (
 )
 
 // eachStore runs test against the sidecar TestMain started (the embedded
-// store) and against one on a real redis-server (Redis Streams).
-func eachStore(t *testing.T, test func(t *testing.T, events v1.EventServiceClient)) {
+// store) and against one on a real redis-server (Redis Streams); the run
+// on Redis is the test of the scenarios named.
+func eachStore(t *testing.T, test func(t *testing.T, events v1.EventServiceClient), scenarios ...string) {
 	t.Run("embedded", func(t *testing.T) {
 		conn, err := resilience.Dial()
 		if err != nil {
@@ -33,6 +34,9 @@ func eachStore(t *testing.T, test func(t *testing.T, events v1.EventServiceClien
 		test(t, v1.NewEventServiceClient(conn))
 	})
 	t.Run("redis", func(t *testing.T) {
+		for _, id := range scenarios {
+			scenario(t, id)
+		}
 		r := testharness.StartRedis(t)
 		sc := testharness.StartSidecar(t, testharness.BuildSidecar(t), "--redis-url", r.URL())
 		conn, err := resilience.Dial(resilience.WithAddr(sc.Addr()))
@@ -103,7 +107,7 @@ type delivery struct {
 }
 
 func TestSubscribeAcksNacksAndRedelivers(t *testing.T) {
-	eachStore(t, testSubscribeAcksNacksAndRedelivers)
+	eachStore(t, testSubscribeAcksNacksAndRedelivers, "events-redelivery")
 }
 
 func testSubscribeAcksNacksAndRedelivers(t *testing.T, events v1.EventServiceClient) {

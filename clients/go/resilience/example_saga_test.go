@@ -71,3 +71,36 @@ func ExampleStartSaga() {
 func reserveStock(context.Context) error { return nil } // call the inventory service here
 func chargeCard(context.Context) error   { return nil } // call the payment provider here
 func bookCourier(context.Context) error  { return nil } // call the shipping service here
+
+// A step whose work is not one function: record its compensation first
+// (write-ahead: a crash in the middle of the work is compensated too),
+// then do the work, and abort the saga if it fails.
+func ExampleSaga_AddCompensation() {
+	conn, err := resilience.Dial() // SIDECAR_ADDR, or 127.0.0.1:50051
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close()
+	sagas := v1.NewSagaServiceClient(conn)
+	ctx := context.Background()
+
+	order := "order-" + rand.Text()
+	saga, err := resilience.StartSaga(ctx, sagas, order, "refund-order", time.Minute)
+	if err != nil {
+		log.Fatal(err)
+	}
+	refund := &v1.Compensation{Upstream: "payments", Method: "POST", Path: "/charges/" + order + "/refund"}
+	if err := saga.AddCompensation(ctx, "charge-card", refund); err != nil {
+		log.Fatal(err) // the saga timed out or was aborted: do not charge
+	}
+	if err := chargeCard(ctx); err != nil {
+		_ = saga.Abort(ctx, err.Error()) // the sidecar calls the refund
+		return
+	}
+	if err := saga.Complete(ctx); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println("charged, saga completed")
+	// Output:
+	// charged, saga completed
+}

@@ -125,7 +125,7 @@ func openError(breaker string, r *v1.AllowCallResponse) error {
 	}
 	st := status.New(codes.Unavailable, fmt.Sprintf("breaker %q is %s: the call was not made", breaker, state))
 	if d, err := st.WithDetails(
-		&errdetails.ErrorInfo{Domain: ErrorDomain, Reason: "BREAKER_OPEN", Metadata: map[string]string{"breaker": breaker}},
+		&errdetails.ErrorInfo{Domain: ErrorDomain, Reason: ReasonBreakerOpen, Metadata: map[string]string{"breaker": breaker}},
 		&errdetails.RetryInfo{RetryDelay: r.GetRetryAfter()},
 	); err == nil {
 		st = d

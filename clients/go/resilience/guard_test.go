@@ -157,3 +157,35 @@ func TestGuardPermitTTL(t *testing.T) {
 		t.Fatalf("a permit TTL of an hour: ran %v, %v; want ErrInvalidArgument naming permit_ttl", ran, err)
 	}
 }
+
+// Guard around a failing function opens its breaker: then the function is
+// not run and the error carries the retry delay; after the open duration
+// a success (the half-open probe) closes the breaker again.
+func TestGuardOpensAndRecovers(t *testing.T) {
+	scenario(t, "breaker-guard-opens-and-recovers")
+	const openFor = time.Second
+	cfg := configFile(t, fmt.Sprintf("breakers:\n  flaky: {consecutive_failures: 3, open_duration: %v}\n", openFor))
+	c := v1.NewBreakerServiceClient(dial(t, redisSidecars(t, 1, cfg...)[0].Addr()))
+	ctx := guardCtx(t)
+	for range 3 {
+		if err := resilience.Guard(ctx, c, "flaky", func(context.Context) error { return errDown }); !errors.Is(err, errDown) {
+			t.Fatalf("Guard = %v, want fn's error", err)
+		}
+	}
+	ran := false
+	err := resilience.Guard(ctx, c, "flaky", func(context.Context) error { ran = true; return nil })
+	var e *resilience.Error
+	if ran || !errors.Is(err, resilience.ErrBreakerOpen) || !errors.As(err, &e) || e.RetryDelay <= 0 || e.RetryDelay > openFor {
+		t.Fatalf("open breaker: ran %v, %v; want ErrBreakerOpen with a retry delay up to %v", ran, err, openFor)
+	}
+	time.Sleep(e.RetryDelay) // real time: the breaker stays open this long
+	testkit.EventuallyNil(t, 10*time.Second, "a guarded success after the open duration", func() error {
+		return resilience.Guard(ctx, c, "flaky", func(context.Context) error { return nil })
+	})
+	if b := counts(t, c, "flaky"); b.GetState() != v1.BreakerState_BREAKER_STATE_CLOSED {
+		t.Fatalf("after the probe succeeded: %v; want closed", b)
+	}
+	if err := resilience.Guard(ctx, c, "flaky", func(context.Context) error { return nil }); err != nil {
+		t.Fatalf("closed again: %v", err)
+	}
+}

@@ -66,8 +66,12 @@ func (c *countingIdempotency) callers() int {
 	return len(c.checked)
 }
 
+// Concurrent runs with one key, on Redis: the function runs once, every
+// other caller waits and gets its stored result, and so does a later one.
 func TestIdempotentRunsOnceForConcurrentDuplicates(t *testing.T) {
-	c := &countingIdempotency{IdempotencyServiceClient: idempotency(t), checked: map[int]bool{}}
+	scenario(t, "idempotent-run-once-stored-result")
+	conn := dial(t, redisSidecars(t, 1)[0].Addr())
+	c := &countingIdempotency{IdempotencyServiceClient: v1.NewIdempotencyServiceClient(conn), checked: map[int]bool{}}
 	ctx := idemTestCtx(t)
 	key := freshKey(t)
 	var runs atomic.Int32
@@ -99,6 +103,10 @@ func TestIdempotentRunsOnceForConcurrentDuplicates(t *testing.T) {
 		if errs[i] != nil || string(results[i].Data) != "done" || results[i].Metadata["status"] != "201" {
 			t.Fatalf("caller %d: %+v, %v", i, results[i], errs[i])
 		}
+	}
+	later, err := resilience.Idempotent(ctx, c, key, "fp", fn)
+	if err != nil || string(later.Data) != "done" || runs.Load() != 1 {
+		t.Fatalf("a later call: %+v, %v, %d runs; want the stored result without a run", later, err, runs.Load())
 	}
 }
 

@@ -19,9 +19,12 @@ import (
 // stopped, goroutines left over fail the run. Its config declares the
 // upstreams ExampleStartSaga's compensations go to ("inventory",
 // "payments", "shipping"), all served by one HTTP server that answers
-// 204 to everything.
+// 204 to everything. After everything else, a run that is not filtered
+// fails when a scenario of clients/scenarios.txt has no passing test
+// (checkScenarios).
 func TestMain(m *testing.M) {
 	testkit.MainWith(m, func(tb *testkit.MainTB) {
+		tb.Cleanup(func() { checkScenarios(tb) }) // first registered: runs last
 		hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			_, _ = io.Copy(io.Discard, r.Body)
 			w.WriteHeader(http.StatusNoContent)

@@ -43,15 +43,17 @@ func StartSaga(ctx context.Context, c v1.SagaServiceClient, id, name string, tim
 	return &Saga{client: c, ID: id}, nil
 }
 
-// Step records the step with its compensation, then runs do. When do
-// fails, Step aborts the saga (the sidecar then compensates every recorded
-// step, this one included: do may have done part of its work) and returns
-// do's error. When the sidecar refuses to record the step (the saga timed
-// out or was aborted: ErrSagaStateConflict), do is not run. A step recorded
-// again with the same compensation (a retry of Step) is recorded once.
+// Step records the step with its compensation (write-ahead: before the
+// step is attempted), then runs do. When do fails, Step aborts the saga
+// (the sidecar then compensates every recorded step, newest first, this
+// one included: do may have done part of its work, so a compensation must
+// succeed when there is nothing to undo) and returns do's error. When the
+// sidecar refuses to record the step (the saga timed out or was aborted:
+// ErrSagaStateConflict), do is not run. A step recorded again with the
+// same compensation (a retry of Step) is recorded once.
 func (s *Saga) Step(ctx context.Context, step string, compensation *v1.Compensation, do func(ctx context.Context) error) error {
-	if _, err := s.client.RecordStep(ctx, &v1.RecordStepRequest{SagaId: s.ID, Step: step, Compensation: compensation}); err != nil {
-		return FromError(err)
+	if err := s.AddCompensation(ctx, step, compensation); err != nil {
+		return err
 	}
 	err := do(ctx)
 	if err == nil {
@@ -64,6 +66,17 @@ func (s *Saga) Step(ctx context.Context, step string, compensation *v1.Compensat
 		return errors.Join(err, fmt.Errorf("resilience: abort saga %q: %w", s.ID, aerr))
 	}
 	return err
+}
+
+// AddCompensation records step with the HTTP call that undoes it, for
+// work the caller does itself afterwards (Step does both): as Temporal's
+// saga.AddCompensation, except that it comes before the work, so that a
+// crash in the middle of it is compensated too. Do not do the work when
+// it fails (ErrSagaStateConflict: the saga timed out or was aborted).
+// Recording the same step with the same compensation again is a no-op.
+func (s *Saga) AddCompensation(ctx context.Context, step string, compensation *v1.Compensation) error {
+	_, err := s.client.RecordStep(ctx, &v1.RecordStepRequest{SagaId: s.ID, Step: step, Compensation: compensation})
+	return FromError(err)
 }
 
 // Complete ends the saga successfully: nothing is compensated. An error

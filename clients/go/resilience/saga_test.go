@@ -7,8 +7,6 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -16,14 +14,16 @@ import (
 
 	"github.com/seed-a88e5317/resilience-sidecar/clients/go/resilience"
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
-	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // TestSagaStepFailureCompensates runs a saga through a sidecar of its own
-// whose config declares the upstream the compensations go to: the third
-// step fails, so the sidecar undoes all three, newest first.
+// on Redis whose config declares the upstream the compensations go to:
+// the third step fails, so the sidecar undoes all three, newest first
+// (the third too: it was recorded before it was attempted). The second
+// step is recorded with AddCompensation and done by the test itself.
 func TestSagaStepFailureCompensates(t *testing.T) {
+	scenario(t, "saga-compensates-in-reverse")
 	var mu sync.Mutex
 	var undone []string
 	hs := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -33,12 +33,8 @@ func TestSagaStepFailureCompensates(t *testing.T) {
 		mu.Unlock()
 	}))
 	defer hs.Close()
-	cfg := filepath.Join(t.TempDir(), "sidecar.yaml")
-	if err := os.WriteFile(cfg, []byte(fmt.Sprintf("upstreams:\n  inventory: {url: %q}\n", hs.URL)), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	sc := testharness.StartSidecar(t, testharness.BuildSidecar(t), "--config", cfg)
-	sagas := v1.NewSagaServiceClient(sc.Conn(t))
+	cfg := configFile(t, fmt.Sprintf("upstreams:\n  inventory: {url: %q}\n", hs.URL))
+	sagas := v1.NewSagaServiceClient(dial(t, redisSidecars(t, 1, cfg...)[0].Addr()))
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
@@ -50,11 +46,13 @@ func TestSagaStepFailureCompensates(t *testing.T) {
 		return &v1.Compensation{Upstream: "inventory", Method: "POST", Path: "/undo/" + what}
 	}
 	var ran []string
-	for _, step := range []string{"reserve", "charge"} {
-		if err := s.Step(ctx, step, undo(step), func(context.Context) error { ran = append(ran, step); return nil }); err != nil {
-			t.Fatal(err)
-		}
+	if err := s.Step(ctx, "reserve", undo("reserve"), func(context.Context) error { ran = append(ran, "reserve"); return nil }); err != nil {
+		t.Fatal(err)
 	}
+	if err := s.AddCompensation(ctx, "charge", undo("charge")); err != nil {
+		t.Fatal(err)
+	}
+	ran = append(ran, "charge")
 	boom := errors.New("carrier refused the parcel")
 	err = s.Step(ctx, "ship", undo("ship"), func(context.Context) error { ran = append(ran, "ship"); return boom })
 	if !errors.Is(err, boom) {
