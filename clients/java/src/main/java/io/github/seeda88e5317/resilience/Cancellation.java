@@ -16,7 +16,7 @@ import java.util.concurrent.CompletableFuture;
  * });
  * }</pre>
  *
- * Callbacks run on a gRPC thread; keep them short.
+ * Callbacks run on a gRPC or timer thread; keep them short.
  */
 public final class Cancellation {
   private final CompletableFuture<LeaseLostException> lost;

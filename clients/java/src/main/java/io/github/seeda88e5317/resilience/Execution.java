@@ -3,6 +3,7 @@ package io.github.seeda88e5317.resilience;
 import com.google.protobuf.ByteString;
 import java.time.Instant;
 import java.util.Objects;
+import java.util.concurrent.CompletableFuture;
 import resilience.v1.Idempotency.CheckpointIdempotencyRequest;
 import resilience.v1.Idempotency.CheckpointIdempotencyResponse;
 
@@ -84,6 +85,25 @@ public final class Execution {
                             .setData(ByteString.copyFrom(data))
                             .build()));
     return Protos.instant(resp.getLeaseExpireTime());
+  }
+
+  /** {@link #checkpoint} without blocking (UNAVAILABLE is retried the same way). */
+  public CompletableFuture<Instant> checkpointAsync(String recoveryPoint, byte[] data) {
+    Objects.requireNonNull(recoveryPoint, "recoveryPoint");
+    Objects.requireNonNull(data, "data");
+    CheckpointIdempotencyRequest req =
+        CheckpointIdempotencyRequest.newBuilder()
+            .setKey(key)
+            .setLeaseId(leaseId)
+            .setRecoveryPoint(recoveryPoint)
+            .setData(ByteString.copyFrom(data))
+            .build();
+    return Async.retryUnavailable(
+            client.scheduler(),
+            Tracing.currentContextExecutor(),
+            retries,
+            () -> Async.unary(client.idempotencyFuture().checkpointIdempotency(req)))
+        .thenApply(r -> Protos.instant(r.getLeaseExpireTime()));
   }
 
   String leaseId() {

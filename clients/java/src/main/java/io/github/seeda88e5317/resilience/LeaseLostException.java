@@ -11,11 +11,12 @@ import java.util.Map;
  * exclusion; for an idempotency key, the operation may have run twice. The caller must know, so
  * this is never swallowed by the helpers.
  *
- * <p>When the loss was reported by a {@link LockSession}, {@link #lossReason()} says why: {@code
- * LEASE_LOST} (renewal found the lease gone), {@code MAX_HOLD}, {@code SHUTDOWN}, {@code
- * STORE_UNAVAILABLE} (as the sidecar reports them), {@code STREAM_ENDED} (the session stream broke,
- * e.g. the sidecar died) or {@code NOT_RENEWED} (no renewal arrived before the lease's TTL ran out,
- * e.g. the sidecar is frozen). For an error returned by an RPC it is empty.
+ * <p>When the loss was seen by the client ({@link LockSession}, {@link LockHandle}), {@link
+ * #lossReason()} says why: {@code LEASE_LOST} (renewal found the lease gone), {@code MAX_HOLD},
+ * {@code SHUTDOWN}, {@code STORE_UNAVAILABLE} (as the sidecar reports them), {@code STREAM_ENDED}
+ * (the session stream broke, e.g. the sidecar died) or {@code RENEWAL_OVERDUE} (no renewal
+ * confirmation arrived by the lease's local deadline, TTL minus the safety margin after the last
+ * one, e.g. the sidecar is frozen). For an error returned by an RPC it is empty.
  */
 public class LeaseLostException extends SidecarException {
   private static final long serialVersionUID = 1L;
@@ -27,7 +28,7 @@ public class LeaseLostException extends SidecarException {
     this.lossReason = lossReason;
   }
 
-  /** A lease loss reported by a session (not by an RPC error). */
+  /** A lease loss seen by a session or handle (not an RPC error). */
   static LeaseLostException sessionLost(
       String key, String lossReason, String message, Throwable cause) {
     String description = "lock \"" + key + "\" lost (" + lossReason + ")";

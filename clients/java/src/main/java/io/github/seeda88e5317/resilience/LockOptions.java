@@ -4,8 +4,8 @@ import java.time.Duration;
 import java.util.Objects;
 
 /**
- * Options of {@link ResilienceClient#holdLock} and {@link ResilienceClient#withLock}. Immutable:
- * each method returns a copy.
+ * Options of {@link ResilienceClient#holdLock}, {@link ResilienceClient#withLock} and {@link
+ * ResilienceClient#lock} (the explicit handle). Immutable: each method returns a copy.
  *
  * <pre>{@code
  * LockOptions.defaults().ttl(Duration.ofSeconds(5)).waitTimeout(Duration.ofSeconds(2)).owner("worker-a")
@@ -76,6 +76,22 @@ public final class LockOptions {
 
   public Duration maxHold() {
     return maxHold;
+  }
+
+  /** The smallest safety margin: {@value #MIN_SAFETY_MARGIN_MILLIS} ms. */
+  public static final long MIN_SAFETY_MARGIN_MILLIS = 100;
+
+  /**
+   * The safety margin of a lease of {@code ttl}: max(TTL/10, 100 ms). A lease confirmed at t (on
+   * this process's monotonic clock) counts as held until t + TTL - margin, the lease's local
+   * deadline; the margin covers the time the confirmation took to arrive and timer delays, so the
+   * holder stops before the lease can expire in the store. (With TTLs near the 100 ms minimum little
+   * or nothing is left: choose TTLs of a second or more.)
+   */
+  public static Duration safetyMargin(Duration ttl) {
+    Duration tenth = ttl.dividedBy(10);
+    Duration min = Duration.ofMillis(MIN_SAFETY_MARGIN_MILLIS);
+    return tenth.compareTo(min) >= 0 ? tenth : min;
   }
 
   /** The TTL the sidecar will use. */

@@ -1,5 +1,7 @@
 package io.github.seeda88e5317.resilience;
 
+import io.grpc.Context;
+import io.grpc.Deadline;
 import io.grpc.Status;
 import io.grpc.stub.ClientCallStreamObserver;
 import io.grpc.stub.ClientResponseObserver;
@@ -7,11 +9,11 @@ import java.time.Duration;
 import java.time.Instant;
 import java.util.Objects;
 import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.CompletionException;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.RejectedExecutionException;
 import java.util.concurrent.ScheduledFuture;
 import java.util.concurrent.TimeUnit;
-import java.util.concurrent.TimeoutException;
 import resilience.v1.Lock.HoldLockRequest;
 import resilience.v1.Lock.HoldLockResponse;
 import resilience.v1.Lock.Holder;
@@ -21,19 +23,33 @@ import resilience.v1.Lock.Holder;
  * session is open, and releases it on {@link #close()} or when this process dies (the stream ends).
  * Get one from {@link ResilienceClient#holdLock} and use it with try-with-resources.
  *
+ * <p>The session keeps the lease's <b>local deadline</b> on this process's monotonic clock
+ * ({@link System#nanoTime()}): each time the grant or a renewal confirmation is received (at t),
+ * the deadline becomes t + TTL - margin, margin = max(TTL/10, 100 ms) ({@link
+ * LockOptions#safetyMargin}). The TTL is the one the session asked for; the sidecar's clock is
+ * never used.
+ *
  * <p>{@link #lost()} completes the moment the lease is lost: the sidecar reports it ({@code
  * LEASE_LOST}, {@code MAX_HOLD}, {@code SHUTDOWN}, {@code STORE_UNAVAILABLE}), the stream breaks
- * ({@code STREAM_ENDED}), or no renewal arrives within the TTL ({@code NOT_RENEWED}: the sidecar is
- * frozen or unreachable, and the lease is about to expire in the store). After a loss, stop
- * writing: {@link #close()} then throws {@link LeaseLostException}.
+ * ({@value #STREAM_ENDED}), or the local deadline passes without a newer confirmation ({@value
+ * #RENEWAL_OVERDUE}: the sidecar is frozen or unreachable, and the lease is about to expire in the
+ * store, before anyone else can take the lock). After a loss, stop writing: {@link #close()} then
+ * throws {@link LeaseLostException}.
  *
  * <p>Thread-safe.
  */
 public final class LockSession implements AutoCloseable {
+  /** Loss reason: no grant or renewal confirmation was received by the lease's local deadline. */
+  public static final String RENEWAL_OVERDUE = "RENEWAL_OVERDUE";
+
+  /** Loss reason: the session stream ended (the sidecar died, or the connection broke). */
+  public static final String STREAM_ENDED = "STREAM_ENDED";
+
   private final ResilienceClient client;
   private final String key;
   private final LockOptions options;
   private final Duration ttl;
+  private final long validNanos; // ttl - margin: how long a confirmation keeps the lease ours
 
   private final CompletableFuture<HoldLockResponse> first = new CompletableFuture<>();
   private final CompletableFuture<LeaseLostException> lost = new CompletableFuture<>();
@@ -44,7 +60,9 @@ public final class LockSession implements AutoCloseable {
   private volatile boolean acquired;
   private volatile boolean released;
   private volatile boolean closing;
-  private volatile long lastHeardNanos;
+  private volatile boolean cancelledHere;
+  private volatile long confirmedNanos;
+  private volatile long deadlineNanos;
   private volatile Lease lease;
   private volatile Instant expireTime;
   private ScheduledFuture<?> watchdog;
@@ -55,13 +73,45 @@ public final class LockSession implements AutoCloseable {
     this.key = key;
     this.options = options;
     this.ttl = options.effectiveTtl();
+    this.validNanos = ttl.minus(LockOptions.safetyMargin(ttl)).toNanos();
   }
 
+  /** Blocking open: {@link #openAsync}, waited for; an interrupt cancels the acquire. */
   static LockSession open(ResilienceClient client, String key, LockOptions options) {
-    Objects.requireNonNull(key, "key");
+    LockSession s = new LockSession(client, Objects.requireNonNull(key, "key"), options);
+    CompletableFuture<LockSession> f = s.start();
+    try {
+      return f.get(); // bounded by the acquire timer
+    } catch (InterruptedException e) {
+      s.cancel("interrupted");
+      Thread.currentThread().interrupt();
+      throw SidecarException.from(
+          Status.CANCELLED
+              .withDescription("interrupted while acquiring lock \"" + key + "\"")
+              .withCause(e)
+              .asRuntimeException());
+    } catch (ExecutionException e) {
+      throw Async.<RuntimeException>sneaky(Async.unwrap(e));
+    }
+  }
+
+  /** Opens a session; the future completes once the lock is held (or fails as {@link #open}). */
+  static CompletableFuture<LockSession> openAsync(
+      ResilienceClient client, String key, LockOptions options) {
+    return new LockSession(client, Objects.requireNonNull(key, "key"), options).start();
+  }
+
+  private CompletableFuture<LockSession> start() {
     Objects.requireNonNull(options, "options");
-    LockSession s = new LockSession(client, key, options);
-    client.locksAsync().holdLock(s.new Observer());
+    // The acquire is bounded by the caller's deadline (a gRPC Context deadline, e.g. inside a
+    // server call), or else by wait_timeout + the call timeout.
+    long bound = options.waitTimeout().plus(client.effectiveCallTimeout()).toNanos();
+    Deadline callerDeadline = Context.current().getDeadline();
+    if (callerDeadline != null) {
+      bound = Math.min(bound, Math.max(0, callerDeadline.timeRemaining(TimeUnit.NANOSECONDS)));
+    }
+    // The session itself outlives the caller's deadline: it ends with close().
+    Context.current().fork().run(() -> client.locksAsync().holdLock(new Observer()));
     HoldLockRequest.Acquire.Builder acquire =
         HoldLockRequest.Acquire.newBuilder()
             .setKey(key)
@@ -71,18 +121,39 @@ public final class LockSession implements AutoCloseable {
     if (options.ttl() != null) {
       acquire.setTtl(Protos.duration(options.ttl()));
     }
-    s.send(HoldLockRequest.newBuilder().setAcquire(acquire).build(), false);
-    s.awaitAcquired();
-    return s;
+    send(HoldLockRequest.newBuilder().setAcquire(acquire).build(), false);
+    final long boundNanos = bound;
+    ScheduledFuture<?> timer;
+    try {
+      timer =
+          client
+              .scheduler()
+              .schedule(
+                  () -> first.completeExceptionally(new AcquireTimedOut()),
+                  boundNanos,
+                  TimeUnit.NANOSECONDS);
+    } catch (RejectedExecutionException e) {
+      cancel("client closed");
+      return CompletableFuture.failedFuture(clientClosed());
+    }
+    return first.handle(
+        (resp, err) -> {
+          timer.cancel(false);
+          return afterFirst(resp, err, boundNanos);
+        });
   }
 
-  /** Waits for the answer to acquire: the lease, not_acquired, or an error. */
-  private void awaitAcquired() {
-    Duration bound = options.waitTimeout().plus(client.effectiveCallTimeout());
-    HoldLockResponse resp;
-    try {
-      resp = first.get(bound.toNanos(), TimeUnit.NANOSECONDS);
-    } catch (TimeoutException e) {
+  /** Timer marker: no answer to acquire in time. */
+  private static final class AcquireTimedOut extends RuntimeException {
+    private static final long serialVersionUID = 1L;
+
+    AcquireTimedOut() {
+      super(null, null, false, false);
+    }
+  }
+
+  private LockSession afterFirst(HoldLockResponse resp, Throwable err, long boundNanos) {
+    if (err instanceof AcquireTimedOut) {
       cancel("no answer to acquire");
       throw SidecarException.from(
           Status.DEADLINE_EXCEEDED
@@ -92,19 +163,12 @@ public final class LockSession implements AutoCloseable {
                       + " did not answer the HoldLock acquire of \""
                       + key
                       + "\" within "
-                      + bound.toMillis()
+                      + TimeUnit.NANOSECONDS.toMillis(boundNanos)
                       + "ms")
               .asRuntimeException());
-    } catch (InterruptedException e) {
-      cancel("interrupted");
-      Thread.currentThread().interrupt();
-      throw SidecarException.from(
-          Status.CANCELLED
-              .withDescription("interrupted while acquiring lock \"" + key + "\"")
-              .withCause(e)
-              .asRuntimeException());
-    } catch (ExecutionException e) {
-      throw SidecarException.from(e.getCause());
+    }
+    if (err != null) {
+      throw SidecarException.from(Async.unwrap(err));
     }
     switch (resp.getEventCase()) {
       case ACQUIRED -> {
@@ -127,23 +191,24 @@ public final class LockSession implements AutoCloseable {
                 .asRuntimeException());
       }
     }
-    long period = Math.max(TimeUnit.MILLISECONDS.toNanos(20), ttl.toNanos() / 4);
     synchronized (this) {
       if (!lost.isDone() && !closed) {
         try {
-          watchdog =
-              client
-                  .scheduler()
-                  .scheduleAtFixedRate(this::checkRenewal, period, period, TimeUnit.NANOSECONDS);
+          armWatchdog(deadlineNanos - System.nanoTime());
         } catch (RejectedExecutionException e) { // the client is closing: so is this session
           cancel("client closed");
-          throw SidecarException.from(
-              Status.CANCELLED
-                  .withDescription("the client was closed while acquiring lock \"" + key + "\"")
-                  .asRuntimeException());
+          throw clientClosed();
         }
       }
     }
+    return this;
+  }
+
+  private SidecarException clientClosed() {
+    return SidecarException.from(
+        Status.CANCELLED
+            .withDescription("the client was closed while acquiring lock \"" + key + "\"")
+            .asRuntimeException());
   }
 
   /** The lease as granted. Its fencing token is fixed for the session. */
@@ -151,15 +216,31 @@ public final class LockSession implements AutoCloseable {
     return lease;
   }
 
-  /** The lease's current expiry, moved by each renewal. */
+  /** The lease's current expiry as the sidecar reports it, moved by each renewal. */
   public Instant expireTime() {
     return expireTime;
   }
 
   /**
+   * When the last grant or renewal confirmation was received, as a {@link System#nanoTime()}
+   * value. The local deadline is this plus TTL minus the safety margin.
+   */
+  public long confirmedAtNanos() {
+    return confirmedNanos;
+  }
+
+  /**
+   * The time left until the lease's local deadline (zero or negative once it passed): how long
+   * work may go on if no further renewal arrived.
+   */
+  public Duration timeLeft() {
+    return Duration.ofNanos(deadlineNanos - System.nanoTime());
+  }
+
+  /**
    * Completes with the cause when the lease is lost; never completes if the session ends without a
-   * loss. Callbacks run on a gRPC or watchdog thread: keep them short. (A copy: completing it does
-   * not affect the session.)
+   * loss. Callbacks run on a gRPC or timer thread: keep them short. (A copy: completing it does not
+   * affect the session.)
    */
   public CompletableFuture<LeaseLostException> lost() {
     return lost.copy();
@@ -176,58 +257,106 @@ public final class LockSession implements AutoCloseable {
   }
 
   /**
-   * Releases the lock and ends the session, waiting (at most the client's call timeout) for the
-   * sidecar to confirm. Calling it again does nothing.
+   * Releases the lock and ends the session, waiting for the sidecar to confirm at most until the
+   * lease's local deadline or the client's call timeout, whichever comes first. Calling it again
+   * does nothing.
    *
-   * @throws LeaseLostException the lease was lost during the session: the work done under it may
-   *     have run without exclusion
-   * @throws SidecarException the sidecar did not confirm the release in time (the lock then frees
-   *     itself within its TTL)
+   * @throws LeaseLostException the lease was lost during the session (also when the local deadline
+   *     passed while waiting for the confirmation: {@value #RENEWAL_OVERDUE}): the work done under
+   *     it may have run without exclusion
+   * @throws ReleaseUnconfirmedException the sidecar did not confirm the release within the call
+   *     timeout (the lock then frees itself within its TTL)
    */
   @Override
   public void close() {
+    CompletableFuture<Void> f = closeAsync();
+    boolean interrupted = false;
+    try {
+      while (true) {
+        try {
+          f.get(); // bounded by the release timer
+          return;
+        } catch (InterruptedException e) {
+          interrupted = true;
+        } catch (ExecutionException e) {
+          throw Async.<RuntimeException>sneaky(Async.unwrap(e));
+        }
+      }
+    } finally {
+      if (interrupted) {
+        Thread.currentThread().interrupt();
+      }
+    }
+  }
+
+  /**
+   * {@link #close()} without blocking: the future completes when the release is confirmed, or
+   * fails with what {@code close()} throws. Calling it again returns a completed future.
+   */
+  public CompletableFuture<Void> closeAsync() {
     synchronized (this) {
       if (closed) {
-        return;
+        return CompletableFuture.completedFuture(null);
       }
       closed = true;
       if (watchdog != null) {
         watchdog.cancel(false);
       }
     }
-    if (!lost.isDone() && !ended.isDone()) {
-      closing = true;
-      send(
-          HoldLockRequest.newBuilder()
-              .setRelease(HoldLockRequest.Release.getDefaultInstance())
-              .build(),
-          true);
-      Duration bound = client.effectiveCallTimeout();
-      if (!awaitUninterruptibly(ended, bound)) {
-        boolean lostBefore = lost.isDone();
-        cancel("release not confirmed"); // the sidecar, if it wakes up, releases on the cancel
-        if (!lostBefore) {
-          throw SidecarException.from(
-              Status.DEADLINE_EXCEEDED
-                  .withDescription(
-                      "the sidecar at "
-                          + client.address()
-                          + " did not confirm the release of \""
-                          + key
-                          + "\" within "
-                          + bound.toMillis()
-                          + "ms; the lock frees itself within its TTL")
-                  .asRuntimeException());
-        }
-      }
-    } else {
+    if (lost.isDone() || ended.isDone()) {
       cancel("session closed");
+      return finished();
     }
+    closing = true;
+    send(
+        HoldLockRequest.newBuilder()
+            .setRelease(HoldLockRequest.Release.getDefaultInstance())
+            .build(),
+        true);
+    long bound =
+        Math.max(
+            0,
+            Math.min(
+                deadlineNanos - System.nanoTime(), client.effectiveCallTimeout().toNanos()));
+    CompletableFuture<Boolean> confirmed = new CompletableFuture<>();
+    ended.thenRun(() -> confirmed.complete(true));
+    ScheduledFuture<?> timer = null;
+    try {
+      timer =
+          client
+              .scheduler()
+              .schedule(() -> confirmed.complete(false), bound, TimeUnit.NANOSECONDS);
+    } catch (RejectedExecutionException e) {
+      // The client is closing: its channel ends the stream, which completes `ended`.
+    }
+    ScheduledFuture<?> t = timer;
+    return confirmed.thenCompose(
+        ok -> {
+          if (t != null) {
+            t.cancel(false);
+          }
+          if (!ok) {
+            if (System.nanoTime() - deadlineNanos >= 0) {
+              markLost(RENEWAL_OVERDUE, overdueMessage(), null);
+            }
+            cancel("release not confirmed"); // the sidecar, if it wakes up, releases on the cancel
+            if (!lost.isDone()) {
+              return CompletableFuture.failedFuture(
+                  ReleaseUnconfirmedException.of(client.address(), key, Duration.ofNanos(bound)));
+            }
+          }
+          return finished();
+        });
+  }
+
+  /** Completes normally, or with the session's loss (a fresh exception: the caller's trace). */
+  private CompletableFuture<Void> finished() {
     LeaseLostException e = lost.getNow(null);
-    if (e != null) {
-      // A fresh exception, so that its stack trace shows the caller of close().
-      throw LeaseLostException.sessionLost(key, e.lossReason(), lossMessage(e), e);
+    if (e == null) {
+      return CompletableFuture.completedFuture(null);
     }
+    return CompletableFuture.failedFuture(
+        LeaseLostException.sessionLost(key, e.lossReason(), lossMessage(e), e));
   }
 
   private static String lossMessage(LeaseLostException e) {
@@ -254,12 +383,12 @@ public final class LockSession implements AutoCloseable {
               new Lease(
                   l.getKey(), l.getFencingToken(), Protos.instant(l.getExpireTime()), l.getOwner());
           expireTime = lease.expireTime();
-          lastHeardNanos = System.nanoTime();
+          confirmed(System.nanoTime());
           acquired = true;
         }
         case RENEWED -> {
           expireTime = Protos.instant(resp.getRenewed().getExpireTime());
-          lastHeardNanos = System.nanoTime();
+          confirmed(System.nanoTime());
         }
         case RELEASED -> released = true;
         case LOST -> {
@@ -277,9 +406,9 @@ public final class LockSession implements AutoCloseable {
     public void onError(Throwable t) {
       if (!first.isDone()) {
         first.completeExceptionally(t);
-      } else if (!released) {
+      } else if (!released && !cancelledHere) {
         SidecarException e = SidecarException.from(t);
-        markLost("STREAM_ENDED", "the session stream ended: " + e.getMessage(), e);
+        markLost(STREAM_ENDED, "the session stream ended: " + e.getMessage(), e);
       }
       ended.complete(null);
     }
@@ -292,10 +421,15 @@ public final class LockSession implements AutoCloseable {
                 .withDescription("the HoldLock stream ended before answering acquire")
                 .asRuntimeException());
       } else if (!released) {
-        markLost("STREAM_ENDED", "the session stream ended without a release", null);
+        markLost(STREAM_ENDED, "the session stream ended without a release", null);
       }
       ended.complete(null);
     }
+  }
+
+  private void confirmed(long now) {
+    confirmedNanos = now;
+    deadlineNanos = now + validNanos;
   }
 
   private void markLost(String reason, String message, Throwable cause) {
@@ -304,23 +438,43 @@ public final class LockSession implements AutoCloseable {
     }
   }
 
-  /** Declares the lease lost when no renewal arrived within the TTL. */
-  private void checkRenewal() {
+  private String overdueMessage() {
+    return "no renewal confirmation from the sidecar at "
+        + client.address()
+        + " within "
+        + TimeUnit.NANOSECONDS.toMillis(validNanos)
+        + "ms (TTL "
+        + ttl.toMillis()
+        + "ms minus the safety margin) of the last one; the lease expires in the store";
+  }
+
+  /** Runs at the local deadline: the lease is lost unless a confirmation moved the deadline. */
+  private void checkDeadline() {
     if (lost.isDone() || ended.isDone() || closing) {
       return;
     }
-    long silent = System.nanoTime() - lastHeardNanos;
-    if (silent >= ttl.toNanos()) {
-      markLost(
-          "NOT_RENEWED",
-          "no renewal from the sidecar at "
-              + client.address()
-              + " within the TTL ("
-              + ttl.toMillis()
-              + "ms); the lease expires in the store",
-          null);
-      cancel("lease not renewed");
+    long left = deadlineNanos - System.nanoTime();
+    if (left > 0) {
+      synchronized (this) {
+        if (!closed) {
+          try {
+            armWatchdog(left);
+          } catch (RejectedExecutionException e) {
+            // The client is closing: its channel ends the stream.
+          }
+        }
+      }
+      return;
     }
+    markLost(RENEWAL_OVERDUE, overdueMessage(), null);
+    cancel("renewal overdue");
+  }
+
+  private void armWatchdog(long delayNanos) {
+    watchdog =
+        client
+            .scheduler()
+            .schedule(this::checkDeadline, Math.max(0, delayNanos), TimeUnit.NANOSECONDS);
   }
 
   private synchronized void send(HoldLockRequest msg, boolean halfClose) {
@@ -336,35 +490,18 @@ public final class LockSession implements AutoCloseable {
 
   private synchronized void cancel(String why) {
     if (!ended.isDone()) {
+      cancelledHere = true;
       requests.cancel("resilience: " + why, null);
-    }
-  }
-
-  private static boolean awaitUninterruptibly(CompletableFuture<?> f, Duration bound) {
-    long deadline = System.nanoTime() + bound.toNanos();
-    boolean interrupted = false;
-    try {
-      while (true) {
-        try {
-          f.get(Math.max(0, deadline - System.nanoTime()), TimeUnit.NANOSECONDS);
-          return true;
-        } catch (InterruptedException e) {
-          interrupted = true;
-        } catch (ExecutionException e) {
-          return true;
-        } catch (TimeoutException e) {
-          return false;
-        }
-      }
-    } finally {
-      if (interrupted) {
-        Thread.currentThread().interrupt();
-      }
     }
   }
 
   @Override
   public String toString() {
     return "LockSession{key=" + key + ", lost=" + isLost() + "}";
+  }
+
+  /** For withLockAsync: wraps a failure so that CompletableFuture passes it on unchanged. */
+  static CompletionException wrap(Throwable t) {
+    return t instanceof CompletionException c ? c : new CompletionException(t);
   }
 }

@@ -27,6 +27,9 @@ import java.util.HexFormat;
 import java.util.List;
 import java.util.Map;
 import java.util.Objects;
+import java.util.concurrent.CompletableFuture;
+import java.util.concurrent.CompletionStage;
+import java.util.concurrent.Executor;
 import java.util.concurrent.ScheduledThreadPoolExecutor;
 import java.util.concurrent.TimeUnit;
 import java.util.function.Supplier;
@@ -48,11 +51,14 @@ import resilience.v1.Idempotency.IdempotencyResult;
 import resilience.v1.Idempotency.ReleaseIdempotencyRequest;
 import resilience.v1.IdempotencyServiceGrpc;
 import resilience.v1.LockServiceGrpc;
+import resilience.v1.SagaOuterClass.StartSagaRequest;
 
 /**
  * A connection to the resilience sidecar: the generated stubs of every service, and helpers built
- * on them ({@link #withLock}, {@link #holdLock}, {@link #idempotent}, {@link #publish}, {@link
- * #subscribe}).
+ * on them: locks ({@link #withLock}, {@link #holdLock}, the explicit {@link #lock} handle), {@link
+ * #idempotent}, circuit breakers ({@link #breaker}, {@link #executeCall}), sagas ({@link
+ * #startSaga}, {@link #saga}), {@link #lamportClock}, {@link #publish} and {@link #subscribe}; most
+ * with a {@code CompletableFuture} variant ({@code ...Async}).
  *
  * <pre>{@code
  * try (ResilienceClient client = ResilienceClient.create()) {
@@ -67,7 +73,9 @@ import resilience.v1.LockServiceGrpc;
  * unix:///path}; default {@value #DEFAULT_ADDR}) and the API token from {@code SIDECAR_API_TOKEN}
  * or the file named by {@code SIDECAR_API_TOKEN_FILE}. The sidecar listens on localhost, so the
  * transport is plaintext. Every unary call without a deadline of its own gets {@link
- * #DEFAULT_CALL_TIMEOUT}, so a stopped sidecar is an error, not a hang.
+ * #DEFAULT_CALL_TIMEOUT}, so a stopped sidecar is an error, not a hang. A sidecar that restarts is
+ * reconnected to within {@link #DEFAULT_MAX_RECONNECT_BACKOFF}. When the OpenTelemetry API is on
+ * the class path, every call carries the current trace context ({@code traceparent}).
  *
  * <p>The stubs throw {@link StatusRuntimeException}; {@link SidecarException#from(Throwable)}
  * decodes it into the typed exception of its reason. The helpers throw the typed exceptions
@@ -89,6 +97,15 @@ public final class ResilienceClient implements AutoCloseable {
   /** The deadline given to every unary call that has none. */
   public static final Duration DEFAULT_CALL_TIMEOUT = Duration.ofSeconds(10);
 
+  /** The longest pause between reconnect attempts ({@link Builder#maxReconnectBackoff}). */
+  public static final Duration DEFAULT_MAX_RECONNECT_BACKOFF = Duration.ofSeconds(1);
+
+  /**
+   * How long a call made while the sidecar is unreachable waits for the connection ({@link
+   * Builder#connectWait}).
+   */
+  public static final Duration DEFAULT_CONNECT_WAIT = Duration.ofSeconds(2);
+
   private final ManagedChannel channel;
   private final String address;
   private final Duration callTimeout;
@@ -106,8 +123,19 @@ public final class ResilienceClient implements AutoCloseable {
   private final SagaServiceGrpc.SagaServiceStub sagasAsync;
   private final EventServiceGrpc.EventServiceBlockingStub events;
   private final EventServiceGrpc.EventServiceStub eventsAsync;
+  private final LockServiceGrpc.LockServiceFutureStub locksFuture;
+  private final IdempotencyServiceGrpc.IdempotencyServiceFutureStub idempotencyFuture;
+  private final ClockServiceGrpc.ClockServiceFutureStub clocksFuture;
+  private final BreakerServiceGrpc.BreakerServiceFutureStub breakersFuture;
+  private final SagaServiceGrpc.SagaServiceFutureStub sagasFuture;
+  private final EventServiceGrpc.EventServiceFutureStub eventsFuture;
 
-  private ResilienceClient(ManagedChannel channel, String address, Duration callTimeout) {
+  private ResilienceClient(
+      ManagedChannel channel,
+      String address,
+      Duration callTimeout,
+      Duration maxReconnectBackoff,
+      AwaitConnection awaitConnection) {
     this.channel = channel;
     this.address = address;
     this.callTimeout = callTimeout;
@@ -115,7 +143,7 @@ public final class ResilienceClient implements AutoCloseable {
         new ScheduledThreadPoolExecutor(
             1,
             r -> {
-              Thread t = new Thread(r, "resilience-session-watchdog");
+              Thread t = new Thread(r, "resilience-client-timer");
               t.setDaemon(true);
               return t;
             });
@@ -132,6 +160,16 @@ public final class ResilienceClient implements AutoCloseable {
     this.sagasAsync = SagaServiceGrpc.newStub(channel);
     this.events = EventServiceGrpc.newBlockingStub(channel);
     this.eventsAsync = EventServiceGrpc.newStub(channel);
+    this.locksFuture = LockServiceGrpc.newFutureStub(channel);
+    this.idempotencyFuture = IdempotencyServiceGrpc.newFutureStub(channel);
+    this.clocksFuture = ClockServiceGrpc.newFutureStub(channel);
+    this.breakersFuture = BreakerServiceGrpc.newFutureStub(channel);
+    this.sagasFuture = SagaServiceGrpc.newFutureStub(channel);
+    this.eventsFuture = EventServiceGrpc.newFutureStub(channel);
+    awaitConnection.bind(channel, scheduler);
+    if (!maxReconnectBackoff.isZero()) {
+      ReconnectBackoffCap.install(channel, scheduler, maxReconnectBackoff);
+    }
   }
 
   /** A client configured from the environment (see the class comment). */
@@ -209,6 +247,30 @@ public final class ResilienceClient implements AutoCloseable {
     return eventsAsync;
   }
 
+  LockServiceGrpc.LockServiceFutureStub locksFuture() {
+    return locksFuture;
+  }
+
+  IdempotencyServiceGrpc.IdempotencyServiceFutureStub idempotencyFuture() {
+    return idempotencyFuture;
+  }
+
+  ClockServiceGrpc.ClockServiceFutureStub clocksFuture() {
+    return clocksFuture;
+  }
+
+  BreakerServiceGrpc.BreakerServiceFutureStub breakersFuture() {
+    return breakersFuture;
+  }
+
+  SagaServiceGrpc.SagaServiceFutureStub sagasFuture() {
+    return sagasFuture;
+  }
+
+  EventServiceGrpc.EventServiceFutureStub eventsFuture() {
+    return eventsFuture;
+  }
+
   // ---- locks -------------------------------------------------------------------------------
 
   /**
@@ -246,7 +308,14 @@ public final class ResilienceClient implements AutoCloseable {
    * {@code fn} ran and {@code fn} returned normally, throws {@link LeaseLostException}: the
    * critical section may have run without exclusion.
    *
+   * <p>Bounded: acquiring waits at most the wait timeout plus the call timeout (or the caller's
+   * gRPC Context deadline); after {@code fn}, the release waits at most until the lease's local
+   * deadline or the call timeout, whichever comes first, and then throws {@link
+   * ReleaseUnconfirmedException} (or {@link LeaseLostException} with {@code RENEWAL_OVERDUE} once
+   * the local deadline passed): the lock frees itself when its lease expires.
+   *
    * @throws NotAcquiredException the wait ended without the lock; {@code fn} did not run
+   * @throws DeadlineExceededException the sidecar did not answer the acquire in time
    */
   public <T, E extends Exception> T withLock(
       String key, LockOptions options, LockedCallable<T, E> fn) throws E {
@@ -270,6 +339,204 @@ public final class ResilienceClient implements AutoCloseable {
   /** {@link #withLock(String, LockOptions, LockedCallable)} with {@link LockOptions#defaults()}. */
   public <T, E extends Exception> T withLock(String key, LockedCallable<T, E> fn) throws E {
     return withLock(key, LockOptions.defaults(), fn);
+  }
+
+  /**
+   * {@link #holdLock(String, LockOptions)} without blocking: the future completes with the session
+   * once the lock is held, or fails as {@code holdLock} throws.
+   */
+  public CompletableFuture<LockSession> holdLockAsync(String key, LockOptions options) {
+    return LockSession.openAsync(this, key, options);
+  }
+
+  /**
+   * {@link #withLock(String, LockOptions, LockedCallable)} for asynchronous work: takes the lock
+   * without blocking, runs {@code fn}, and releases the lock when {@code fn}'s stage completes. The
+   * future completes with the stage's value, or fails with {@link NotAcquiredException} ({@code fn}
+   * not called), with the stage's failure (a lease loss or an unconfirmed release attached as
+   * suppressed), with {@link LeaseLostException} when the lease was lost while the stage ran, or
+   * with {@link ReleaseUnconfirmedException}.
+   */
+  public <T> CompletableFuture<T> withLockAsync(
+      String key, LockOptions options, AsyncLockedFunction<T> fn) {
+    Objects.requireNonNull(fn, "fn");
+    Executor ctx = Tracing.currentContextExecutor();
+    return LockSession.openAsync(this, key, options)
+        .thenComposeAsync(
+            session ->
+                Async.call(() -> fn.apply(session.lease(), session.cancellation()))
+                    .handle(
+                        (v, e) ->
+                            e == null
+                                ? BreakerGuard.Result.<T>ok(v)
+                                : BreakerGuard.Result.<T>failed(e))
+                    .thenComposeAsync(
+                        r ->
+                            session
+                                .closeAsync()
+                                .handle(
+                                    (x, closeError) -> {
+                                      if (r.error() != null) {
+                                        Throwable t = Async.unwrap(r.error());
+                                        if (closeError != null) {
+                                          t.addSuppressed(Async.unwrap(closeError));
+                                        }
+                                        throw LockSession.wrap(t);
+                                      }
+                                      if (closeError != null) {
+                                        throw LockSession.wrap(Async.unwrap(closeError));
+                                      }
+                                      return r.value();
+                                    }),
+                        ctx),
+            ctx);
+  }
+
+  /** {@link #withLockAsync(String, LockOptions, AsyncLockedFunction)} with the defaults. */
+  public <T> CompletableFuture<T> withLockAsync(String key, AsyncLockedFunction<T> fn) {
+    return withLockAsync(key, LockOptions.defaults(), fn);
+  }
+
+  /** The asynchronous critical section of {@link #withLockAsync}. */
+  @FunctionalInterface
+  public interface AsyncLockedFunction<T> {
+    CompletionStage<T> apply(Lease lease, Cancellation cancelled) throws Exception;
+  }
+
+  /**
+   * An explicit lock handle on {@code key}, not yet acquired: {@link LockHandle#acquire()}, then
+   * {@link LockHandle#fencingToken()}, {@link LockHandle#locked()}, {@link LockHandle#extend()},
+   * {@link LockHandle#release()}. Nothing renews its lease in the background (use {@link #holdLock}
+   * or {@link #withLock} for that). Makes no call.
+   */
+  public LockHandle lock(String key, LockOptions options) {
+    return new LockHandle(this, key, options);
+  }
+
+  /** {@link #lock(String, LockOptions)} with {@link LockOptions#defaults()}. */
+  public LockHandle lock(String key) {
+    return lock(key, LockOptions.defaults());
+  }
+
+  // ---- breakers ----------------------------------------------------------------------------
+
+  /**
+   * A guard of the sidecar's circuit breaker {@code name} around any function (see {@link
+   * BreakerGuard}). Breakers are named; the sidecar's config gives their policies (a name it does
+   * not declare gets its {@code default} policy). Makes no call.
+   */
+  public BreakerGuard breaker(String name, BreakerOptions options) {
+    return new BreakerGuard(this, name, options);
+  }
+
+  /** {@link #breaker(String, BreakerOptions)} with {@link BreakerOptions#defaults()}. */
+  public BreakerGuard breaker(String name) {
+    return breaker(name, BreakerOptions.defaults());
+  }
+
+  /**
+   * Has the sidecar make an HTTP request to {@code upstream} (a name of its config's {@code
+   * upstreams}) through the upstream's breaker, with its timeouts and retries, and returns the
+   * response: a response of any status is a result. The gRPC deadline is the request's timeout
+   * (default 30 s) plus the client's call timeout.
+   *
+   * @throws BreakerOpenException the upstream's breaker is open: nothing was sent ({@link
+   *     BreakerOpenException#retryDelay()})
+   * @throws UpstreamUnknownException the upstream is not configured, or the path leaves its base URL
+   * @throws UpstreamUnavailableException no response: connections failed on every attempt
+   * @throws UpstreamTimeoutException the request's timeout passed
+   * @throws LimitExceededException the response body is larger than the upstream allows
+   * @throws InvalidArgumentException another bad field ({@code violations()} names it)
+   */
+  public UpstreamResponse executeCall(String upstream, UpstreamRequest request) {
+    return Async.await(executeCallAsync(upstream, request));
+  }
+
+  /** {@link #executeCall} without blocking. */
+  public CompletableFuture<UpstreamResponse> executeCallAsync(
+      String upstream, UpstreamRequest request) {
+    Objects.requireNonNull(upstream, "upstream");
+    Objects.requireNonNull(request, "request");
+    long deadline = request.effectiveTimeout().plus(effectiveCallTimeout()).toNanos();
+    return Async.unary(
+            breakersFuture
+                .withDeadlineAfter(deadline, TimeUnit.NANOSECONDS)
+                .executeCall(request.toProto(upstream)))
+        .thenApply(UpstreamResponse::of);
+  }
+
+  // ---- sagas -------------------------------------------------------------------------------
+
+  /**
+   * Starts the saga {@code id} (or resumes it: starting is idempotent on id and name) and returns
+   * it, to record steps on and complete or abort (see {@link Saga}).
+   *
+   * @throws SagaStateConflictException the id is taken by a saga of another name
+   */
+  public Saga startSaga(String id, String name, SagaOptions options) {
+    return Async.await(startSagaAsync(id, name, options));
+  }
+
+  /** {@link #startSaga(String, String, SagaOptions)} with {@link SagaOptions#defaults()}. */
+  public Saga startSaga(String id, String name) {
+    return startSaga(id, name, SagaOptions.defaults());
+  }
+
+  /** {@link #startSaga(String, String, SagaOptions)} without blocking. */
+  public CompletableFuture<Saga> startSagaAsync(String id, String name, SagaOptions options) {
+    Objects.requireNonNull(id, "id");
+    Objects.requireNonNull(name, "name");
+    Objects.requireNonNull(options, "options");
+    StartSagaRequest.Builder req =
+        StartSagaRequest.newBuilder().setSagaId(id).setName(name).putAllMetadata(options.metadata());
+    if (!options.timeout().isZero()) {
+      req.setTimeout(Protos.duration(options.timeout()));
+    }
+    return Async.unary(sagasFuture.startSaga(req.build())).thenApply(r -> new Saga(this, id, name));
+  }
+
+  /**
+   * Runs {@code body} as the saga {@code id}: starts it, runs {@code body} (which records its steps
+   * with {@link Saga#step} or {@link Saga#addCompensation}), completes the saga when {@code body}
+   * returns and aborts it when {@code body} throws (the sidecar then compensates the recorded steps,
+   * newest first), rethrowing the exception with a failed abort attached as suppressed.
+   */
+  public <T, E extends Exception> T saga(
+      String id, String name, SagaOptions options, SagaBody<T, E> body) throws E {
+    Objects.requireNonNull(body, "body");
+    Saga saga = startSaga(id, name, options);
+    T result;
+    try {
+      result = body.run(saga);
+    } catch (Throwable t) {
+      try {
+        uninterrupted(
+            () -> {
+              saga.abort("saga body failed: " + t);
+              return null;
+            });
+      } catch (SagaStateConflictException alreadyEnded) {
+        // A step already aborted it (or it timed out): it is compensating.
+      } catch (RuntimeException e) {
+        t.addSuppressed(e);
+      }
+      throw t;
+    }
+    saga.complete();
+    return result;
+  }
+
+  /** The body of {@link #saga}: records and performs the saga's steps. */
+  @FunctionalInterface
+  public interface SagaBody<T, E extends Exception> {
+    T run(Saga saga) throws E;
+  }
+
+  // ---- clocks ------------------------------------------------------------------------------
+
+  /** The Lamport clock {@code name} (see {@link LamportClock}). Makes no call. */
+  public LamportClock lamportClock(String name) {
+    return new LamportClock(this, name);
   }
 
   // ---- idempotency -------------------------------------------------------------------------
@@ -398,6 +665,204 @@ public final class ResilienceClient implements AutoCloseable {
   public <E extends Exception> IdempotentResult idempotent(
       String key, String fingerprint, IdempotentOperation<E> operation) throws E {
     return idempotent(key, fingerprint, IdempotentOptions.defaults(), operation);
+  }
+
+  /**
+   * {@link #idempotent(String, String, IdempotentOptions, ResumableOperation)} for asynchronous
+   * operations: every call to the sidecar is made without blocking, and {@code operation}'s stage
+   * is awaited the same way. The future completes with the recorded result (this caller's or the
+   * stored one), or fails as {@code idempotent} throws.
+   */
+  public CompletableFuture<IdempotentResult> idempotentAsync(
+      String key, String fingerprint, IdempotentOptions options, AsyncIdempotentOperation operation) {
+    Objects.requireNonNull(key, "key");
+    Objects.requireNonNull(fingerprint, "fingerprint");
+    Objects.requireNonNull(options, "options");
+    Objects.requireNonNull(operation, "operation");
+    long start = System.nanoTime();
+    Executor ctx = Tracing.currentContextExecutor();
+    return idempotentRound(
+        key, fingerprint, options, operation, start, start + options.maxWait().toNanos(), ctx);
+  }
+
+  /** {@link #idempotentAsync(String, String, IdempotentOptions, AsyncIdempotentOperation)}, defaults. */
+  public CompletableFuture<IdempotentResult> idempotentAsync(
+      String key, String fingerprint, AsyncIdempotentOperation operation) {
+    return idempotentAsync(key, fingerprint, IdempotentOptions.defaults(), operation);
+  }
+
+  /** The asynchronous operation of {@link #idempotentAsync}. */
+  @FunctionalInterface
+  public interface AsyncIdempotentOperation {
+    CompletionStage<IdempotentResult> run(Execution execution) throws Exception;
+  }
+
+  private CompletableFuture<IdempotentResult> idempotentRound(
+      String key,
+      String fingerprint,
+      IdempotentOptions options,
+      AsyncIdempotentOperation operation,
+      long start,
+      long deadline,
+      Executor ctx) {
+    long remaining = Math.max(0, deadline - System.nanoTime());
+    Duration wait = min(options.inProgressWait(), Duration.ofMillis(remaining / 1_000_000));
+    CheckOrRecordIdempotencyRequest.Builder req =
+        CheckOrRecordIdempotencyRequest.newBuilder()
+            .setKey(key)
+            .setFingerprint(fingerprint)
+            .setWaitTimeout(Protos.duration(wait));
+    if (!options.leaseTtl().isZero()) {
+      req.setLeaseTtl(Protos.duration(options.leaseTtl()));
+    }
+    if (!options.retention().isZero()) {
+      req.setRetention(Protos.duration(options.retention()));
+    }
+    long callNanos = wait.plus(effectiveCallTimeout()).toNanos();
+    return Async.retryUnavailable(
+            scheduler,
+            ctx,
+            options.unavailableRetries(),
+            () ->
+                Async.unary(
+                    idempotencyFuture
+                        .withDeadlineAfter(callNanos, TimeUnit.NANOSECONDS)
+                        .checkOrRecordIdempotency(req.build())))
+        .thenComposeAsync(
+            resp -> {
+              switch (resp.getOutcome()) {
+                case OUTCOME_COMPLETED:
+                  return CompletableFuture.completedFuture(
+                      IdempotentResult.of(
+                          resp.getResult().getData().toByteArray(),
+                          resp.getResult().getMetadataMap()));
+                case OUTCOME_STARTED:
+                  Execution exec =
+                      new Execution(
+                          this,
+                          key,
+                          resp.getLeaseId(),
+                          resp.getAttempt(),
+                          resp.getCheckpoint().getRecoveryPoint(),
+                          resp.getCheckpoint().getData().toByteArray(),
+                          options.unavailableRetries());
+                  return runOwnedAsync(exec, operation, options, ctx);
+                case OUTCOME_IN_PROGRESS:
+                  Duration retryAfter = Protos.duration(resp.getRetryAfter());
+                  long left = deadline - System.nanoTime();
+                  if (left <= 0) {
+                    return CompletableFuture.failedFuture(
+                        new IdempotencyInProgressException(
+                            key,
+                            resp.getAttempt(),
+                            retryAfter,
+                            Duration.ofNanos(System.nanoTime() - start)));
+                  }
+                  CompletableFuture<Void> pause =
+                      wait.isZero() // the sidecar did not wait: pause as it suggests
+                          ? Async.delay(
+                              scheduler,
+                              min(
+                                  retryAfter.isZero() ? Duration.ofMillis(100) : retryAfter,
+                                  Duration.ofNanos(left)))
+                          : CompletableFuture.completedFuture(null);
+                  return pause.thenComposeAsync(
+                      x ->
+                          idempotentRound(
+                              key, fingerprint, options, operation, start, deadline, ctx),
+                      ctx);
+                default:
+                  return CompletableFuture.failedFuture(
+                      new IllegalStateException(
+                          "resilience: unexpected idempotency outcome " + resp.getOutcome()));
+              }
+            },
+            ctx);
+  }
+
+  private CompletableFuture<IdempotentResult> runOwnedAsync(
+      Execution exec, AsyncIdempotentOperation operation, IdempotentOptions options, Executor ctx) {
+    return Async.call(() -> operation.run(exec))
+        .handle(
+            (v, e) ->
+                e == null
+                    ? (v == null
+                        ? BreakerGuard.Result.<IdempotentResult>failed(
+                            new NullPointerException("idempotent operation returned null"))
+                        : BreakerGuard.Result.ok(v))
+                    : BreakerGuard.Result.<IdempotentResult>failed(Async.unwrap(e)))
+        .thenComposeAsync(
+            r -> {
+              if (r.error() != null) {
+                Throwable t = r.error();
+                return Async.retryUnavailable(
+                        scheduler,
+                        ctx,
+                        options.unavailableRetries(),
+                        () ->
+                            Async.unary(
+                                idempotencyFuture.releaseIdempotency(
+                                    ReleaseIdempotencyRequest.newBuilder()
+                                        .setKey(exec.key())
+                                        .setLeaseId(exec.leaseId())
+                                        .build())))
+                    .handle(
+                        (x, re) -> {
+                          Throwable rt = re == null ? null : Async.unwrap(re);
+                          if (rt instanceof SidecarException se
+                              && !(rt instanceof LeaseLostException)) {
+                            t.addSuppressed(
+                                se.withContext(
+                                    "release of idempotency key \""
+                                        + exec.key()
+                                        + "\" failed; it frees itself when its lease expires"));
+                          }
+                          return r.get();
+                        });
+              }
+              IdempotentResult result = r.value();
+              IdempotencyResult recorded =
+                  IdempotencyResult.newBuilder()
+                      .setData(ByteString.copyFrom(result.rawData()))
+                      .putAllMetadata(result.metadata())
+                      .build();
+              return Async.retryUnavailable(
+                      scheduler,
+                      ctx,
+                      options.unavailableRetries(),
+                      () ->
+                          Async.unary(
+                              idempotencyFuture.completeIdempotency(
+                                  CompleteIdempotencyRequest.newBuilder()
+                                      .setKey(exec.key())
+                                      .setLeaseId(exec.leaseId())
+                                      .setResult(recorded)
+                                      .build())))
+                  .handle(
+                      (x, ce) -> {
+                        if (ce == null) {
+                          return result;
+                        }
+                        Throwable c = Async.unwrap(ce);
+                        if (c instanceof LeaseLostException e) {
+                          throw LockSession.wrap(
+                              e.withContext(
+                                  "idempotency key \""
+                                      + exec.key()
+                                      + "\" ran but its lease was taken over; it may have run"
+                                      + " twice"));
+                        }
+                        if (c instanceof SidecarException e) {
+                          throw LockSession.wrap(
+                              e.withContext(
+                                  "idempotency key \""
+                                      + exec.key()
+                                      + "\" ran but its result was not recorded"));
+                        }
+                        throw LockSession.wrap(c);
+                      });
+            },
+            ctx);
   }
 
   /** Runs the operation as the owner of the key, then completes or releases it. */
@@ -682,6 +1147,9 @@ public final class ResilienceClient implements AutoCloseable {
     private String address;
     private String token;
     private Duration callTimeout = DEFAULT_CALL_TIMEOUT;
+    private Duration maxReconnectBackoff = DEFAULT_MAX_RECONNECT_BACKOFF;
+    private Duration connectWait = DEFAULT_CONNECT_WAIT;
+    private boolean propagateTraceContext = true;
     private final List<ClientInterceptor> interceptors = new ArrayList<>();
 
     private Builder() {}
@@ -708,6 +1176,50 @@ public final class ResilienceClient implements AutoCloseable {
         throw new IllegalArgumentException("callTimeout must not be negative");
       }
       this.callTimeout = callTimeout;
+      return this;
+    }
+
+    /**
+     * The longest pause between two attempts to reconnect to a sidecar that went away (default
+     * {@link #DEFAULT_MAX_RECONNECT_BACKOFF}, 1 s: a restarted sidecar is found within about a
+     * second; gRPC's own backoff grows to 120 s). {@link Duration#ZERO} leaves gRPC's backoff as
+     * it is.
+     */
+    public Builder maxReconnectBackoff(Duration max) {
+      Objects.requireNonNull(max, "max");
+      if (max.isNegative()) {
+        throw new IllegalArgumentException("maxReconnectBackoff must not be negative");
+      }
+      this.maxReconnectBackoff = max;
+      return this;
+    }
+
+    /**
+     * How long a call made while the sidecar is unreachable (e.g. restarting) waits for the
+     * connection before it fails with {@link SidecarUnreachableException} (default {@link
+     * #DEFAULT_CONNECT_WAIT}, 2 s), at most its deadline less a quarter of it (up to 250 ms, left
+     * for the failure); a call without a deadline (a stream) counts the call timeout as its
+     * deadline. With the reconnect
+     * backoff capped at about a second, a call made during a restart succeeds once the sidecar is
+     * back. {@link Duration#ZERO}: calls fail at once while the sidecar is unreachable. Calls made
+     * with gRPC's {@code withWaitForReady()} wait until their deadline, as always.
+     */
+    public Builder connectWait(Duration wait) {
+      Objects.requireNonNull(wait, "wait");
+      if (wait.isNegative()) {
+        throw new IllegalArgumentException("connectWait must not be negative");
+      }
+      this.connectWait = wait;
+      return this;
+    }
+
+    /**
+     * Whether every call carries the current OpenTelemetry context ({@code traceparent}, with the
+     * globally configured propagator) when the OpenTelemetry API is on the class path (default
+     * true; without the API nothing is sent either way).
+     */
+    public Builder propagateTraceContext(boolean propagate) {
+      this.propagateTraceContext = propagate;
       return this;
     }
 
@@ -738,16 +1250,26 @@ public final class ResilienceClient implements AutoCloseable {
 
       ManagedChannelBuilder<?> b =
           Grpc.newChannelBuilder(target(addr), InsecureChannelCredentials.create());
-      List<ClientInterceptor> all = new ArrayList<>(interceptors);
+      // grpc-java calls the last interceptor of the list first. Waiting for the connection comes
+      // last (innermost): it sees the default deadline, and the others run on the caller's thread.
+      Duration window = callTimeout.isZero() ? DEFAULT_CALL_TIMEOUT : callTimeout;
+      AwaitConnection await = new AwaitConnection(connectWait.toNanos(), window.toNanos());
+      List<ClientInterceptor> all = new ArrayList<>();
+      all.add(await);
+      all.addAll(interceptors);
       if (!tok.isEmpty()) {
         all.add(new BearerToken(tok));
       }
       if (!callTimeout.isZero()) {
         all.add(new DefaultDeadline(callTimeout));
       }
+      ClientInterceptor tracing = propagateTraceContext ? Tracing.interceptor() : null;
+      if (tracing != null) {
+        all.add(tracing);
+      }
       b.intercept(all);
       b.userAgent("resilience-sidecar-client-java");
-      return new ResilienceClient(b.build(), addr, callTimeout);
+      return new ResilienceClient(b.build(), addr, callTimeout, maxReconnectBackoff, await);
     }
 
     private static String resolveToken(Map<String, String> env) {

@@ -40,28 +40,28 @@ public class SidecarException extends StatusRuntimeException {
   /** The {@code ErrorInfo} domain of the sidecar's errors. */
   public static final String ERROR_DOMAIN = "resilience.sidecar";
 
-  /** Stable reasons (DESIGN.md section 3): clients may switch on them. */
-  public static final String LEASE_LOST = "LEASE_LOST";
+  /** Stable reasons, the same as {@link Reasons} (kept here for existing callers). */
+  public static final String LEASE_LOST = Reasons.LEASE_LOST;
 
-  public static final String IDEMPOTENCY_KEY_MISMATCH = "IDEMPOTENCY_KEY_MISMATCH";
-  public static final String BREAKER_OPEN = "BREAKER_OPEN";
-  public static final String UPSTREAM_UNKNOWN = "UPSTREAM_UNKNOWN";
-  public static final String STORE_UNAVAILABLE = "STORE_UNAVAILABLE";
-  public static final String SAGA_NOT_FOUND = "SAGA_NOT_FOUND";
-  public static final String SAGA_STATE_CONFLICT = "SAGA_STATE_CONFLICT";
-  public static final String LIMIT_EXCEEDED = "LIMIT_EXCEEDED";
-  public static final String CLOCK_SKEW = "CLOCK_SKEW";
-  public static final String SHUTTING_DOWN = "SHUTTING_DOWN";
-  public static final String TOPIC_UNKNOWN = "TOPIC_UNKNOWN";
-  public static final String PERMIT_UNKNOWN = "PERMIT_UNKNOWN";
-  public static final String UPSTREAM_UNAVAILABLE = "UPSTREAM_UNAVAILABLE";
-  public static final String UPSTREAM_TIMEOUT = "UPSTREAM_TIMEOUT";
+  public static final String IDEMPOTENCY_KEY_MISMATCH = Reasons.IDEMPOTENCY_KEY_MISMATCH;
+  public static final String BREAKER_OPEN = Reasons.BREAKER_OPEN;
+  public static final String UPSTREAM_UNKNOWN = Reasons.UPSTREAM_UNKNOWN;
+  public static final String STORE_UNAVAILABLE = Reasons.STORE_UNAVAILABLE;
+  public static final String SAGA_NOT_FOUND = Reasons.SAGA_NOT_FOUND;
+  public static final String SAGA_STATE_CONFLICT = Reasons.SAGA_STATE_CONFLICT;
+  public static final String LIMIT_EXCEEDED = Reasons.LIMIT_EXCEEDED;
+  public static final String CLOCK_SKEW = Reasons.CLOCK_SKEW;
+  public static final String SHUTTING_DOWN = Reasons.SHUTTING_DOWN;
+  public static final String TOPIC_UNKNOWN = Reasons.TOPIC_UNKNOWN;
+  public static final String PERMIT_UNKNOWN = Reasons.PERMIT_UNKNOWN;
+  public static final String UPSTREAM_UNAVAILABLE = Reasons.UPSTREAM_UNAVAILABLE;
+  public static final String UPSTREAM_TIMEOUT = Reasons.UPSTREAM_TIMEOUT;
 
   /** Store states that say more than {@value #STORE_UNAVAILABLE}: {@link StoreUnavailableException}. */
-  public static final String STORE_FULL = "STORE_FULL";
+  public static final String STORE_FULL = Reasons.STORE_FULL;
 
-  public static final String STORE_READ_ONLY = "STORE_READ_ONLY";
-  public static final String REPLICATION_SHORTFALL = "REPLICATION_SHORTFALL";
+  public static final String STORE_READ_ONLY = Reasons.STORE_READ_ONLY;
+  public static final String REPLICATION_SHORTFALL = Reasons.REPLICATION_SHORTFALL;
 
   private final String reason;
   private final Duration retryDelay;
@@ -113,6 +113,11 @@ public class SidecarException extends StatusRuntimeException {
     return errorMetadata;
   }
 
+  /** {@link #errorMetadata()}: the name the other clients use ({@code Error.Metadata} in Go). */
+  public Map<String, String> metadata() {
+    return errorMetadata;
+  }
+
   /** The status description, as the sidecar wrote it. */
   public String description() {
     String d = getStatus().getDescription();
@@ -134,9 +139,11 @@ public class SidecarException extends StatusRuntimeException {
   }
 
   /**
-   * Decodes an error from a call to the sidecar into the exception of its reason: {@link
-   * LeaseLostException}, {@link InvalidArgumentException} (every INVALID_ARGUMENT), ... or a plain
-   * {@code SidecarException}. A {@code SidecarException} is returned as it is; an exception that is
+   * Decodes an error from a call to the sidecar into the exception of its ErrorInfo reason (one
+   * class per reason of {@link Reasons#ALL}, e.g. {@link LeaseLostException}, {@link
+   * UpstreamUnknownException}); without a known reason, into the class of its code: {@link
+   * InvalidArgumentException}, {@link SidecarUnreachableException} (UNAVAILABLE), {@link
+   * DeadlineExceededException}, or a plain {@code SidecarException}. A {@code SidecarException} is returned as it is; an exception that is
    * not a gRPC status is wrapped with code UNKNOWN and kept as the cause.
    */
   public static SidecarException from(Throwable t) {
@@ -162,23 +169,46 @@ public class SidecarException extends StatusRuntimeException {
     return create(status, trailers, details);
   }
 
+  /**
+   * The exception of an error: the class of its ErrorInfo reason first (whatever the code: {@code
+   * UPSTREAM_UNKNOWN} comes as INVALID_ARGUMENT, {@code UPSTREAM_TIMEOUT} as DEADLINE_EXCEEDED),
+   * then, for errors without a known reason, the class of the code.
+   */
   static SidecarException create(Status status, Metadata trailers, Details d) {
-    if (status.getCode() == Status.Code.INVALID_ARGUMENT) {
-      return new InvalidArgumentException(status, trailers, d);
+    SidecarException byReason =
+        switch (d.reason()) {
+          case Reasons.LEASE_LOST -> new LeaseLostException(status, trailers, d, "");
+          case Reasons.IDEMPOTENCY_KEY_MISMATCH ->
+              new IdempotencyKeyMismatchException(status, trailers, d);
+          case Reasons.STORE_UNAVAILABLE -> new StoreUnavailableException(status, trailers, d);
+          case Reasons.STORE_FULL -> new StoreFullException(status, trailers, d);
+          case Reasons.STORE_READ_ONLY -> new StoreReadOnlyException(status, trailers, d);
+          case Reasons.REPLICATION_SHORTFALL ->
+              new ReplicationShortfallException(status, trailers, d);
+          case Reasons.BREAKER_OPEN -> new BreakerOpenException(status, trailers, d);
+          case Reasons.UPSTREAM_UNKNOWN -> new UpstreamUnknownException(status, trailers, d);
+          case Reasons.UPSTREAM_UNAVAILABLE ->
+              new UpstreamUnavailableException(status, trailers, d);
+          case Reasons.UPSTREAM_TIMEOUT -> new UpstreamTimeoutException(status, trailers, d);
+          case Reasons.PERMIT_UNKNOWN -> new PermitUnknownException(status, trailers, d);
+          case Reasons.SAGA_NOT_FOUND -> new SagaNotFoundException(status, trailers, d);
+          case Reasons.SAGA_STATE_CONFLICT -> new SagaStateConflictException(status, trailers, d);
+          case Reasons.LIMIT_EXCEEDED -> new LimitExceededException(status, trailers, d);
+          case Reasons.CLOCK_SKEW -> new ClockSkewException(status, trailers, d);
+          case Reasons.SHUTTING_DOWN -> new ShuttingDownException(status, trailers, d);
+          case Reasons.TOPIC_UNKNOWN -> new TopicUnknownException(status, trailers, d);
+          default -> null;
+        };
+    if (byReason != null) {
+      return byReason;
     }
-    return switch (d.reason()) {
-      case LEASE_LOST -> new LeaseLostException(status, trailers, d, "");
-      case IDEMPOTENCY_KEY_MISMATCH -> new IdempotencyKeyMismatchException(status, trailers, d);
-      case STORE_UNAVAILABLE, STORE_FULL, STORE_READ_ONLY, REPLICATION_SHORTFALL ->
-          new StoreUnavailableException(status, trailers, d);
-      case BREAKER_OPEN -> new BreakerOpenException(status, trailers, d);
-      case UPSTREAM_UNKNOWN -> new UpstreamUnknownException(status, trailers, d);
-      case SAGA_NOT_FOUND -> new SagaNotFoundException(status, trailers, d);
-      case SAGA_STATE_CONFLICT -> new SagaStateConflictException(status, trailers, d);
-      case LIMIT_EXCEEDED -> new LimitExceededException(status, trailers, d);
-      case CLOCK_SKEW -> new ClockSkewException(status, trailers, d);
-      case SHUTTING_DOWN -> new ShuttingDownException(status, trailers, d);
-      case TOPIC_UNKNOWN -> new TopicUnknownException(status, trailers, d);
+    return switch (status.getCode()) {
+      case INVALID_ARGUMENT -> new InvalidArgumentException(status, trailers, d);
+      case UNAVAILABLE ->
+          d.reason().isEmpty()
+              ? new SidecarUnreachableException(status, trailers, d)
+              : new SidecarException(status, trailers, d);
+      case DEADLINE_EXCEEDED -> new DeadlineExceededException(status, trailers, d);
       default -> new SidecarException(status, trailers, d);
     };
   }

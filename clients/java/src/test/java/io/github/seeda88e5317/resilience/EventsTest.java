@@ -25,6 +25,7 @@ import java.util.concurrent.ScheduledExecutorService;
 import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.extension.ExtendWith;
@@ -91,6 +92,7 @@ class EventsTest {
   }
 
   @Test
+  @Tag("scenario:events-redelivery")
   void inOrderNackRedeliversAckStops() {
     String topic = uniqueTopic();
     for (String p : List.of("e1", "e2", "e3")) {

@@ -19,6 +19,7 @@ import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.extension.ExtendWith;
@@ -86,6 +87,7 @@ class IdempotentTest {
   }
 
   @Test
+  @Tag("scenario:idempotent-run-once-stored-result")
   void concurrentDuplicatesWaitForTheFirstAndRunOnce() throws Exception {
     String key = key("concurrent");
     String fp = ResilienceClient.fingerprint("same request");
@@ -112,6 +114,64 @@ class IdempotentTest {
       assertArrayEquals(new byte[] {1, 2, 3}, c.get(30, TimeUnit.SECONDS).data());
     }
     assertEquals(1, runs.get());
+  }
+
+  @Test
+  void idempotentAsyncRunsOnceAndGivesDuplicatesTheStoredResult() throws Exception {
+    String key = key("async");
+    String fp = ResilienceClient.fingerprint("async request");
+    AtomicInteger runs = new AtomicInteger();
+    CompletableFuture<Void> release = new CompletableFuture<>();
+    CountDownLatch running = new CountDownLatch(1);
+    CompletableFuture<IdempotentResult> first =
+        client.idempotentAsync(
+            key,
+            fp,
+            exec -> {
+              runs.incrementAndGet();
+              running.countDown();
+              return exec.checkpointAsync("started", new byte[] {1})
+                  .thenCompose(t -> release)
+                  .thenApply(x -> IdempotentResult.ofString("async result", Map.of("n", "1")));
+            });
+    assertTrue(running.await(10, TimeUnit.SECONDS));
+    // A duplicate while the first runs: it waits (IN_PROGRESS), then gets the stored result.
+    CompletableFuture<IdempotentResult> second =
+        client.idempotentAsync(
+            key,
+            fp,
+            exec -> {
+              runs.incrementAndGet();
+              return CompletableFuture.completedFuture(IdempotentResult.ofString("second ran"));
+            });
+    Thread.sleep(300); // real time: the duplicate reaches the sidecar and waits there
+    release.complete(null);
+    assertEquals("async result", first.get(30, TimeUnit.SECONDS).dataAsString());
+    IdempotentResult dup = second.get(30, TimeUnit.SECONDS);
+    assertEquals("async result", dup.dataAsString());
+    assertEquals(Map.of("n", "1"), dup.metadata());
+    assertEquals(1, runs.get());
+
+    // A failing stage releases the key: a retry runs.
+    String other = key("async-fail");
+    var e =
+        assertThrows(
+            java.util.concurrent.ExecutionException.class,
+            () ->
+                client
+                    .idempotentAsync(
+                        other,
+                        fp,
+                        exec -> CompletableFuture.failedFuture(new IOException("provider down")))
+                    .get(30, TimeUnit.SECONDS));
+    assertTrue(e.getCause() instanceof IOException, String.valueOf(e.getCause()));
+    assertEquals(
+        "ok",
+        client
+            .idempotentAsync(
+                other, fp, exec -> CompletableFuture.completedFuture(IdempotentResult.ofString("ok")))
+            .get(30, TimeUnit.SECONDS)
+            .dataAsString());
   }
 
   @Test

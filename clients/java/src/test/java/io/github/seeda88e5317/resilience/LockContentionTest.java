@@ -15,6 +15,7 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.TimeUnit;
+import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.extension.ExtendWith;
@@ -24,6 +25,7 @@ class LockContentionTest {
   static final int ROUNDS = 30;
 
   @Test
+  @Tag("scenario:lock-contention-fencing")
   @Timeout(120)
   void twoProcessesNeverLoseAnUpdate(SidecarExtension.Env env) throws Exception {
     Path dir = TestProcesses.workDir("contention");

@@ -1,6 +1,7 @@
 package io.github.seeda88e5317.resilience;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
+import static org.junit.jupiter.api.Assertions.assertInstanceOf;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
@@ -48,12 +49,12 @@ class StoppedSidecarTest {
       SidecarException e =
           SidecarException.from(
               assertThrows(StatusRuntimeException.class, () -> client.locks().getLock(GET)));
-      assertEquals(Status.Code.UNAVAILABLE, e.code(), e.getMessage());
+      assertInstanceOf(SidecarUnreachableException.class, e, e.getMessage());
       assertTrue(
           millisSince(t0) < CALL_TIMEOUT.toMillis() + 2000, "took " + millisSince(t0) + "ms");
 
-      SidecarException h =
-          assertThrows(SidecarException.class, () -> client.holdLock("java/stopped"));
+      SidecarUnreachableException h =
+          assertThrows(SidecarUnreachableException.class, () -> client.holdLock("java/stopped"));
       assertEquals(Status.Code.UNAVAILABLE, h.code(), h.getMessage());
       SidecarException i =
           assertThrows(
@@ -71,7 +72,7 @@ class StoppedSidecarTest {
   }
 
   @Test
-  void noSidecarAtAllIsUnavailableAtOnce() {
+  void noSidecarAtAllIsUnreachableAfterTheConnectWait() {
     String address = "127.0.0.1:" + TestProcesses.freePort(); // nothing listens there
     try (ResilienceClient client =
         ResilienceClient.builder()
@@ -81,9 +82,24 @@ class StoppedSidecarTest {
       SidecarException e =
           SidecarException.from(
               assertThrows(StatusRuntimeException.class, () -> client.locks().getLock(GET)));
-      assertEquals(Status.Code.UNAVAILABLE, e.code());
+      assertInstanceOf(SidecarUnreachableException.class, e, e.getMessage());
       assertTrue(e.getMessage().contains("Connection refused"), e.getMessage());
+      // The connect wait (2 s), then the failure, well before the 10 s call timeout.
       assertTrue(millisSince(t0) < 5000, "took " + millisSince(t0) + "ms");
+    }
+    // Without a connect wait it fails at once.
+    try (ResilienceClient client =
+        ResilienceClient.builder()
+            .environment(Map.of())
+            .address(address)
+            .connectWait(Duration.ZERO)
+            .build()) {
+      long t0 = System.nanoTime();
+      SidecarException e =
+          SidecarException.from(
+              assertThrows(StatusRuntimeException.class, () -> client.locks().getLock(GET)));
+      assertInstanceOf(SidecarUnreachableException.class, e, e.getMessage());
+      assertTrue(millisSince(t0) < 1000, "took " + millisSince(t0) + "ms");
     }
   }
 
@@ -100,7 +116,8 @@ class StoppedSidecarTest {
 
       // Closing a session waits for the release at most the call timeout.
       long c0 = System.nanoTime();
-      SidecarException unconfirmed = assertThrows(SidecarException.class, longLease::close);
+      ReleaseUnconfirmedException unconfirmed =
+          assertThrows(ReleaseUnconfirmedException.class, longLease::close);
       assertEquals(Status.Code.DEADLINE_EXCEEDED, unconfirmed.code(), unconfirmed.getMessage());
       assertTrue(
           millisSince(c0) < CALL_TIMEOUT.toMillis() + 2000, "took " + millisSince(c0) + "ms");
@@ -111,21 +128,21 @@ class StoppedSidecarTest {
           SidecarException.from(
               assertThrows(StatusRuntimeException.class, () -> client.locks().getLock(GET)));
       long took = millisSince(t0);
-      assertEquals(Status.Code.DEADLINE_EXCEEDED, e.code(), e.getMessage());
+      assertInstanceOf(DeadlineExceededException.class, e, e.getMessage());
       assertTrue(
           took >= CALL_TIMEOUT.toMillis() - 50 && took < CALL_TIMEOUT.toMillis() + 2000,
           "took " + took + "ms");
 
-      // The session hears no renewal within the TTL: its lease is about to expire in the store.
+      // The session hears no renewal by its local deadline: the lease is about to expire.
       LeaseLostException lost = session.lost().get(10, TimeUnit.SECONDS);
-      assertEquals("NOT_RENEWED", lost.lossReason());
+      assertEquals(LockSession.RENEWAL_OVERDUE, lost.lossReason());
       LeaseLostException closed = assertThrows(LeaseLostException.class, session::close);
-      assertEquals("NOT_RENEWED", closed.lossReason());
+      assertEquals(LockSession.RENEWAL_OVERDUE, closed.lossReason());
 
       // Opening a session is bounded too.
       t0 = System.nanoTime();
-      SidecarException h =
-          assertThrows(SidecarException.class, () -> client.holdLock("java/frozen-2"));
+      DeadlineExceededException h =
+          assertThrows(DeadlineExceededException.class, () -> client.holdLock("java/frozen-2"));
       assertEquals(Status.Code.DEADLINE_EXCEEDED, h.code(), h.getMessage());
       assertTrue(
           millisSince(t0) < CALL_TIMEOUT.toMillis() + 2000, "took " + millisSince(t0) + "ms");
