@@ -6,6 +6,11 @@
     with client.lock("orders/42", ttl=10, wait=5) as lease:
         ...                                  # lease.fencing_token, lease.lost
     receipt = client.idempotent("charge/42", fingerprint(body), lambda: charge(body))
+    payments = client.breaker("payments")    # @payments, payments.call(fn), BreakerOpen
+    r = client.execute_call("payments", "/charges", method="POST", body=b"...")
+    with client.saga("order-42", "place-order") as saga:
+        saga.add_compensation("reserve", upstream="inventory", path="/release/42")
+        ...
     client.publish("orders.placed", body, idempotency_key="order-42/placed")
     with client.subscribe("orders.placed", "shipping", "shipping-1") as sub:
         sub.run(ship)                        # ack on return, nack on exception
@@ -13,10 +18,13 @@
 The generated stubs are in :mod:`resilience_sidecar.v1` (``lock_pb2``,
 ``lock_pb2_grpc``, ...); the client's raw stubs are ``client.locks``,
 ``client.idempotency``, ``client.clocks``, ``client.breakers``,
-``client.sagas`` and ``client.events``.
+``client.sagas`` and ``client.events``. The asyncio client (grpc.aio) is
+:class:`resilience_sidecar.aio.AsyncClient`, with the same helpers.
 """
 
+from .breaker import Breaker, UpstreamResponse
 from .client import DEFAULT_ADDR, DEFAULT_TIMEOUT, ENV_ADDR, ENV_TOKEN, ENV_TOKEN_FILE, Client
+from .clock import LamportClock
 from .errors import (
     ERROR_DOMAIN,
     BreakerOpen,
@@ -28,12 +36,17 @@ from .errors import (
     LimitExceeded,
     NotAcquired,
     PermitUnknown,
+    ReleaseNotConfirmed,
+    ReplicationShortfall,
     ResilienceError,
     SagaNotFound,
     SagaStateConflict,
     ShuttingDown,
     SidecarError,
+    SidecarUnreachable,
     StillInProgress,
+    StoreFull,
+    StoreReadOnly,
     StoreUnavailable,
     TopicUnknown,
     Unauthenticated,
@@ -45,11 +58,13 @@ from .errors import (
 )
 from .events import PublishResult, RetryAfter, Subscription
 from .idempotent import Execution, Result, current_execution, fingerprint
-from .lock import Lease, LockSession
+from .lock import Lease, Lock, LockSession
+from .saga import Saga, SagaTimeout, compensation
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Breaker",
     "Client",
     "DEFAULT_ADDR",
     "DEFAULT_TIMEOUT",
@@ -63,29 +78,40 @@ __all__ = [
     "Execution",
     "IdempotencyKeyMismatch",
     "InvalidArgument",
+    "LamportClock",
     "Lease",
     "LeaseLost",
     "LimitExceeded",
+    "Lock",
     "LockSession",
     "NotAcquired",
     "PermitUnknown",
-    "ResilienceError",
     "PublishResult",
+    "ReleaseNotConfirmed",
+    "ReplicationShortfall",
+    "ResilienceError",
     "Result",
     "RetryAfter",
+    "Saga",
     "SagaNotFound",
     "SagaStateConflict",
+    "SagaTimeout",
     "ShuttingDown",
     "SidecarError",
+    "SidecarUnreachable",
     "StillInProgress",
+    "StoreFull",
+    "StoreReadOnly",
     "StoreUnavailable",
     "Subscription",
     "TopicUnknown",
     "Unauthenticated",
     "Unavailable",
+    "UpstreamResponse",
     "UpstreamTimeout",
     "UpstreamUnavailable",
     "UpstreamUnknown",
+    "compensation",
     "current_execution",
     "fingerprint",
     "from_rpc_error",

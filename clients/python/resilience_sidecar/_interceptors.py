@@ -1,4 +1,4 @@
-"""Channel interceptors: bearer token, default deadline, typed errors."""
+"""Channel interceptors: bearer token, trace context, default deadline, typed errors."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any, Callable, Optional, Sequence, Tuple
 
 import grpc
 
+from . import _tracing
 from .errors import from_rpc_error
 
 
@@ -50,9 +51,10 @@ class ClientInterceptor(
     grpc.StreamUnaryClientInterceptor,
     grpc.StreamStreamClientInterceptor,
 ):
-    """Adds ``authorization: Bearer <token>`` to every call, a default
-    deadline to unary calls that have none (streams are sessions and get
-    none), and turns unary failures into typed SidecarErrors."""
+    """Adds ``authorization: Bearer <token>`` and the caller's trace context
+    (when OpenTelemetry is in use) to every call, a default deadline to unary
+    calls that have none (streams are sessions and get none), and turns
+    unary failures into typed SidecarErrors."""
 
     def __init__(self, addr: str, token: Optional[str], default_timeout: Optional[float]) -> None:
         self._addr = addr
@@ -63,6 +65,7 @@ class ClientInterceptor(
         metadata: Sequence[Tuple[str, Any]] = list(details.metadata or ())
         if self._auth is not None and not any(k == "authorization" for k, _ in metadata):
             metadata = [*metadata, self._auth]
+        metadata = _tracing.inject(metadata)
         timeout = details.timeout
         if timeout is None and unary:
             timeout = self._timeout

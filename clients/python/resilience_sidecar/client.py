@@ -12,10 +12,21 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from ._interceptors import ClientInterceptor
 from ._util import Seconds, duration, seconds
-from .errors import DeadlineExceeded, SidecarError, Unavailable
+from .breaker import (
+    Breaker,
+    Excluded,
+    Headers,
+    UpstreamResponse,
+    execute_call_deadline,
+    execute_call_request,
+    upstream_response,
+)
+from .clock import LamportClock
+from .errors import DeadlineExceeded, SidecarError, SidecarUnreachable, Unavailable
 from .events import PublishResult, Subscription, publish_request, subscribe_request
 from .idempotent import make_decorator, run_idempotent
-from .lock import LockSession
+from .lock import Lock
+from .saga import Saga
 from .v1 import (
     breaker_pb2_grpc,
     clock_pb2_grpc,
@@ -38,11 +49,25 @@ ENV_TOKEN_FILE = "SIDECAR_API_TOKEN_FILE"
 DEFAULT_ADDR = "127.0.0.1:50051"
 #: Default deadline (seconds) of every unary call that sets none.
 DEFAULT_TIMEOUT = 10.0
+#: gRPC channel options every client sets (an option given to the client wins).
+#: The sidecar is local: no proxy, and reconnect quickly after it restarts
+#: (gRPC's default backoff grows to two minutes; capped at 1 s here, so the
+#: first call after a restart waits about a second at most).
+CHANNEL_DEFAULTS: "list[Tuple[str, Any]]" = [
+    ("grpc.enable_http_proxy", 0),
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _resolve_token(token: Optional[str]) -> Optional[str]:
+def channel_options_with_defaults(options: Sequence[Tuple[str, Any]]) -> "list[Tuple[str, Any]]":
+    given = {name for name, _ in options}
+    return [o for o in CHANNEL_DEFAULTS if o[0] not in given] + list(options)
+
+
+def resolve_token(token: Optional[str]) -> Optional[str]:
     if token is not None:
         return token or None
     env = os.environ.get(ENV_TOKEN)
@@ -68,9 +93,11 @@ class Client:
 
     Raw stubs (calls through them raise :class:`SidecarError` subclasses):
     ``locks``, ``idempotency``, ``clocks``, ``breakers``, ``sagas``, ``events``,
-    ``health``. Helpers: :meth:`lock`, :meth:`idempotent`, :meth:`publish`,
-    :meth:`subscribe` (with :meth:`ack`, :meth:`nack`), :meth:`outbox_status`,
-    :meth:`wait_ready`.
+    ``health``. Helpers: :meth:`lock`, :meth:`idempotent`, :meth:`breaker`,
+    :meth:`execute_call`, :meth:`saga`, :meth:`lamport_clock`,
+    :meth:`publish`, :meth:`subscribe` (with :meth:`ack`, :meth:`nack`),
+    :meth:`outbox_status`, :meth:`wait_ready`. The same over asyncio:
+    :class:`resilience_sidecar.aio.AsyncClient`.
 
     Thread-safe; one per process is enough. Close it (or use ``with``)
     when done.
@@ -86,16 +113,8 @@ class Client:
     ) -> None:
         self.addr: str = addr or os.environ.get(ENV_ADDR) or DEFAULT_ADDR
         self.timeout: Optional[float] = float(timeout) if timeout else None
-        token = _resolve_token(token)
-        # The sidecar is local: no proxy, and reconnect quickly after it
-        # restarts (gRPC's default backoff grows to two minutes).
-        defaults = [
-            ("grpc.enable_http_proxy", 0),
-            ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.max_reconnect_backoff_ms", 2000),
-        ]
-        given = {name for name, _ in options}
-        channel_options = [o for o in defaults if o[0] not in given] + list(options)
+        token = resolve_token(token)
+        channel_options = channel_options_with_defaults(options)
         self._raw_channel = grpc.insecure_channel(self.addr, options=channel_options)
         self.channel: grpc.Channel = grpc.intercept_channel(
             self._raw_channel, ClientInterceptor(self.addr, token, self.timeout)
@@ -127,8 +146,8 @@ class Client:
 
     def wait_ready(self, timeout: Seconds = 10.0, service: str = "") -> None:
         """Waits until the sidecar's health service answers SERVING (its store
-        is reachable), polling every 100 ms. Raises :class:`Unavailable` (or
-        :class:`DeadlineExceeded`) when it does not within ``timeout``."""
+        is reachable), polling every 100 ms. Raises :class:`SidecarUnreachable`
+        when it does not within ``timeout``."""
         limit = seconds(timeout) or 0.0
         deadline = time.monotonic() + limit
         last: Any = None
@@ -148,7 +167,7 @@ class Client:
                 break
             time.sleep(0.1)
         detail = last.message if isinstance(last, SidecarError) else f"health status {last}"
-        raise Unavailable(
+        raise SidecarUnreachable(
             grpc.StatusCode.UNAVAILABLE, "", f"sidecar at {self.addr} not ready within {limit:g}s: {detail}"
         )
 
@@ -162,25 +181,99 @@ class Client:
         owner: str = "",
         *,
         max_hold: Optional[Seconds] = None,
-    ) -> LockSession:
-        """Holds ``key`` for the duration of a ``with`` block::
+        timeout: Optional[Seconds] = None,
+    ) -> Lock:
+        """The distributed lock ``key``: hold it for a ``with`` block, or
+        through the explicit handle (:meth:`Lock.acquire`,
+        :meth:`Lock.extend`, :meth:`Lock.release`, :meth:`Lock.locked`,
+        :attr:`Lock.fencing_token`)::
 
             with client.lock("orders/42", ttl=10, wait=5, owner="worker-a") as lease:
                 db.write(..., fence=lease.fencing_token)
                 lease.check()          # raises LeaseLost if the lease was lost
 
-        A HoldLock session: the sidecar renews the lease about every ttl/3
-        while the block runs and releases it at exit (or when this process
-        dies). ``ttl`` (default 10 s) bounds how long the lock outlives a
-        vanished process; ``wait`` (default 0: try once) is how long to wait
-        for a held lock; ``max_hold`` makes the sidecar end the session after
-        that long. Durations are seconds or timedeltas.
+        The ``with`` form is a HoldLock session: the sidecar renews the
+        lease about every ttl/3 while the block runs and releases it at exit
+        (or when this process dies). ``ttl`` (default 10 s) bounds how long
+        the lock outlives a vanished process; ``wait`` (default 0: try once)
+        is how long to wait for a held lock; ``max_hold`` makes the sidecar
+        end the session after that long; ``timeout`` bounds acquiring
+        (default ``wait`` plus the client's timeout). Durations are seconds
+        or timedeltas.
 
-        Raises :class:`NotAcquired` when the wait ends without the lock, and
-        :class:`LeaseLost` at exit when the lease was lost while the block
-        ran (``lease.lost`` is set the moment the sidecar reports it).
+        The lease is lost by this process's own monotonic clock when no
+        renewal is confirmed within ``ttl - max(ttl/10, 100 ms)`` of the
+        previous one (``lease.lost_reason == "RENEWAL_OVERDUE"``), as well as
+        when the sidecar reports it. Entering raises :class:`NotAcquired`
+        when the wait ends without the lock; exiting raises
+        :class:`LeaseLost` when the lease was lost while the block ran, and
+        :class:`ReleaseNotConfirmed` when the sidecar did not confirm the
+        release before the lease's local deadline (or the client's timeout).
         """
-        return LockSession(self, key, ttl=ttl, wait=wait, owner=owner, max_hold=max_hold)
+        return Lock(self, key, ttl=ttl, wait=wait, owner=owner, max_hold=max_hold, timeout=timeout)
+
+    def breaker(
+        self, name: str, *, exclude: Sequence[Excluded] = (), permit_ttl: Optional[Seconds] = None
+    ) -> Breaker:
+        """The sidecar's circuit breaker ``name`` as a guard around your own
+        calls (pybreaker-style decorator, ``call``, ``calling()``): see
+        :class:`Breaker`. Refused calls raise :class:`BreakerOpen` with
+        ``retry_delay``."""
+        return Breaker(self, name, exclude=exclude, permit_ttl=permit_ttl)
+
+    def execute_call(
+        self,
+        upstream: str,
+        path: str = "/",
+        *,
+        method: str = "GET",
+        query: str = "",
+        headers: Headers = None,
+        body: Union[bytes, str] = b"",
+        timeout: Optional[Seconds] = None,
+        idempotency_key: str = "",
+    ) -> UpstreamResponse:
+        """Has the sidecar make an HTTP request to ``upstream`` (a name of its
+        config) through the upstream's breaker, with its retries and
+        timeouts, and returns the :class:`UpstreamResponse` (any HTTP status
+        is a result)::
+
+            r = client.execute_call("payments", "/charges", method="POST",
+                                    headers={"content-type": "application/json"},
+                                    body=json.dumps(charge), idempotency_key="order-42")
+            r.status, r.json()
+
+        ``timeout`` bounds the whole call, retries included (sidecar default
+        30 s, capped by the gRPC deadline, which is ``timeout`` plus the
+        client's timeout, else the client's timeout). Raises
+        :class:`BreakerOpen` (with ``retry_delay``) when the breaker is open,
+        :class:`UpstreamUnknown`, :class:`UpstreamUnavailable` (no response)
+        or :class:`UpstreamTimeout`. With OpenTelemetry in use the upstream
+        gets the caller's ``traceparent``.
+        """
+        req = execute_call_request(upstream, path, method, query, headers, body, timeout, idempotency_key)
+        resp = self.breakers.ExecuteCall(req, timeout=execute_call_deadline(timeout, self.timeout))
+        return upstream_response(resp)
+
+    def saga(
+        self,
+        saga_id: str,
+        name: str,
+        *,
+        timeout: Optional[Seconds] = None,
+        metadata: Optional[Mapping[str, str]] = None,
+    ) -> Saga:
+        """A saga this process orchestrates (started at ``with`` or by
+        :meth:`Saga.start`): record each step's compensation before doing
+        it (:meth:`Saga.add_compensation`, :meth:`Saga.step`); the block
+        returning completes the saga, raising aborts it, and the sidecar
+        then runs the compensations newest first. ``timeout`` (default 1 h):
+        the sidecar compensates a saga not completed by then."""
+        return Saga(self, saga_id, name, timeout=timeout, metadata=metadata)
+
+    def lamport_clock(self, name: str) -> LamportClock:
+        """The Lamport clock ``name`` (see :class:`LamportClock`)."""
+        return LamportClock(self, name)
 
     @overload
     def idempotent(self, key: str, fingerprint: Optional[str], fn: Callable[[], Any], **options: Any) -> Any: ...

@@ -16,10 +16,12 @@ raw stubs alike) raise these errors instead of ``grpc.RpcError``: catch
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
+
+from . import reasons as _reasons
 
 __all__ = [
     "ERROR_DOMAIN",
@@ -32,12 +34,17 @@ __all__ = [
     "LimitExceeded",
     "NotAcquired",
     "PermitUnknown",
+    "ReleaseNotConfirmed",
+    "ReplicationShortfall",
     "ResilienceError",
     "SagaNotFound",
     "SagaStateConflict",
     "ShuttingDown",
     "SidecarError",
+    "SidecarUnreachable",
     "StillInProgress",
+    "StoreFull",
+    "StoreReadOnly",
     "StoreUnavailable",
     "TopicUnknown",
     "Unauthenticated",
@@ -45,6 +52,7 @@ __all__ = [
     "UpstreamTimeout",
     "UpstreamUnavailable",
     "UpstreamUnknown",
+    "error_class",
     "from_rpc_error",
 ]
 
@@ -110,7 +118,8 @@ class SidecarError(ResilienceError):
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(code={self.code!r}, reason={self.reason!r}, "
-            f"message={self.message!r}, retry_delay={self.retry_delay!r}, violations={self.violations!r})"
+            f"message={self.message!r}, retry_delay={self.retry_delay!r}, violations={self.violations!r}, "
+            f"metadata={self.metadata!r})"
         )
 
     def __reduce__(self) -> Any:  # picklable, e.g. across multiprocessing (rpc_error is dropped)
@@ -136,87 +145,142 @@ class InvalidArgument(SidecarError):
 
 
 class UpstreamUnknown(InvalidArgument):
-    """INVALID_ARGUMENT/UPSTREAM_UNKNOWN: not an upstream of the sidecar's config."""
+    """INVALID_ARGUMENT/UPSTREAM_UNKNOWN: not an upstream of the sidecar's config
+    (or a path that leaves the upstream's base URL)."""
+
+    REASON = _reasons.UPSTREAM_UNKNOWN
 
 
 class LeaseLost(SidecarError):
     """FAILED_PRECONDITION/LEASE_LOST: the lease expired or is someone else's.
 
     The critical section (or the idempotent operation) may have run without
-    its guarantee. Raised by the sidecar, and by :meth:`Client.lock` when a
-    HoldLock session reports the loss; ``lost_reason`` then tells why
-    (``"LEASE_LOST"``, ``"MAX_HOLD"``, ``"SHUTDOWN"``,
-    ``"STORE_UNAVAILABLE"`` or ``"STREAM_ENDED"``).
+    its guarantee. Raised by the sidecar, and by the lock helpers when the
+    lease was lost while held; ``lost_reason`` then tells why:
+    ``"RENEWAL_OVERDUE"`` (no renewal confirmed before the lease's local
+    deadline, measured on this process's monotonic clock), ``"LEASE_LOST"``,
+    ``"MAX_HOLD"``, ``"SHUTDOWN"``, ``"STORE_UNAVAILABLE"`` or
+    ``"STREAM_ENDED"``.
     """
 
+    REASON = _reasons.LEASE_LOST
     lost_reason: str = "LEASE_LOST"
 
 
 class IdempotencyKeyMismatch(SidecarError):
     """FAILED_PRECONDITION/IDEMPOTENCY_KEY_MISMATCH: key reused for another request."""
 
+    REASON = _reasons.IDEMPOTENCY_KEY_MISMATCH
+
 
 class PermitUnknown(SidecarError):
     """FAILED_PRECONDITION/PERMIT_UNKNOWN: a breaker permit never issued, already reported or expired."""
+
+    REASON = _reasons.PERMIT_UNKNOWN
 
 
 class ClockSkew(SidecarError):
     """FAILED_PRECONDITION/CLOCK_SKEW: a remote HLC timestamp too far ahead."""
 
+    REASON = _reasons.CLOCK_SKEW
+
 
 class LimitExceeded(SidecarError):
     """LIMIT_EXCEEDED: a bound was hit (a clock's range, a breaker count, a body size)."""
 
+    REASON = _reasons.LIMIT_EXCEEDED
+
 
 class SagaNotFound(SidecarError):
-    """SAGA_NOT_FOUND."""
+    """NOT_FOUND/SAGA_NOT_FOUND: no saga with that id (never started, or expired)."""
+
+    REASON = _reasons.SAGA_NOT_FOUND
 
 
 class SagaStateConflict(SidecarError):
-    """SAGA_STATE_CONFLICT."""
+    """SAGA_STATE_CONFLICT: the saga's state forbids the call (``metadata["state"]``
+    gives it), or a saga id or step was reused with different content."""
+
+    REASON = _reasons.SAGA_STATE_CONFLICT
 
 
 class TopicUnknown(SidecarError):
     """NOT_FOUND/TOPIC_UNKNOWN: the sidecar's config declares its topics (``events.topics``), and not this one."""
 
+    REASON = _reasons.TOPIC_UNKNOWN
+
 
 class Unavailable(SidecarError):
     """UNAVAILABLE: the sidecar, or what it depends on, cannot answer now.
 
-    Without a reason it is the transport: the sidecar is not running or not
-    reachable at the address. Retrying later (after ``retry_delay`` when set)
-    is the right move.
+    Retrying later (after ``retry_delay`` when set) is the right move.
+    Without a reason it is the transport: :class:`SidecarUnreachable`.
     """
+
+
+class SidecarUnreachable(Unavailable):
+    """UNAVAILABLE without an ErrorInfo: the sidecar is not running or not
+    reachable at the address (the message names it)."""
 
 
 class StoreUnavailable(Unavailable):
     """UNAVAILABLE/STORE_UNAVAILABLE: the sidecar's store (Redis) did not answer.
 
-    Also raised for the store states that say more (``reason`` tells which):
-    STORE_FULL (out of memory), STORE_READ_ONLY (writes refused) and
-    REPLICATION_SHORTFALL (too few replicas acknowledged the write). Retry
-    after ``retry_delay``.
+    Its subclasses say more (``reason`` tells which): :class:`StoreFull`,
+    :class:`StoreReadOnly`, :class:`ReplicationShortfall`. Retry after
+    ``retry_delay``.
     """
+
+    REASON = _reasons.STORE_UNAVAILABLE
+
+
+class StoreFull(StoreUnavailable):
+    """UNAVAILABLE/STORE_FULL: the store is out of memory (Redis maxmemory with noeviction)."""
+
+    REASON = _reasons.STORE_FULL
+
+
+class StoreReadOnly(StoreUnavailable):
+    """UNAVAILABLE/STORE_READ_ONLY: the store refuses writes (a read-only replica, or MISCONF)."""
+
+    REASON = _reasons.STORE_READ_ONLY
+
+
+class ReplicationShortfall(StoreUnavailable):
+    """UNAVAILABLE/REPLICATION_SHORTFALL: fewer store replicas acknowledged the write than required."""
+
+    REASON = _reasons.REPLICATION_SHORTFALL
 
 
 class ShuttingDown(Unavailable):
     """UNAVAILABLE/SHUTTING_DOWN: the sidecar is stopping; retry on another instance."""
 
+    REASON = _reasons.SHUTTING_DOWN
+
 
 class BreakerOpen(Unavailable):
-    """UNAVAILABLE/BREAKER_OPEN: the breaker refused the call; see ``retry_delay``."""
+    """UNAVAILABLE/BREAKER_OPEN: the breaker refused the call; ``retry_delay``
+    (seconds) says when asking again makes sense, ``metadata["breaker"]``
+    names the breaker."""
+
+    REASON = _reasons.BREAKER_OPEN
 
 
 class UpstreamUnavailable(Unavailable):
     """UNAVAILABLE/UPSTREAM_UNAVAILABLE: the upstream gave no response."""
 
+    REASON = _reasons.UPSTREAM_UNAVAILABLE
+
 
 class DeadlineExceeded(SidecarError):
-    """DEADLINE_EXCEEDED: no answer within the call's deadline."""
+    """DEADLINE_EXCEEDED: no answer within the call's deadline (a hung or
+    frozen sidecar, or a deadline too short for the work)."""
 
 
 class UpstreamTimeout(DeadlineExceeded):
     """DEADLINE_EXCEEDED/UPSTREAM_TIMEOUT: the upstream call timed out (it may have been processed)."""
+
+    REASON = _reasons.UPSTREAM_TIMEOUT
 
 
 class Unauthenticated(SidecarError):
@@ -242,6 +306,32 @@ class NotAcquired(ResilienceError):
         return (type(self), (self.key, self.holder, self.fencing_token, self.expire_time))
 
 
+class ReleaseNotConfirmed(ResilienceError):
+    """The lock's release was not confirmed before the lease's local deadline
+    (or the client's call deadline, whichever came first).
+
+    The lease was held while the critical section ran (otherwise
+    :class:`LeaseLost` is raised instead); only its release is unknown. The
+    lock frees itself when its lease expires, at the latest ``ttl`` after
+    the last renewal. ``cause`` is the error of the release call, or None
+    when it simply got no answer in time.
+    """
+
+    def __init__(self, key: str, fencing_token: int, waited: float, cause: Optional[BaseException] = None) -> None:
+        self.key = key
+        self.fencing_token = fencing_token
+        self.waited = waited
+        self.cause = cause
+        why = f": {cause}" if cause is not None else ""
+        super().__init__(
+            f"release of lock {key!r} (fencing token {fencing_token}) not confirmed within {waited:.2f}s{why}; "
+            "the lease expires on its own"
+        )
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.key, self.fencing_token, self.waited, None))
+
+
 class StillInProgress(ResilienceError, TimeoutError):
     """An idempotent operation was still run by another caller when the wait ended."""
 
@@ -254,25 +344,24 @@ class StillInProgress(ResilienceError, TimeoutError):
         return (type(self), (self.key, self.waited))
 
 
-_BY_REASON: dict[str, type[SidecarError]] = {
-    "LEASE_LOST": LeaseLost,
-    "IDEMPOTENCY_KEY_MISMATCH": IdempotencyKeyMismatch,
-    "BREAKER_OPEN": BreakerOpen,
-    "UPSTREAM_UNKNOWN": UpstreamUnknown,
-    "UPSTREAM_UNAVAILABLE": UpstreamUnavailable,
-    "UPSTREAM_TIMEOUT": UpstreamTimeout,
-    "STORE_UNAVAILABLE": StoreUnavailable,
-    "STORE_FULL": StoreUnavailable,
-    "STORE_READ_ONLY": StoreUnavailable,
-    "REPLICATION_SHORTFALL": StoreUnavailable,
-    "SAGA_NOT_FOUND": SagaNotFound,
-    "SAGA_STATE_CONFLICT": SagaStateConflict,
-    "LIMIT_EXCEEDED": LimitExceeded,
-    "CLOCK_SKEW": ClockSkew,
-    "SHUTTING_DOWN": ShuttingDown,
-    "PERMIT_UNKNOWN": PermitUnknown,
-    "TOPIC_UNKNOWN": TopicUnknown,
-}
+def _reason_classes() -> "dict[str, type[SidecarError]]":
+    """Every SidecarError subclass that declares a REASON, by reason."""
+    out: dict[str, type[SidecarError]] = {}
+    todo: list[type[SidecarError]] = [SidecarError]
+    while todo:
+        cls = todo.pop()
+        todo.extend(cls.__subclasses__())
+        reason = cls.__dict__.get("REASON")
+        if reason:
+            if reason in out:
+                raise RuntimeError(f"two error classes for reason {reason}: {out[reason]} and {cls}")
+            out[reason] = cls
+    return out
+
+
+#: The typed error of every ErrorInfo reason (tests check it covers
+#: reasons.ALL_REASONS, the list generated from the sidecar's source).
+_BY_REASON: dict[str, type[SidecarError]] = _reason_classes()
 
 _BY_CODE: dict[grpc.StatusCode, type[SidecarError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
@@ -283,10 +372,14 @@ _BY_CODE: dict[grpc.StatusCode, type[SidecarError]] = {
 
 
 def error_class(code: grpc.StatusCode, reason: str) -> type[SidecarError]:
-    """The SidecarError subclass for a code and reason."""
+    """The SidecarError subclass for a code and an ErrorInfo reason: the
+    reason's class when the reason is known, else the code's (UNAVAILABLE
+    without a reason is :class:`SidecarUnreachable`), else SidecarError."""
     cls = _BY_REASON.get(reason)
     if cls is not None:
         return cls
+    if code == grpc.StatusCode.UNAVAILABLE and not reason:
+        return SidecarUnreachable
     return _BY_CODE.get(code, SidecarError)
 
 

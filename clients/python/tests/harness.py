@@ -47,6 +47,27 @@ def _tail(path: Path, n: int = 30) -> str:
         return "(no log)"
 
 
+def wait_stopped(proc: subprocess.Popen, timeout: float = 5.0) -> None:
+    """Waits until every thread of proc is stopped (state T in /proc), so
+    that a SIGSTOP has taken effect before the test goes on: kill(2) only
+    queues the signal."""
+    deadline = time.monotonic() + timeout
+    tasks = Path(f"/proc/{proc.pid}/task")
+    while True:
+        states = []
+        for stat in tasks.glob("*/stat"):
+            try:
+                # The state follows the parenthesised command name.
+                states.append(stat.read_text().rsplit(")", 1)[1].split()[0])
+            except (OSError, IndexError):
+                continue
+        if states and all(s in ("T", "t") for s in states):
+            return
+        if time.monotonic() > deadline:
+            raise HarnessError(f"process {proc.pid} not stopped within {timeout}s (thread states {states})")
+        time.sleep(0.005)  # real time: the kernel delivers the stop to each thread
+
+
 def _stop(proc: subprocess.Popen, grace: float = 10.0) -> None:
     if proc.poll() is not None:
         return
@@ -102,8 +123,27 @@ class Redis:
             time.sleep(0.05)
         return False
 
+    def command(self, *args: str) -> bytes:
+        """Sends one command (RESP) and returns the raw first reply line."""
+        payload = f"*{len(args)}\r\n".encode() + b"".join(
+            f"${len(a.encode())}\r\n".encode() + a.encode() + b"\r\n" for a in args
+        )
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+            s.sendall(payload)
+            reply = b""
+            while not reply.endswith(b"\r\n"):
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+        if reply.startswith(b"-"):
+            raise HarnessError(f"redis {args}: {reply.decode(errors='replace').strip()}")
+        return reply
+
     def pause(self) -> None:
+        """SIGSTOP, returning once the process is stopped."""
         self.proc.send_signal(signal.SIGSTOP)
+        wait_stopped(self.proc)
 
     def resume(self) -> None:
         self.proc.send_signal(signal.SIGCONT)
@@ -128,6 +168,8 @@ class Sidecar:
         last = ""
         for _ in range(1 if port else 3):
             self.port = port or free_port()
+            #: Monotonic time the process was started (the last try).
+            self.spawned_at = time.monotonic()
             with open(self.log, "wb") as log:
                 self.proc = subprocess.Popen(
                     [str(binary), "--listen", self.addr, "--metrics-listen", "", "--redis-url", redis_url,
@@ -161,14 +203,21 @@ class Sidecar:
         return False
 
     def pause(self) -> None:
-        """SIGSTOP: the socket stays open but nothing answers (a hung sidecar)."""
+        """SIGSTOP: the socket stays open but nothing answers (a hung
+        sidecar). Returns once every thread of the process is stopped."""
         self.proc.send_signal(signal.SIGSTOP)
+        wait_stopped(self.proc)
 
     def resume(self) -> None:
         self.proc.send_signal(signal.SIGCONT)
 
     def stop(self) -> None:
         _stop(self.proc)
+
+    def kill(self) -> None:
+        """SIGKILL: the sidecar dies at once, without releasing anything."""
+        self.proc.kill()
+        self.proc.wait(10)
 
     def exit_code(self) -> Optional[int]:
         return self.proc.poll()

@@ -19,6 +19,7 @@ from resilience_sidecar import (
     InvalidArgument,
     LeaseLost,
     SidecarError,
+    SidecarUnreachable,
     StoreUnavailable,
     Unauthenticated,
     Unavailable,
@@ -75,8 +76,9 @@ def test_future_and_with_call_raise_typed_errors_too(client: Client) -> None:
 
 @pytest.mark.parametrize("reason", ["STORE_UNAVAILABLE", "STORE_FULL", "STORE_READ_ONLY", "REPLICATION_SHORTFALL"])
 def test_store_states_are_store_unavailable(reason: str) -> None:
-    assert error_class(grpc.StatusCode.UNAVAILABLE, reason) is StoreUnavailable
-    err = StoreUnavailable(grpc.StatusCode.UNAVAILABLE, reason, "store", retry_delay=1.0)
+    cls = error_class(grpc.StatusCode.UNAVAILABLE, reason)
+    assert issubclass(cls, StoreUnavailable) and cls.REASON == reason
+    err = cls(grpc.StatusCode.UNAVAILABLE, reason, "store", retry_delay=1.0)
     assert isinstance(err, Unavailable) and err.reason == reason
 
 
@@ -95,7 +97,7 @@ def test_stopped_sidecar_is_a_clear_error_not_a_hang(start_sidecar, unique: str)
         assert not c.locks.GetLock(lock_pb2.GetLockRequest(key=f"{unique}/k")).held
         sc.stop()
         t0 = time.monotonic()
-        with pytest.raises(Unavailable) as info:
+        with pytest.raises(SidecarUnreachable) as info:
             c.locks.GetLock(lock_pb2.GetLockRequest(key=f"{unique}/k"))
         assert sc.addr in str(info.value) and "running" in str(info.value)
         with pytest.raises(Unavailable):
@@ -108,17 +110,37 @@ def test_stopped_sidecar_is_a_clear_error_not_a_hang(start_sidecar, unique: str)
         c.close()
 
 
-def test_client_reconnects_when_the_sidecar_comes_back(start_sidecar, unique: str) -> None:
+#: Real time the sidecar stays down in the reconnect scenario. gRPC's default
+#: backoff (1 s, x1.6 each attempt, +-20 % jitter, up to 120 s) makes its
+#: attempts at about 1, 2.6, 5.2, 9.3 and 15.8 s: after 11.5 s down, the next
+#: one is about 4 s away, past the 3 s deadline below (a client without the
+#: 1 s cap failed this test in 5 runs of 5).
+DOWN_FOR = 11.5
+
+
+@pytest.mark.scenario("reconnect-after-restart")
+def test_client_reconnects_within_a_second_after_a_restart(start_sidecar, unique: str) -> None:
     first = start_sidecar(name="before-restart")
     with Client(first.addr, timeout=2.0) as c:
         req = lock_pb2.GetLockRequest(key=f"{unique}/k")
         assert not c.locks.GetLock(req).held
         first.stop()
-        with pytest.raises(Unavailable):
-            c.locks.GetLock(req)
-        start_sidecar(name="after-restart", port=first.port)
-        c.wait_ready(timeout=10)
-        assert not c.locks.GetLock(req).held
+        failures = 0
+        end = time.monotonic() + DOWN_FOR
+        while time.monotonic() < end:
+            with pytest.raises(SidecarUnreachable):
+                c.locks.GetLock(req)
+            failures += 1
+            time.sleep(0.25)  # real time: the channel keeps failing to connect, its backoff grows
+        second = start_sidecar(name="after-restart", port=first.port)
+        up = time.monotonic()
+        # The next call (waiting for the connection, within 3 s) succeeds.
+        assert not c.locks.GetLock(req, timeout=3, wait_for_ready=True).held
+        now = time.monotonic()
+        print(
+            f"reconnect: first call succeeded {now - up:.3f}s after the restarted sidecar was serving "
+            f"({now - second.spawned_at:.3f}s after its process started; {failures} failed calls while down)"
+        )
 
 
 def test_wait_ready_gives_up_with_a_clear_error() -> None:
@@ -134,8 +156,12 @@ def test_hung_sidecar_hits_the_default_deadline(start_sidecar, unique: str) -> N
     sc = start_sidecar(name="to-pause")
     c = Client(sc.addr, timeout=1.0)
     try:
-        assert not c.locks.GetLock(lock_pb2.GetLockRequest(key=f"{unique}/k")).held
-        sc.pause()
+        # Connected before the pause, under a bound that load cannot break
+        # (the first call also sets up the connection): only the calls
+        # made while the sidecar is stopped meet the 1 s default deadline.
+        c.wait_ready(timeout=10)
+        assert not c.locks.GetLock(lock_pb2.GetLockRequest(key=f"{unique}/k"), timeout=10).held
+        sc.pause()  # returns once every thread of the sidecar is stopped
         t0 = time.monotonic()
         with pytest.raises(DeadlineExceeded) as info:
             c.locks.GetLock(lock_pb2.GetLockRequest(key=f"{unique}/k"))

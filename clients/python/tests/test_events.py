@@ -48,6 +48,7 @@ def test_publish_idempotency_key_appends_once(client: Client, topic: str) -> Non
     assert got == [f"{a.event_id} order-1 one", f"{c.event_id}  two"]
 
 
+@pytest.mark.scenario("events-redelivery")
 def test_subscribe_order_nack_redelivery_and_ack(client: Client, topic: str) -> None:
     for p in ("e1", "e2", "e3"):
         client.publish(topic, p, headers={"content-type": "text/plain"})

@@ -73,6 +73,39 @@ def test_concurrent_duplicates_wait_for_the_one_that_runs(client: Client, unique
     assert results == [{"ok": True}] * 5
 
 
+@pytest.mark.scenario("idempotent-run-once-stored-result")
+def test_two_concurrent_runs_on_two_connections_run_once(sidecar, client: Client, unique: str) -> None:
+    """The second run starts while the first is running (its own connection):
+    it waits and gets the first run's stored result without running."""
+    key = f"{unique}/two-runs"
+    runs = Counter()
+    first_running, second_started = threading.Event(), threading.Event()
+
+    def op(who: str) -> dict:
+        runs.bump()
+        if who == "first":
+            first_running.set()
+            assert second_started.wait(10)
+            time.sleep(0.3)  # real time: the second run is waiting on the sidecar meanwhile
+        return {"ran_by": who}
+
+    other = Client(sidecar.addr, timeout=10.0)
+    results: dict = {}
+    try:
+        t = threading.Thread(target=lambda: results.__setitem__("first", client.idempotent(key, "fp", lambda: op("first"))))
+        t.start()
+        assert first_running.wait(10)
+        second_started.set()
+        results["second"] = other.idempotent(key, "fp", lambda: op("second"))
+        t.join(20)
+    finally:
+        other.close()
+    assert runs.n == 1
+    assert results == {"first": {"ran_by": "first"}, "second": {"ran_by": "first"}}
+    state = client.idempotency.GetIdempotency(idempotency_pb2.GetIdempotencyRequest(key=key, fingerprint="fp"))
+    assert state.state == idempotency_pb2.GetIdempotencyResponse.STATE_COMPLETED
+
+
 def test_failure_releases_the_key_so_a_retry_runs(client: Client, unique: str) -> None:
     runs = Counter()
     key = f"{unique}/flaky"

@@ -67,10 +67,11 @@ def test_lock_wait_is_woken_by_release(client: Client, unique: str) -> None:
 
 def test_renewal_keeps_a_short_ttl_lease_alive(client: Client, unique: str) -> None:
     key = f"{unique}/renewed"
-    with client.lock(key, ttl=0.5, owner="slow") as lease:
-        first_expiry = lease.expire_time
-        time.sleep(1.6)  # more than three TTLs: only the session's renewals keep it
-        lease.check()
+    with client.lock(key, ttl=1, owner="slow") as lease:
+        first_expiry, first_confirmed = lease.expire_time, lease.confirmed_at
+        time.sleep(3.2)  # real time: more than three TTLs, only the session's renewals keep it
+        lease.check()  # the local clock saw the renewals too
+        assert lease.confirmed_at > first_confirmed and lease.deadline > time.monotonic()
         assert lease.expire_time is not None and first_expiry is not None and lease.expire_time > first_expiry
         assert get_lock(client, key).holder.fencing_token == lease.fencing_token
 
@@ -134,26 +135,29 @@ def test_lock_released_when_holder_process_dies(sidecar, client: Client, unique:
             proc.wait(10)
 
 
-def test_two_processes_contend_without_lost_updates(sidecar, unique: str, tmp_path: Path) -> None:
-    """Two client processes each do N read-modify-write rounds on one file
-    under the same lock; the file refuses any fencing token not above the
-    last one it saw. Without mutual exclusion updates get lost."""
-    rounds = 20
+@pytest.mark.scenario("lock-contention-fencing")
+def test_processes_contend_without_overlap_and_with_increasing_tokens(sidecar, unique: str, tmp_path: Path) -> None:
+    """Three client processes (two with the `with` form, one with the
+    explicit handle) each do N read-modify-write rounds on one file under
+    the same lock; the file refuses any fencing token not above the last one
+    it saw. Without mutual exclusion updates get lost or sections overlap."""
+    rounds = 15
+    workers = [("worker-a", "with"), ("worker-b", "with"), ("worker-c", "handle")]
     state = tmp_path / "state.json"
     state.write_text(json.dumps({"counter": 0, "fence": 0, "history": [], "refused": []}))
     env = {**os.environ, "SIDECAR_ADDR": sidecar.addr}
     key = f"{unique}/shared-file"
     procs = [
         subprocess.Popen(
-            [sys.executable, str(HERE / "lock_worker.py"), key, str(state), str(rounds), name, "2"],
+            [sys.executable, str(HERE / "lock_worker.py"), key, str(state), str(rounds), name, str(len(workers)), mode],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
-        for name in ("worker-a", "worker-b")
+        for name, mode in workers
     ]
     outputs = []
     for p in procs:
         try:
-            out, _ = p.communicate(timeout=90)
+            out, _ = p.communicate(timeout=120)
         except subprocess.TimeoutExpired:
             p.kill()
             out, _ = p.communicate()
@@ -161,7 +165,85 @@ def test_two_processes_contend_without_lost_updates(sidecar, unique: str, tmp_pa
         assert p.returncode == 0, f"worker failed:\n{out}"
     final = json.loads(state.read_text())
     assert final["refused"] == [], f"stale tokens reached the resource: {final['refused']}"
-    assert final["counter"] == 2 * rounds, f"lost updates: {final['counter']} of {2 * rounds}\n{outputs}"
-    tokens = [t for _, t in final["history"]]
+    assert final["counter"] == len(workers) * rounds, f"lost updates: {final['counter']}\n{outputs}"
+    tokens = [t for _, t, _, _ in final["history"]]
     assert tokens == sorted(tokens) and len(set(tokens)) == len(tokens), "fencing tokens must strictly increase"
-    assert {name for name, _ in final["history"]} == {"worker-a", "worker-b"}
+    intervals = [(entered, left) for _, _, entered, left in final["history"]]
+    for (_, left), (entered, _) in zip(intervals, intervals[1:]):
+        assert left <= entered, "two critical sections overlapped"
+    assert {name for name, _, _, _ in final["history"]} == {name for name, _ in workers}
+
+
+@pytest.mark.scenario("lock-explicit-handle")
+def test_explicit_handle_acquire_extend_release(client: Client, unique: str) -> None:
+    key = f"{unique}/handle"
+    lock = client.lock(key, ttl=2, owner="handle")
+    assert not lock.locked() and not lock.owned() and lock.fencing_token is None
+    assert lock.acquire()
+    token = lock.fencing_token
+    assert token is not None and token > 0
+    assert lock.locked() and lock.owned()
+    held = get_lock(client, key)
+    assert held.holder.owner == "handle" and held.holder.fencing_token == token
+
+    other = client.lock(key, wait=0.2, owner="other")
+    assert not other.acquire()
+    assert other.not_acquired is not None and other.not_acquired.fencing_token == token
+    assert not other.owned() and other.locked()
+
+    lease = lock.lease
+    assert lease is not None
+    deadline_before = lease.deadline
+    lock.extend(5)
+    assert lease.ttl == 5 and lease.deadline > deadline_before
+    time.sleep(2.5)  # real time: past the 2 s TTL of the grant, only the extension keeps the lock
+    assert lock.owned() and get_lock(client, key).holder.fencing_token == token
+
+    lock.release()
+    assert lease.released and not lease.lost.is_set()
+    assert not lock.locked() and not lock.owned() and lock.fencing_token is None
+    with pytest.raises(RuntimeError):
+        lock.release()
+    assert lock.acquire()  # a Lock is reusable; every grant has a new token
+    assert lock.fencing_token is not None and lock.fencing_token > token
+    lock.release()
+
+
+def test_handle_not_extended_is_lost_by_the_local_clock(client: Client, unique: str) -> None:
+    key = f"{unique}/unextended"
+    lock = client.lock(key, ttl=0.5)
+    assert lock.acquire()
+    lease = lock.lease
+    assert lease is not None
+    assert lease.lost.wait(5), "the local deadline (ttl - 100 ms) should mark the lease lost"
+    assert lease.lost_reason == "RENEWAL_OVERDUE"
+    assert lease.lost_at is not None and lease.lost_at - lease.confirmed_at < 0.5  # before the TTL ends
+    assert not lock.owned()
+    with pytest.raises(LeaseLost) as info:
+        lock.extend()
+    assert info.value.lost_reason == "RENEWAL_OVERDUE"
+    with pytest.raises(LeaseLost):
+        lock.release()
+
+
+def test_with_and_handle_do_not_mix(client: Client, unique: str) -> None:
+    lock = client.lock(f"{unique}/mix")
+    with lock as lease:
+        assert lock.lease is lease and lock.fencing_token == lease.fencing_token
+        with pytest.raises(RuntimeError):
+            lock.acquire()
+        with pytest.raises(RuntimeError):
+            lock.release()
+    assert lock.lease is None
+    with lock:  # entered again after exit: a new session
+        pass
+
+
+def test_lost_callback_runs_once(client: Client, unique: str) -> None:
+    seen: list = []
+    with pytest.raises(LeaseLost):
+        with client.lock(f"{unique}/cb", max_hold=0.3) as lease:
+            lease.add_lost_callback(lambda l: seen.append(l.lost_reason))
+            assert lease.lost.wait(10)
+    lease.add_lost_callback(lambda l: seen.append("late"))
+    assert seen == ["MAX_HOLD", "late"]
