@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
@@ -37,11 +38,14 @@ type sagaUpstream struct {
 	blocked   chan string
 	// down: every request fails with 503.
 	down bool
+	// traceparents: the traceparent header of each key's last request.
+	traceparents map[string]string
 }
 
 func newSagaUpstream(t *testing.T) *sagaUpstream {
 	t.Helper()
-	u := &sagaUpstream{requests: map[string]int{}, effects: map[string]int{}, blockOnce: map[string]bool{}, blocked: make(chan string, 16)}
+	u := &sagaUpstream{requests: map[string]int{}, effects: map[string]int{}, blockOnce: map[string]bool{}, blocked: make(chan string, 16),
+		traceparents: map[string]string{}}
 	u.Server = httptest.NewServer(http.HandlerFunc(u.serve))
 	t.Cleanup(u.Close)
 	return u
@@ -54,6 +58,7 @@ func (u *sagaUpstream) serve(w http.ResponseWriter, r *http.Request) {
 	key := r.Header.Get("Idempotency-Key")
 	u.mu.Lock()
 	u.requests[key]++
+	u.traceparents[key] = r.Header.Get("traceparent")
 	block := u.blockOnce[key]
 	delete(u.blockOnce, key)
 	down := u.down
@@ -93,6 +98,12 @@ func (u *sagaUpstream) effectsOf(id string) []string {
 		}
 	}
 	return out
+}
+
+func (u *sagaUpstream) traceparent(key string) string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return u.traceparents[key]
 }
 
 func (u *sagaUpstream) counts(key string) (requests, effects int) {
@@ -466,5 +477,38 @@ func TestSagaManyAcrossSidecarsWithOneKilled(t *testing.T) {
 	}
 	if total != sagas {
 		t.Fatalf("listed %d sagas, want %d", total, sagas)
+	}
+}
+
+// TestSagaCompensationJoinsTheTrace: a compensation's request carries the
+// trace context of the RecordStep call that recorded its step (W3C
+// traceparent, same trace id), so the undo sits in the app's trace, even
+// though it runs later, from the saga log, after the call has ended.
+func TestSagaCompensationJoinsTheTrace(t *testing.T) {
+	up := newSagaUpstream(t)
+	_, cs := sagaSidecars(t, 1, up)
+	c := cs[0]
+	ctx := ctxT(t, time.Minute)
+	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+	if _, err := c.StartSaga(ctx, &v1.StartSagaRequest{SagaId: "order-traced", Name: "place-order", Timeout: durationpb.New(time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	traced := metadata.AppendToOutgoingContext(ctx, "traceparent", "00-"+traceID+"-00f067aa0ba902b7-01")
+	if _, err := c.RecordStep(traced, &v1.RecordStepRequest{SagaId: "order-traced", Step: "reserve", Compensation: sagaComp("reserve")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.RecordStep(ctx, &v1.RecordStepRequest{SagaId: "order-traced", Step: "charge", Compensation: sagaComp("charge")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.AbortSaga(ctx, &v1.AbortSagaRequest{SagaId: "order-traced"}); err != nil {
+		t.Fatal(err)
+	}
+	waitSaga(t, ctx, c, "order-traced", v1.SagaState_SAGA_STATE_COMPENSATED)
+	tp := up.traceparent("order-traced:reserve")
+	if parts := strings.Split(tp, "-"); len(parts) != 4 || parts[1] != traceID {
+		t.Fatalf("compensation of reserve had traceparent %q; want trace id %s", tp, traceID)
+	}
+	if tp := up.traceparent("order-traced:charge"); strings.Contains(tp, traceID) {
+		t.Fatalf("compensation of charge, recorded outside the trace, had traceparent %q", tp)
 	}
 }

@@ -123,5 +123,6 @@ func cloneSaga(s Saga) Saga {
 func cloneStep(st Step) Step {
 	st.Compensation.Headers = slices.Clone(st.Compensation.Headers)
 	st.Compensation.Body = slices.Clone(st.Compensation.Body)
+	st.TraceContext = maps.Clone(st.TraceContext)
 	return st
 }

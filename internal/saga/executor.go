@@ -7,6 +7,9 @@ import (
 	"net/http"
 	"time"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/propagation"
+
 	"github.com/seed-a88e5317/resilience-sidecar/internal/backoff"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/breaker"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/upstream"
@@ -83,9 +86,11 @@ func (s *Service) execute(id string, p Params, next Step) {
 func (s *Service) compensateStep(ctx context.Context, id string, p Params, st Step) (Outcome, error) {
 	pol := s.opts.Retry(st.Compensation.Upstream)
 	req := request(id, st.Name, st.Compensation)
+	// The request joins the trace of the call that recorded the step.
+	traced := otel.GetTextMapPropagator().Extract(ctx, propagation.MapCarrier(st.TraceContext))
 	refusals := 0 // breaker refusals in a row
 	for try := 1; ; {
-		res := s.call(ctx, req)
+		res := s.call(traced, req)
 		if err := ctx.Err(); err != nil {
 			return Outcome{}, err
 		}

@@ -41,7 +41,10 @@ import (
 // rx (an executor id handed back by Release before its claim ran: that
 // claim claims nothing).
 // Per step i: x:<name> = i, s:i status (absent pending, d done, f failed),
-// a:i attempts, e:i last error, t:i record time, c:i compensate time.
+// a:i attempts, e:i last error, t:i record time, c:i compensate time,
+// tc:i the W3C trace context of the RecordStep call (JSON; absent without
+// one), kept apart from the step's record so that a retry from another
+// trace is still the same step.
 // Time is Redis TIME. COMPLETED and COMPENSATED sagas get a key expiry
 // (retention); the worker then drops their index entries.
 
@@ -136,7 +139,7 @@ local function reply(code, prev, claimed, extra)
     local cur = tonumber(s[13]) or 0
     if cur > 0 then
       nxt = {cur, redis.call('LINDEX', L, cur - 1),
-        redis.call('HMGET', H, 's:' .. cur, 'a:' .. cur, 'e:' .. cur, 't:' .. cur, 'c:' .. cur)}
+        redis.call('HMGET', H, 's:' .. cur, 'a:' .. cur, 'e:' .. cur, 't:' .. cur, 'c:' .. cur, 'tc:' .. cur)}
     end
   end
   return {code, prev or '', claimed, s, nxt, extra or 0}
@@ -158,7 +161,7 @@ sync()
 return reply('C', false, 0)
 `)
 
-// ARGV 5 step name, 6 encoded step, 7 max steps.
+// ARGV 5 step name, 6 encoded step, 7 max steps, 8 trace context ("": none).
 var recordScript = redisx.NewScript("saga.record", sagaPrelude+`
 local st = state()
 if not st then return {'N'} end
@@ -175,6 +178,7 @@ if n >= tonumber(ARGV[7]) then return reply('L', st, 0) end
 n = n + 1
 redis.call('RPUSH', L, ARGV[6])
 redis.call('HSET', H, 'x:' .. ARGV[5], n, 't:' .. n, ms(now), 'n', n, 'ut', ms(now))
+if ARGV[8] ~= '' then redis.call('HSET', H, 'tc:' .. n, ARGV[8]) end
 return reply('A', st, 0, n)
 `)
 
@@ -471,7 +475,7 @@ func parseSummary(id string, f []any) (Saga, error) {
 }
 
 // parseStep reads a step: its record and [status, attempts, error, record
-// time, compensate time].
+// time, compensate time, trace context].
 func parseStep(idx int, enc string, status any) (Step, error) {
 	name, c, err := decodeStep(enc)
 	if err != nil {
@@ -495,6 +499,9 @@ func parseStep(idx int, enc string, status any) (Step, error) {
 	st.Attempts, _ = strconv.Atoi(get(1))
 	if v, _ := strconv.ParseInt(get(3), 10, 64); v > 0 {
 		st.RecordTime = time.UnixMilli(v)
+	}
+	if tc, err := decodeMetadata(get(5)); err == nil {
+		st.TraceContext = tc // a corrupt one only costs the trace link
 	}
 	if v, _ := strconv.ParseInt(get(4), 10, 64); v > 0 {
 		st.CompensateTime = time.UnixMilli(v)
@@ -522,7 +529,7 @@ func (r *RedisStore) Start(ctx context.Context, n NewSaga, p Params) (Outcome, b
 
 // RecordStep implements Store.
 func (r *RedisStore) RecordStep(ctx context.Context, id string, step Step, maxSteps int, p Params) (Outcome, int, bool, error) {
-	v, err := r.write(ctx, recordScript, id, p, step.Name, encodeStep(step.Name, step.Compensation), maxSteps)
+	v, err := r.write(ctx, recordScript, id, p, step.Name, encodeStep(step.Name, step.Compensation), maxSteps, encodeMetadata(step.TraceContext))
 	if err != nil {
 		return Outcome{}, 0, false, err
 	}
@@ -663,7 +670,7 @@ func (r *RedisStore) Get(ctx context.Context, id string) (Saga, error) {
 	for i, rec := range recs {
 		enc, _ := rec.(string)
 		n := strconv.Itoa(i + 1)
-		st, err := parseStep(i+1, enc, []any{h["s:"+n], h["a:"+n], h["e:"+n], h["t:"+n], h["c:"+n]})
+		st, err := parseStep(i+1, enc, []any{h["s:"+n], h["a:"+n], h["e:"+n], h["t:"+n], h["c:"+n], h["tc:"+n]})
 		if err != nil {
 			return Saga{}, err
 		}

@@ -135,6 +135,11 @@ type Step struct {
 	// RecordTime is when the step was recorded; CompensateTime when its
 	// compensation succeeded (zero otherwise).
 	RecordTime, CompensateTime time.Time
+	// TraceContext is the W3C trace context (traceparent, tracestate) of
+	// the call that recorded the step: its compensation's request carries
+	// it, so the undo sits in the trace of the work it undoes. It is not
+	// part of the step's identity.
+	TraceContext map[string]string
 }
 
 // Saga is a saga's log entry. Steps is filled by Get only.

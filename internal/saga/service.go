@@ -14,6 +14,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/propagation"
+
 	"github.com/seed-a88e5317/resilience-sidecar/internal/handback"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/metrics"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/upstream"
@@ -292,7 +295,9 @@ func (s *Service) RecordStep(ctx context.Context, id, step string, c Compensatio
 		}
 		return 0, false, err
 	}
-	out, idx, created, err := s.store.RecordStep(ctx, id, Step{Name: step, Compensation: c}, s.opts.MaxSteps, s.params())
+	tc := propagation.MapCarrier{}
+	otel.GetTextMapPropagator().Inject(ctx, tc)
+	out, idx, created, err := s.store.RecordStep(ctx, id, Step{Name: step, Compensation: c, TraceContext: tc}, s.opts.MaxSteps, s.params())
 	s.observe(out)
 	return idx, created, err
 }

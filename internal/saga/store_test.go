@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -151,6 +152,33 @@ func runConformance(t *testing.T, newStore func(*testing.T) storeUnderTest) {
 		}
 		if _, err := s.Get(ctx, "nope"); !errors.Is(err, saga.ErrNotFound) {
 			t.Fatalf("get unknown: %v", err)
+		}
+	})
+
+	t.Run("a step keeps the trace context it was recorded with", func(t *testing.T) {
+		s := newStore(t).store
+		start(t, s, "s1", time.Hour)
+		tc := map[string]string{"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", "tracestate": "vendor=x"}
+		if _, _, created, err := s.RecordStep(ctx, "s1", saga.Step{Name: "a", Compensation: comp("/a"), TraceContext: tc}, 10, params("")); err != nil || !created {
+			t.Fatalf("record: created %v, %v", created, err)
+		}
+		// Sent again from another trace, it is the same step, and keeps the first.
+		other := map[string]string{"traceparent": "00-11111111111111111111111111111111-2222222222222222-01"}
+		if _, idx, created, err := s.RecordStep(ctx, "s1", saga.Step{Name: "a", Compensation: comp("/a"), TraceContext: other}, 10, params("")); err != nil || created || idx != 1 {
+			t.Fatalf("replay from another trace: idx %d created %v, %v; want the same step", idx, created, err)
+		}
+		record(t, s, "s1", "b") // none
+		got, err := s.Get(ctx, "s1")
+		if err != nil || len(got.Steps) != 2 || !maps.Equal(got.Steps[0].TraceContext, tc) || len(got.Steps[1].TraceContext) != 0 {
+			t.Fatalf("get: %+v, %v; want step a with %v and step b with none", got.Steps, err, tc)
+		}
+		out, err := s.Abort(ctx, "s1", "r", params("e1"))
+		if err != nil || out.Next == nil || out.Next.Name != "b" || len(out.Next.TraceContext) != 0 {
+			t.Fatalf("abort: next %+v, %v", out.Next, err)
+		}
+		out, err = s.Report(ctx, "s1", saga.Attempt{Index: 2, Name: "b", Attempts: 1, Result: saga.StepSucceeded}, params("e1"))
+		if err != nil || out.Next == nil || out.Next.Name != "a" || !maps.Equal(out.Next.TraceContext, tc) {
+			t.Fatalf("next to compensate: %+v, %v; want step a with its trace context", out.Next, err)
 		}
 	})
 
