@@ -16,14 +16,16 @@ import (
 // for new events) go through a second client of the same Redis, with its
 // own pool and without the command hooks, so that they never hold a
 // connection the other stores need and do not count as store latency.
-func newRedisEvents(cfg *config.Config, rdb redis.UniversalClient, log *slog.Logger) *events.RedisStore {
+// Publishes wait for wait (--redis-wait-replicas), so that an outbox row
+// is marked only once its event reached the replicas.
+func newRedisEvents(cfg *config.Config, rdb redis.UniversalClient, wait redisx.Wait, log *slog.Logger) *events.RedisStore {
 	block, err := redisx.NewClient(cfg.RedisURL, cfg.RedisMode, cfg.StoreTimeout)
 	if err != nil {
 		// Cannot happen: the same URL made rdb.
 		log.Warn("events: no separate client for blocking reads; sharing the main one", "error", err)
-		return events.NewRedisStore(rdb, cfg.Namespace, cfg.StoreTimeout)
+		return events.NewRedisStore(rdb, cfg.Namespace, cfg.StoreTimeout, events.WithWait(wait))
 	}
-	return events.NewRedisStore(rdb, cfg.Namespace, cfg.StoreTimeout, events.WithBlockingClient(block), events.WithOwnedBlockingClient())
+	return events.NewRedisStore(rdb, cfg.Namespace, cfg.StoreTimeout, events.WithWait(wait), events.WithBlockingClient(block), events.WithOwnedBlockingClient())
 }
 
 // newEvents builds the event service on its store and starts the push

@@ -64,6 +64,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return 2
 	}
 	log := slog.New(tracing.LogHandler(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: cfg.SlogLevel()})))
+	redisx.SetLogger(log) // go-redis's own messages as JSON records too
 	if err := serve(ctx, cfg, getenv, log); err != nil {
 		log.Error("sidecar failed", "error", err)
 		return 1
@@ -130,7 +131,7 @@ func openStores(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log
 		clock:       clock.NewRedisStore(rdb, cfg.Namespace, cfg.StoreTimeout),
 		breaker:     breaker.NewRedisStore(rdb, cfg.Namespace, cfg.StoreTimeout),
 		saga:        saga.NewRedisStore(rdb, cfg.Namespace, cfg.StoreTimeout, saga.WithWait(wait)),
-		events:      newRedisEvents(cfg, rdb, log),
+		events:      newRedisEvents(cfg, rdb, wait, log),
 		pinger:      redisx.Pinger{Client: rdb, Timeout: cfg.StoreTimeout},
 		close:       func() error { return errors.Join(closeFence(), rdb.Close()) },
 	}, nil

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"log/slog"
+	"maps"
+	"slices"
 
 	"github.com/seed-a88e5317/resilience-sidecar/internal/api"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/config"
@@ -24,12 +26,15 @@ func startOutbox(ctx context.Context, cfg *config.Config, pub outbox.Publisher, 
 		log.Warn("outbox relay publishes to the EMBEDDED IN-MEMORY STORE: rows are marked published but their events are lost on exit, and the idempotency keys that make relaying exactly-once are not shared with other sidecars")
 	}
 	opts.Publisher, opts.Log, opts.Metrics = pub, log, m
+	opts.Topics = slices.Sorted(maps.Keys(cfg.Events.Topics)) // the delay histogram's labels
 	r, err := outbox.New(opts)
 	if err != nil {
 		return nil, nil, err
 	}
 	log.Info("outbox relay", "table", opts.Table, "on_publish", string(opts.OnPublish), "batch_size", opts.BatchSize,
-		"poll_interval", opts.PollInterval.String(), "notify_channel", opts.NotifyChannel)
+		"poll_interval", opts.PollInterval.String(), "notify_channel", opts.NotifyChannel,
+		"leader_timeout", opts.LeaderTimeout.String(), "refused_retry_interval", opts.RefusedRetryInterval.String(),
+		"retention", opts.Retention.String())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -7,17 +7,21 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/events"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
 )
 
 // OutboxStatuser reports the outbox relay (internal/outbox) for
-// GetOutboxStatus.
+// GetOutboxStatus, and retries its refused rows for RetryOutboxRefused.
 type OutboxStatuser interface {
 	Status() events.OutboxStatus
+	RetryRefused(ctx context.Context) (events.OutboxRetry, error)
 }
 
 // EventServer implements resiliencev1.EventServiceServer.
@@ -207,6 +211,7 @@ func EventPB(d events.Delivery) *v1.Event {
 	return &v1.Event{
 		EventId: d.ID, Topic: d.Topic, Key: d.Key, Payload: d.Payload, Headers: d.Headers,
 		PublishedAt: timestamppb.New(d.PublishedAt), DeliveryCount: uint32(d.Count), FirstDeliveredAt: timestamppb.New(d.FirstDeliveredAt),
+		IdempotencyKey: d.IdempotencyKey,
 	}
 }
 
@@ -245,12 +250,36 @@ func (s *EventServer) GetOutboxStatus(context.Context, *v1.GetOutboxStatusReques
 		return &v1.GetOutboxStatusResponse{}, nil
 	}
 	resp := &v1.GetOutboxStatusResponse{
-		Enabled: true, Healthy: st.Healthy, LastError: st.LastError, Backlog: st.Backlog,
+		Enabled: true, Healthy: st.Healthy, LastError: st.LastError, Active: st.Active,
+		Backlog: st.Backlog, BacklogKnown: st.BacklogKnown,
 		Lag: durationpb.New(st.Lag), Published: st.Published, Table: st.Table,
 		Refused: st.Refused, LastRefused: st.LastRefused,
+	}
+	if st.Refused > 0 {
+		resp.OldestRefusedAge = durationpb.New(st.OldestRefusedAge)
 	}
 	if !st.LastPublishedAt.IsZero() {
 		resp.LastPublishedAt = timestamppb.New(st.LastPublishedAt)
 	}
 	return resp, nil
+}
+
+// RetryOutboxRefused implements EventServiceServer.
+func (s *EventServer) RetryOutboxRefused(ctx context.Context, _ *v1.RetryOutboxRefusedRequest) (*v1.RetryOutboxRefusedResponse, error) {
+	if s.outbox == nil || !s.outbox.Status().Enabled {
+		return nil, status.Error(codes.FailedPrecondition, "no outbox relay is configured on this sidecar (config file section outbox)")
+	}
+	r, err := s.outbox.RetryRefused(ctx)
+	switch {
+	case err == nil:
+	case errors.Is(err, store.ErrUnavailable), errors.Is(err, context.Canceled), errors.Is(err, context.DeadlineExceeded) && ctx.Err() != nil:
+		return nil, s.fail(ctx, err)
+	default:
+		// Postgres did not answer, or the relay lost the table meanwhile:
+		// the cause (which names the database) stays in the log.
+		s.log.WarnContext(ctx, "RetryOutboxRefused failed", "error", err)
+		return nil, status.Error(codes.Unavailable, "the outbox relay could not retry its refused rows now (Postgres or the event store did not answer, or the relay lost the table); see GetOutboxStatus and retry")
+	}
+	return &v1.RetryOutboxRefusedResponse{Active: r.Active, Forwarded: r.Forwarded,
+		Published: r.Published, StillRefused: r.Refused, Forgotten: r.Gone}, nil
 }

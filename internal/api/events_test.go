@@ -2,6 +2,7 @@ package api_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/api"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/events"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
@@ -29,9 +31,16 @@ type eventEnv struct {
 	stop   context.CancelFunc // the sidecar's shutdown
 }
 
-type fakeOutbox struct{ st events.OutboxStatus }
+type fakeOutbox struct {
+	st    events.OutboxStatus
+	retry events.OutboxRetry
+	err   error
+}
 
 func (f fakeOutbox) Status() events.OutboxStatus { return f.st }
+func (f fakeOutbox) RetryRefused(context.Context) (events.OutboxRetry, error) {
+	return f.retry, f.err
+}
 
 func startEvents(t *testing.T, st events.Store, opts events.Options, outbox api.OutboxStatuser) *eventEnv {
 	t.Helper()
@@ -104,7 +113,7 @@ func TestEventsAPIFlow(t *testing.T) {
 	}
 	ev := recvEvent(t, s)
 	if ev.GetEventId() != p.GetEventId() || ev.GetTopic() != "orders" || ev.GetKey() != "o1" || string(ev.GetPayload()) != "hello" ||
-		ev.GetHeaders()["content-type"] != "text/plain" || ev.GetDeliveryCount() != 1 ||
+		ev.GetHeaders()["content-type"] != "text/plain" || ev.GetDeliveryCount() != 1 || ev.GetIdempotencyKey() != "pub-1" ||
 		ev.GetPublishedAt() == nil || ev.GetFirstDeliveredAt() == nil {
 		t.Fatalf("event = %v", ev)
 	}
@@ -337,13 +346,45 @@ func TestEventsAPIOutboxStatus(t *testing.T) {
 		t.Fatalf("no outbox: %v, %v; want enabled=false", r, err)
 	}
 	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	e = startEvents(t, events.NewMemoryStore(nil), events.Options{}, fakeOutbox{events.OutboxStatus{
-		Enabled: true, Healthy: false, LastError: "pg down", Backlog: 7, Lag: 3 * time.Second, Published: 9, LastPublishedAt: at, Table: "public.outbox"}})
+	e = startEvents(t, events.NewMemoryStore(nil), events.Options{}, fakeOutbox{st: events.OutboxStatus{
+		Enabled: true, Healthy: false, LastError: "pg down", Active: true, Backlog: 7, BacklogKnown: true, Lag: 3 * time.Second,
+		Published: 9, LastPublishedAt: at, Table: "public.outbox", Refused: 2, LastRefused: "row 4: bad", OldestRefusedAge: time.Minute}})
 	r, err = e.client.GetOutboxStatus(ctx, &v1.GetOutboxStatusRequest{})
-	if err != nil || !r.GetEnabled() || r.GetHealthy() || r.GetLastError() != "pg down" || r.GetBacklog() != 7 ||
-		r.GetLag().AsDuration() != 3*time.Second || r.GetPublished() != 9 || !r.GetLastPublishedAt().AsTime().Equal(at) || r.GetTable() != "public.outbox" {
+	if err != nil || !r.GetEnabled() || r.GetHealthy() || r.GetLastError() != "pg down" || !r.GetActive() || r.GetBacklog() != 7 || !r.GetBacklogKnown() ||
+		r.GetLag().AsDuration() != 3*time.Second || r.GetPublished() != 9 || !r.GetLastPublishedAt().AsTime().Equal(at) || r.GetTable() != "public.outbox" ||
+		r.GetRefused() != 2 || r.GetLastRefused() != "row 4: bad" || r.GetOldestRefusedAge().AsDuration() != time.Minute {
 		t.Fatalf("status = %v, %v", r, err)
 	}
+}
+
+// RetryOutboxRefused: FAILED_PRECONDITION without an outbox; the relay's
+// outcome otherwise; UNAVAILABLE (without the cause, which names the
+// database) when it could not retry, with the store's reason when the
+// store failed.
+func TestEventsAPIRetryOutboxRefused(t *testing.T) {
+	ctx := idemCtx(t)
+	e := startEvents(t, events.NewMemoryStore(nil), events.Options{}, nil)
+	if _, err := e.client.RetryOutboxRefused(ctx, &v1.RetryOutboxRefusedRequest{}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("without an outbox: %v; want FAILED_PRECONDITION", err)
+	}
+	on := events.OutboxStatus{Enabled: true}
+	e = startEvents(t, events.NewMemoryStore(nil), events.Options{}, fakeOutbox{st: on, retry: events.OutboxRetry{Active: true, Published: 3, Refused: 1, Gone: 2}})
+	r, err := e.client.RetryOutboxRefused(ctx, &v1.RetryOutboxRefusedRequest{})
+	if err != nil || !r.GetActive() || r.GetForwarded() || r.GetPublished() != 3 || r.GetStillRefused() != 1 || r.GetForgotten() != 2 {
+		t.Fatalf("retry = %v, %v", r, err)
+	}
+	e = startEvents(t, events.NewMemoryStore(nil), events.Options{}, fakeOutbox{st: on, retry: events.OutboxRetry{Forwarded: true}})
+	if r, err := e.client.RetryOutboxRefused(ctx, &v1.RetryOutboxRefusedRequest{}); err != nil || r.GetActive() || !r.GetForwarded() {
+		t.Fatalf("retry on a standby = %v, %v", r, err)
+	}
+	e = startEvents(t, events.NewMemoryStore(nil), events.Options{}, fakeOutbox{st: on, err: errors.New("connect to postgres: host db.internal refused")})
+	_, err = e.client.RetryOutboxRefused(ctx, &v1.RetryOutboxRefusedRequest{})
+	if st, _ := status.FromError(err); st.Code() != codes.Unavailable || strings.Contains(st.Message(), "db.internal") {
+		t.Fatalf("Postgres down: %v; want UNAVAILABLE without the cause", err)
+	}
+	e = startEvents(t, events.NewMemoryStore(nil), events.Options{}, fakeOutbox{st: on, err: fmt.Errorf("retry stopped: %w", store.ErrUnavailable)})
+	_, err = e.client.RetryOutboxRefused(ctx, &v1.RetryOutboxRefusedRequest{})
+	idemStatus(t, err, codes.Unavailable, api.ReasonStoreUnavailable)
 }
 
 // The status of an invalid argument names the field in its message too.

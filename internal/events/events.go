@@ -110,15 +110,36 @@ type Published struct {
 type OutboxStatus struct {
 	Enabled, Healthy bool
 	LastError        string
-	Backlog          int64
-	Lag              time.Duration
-	Published        int64
-	LastPublishedAt  time.Time
-	Table            string
-	// Refused counts the rows skipped because Publish refuses them for
-	// good; LastRefused names the last one and why.
-	Refused     int64
-	LastRefused string
+	// Active: this sidecar's relay holds the table (the others are
+	// standbys).
+	Active bool
+	// Backlog counts the unpublished rows not refused, when BacklogKnown
+	// (read by the active relay, in contact with Postgres).
+	Backlog      int64
+	BacklogKnown bool
+	// Lag is the age of the oldest unpublished row not refused; it grows
+	// while Postgres does not answer (see internal/outbox).
+	Lag             time.Duration
+	Published       int64
+	LastPublishedAt time.Time
+	Table           string
+	// Refused counts the rows the active relay skips because Publish
+	// refuses them for good; LastRefused names the latest still refused
+	// and why; OldestRefusedAge is the age of the oldest.
+	Refused          int64
+	LastRefused      string
+	OldestRefusedAge time.Duration
+}
+
+// OutboxRetry is the outcome of a retry of the outbox's refused rows.
+type OutboxRetry struct {
+	// Active: this sidecar's relay retried them; Published, Refused and
+	// Gone count the rows published now, still refused, and forgotten
+	// because they left the table (deleted, or published elsewhere).
+	Active                   bool
+	Published, Refused, Gone int64
+	// Forwarded: this sidecar is a standby and asked the active relay.
+	Forwarded bool
 }
 
 // Event is one stored event.
@@ -128,6 +149,10 @@ type Event struct {
 	Key     string
 	Payload []byte
 	Headers map[string]string
+	// IdempotencyKey is the key it was published with ("" for none): a
+	// consumer can drop a re-publish of the same key however late it
+	// comes (after the dedup retention, it is appended again).
+	IdempotencyKey string
 	// PublishedAt is the millisecond part of ID.
 	PublishedAt time.Time
 }
@@ -201,6 +226,9 @@ type ReadResult struct {
 	DeadLettered []string
 	// LastID is the newest event of the topic when read, for Wait.
 	LastID string
+	// WakeID is the group's newest wake-up when read (a Nack, or a Return
+	// that handed something back), for Wait.
+	WakeID string
 	// NextDue is how soon the group's earliest pending event not handed
 	// out is due again; 0 when there is none.
 	NextDue time.Duration
@@ -222,14 +250,17 @@ type Store interface {
 	// times go to the dead-letter topic instead), then events never
 	// delivered to the group, in publish order. It does not wait.
 	Read(ctx context.Context, topic, group, consumer string, opts ReadOptions) (ReadResult, error)
-	// Wait returns when the topic may hold events newer than lastID, after
-	// at most d, or when ctx ends (returning nil then too).
-	Wait(ctx context.Context, topic, lastID string, d time.Duration) error
+	// Wait returns when the topic may hold events newer than lastID, or
+	// the group had a wake-up newer than wakeID (a Nack or Return made a
+	// pending event due sooner), after at most d, or when ctx ends
+	// (returning nil then too). lastID and wakeID are those of a Read.
+	Wait(ctx context.Context, topic, group, lastID, wakeID string, d time.Duration) error
 	// Ack removes the event from the group's pending events; false when it
 	// was not pending.
 	Ack(ctx context.Context, topic, group, id string) (bool, error)
 	// Nack makes the pending event due again after retryAfter; false when
-	// it was not pending.
+	// it was not pending. It wakes the group's Waits, so that a short
+	// retryAfter is honoured without waiting for their poll.
 	Nack(ctx context.Context, topic, group, id string, retryAfter time.Duration) (bool, error)
 	// Return hands back deliveries of the read readID (ReadOptions.ReadID)
 	// that never reached the consumer's client: each of ids (every
@@ -239,8 +270,13 @@ type Store interface {
 	// an undelivered delivery does not count towards MaxDeliveries (back
 	// to 0, the first delivery time is forgotten too). When the read has
 	// not run, it is remembered for ReturnTombstoneTTL and then hands out
-	// nothing. Returns how many deliveries were handed back. Idempotent.
+	// nothing. Returns how many deliveries were handed back, and wakes
+	// the group's Waits when that is more than none. Idempotent.
 	Return(ctx context.Context, topic, group, consumer, readID string, ids []string) (int, error)
+	// ExpireDedup shortens the retention of topic's idempotency keys
+	// (those still recorded) to at most keep from now; a key expiring
+	// sooner already is left alone. It returns how many it shortened.
+	ExpireDedup(ctx context.Context, topic string, keys []string, keep time.Duration) (int, error)
 }
 
 // ValidTopicName reports the problem with a topic name, or "". dead says

@@ -25,7 +25,8 @@ type memTopic struct {
 	dedup  map[string]memDedup
 	// sweepAt is the dedup size at which expired keys are swept next.
 	sweepAt int
-	// changed is closed and replaced on every append.
+	// changed is closed and replaced on every append and every wake-up
+	// of one of its groups.
 	changed chan struct{}
 }
 
@@ -73,6 +74,9 @@ type memGroup struct {
 	// (ReadOptions.ReadID), for Return; swept when they expire.
 	reads      map[string]*memRead
 	readsSweep int
+	// wakes counts the group's wake-ups (nacks, hand-backs): Read reports
+	// it as WakeID, and Wait returns at once when it moved on.
+	wakes uint64
 }
 
 // memRead is what a read handed out: event -> the delivery's visibleAt.
@@ -126,9 +130,20 @@ func (m *MemoryStore) appendLocked(t *memTopic, ev Event, maxLen int64, now time
 	if maxLen > 0 && int64(len(t.log)) > maxLen+maxLen/8 {
 		t.log = slices.Delete(t.log, 0, len(t.log)-int(maxLen))
 	}
+	t.notify()
+	return ev.ID
+}
+
+// notify wakes the topic's Waits.
+func (t *memTopic) notify() {
 	close(t.changed)
 	t.changed = make(chan struct{})
-	return ev.ID
+}
+
+// wake records a wake-up of group g of t and wakes the topic's Waits.
+func (t *memTopic) wake(g *memGroup) {
+	g.wakes++
+	t.notify()
 }
 
 // Publish implements Store.
@@ -153,7 +168,7 @@ func (m *MemoryStore) Publish(ctx context.Context, msg Message, opts PublishOpti
 			t.sweepAt = max(2*len(t.dedup), 1024)
 		}
 	}
-	ev := Event{Topic: msg.Topic, Key: msg.Key, Payload: slices.Clone(msg.Payload), Headers: maps.Clone(msg.Headers)}
+	ev := Event{Topic: msg.Topic, Key: msg.Key, Payload: slices.Clone(msg.Payload), Headers: maps.Clone(msg.Headers), IdempotencyKey: msg.IdempotencyKey}
 	id := m.appendLocked(t, ev, opts.MaxLen, now)
 	if msg.IdempotencyKey != "" {
 		t.dedup[msg.IdempotencyKey] = memDedup{id: id, expires: now.Add(opts.DedupRetention)}
@@ -243,7 +258,8 @@ func (m *MemoryStore) Read(ctx context.Context, topic, group, consumer string, o
 		}
 		if opts.MaxDeliveries > 0 && p.count >= opts.MaxDeliveries {
 			dt := m.topicLocked(topic + DeadSuffix)
-			dev := Event{Topic: topic + DeadSuffix, Key: e.ev.Key, Payload: e.ev.Payload, Headers: deadHeaders(e.ev.Headers, topic, group, e.ev.ID, p.count)}
+			dev := Event{Topic: topic + DeadSuffix, Key: e.ev.Key, Payload: e.ev.Payload, IdempotencyKey: e.ev.IdempotencyKey,
+				Headers: deadHeaders(e.ev.Headers, topic, group, e.ev.ID, p.count)}
 			m.appendLocked(dt, dev, opts.DeadMaxLen, now)
 			delete(g.pending, id)
 			res.DeadLettered = append(res.DeadLettered, e.ev.ID)
@@ -284,6 +300,7 @@ func (m *MemoryStore) Read(ctx context.Context, topic, group, consumer string, o
 		g.reads[opts.ReadID] = r
 	}
 	res.LastID = t.last.String()
+	res.WakeID = strconv.FormatUint(g.wakes, 10)
 	for _, p := range g.pending {
 		if d := max(p.visibleAt.Sub(now), time.Millisecond); res.NextDue == 0 || d < res.NextDue {
 			res.NextDue = d
@@ -312,24 +329,31 @@ func deadHeaders(h map[string]string, topic, group, id string, deliveries int) m
 }
 
 // Wait implements Store.
-func (m *MemoryStore) Wait(ctx context.Context, topic, lastID string, d time.Duration) error {
-	m.mu.Lock()
-	t := m.topicLocked(topic)
-	last, ok := parseMemID(lastID)
-	if ok && last.less(t.last) {
-		m.mu.Unlock()
-		return nil
-	}
-	ch := t.changed
-	m.mu.Unlock()
+func (m *MemoryStore) Wait(ctx context.Context, topic, group, lastID, wakeID string, d time.Duration) error {
 	timer := time.NewTimer(d)
 	defer timer.Stop()
-	select {
-	case <-ch:
-	case <-timer.C:
-	case <-ctx.Done():
+	last, lastOK := parseMemID(lastID)
+	for {
+		m.mu.Lock()
+		t := m.topicLocked(topic)
+		if lastOK && last.less(t.last) {
+			m.mu.Unlock()
+			return nil
+		}
+		if g := t.groups[group]; g != nil && wakeID != strconv.FormatUint(g.wakes, 10) {
+			m.mu.Unlock()
+			return nil
+		}
+		ch := t.changed
+		m.mu.Unlock()
+		select {
+		case <-ch: // an append or a wake-up, maybe of another group: look again
+		case <-timer.C:
+			return nil
+		case <-ctx.Done():
+			return nil
+		}
 	}
-	return nil
 }
 
 // Ack implements Store.
@@ -359,6 +383,7 @@ func (m *MemoryStore) Nack(ctx context.Context, topic, group, id string, retryAf
 		return false, nil
 	}
 	g.pending[mid].visibleAt = m.now().Add(retryAfter)
+	m.topics[topic].wake(g)
 	return true, nil
 }
 
@@ -421,6 +446,32 @@ func (m *MemoryStore) Return(ctx context.Context, topic, group, consumer, readID
 		}
 		p.visibleAt = now
 		n++
+	}
+	if n > 0 {
+		t.wake(g)
+	}
+	return n, nil
+}
+
+// ExpireDedup implements Store.
+func (m *MemoryStore) ExpireDedup(ctx context.Context, topic string, keys []string, keep time.Duration) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	t := m.topics[topic]
+	if t == nil {
+		return 0, nil
+	}
+	until := m.now().Add(max(keep, time.Millisecond))
+	n := 0
+	for _, k := range keys {
+		if d, ok := t.dedup[k]; ok && d.expires.After(until) {
+			d.expires = until
+			t.dedup[k] = d
+			n++
+		}
 	}
 	return n, nil
 }

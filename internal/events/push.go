@@ -39,6 +39,9 @@ const (
 	HeaderDeliveryCount    = "X-Delivery-Count"
 	HeaderPublishedAt      = "X-Event-Published-At"
 	HeaderFirstDeliveredAt = "X-Event-First-Delivered-At"
+	// HeaderIdempotencyKey is the key the event was published with (when
+	// it had one and it is a valid header value).
+	HeaderIdempotencyKey = "X-Event-Idempotency-Key"
 )
 
 // pushHeaderBudget bounds the event's own headers forwarded, below the
@@ -56,7 +59,7 @@ var notForwarded = map[string]bool{
 	"Keep-Alive": true, "Proxy-Connection": true, "Proxy-Authorization": true, "Proxy-Authenticate": true,
 	"Te": true, "Trailer": true, "Upgrade": true, "Expect": true, "Idempotency-Key": true,
 	HeaderEventID: true, HeaderEventTopic: true, HeaderEventKey: true, HeaderDeliveryCount: true,
-	HeaderPublishedAt: true, HeaderFirstDeliveredAt: true,
+	HeaderPublishedAt: true, HeaderFirstDeliveredAt: true, HeaderIdempotencyKey: true,
 }
 
 // StartPush starts pushing cfg's topic to its upstream through caller. A
@@ -188,6 +191,9 @@ func pushHeaders(d Delivery) []upstream.Header {
 	}
 	if d.Key != "" && fieldValue(d.Key) {
 		h = append(h, upstream.Header{Name: HeaderEventKey, Value: d.Key})
+	}
+	if d.IdempotencyKey != "" && fieldValue(d.IdempotencyKey) {
+		h = append(h, upstream.Header{Name: HeaderIdempotencyKey, Value: d.IdempotencyKey})
 	}
 	budget := pushHeaderBudget
 	for _, k := range slices.Sorted(maps.Keys(d.Headers)) {

@@ -27,6 +27,9 @@ import (
 //	                                when it may be delivered again, ms (the
 //	                                delivery's visibility timeout, or a nack's
 //	                                retry_after)
+//	rs:{ns/ev/b}:ev:wake:<group>    stream of one entry, appended by each nack
+//	                                and hand-back of <group> (PX 1h), so that
+//	                                its blocked reads wake at once
 //	rs:{ns/b}:ev:read:<group>/<read id>
 //	                             hash: event id -> due score of the
 //	                             delivery, for each event a read handed
@@ -38,8 +41,8 @@ import (
 // Both are cleaned on ack and dead-lettering, so they hold no more than
 // the group's pending events.
 //
-// A stream entry has the fields k (key), p (payload) and h:<name> for
-// each header.
+// A stream entry has the fields k (key), p (payload), i (the idempotency
+// key, when published with one) and h:<name> for each header.
 const evPrelude = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -47,15 +50,47 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
 // KEYS[1] stream, KEYS[2] dedup key (absent without an idempotency key);
 // ARGV max len, retention ms, fields...
+//
+// A duplicate rewrites its key's expiry unchanged: a write, so that the
+// WAIT a durable publish sends after the script (redisx.RunWait) waits
+// for everything the master holds, the first publish's append included,
+// and not only for this connection's earlier writes.
 var publishScript = redisx.NewScript("events.publish", `
 if KEYS[2] then
   local id = redis.call('GET', KEYS[2])
-  if id then return {id, 1} end
+  if id then
+    local ttl = redis.call('PTTL', KEYS[2])
+    if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+    return {id, 1}
+  end
 end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', unpack(ARGV, 3))
 if KEYS[2] then redis.call('SET', KEYS[2], id, 'PX', ARGV[2]) end
 return {id, 0}
 `)
+
+// KEYS the dedup keys of one topic; ARGV keep ms.
+var expireDedupScript = redisx.NewScript("events.expire_dedup", `
+local keep = tonumber(ARGV[1])
+local n = 0
+for _, k in ipairs(KEYS) do
+  local ttl = redis.call('PTTL', k)
+  if ttl > keep or ttl == -1 then
+    redis.call('PEXPIRE', k, keep)
+    n = n + 1
+  end
+end
+return n
+`)
+
+// wakeLua appends to the group's wake stream (the KEYS index given),
+// which wakes its blocked reads (Wait).
+const wakeLua = `
+local function wake(k)
+  redis.call('XADD', k, 'MAXLEN', 1, '*', 'w', '1')
+  redis.call('PEXPIRE', k, 3600000)
+end
+`
 
 // KEYS[1] stream; ARGV group, consumer, start id.
 var ensureGroupScript = redisx.NewScript("events.ensure_group", `
@@ -70,13 +105,18 @@ return created
 `)
 
 // KEYS[1] stream, KEYS[2] first-delivery hash, KEYS[3] dead-letter stream,
-// KEYS[4] due set, KEYS[5] (optional) read record; ARGV group, consumer,
-// count, visibility ms, max deliveries (0: never dead-letter), topic,
-// dead-letter max len.
+// KEYS[4] due set, KEYS[5] wake stream, KEYS[6] (optional) read record;
+// ARGV group, consumer, count, visibility ms, max deliveries (0: never
+// dead-letter), topic, dead-letter max len.
 var readScript = redisx.NewScript("events.read", evPrelude+`
-if KEYS[5] and redis.call('EXISTS', KEYS[5]) == 1 then
+local function lastid(k)
+  local last = redis.call('XREVRANGE', k, '+', '-', 'COUNT', 1)
+  if #last > 0 then return last[1][1] end
+  return '0-0'
+end
+if KEYS[6] and redis.call('EXISTS', KEYS[6]) == 1 then
   -- This read was handed back (Return) before it ran.
-  return {{}, {}, '', 0}
+  return {{}, {}, '', 0, lastid(KEYS[5])}
 end
 local count = tonumber(ARGV[3])
 local maxdel = tonumber(ARGV[5])
@@ -137,17 +177,14 @@ if more > 0 then
     end
   end
 end
-if KEYS[5] and #out > 0 then
-  for _, d in ipairs(out) do redis.call('HSET', KEYS[5], d[1], string.format('%.0f', now + vis)) end
-  redis.call('PEXPIRE', KEYS[5], vis)
+if KEYS[6] and #out > 0 then
+  for _, d in ipairs(out) do redis.call('HSET', KEYS[6], d[1], string.format('%.0f', now + vis)) end
+  redis.call('PEXPIRE', KEYS[6], vis)
 end
-local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
-local lastid = '0-0'
-if #last > 0 then lastid = last[1][1] end
 local nextdue = 0
 local z = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
 if #z > 0 then nextdue = math.max(tonumber(z[2]) - now, 1) end
-return {out, dead, lastid, nextdue}
+return {out, dead, lastid(KEYS[1]), nextdue, lastid(KEYS[5])}
 `)
 
 // KEYS[1] stream, KEYS[2] first-delivery hash, KEYS[3] due set; ARGV
@@ -160,18 +197,20 @@ redis.call('ZREM', KEYS[3], ARGV[2])
 return n
 `)
 
-// KEYS[1] stream, KEYS[2] due set; ARGV group, id, retry after ms.
-var nackScript = redisx.NewScript("events.nack", evPrelude+`
+// KEYS[1] stream, KEYS[2] due set, KEYS[3] wake stream; ARGV group, id,
+// retry after ms.
+var nackScript = redisx.NewScript("events.nack", evPrelude+wakeLua+`
 local p = redis.pcall('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
 if type(p) ~= 'table' or p.err or #p == 0 then return 0 end
 redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[2])
+wake(KEYS[3])
 return 1
 `)
 
 // KEYS[1] stream, KEYS[2] first-delivery hash, KEYS[3] due set, KEYS[4]
-// read record; ARGV group, consumer, tombstone ttl ms, event ids (none:
-// all of the read's).
-var returnScript = redisx.NewScript("events.return", evPrelude+`
+// read record, KEYS[5] wake stream; ARGV group, consumer, tombstone ttl
+// ms, event ids (none: all of the read's).
+var returnScript = redisx.NewScript("events.return", evPrelude+wakeLua+`
 if redis.call('EXISTS', KEYS[4]) == 0 then
   -- The read has not run (or its deliveries are all due again anyway):
   -- make sure it hands nothing out if it still arrives.
@@ -205,11 +244,12 @@ for _, id in ipairs(ids) do
     end
   end
 end
+if n > 0 then wake(KEYS[5]) end
 return n
 `)
 
 // Scripts are the Lua scripts of the Redis events store, for preloading.
-var Scripts = []*redis.Script{publishScript, ensureGroupScript, readScript, ackScript, nackScript, returnScript}
+var Scripts = []*redis.Script{publishScript, expireDedupScript, ensureGroupScript, readScript, ackScript, nackScript, returnScript}
 
 // RedisStore is the Store on Redis Streams (standalone, Sentinel or
 // Cluster). Every method but Wait is one script, bounded by the store
@@ -219,6 +259,8 @@ type RedisStore struct {
 	block   redis.UniversalClient
 	ns      string
 	timeout time.Duration
+	// wait is what a publish waits for after its append (WithWait).
+	wait redisx.Wait
 	// ownBlock: Close closes block.
 	ownBlock bool
 }
@@ -231,6 +273,16 @@ type RedisOption func(*RedisStore)
 // connection the other stores need. Without it Wait uses the main client.
 func WithBlockingClient(c redis.UniversalClient) RedisOption {
 	return func(r *RedisStore) { r.block = c }
+}
+
+// WithWait makes every publish wait for w (Redis WAIT after the publish
+// script, on the same connection) before it succeeds; a publish that
+// fewer replicas acknowledged fails with an error wrapping
+// store.ErrNotReplicated (the event may still exist on the master: a
+// retry with the same idempotency key returns it, and waits again). The
+// zero Wait does not wait.
+func WithWait(w redisx.Wait) RedisOption {
+	return func(r *RedisStore) { r.wait = w }
 }
 
 // WithOwnedBlockingClient makes Close close the blocking client.
@@ -277,13 +329,23 @@ func (r *RedisStore) key(topic, suffix string) string {
 // StreamKey is the Redis key of topic's stream (for tests and tools).
 func (r *RedisStore) StreamKey(topic string) string { return r.key(topic, "") }
 
+func (r *RedisStore) runner() redisx.Runner {
+	return redisx.Runner{Client: r.rdb, Timeout: r.timeout, Wait: r.wait}
+}
+
 func (r *RedisStore) run(ctx context.Context, s *redis.Script, keys []string, args ...any) (any, error) {
-	v, err := redisx.Runner{Client: r.rdb, Timeout: r.timeout}.Run(ctx, s, keys, args...)
+	v, err := r.runner().Run(ctx, s, keys, args...)
 	if err != nil && strings.Contains(err.Error(), "NOGROUP") && ctx.Err() == nil {
 		return nil, ErrNoGroup
 	}
 	return v, err
 }
+
+// always is the wrote of a publish for RunDurable: an append, and a
+// duplicate too (the first publish's append may not have reached the
+// replicas yet; the script's rewrite of the key's expiry makes WAIT cover
+// it).
+func always(any) bool { return true }
 
 // Publish implements Store.
 func (r *RedisStore) Publish(ctx context.Context, m Message, opts PublishOptions) (Published, error) {
@@ -291,12 +353,15 @@ func (r *RedisStore) Publish(ctx context.Context, m Message, opts PublishOptions
 	if m.IdempotencyKey != "" {
 		keys = append(keys, r.key(m.Topic, "dedup:"+m.IdempotencyKey))
 	}
-	args := make([]any, 0, 6+2*len(m.Headers))
+	args := make([]any, 0, 8+2*len(m.Headers))
 	args = append(args, max(opts.MaxLen, 1), max(opts.DedupRetention.Milliseconds(), 1), "k", m.Key, "p", m.Payload)
+	if m.IdempotencyKey != "" {
+		args = append(args, "i", m.IdempotencyKey)
+	}
 	for k, v := range m.Headers {
 		args = append(args, "h:"+k, v)
 	}
-	v, err := r.run(ctx, publishScript, keys, args...)
+	v, err := r.runner().RunDurable(ctx, publishScript, always, keys, args...)
 	if err != nil {
 		return Published{}, err
 	}
@@ -327,7 +392,7 @@ func (r *RedisStore) EnsureGroup(ctx context.Context, topic, group, consumer str
 func (r *RedisStore) Read(ctx context.Context, topic, group, consumer string, opts ReadOptions) (ReadResult, error) {
 	base, _ := cutDead(topic)
 	dead := r.key(base+DeadSuffix, "")
-	keys := []string{r.key(topic, ""), r.key(topic, "first:"+group), dead, r.key(topic, "due:"+group)}
+	keys := []string{r.key(topic, ""), r.key(topic, "first:"+group), dead, r.key(topic, "due:"+group), r.key(topic, "wake:"+group)}
 	if opts.ReadID != "" {
 		keys = append(keys, r.readKey(topic, group, opts.ReadID))
 	}
@@ -337,7 +402,7 @@ func (r *RedisStore) Read(ctx context.Context, topic, group, consumer string, op
 		return ReadResult{}, err
 	}
 	a, ok := v.([]any)
-	if !ok || len(a) != 4 {
+	if !ok || len(a) != 5 {
 		return ReadResult{}, fmt.Errorf("events: unexpected read reply %T", v)
 	}
 	var res ReadResult
@@ -363,6 +428,7 @@ func (r *RedisStore) Read(ctx context.Context, topic, group, consumer string, op
 	res.LastID, _ = a[2].(string)
 	due, _ := a[3].(int64)
 	res.NextDue = time.Duration(due) * time.Millisecond
+	res.WakeID, _ = a[4].(string)
 	return res, nil
 }
 
@@ -376,6 +442,8 @@ func decodeEvent(topic, id string, fields []any) Event {
 			ev.Key = v
 		case k == "p":
 			ev.Payload = []byte(v)
+		case k == "i":
+			ev.IdempotencyKey = v
 		case strings.HasPrefix(k, "h:"):
 			if ev.Headers == nil {
 				ev.Headers = map[string]string{}
@@ -386,17 +454,25 @@ func decodeEvent(topic, id string, fields []any) Event {
 	return ev
 }
 
-// Wait implements Store: XREAD BLOCK for an entry after lastID. A failure
-// of the blocking read is not reported (the next Read reports a store
-// outage); Wait then sleeps d instead, so a broken connection does not
-// turn the caller's loop into a busy one.
-func (r *RedisStore) Wait(ctx context.Context, topic, lastID string, d time.Duration) error {
+// Wait implements Store: XREAD BLOCK for an entry after lastID in the
+// topic's stream or after wakeID in the group's wake stream (both share
+// the topic's hash tag). A failure of the blocking read is not reported
+// (the next Read reports a store outage); Wait then sleeps d instead, so
+// a broken connection does not turn the caller's loop into a busy one.
+func (r *RedisStore) Wait(ctx context.Context, topic, group, lastID, wakeID string, d time.Duration) error {
 	if d < time.Millisecond {
 		d = time.Millisecond
 	}
+	if lastID == "" {
+		lastID = "0-0"
+	}
+	if wakeID == "" {
+		wakeID = "0-0"
+	}
+	streams := []string{r.key(topic, ""), r.key(topic, "wake:"+group), lastID, wakeID}
 	done := make(chan error, 1)
 	go func() {
-		err := r.block.XRead(ctx, &redis.XReadArgs{Streams: []string{r.key(topic, ""), lastID}, Count: 1, Block: d}).Err()
+		err := r.block.XRead(ctx, &redis.XReadArgs{Streams: streams, Count: 1, Block: d}).Err()
 		done <- err
 	}()
 	select {
@@ -432,7 +508,7 @@ func (r *RedisStore) readKey(topic, group, readID string) string {
 
 // Return implements Store.
 func (r *RedisStore) Return(ctx context.Context, topic, group, consumer, readID string, ids []string) (int, error) {
-	keys := []string{r.key(topic, ""), r.key(topic, "first:"+group), r.key(topic, "due:"+group), r.readKey(topic, group, readID)}
+	keys := []string{r.key(topic, ""), r.key(topic, "first:"+group), r.key(topic, "due:"+group), r.readKey(topic, group, readID), r.key(topic, "wake:"+group)}
 	args := make([]any, 0, 3+len(ids))
 	args = append(args, group, consumer, ReturnTombstoneTTL.Milliseconds())
 	for _, id := range ids {
@@ -448,10 +524,28 @@ func (r *RedisStore) Return(ctx context.Context, topic, group, consumer, readID 
 
 // Nack implements Store.
 func (r *RedisStore) Nack(ctx context.Context, topic, group, id string, retryAfter time.Duration) (bool, error) {
-	v, err := r.run(ctx, nackScript, []string{r.key(topic, ""), r.key(topic, "due:"+group)}, group, id, max(retryAfter.Milliseconds(), 0))
+	v, err := r.run(ctx, nackScript, []string{r.key(topic, ""), r.key(topic, "due:"+group), r.key(topic, "wake:"+group)}, group, id, max(retryAfter.Milliseconds(), 0))
 	if err != nil {
 		return false, err
 	}
 	n, _ := v.(int64)
 	return n > 0, nil
+}
+
+// ExpireDedup implements Store: one script for the keys of one topic
+// (they share its hash tag).
+func (r *RedisStore) ExpireDedup(ctx context.Context, topic string, keys []string, keep time.Duration) (int, error) {
+	if len(keys) == 0 {
+		return 0, nil
+	}
+	ks := make([]string, len(keys))
+	for i, k := range keys {
+		ks[i] = r.key(topic, "dedup:"+k)
+	}
+	v, err := r.run(ctx, expireDedupScript, ks, max(keep.Milliseconds(), 1))
+	if err != nil {
+		return 0, err
+	}
+	n, _ := v.(int64)
+	return int(n), nil
 }

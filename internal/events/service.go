@@ -130,6 +130,7 @@ type Subscription struct {
 	inFlight map[string]time.Time // event id -> visibility deadline
 	wake     chan struct{}
 	lastID   string
+	wakeID   string
 	queue    []Delivery
 	// unsettled are reads whose outcome is unknown and that could not be
 	// handed back yet (Close tries again).
@@ -366,6 +367,7 @@ func (sub *Subscription) Next(ctx context.Context) (Delivery, error) {
 		if res.LastID != "" {
 			sub.lastID = res.LastID
 		}
+		sub.wakeID = res.WakeID
 		if len(res.Deliveries) > 0 {
 			sub.mu.Lock()
 			for _, d := range res.Deliveries {
@@ -385,7 +387,7 @@ func (sub *Subscription) Next(ctx context.Context) (Delivery, error) {
 		if res.NextDue > 0 {
 			wait = min(wait, res.NextDue)
 		}
-		if err := s.store.Wait(ctx, o.Topic, sub.lastID, wait); err != nil {
+		if err := s.store.Wait(ctx, o.Topic, o.Group, sub.lastID, sub.wakeID, wait); err != nil {
 			return Delivery{}, err
 		}
 	}
@@ -406,7 +408,9 @@ func (s *Service) Ack(ctx context.Context, topic, group, id string) (bool, error
 }
 
 // Nack gives the event back to the group for redelivery after retryAfter;
-// false when it was not pending.
+// false when it was not pending. The group's subscriptions, on every
+// sidecar of the store, wake at once to read it when it is due: a nack
+// with no delay is redelivered at once, not at their next poll.
 func (s *Service) Nack(ctx context.Context, topic, group, id string, retryAfter time.Duration) (bool, error) {
 	if err := s.CheckTopic(topic); err != nil {
 		return false, err
@@ -417,6 +421,18 @@ func (s *Service) Nack(ctx context.Context, topic, group, id string, retryAfter 
 	}
 	s.release(topic, group, id)
 	return ok, nil
+}
+
+// ExpireDedup shortens the retention of the idempotency keys of topic to
+// at most keep from now (keys expiring sooner are left alone): the outbox
+// relay's keys, once their rows are marked, need only outlive a relay
+// that may still re-publish them.
+func (s *Service) ExpireDedup(ctx context.Context, topic string, keys []string, keep time.Duration) error {
+	if p, _ := ValidTopicName(topic); p != "" {
+		return &FieldError{"topic", p}
+	}
+	_, err := s.store.ExpireDedup(ctx, topic, keys, keep)
+	return err
 }
 
 func (s *Service) release(topic, group, id string) {

@@ -182,8 +182,9 @@ func TestPushHeaders(t *testing.T) {
 	t.Cleanup(caller.Close)
 	svc := events.NewService(events.NewMemoryStore(nil), events.Options{PollInterval: 20 * time.Millisecond})
 	ctx := testCtx(t)
-	p, err := svc.Publish(ctx, events.Message{Topic: "t", Key: "k-1", Payload: []byte("body"), Headers: map[string]string{
-		"traceparent": "00-abc-def-01", "bad name": "x", "Host": "evil", "X-Event-Id": "forged", "ctl": "a\nb"}})
+	p, err := svc.Publish(ctx, events.Message{Topic: "t", Key: "k-1", Payload: []byte("body"), IdempotencyKey: "outbox:outbox:7", Headers: map[string]string{
+		"traceparent": "00-abc-def-01", "bad name": "x", "Host": "evil", "X-Event-Id": "forged", "ctl": "a\nb",
+		"X-Event-Idempotency-Key": "forged"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -209,7 +210,7 @@ func TestPushHeaders(t *testing.T) {
 	pusher.Close()
 	r := got[0]
 	for k, v := range map[string]string{"Idempotency-Key": p.EventID, "X-Event-Id": p.EventID, "X-Event-Topic": "t", "X-Event-Key": "k-1",
-		"X-Delivery-Count": "1", "Traceparent": "00-abc-def-01", "Ctl": ""} {
+		"X-Delivery-Count": "1", "Traceparent": "00-abc-def-01", "Ctl": "", "X-Event-Idempotency-Key": "outbox:outbox:7"} {
 		if r.Header.Get(k) != v {
 			t.Errorf("header %s = %q, want %q", k, r.Header.Get(k), v)
 		}
@@ -324,6 +325,69 @@ func TestServiceUndeliveredIsHandedBack(t *testing.T) {
 			defer cancel()
 			if d, err := second.Next(short); err == nil {
 				t.Fatalf("c2 got %+v, which c1 was sent (visible to c1 for an hour)", d)
+			}
+		})
+	}
+}
+
+// TestServiceNackRedeliversAtOnce: a subscription with nothing to read
+// waits for its poll interval (an hour here, as its visibility timeout) or
+// for a wake-up. A nack with retry_after 0, made while it waits, through
+// the same service or (on Redis) another sidecar's, is redelivered at
+// once; one with retry_after below the poll interval when it is due, not
+// at the next poll. Without the wake-up the subscription would sleep an
+// hour: the test's context is what fails it.
+func TestServiceNackRedeliversAtOnce(t *testing.T) {
+	rd := testharness.StartRedis(t)
+	mem := events.NewMemoryStore(nil)
+	redisStore := func() events.Store {
+		return events.NewRedisStore(rd.Client(t), "nack", 2*time.Second, events.WithBlockingClient(rd.Client(t)))
+	}
+	opts := events.Options{PollInterval: time.Hour, Visibility: time.Hour}
+	for name, pair := range map[string][2]events.Store{
+		"memory": {mem, mem},
+		"redis":  {redisStore(), redisStore()}, // two sidecars on one Redis
+	} {
+		t.Run(name, func(t *testing.T) {
+			ctx := testCtx(t)
+			consumer, nacker := events.NewService(pair[0], opts), events.NewService(pair[1], opts)
+			p, err := nacker.Publish(ctx, events.Message{Topic: "t", Payload: []byte("x")})
+			if err != nil {
+				t.Fatal(err)
+			}
+			sub, err := consumer.Subscribe(ctx, events.SubscribeOptions{Topic: "t", Group: "g", Consumer: "c"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(sub.Close)
+			d, err := sub.Next(ctx)
+			if err != nil || d.ID != p.EventID || d.Count != 1 {
+				t.Fatalf("first delivery %+v, %v", d, err)
+			}
+			for i, retry := range []time.Duration{0, 300 * time.Millisecond} {
+				type next struct {
+					d   events.Delivery
+					err error
+					at  time.Time
+				}
+				got := make(chan next, 1)
+				go func() {
+					d, err := sub.Next(ctx)
+					got <- next{d, err, time.Now()}
+				}()
+				time.Sleep(200 * time.Millisecond) // real time: let Next read nothing and start waiting
+				nacked := time.Now()
+				if ok, err := nacker.Nack(ctx, "t", "g", p.EventID, retry); err != nil || !ok {
+					t.Fatalf("Nack(%v) = %v, %v", retry, ok, err)
+				}
+				n := <-got
+				if n.err != nil || n.d.ID != p.EventID || n.d.Count != i+2 {
+					t.Fatalf("redelivery after Nack(%v): %+v, %v", retry, n.d, n.err)
+				}
+				if waited := n.at.Sub(nacked); waited < retry {
+					t.Fatalf("redelivered %v after Nack(%v): before it was due", waited, retry)
+				}
+				t.Logf("Nack(%v): redelivered after %v (poll interval %v)", retry, n.at.Sub(nacked).Round(time.Millisecond), opts.PollInterval)
 			}
 		})
 	}

@@ -199,6 +199,14 @@ func runConformance(t *testing.T, newStore func(*testing.T) storeUnderTest) {
 		if n := st.xlen(t, "t"); n != 4 {
 			t.Fatalf("topic holds %d events, want 4", n)
 		}
+		// Each event carries the key it was published with.
+		var keys []string
+		for _, d := range readAll(t, s, "t") {
+			keys = append(keys, d.IdempotencyKey)
+		}
+		if want := []string{"order-1", "order-2", "", ""}; !slices.Equal(keys, want) {
+			t.Errorf("idempotency keys of the events %q, want %q", keys, want)
+		}
 	})
 
 	t.Run("DedupConcurrent", func(t *testing.T) {
@@ -489,15 +497,15 @@ func runConformance(t *testing.T, newStore func(*testing.T) storeUnderTest) {
 	t.Run("Wait", func(t *testing.T) {
 		s := newStore(t).store
 		mustGroup(t, s, "t", "g", "c", events.Earliest)
-		last := mustRead(t, s, "t", "g", "c", ropts(1)).LastID
+		res := mustRead(t, s, "t", "g", "c", ropts(1))
 		// Newer events than lastID: at once.
 		mustPublish(t, s, events.Message{Topic: "t"})
-		if err := s.Wait(ctx, "t", last, time.Minute); err != nil {
+		if err := s.Wait(ctx, "t", "g", res.LastID, res.WakeID, time.Minute); err != nil {
 			t.Fatalf("Wait: %v", err)
 		}
-		last = mustRead(t, s, "t", "g", "c", ropts(10)).LastID
+		res = mustRead(t, s, "t", "g", "c", ropts(10))
 		done := make(chan error, 1)
-		go func() { done <- s.Wait(ctx, "t", last, time.Minute) }()
+		go func() { done <- s.Wait(ctx, "t", "g", res.LastID, res.WakeID, time.Minute) }()
 		// Woken by a publish (it would otherwise wait a minute; the test's
 		// own timeout is what fails it).
 		for {
@@ -513,11 +521,89 @@ func runConformance(t *testing.T, newStore func(*testing.T) storeUnderTest) {
 		}
 	})
 
+	// A nack, and a hand-back, wake the group's waits (which would
+	// otherwise sleep an hour; the test's own timeout is what fails it),
+	// including one started after them from an older Read; another
+	// group's wait is not woken.
+	t.Run("WaitWokenByNackAndReturn", func(t *testing.T) {
+		s := newStore(t).store
+		mustGroup(t, s, "t", "g", "c", events.Earliest)
+		mustGroup(t, s, "t", "other", "c", events.Earliest)
+		id := mustPublish(t, s, events.Message{Topic: "t"})
+		long := events.ReadOptions{Count: 10, Visibility: time.Hour, ReadID: "r1"}
+		if got := ids(mustRead(t, s, "t", "g", "c", long).Deliveries); !slices.Equal(got, []string{id}) {
+			t.Fatalf("read %v, want %s", got, id)
+		}
+		mustRead(t, s, "t", "other", "c", ropts(10))
+		idle := mustRead(t, s, "t", "g", "c", ropts(10))
+		otherIdle := mustRead(t, s, "t", "other", "c", ropts(10))
+		waitFor := func(what string, lastID, wakeID string) {
+			t.Helper()
+			if err := s.Wait(ctx, "t", "g", lastID, wakeID, time.Hour); err != nil {
+				t.Fatalf("Wait after %s: %v", what, err)
+			}
+		}
+		done := make(chan error, 1)
+		go func() { done <- s.Wait(ctx, "t", "g", idle.LastID, idle.WakeID, time.Hour) }()
+		if ok, err := s.Nack(ctx, "t", "g", id, 0); err != nil || !ok {
+			t.Fatalf("Nack = %v, %v", ok, err)
+		}
+		if err := <-done; err != nil {
+			t.Fatalf("Wait: %v", err)
+		}
+		waitFor("the nack, from the Read before it", idle.LastID, idle.WakeID)
+		otherCtx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		if err := s.Wait(otherCtx, "t", "other", otherIdle.LastID, otherIdle.WakeID, time.Hour); err != nil {
+			t.Fatalf("Wait of the other group: %v", err)
+		}
+		if otherCtx.Err() == nil {
+			t.Fatalf("the other group's Wait returned after %v, before its context ended: woken by this group's nack", time.Since(start))
+		}
+
+		again := long
+		again.ReadID = "r2"
+		if got := ids(mustRead(t, s, "t", "g", "c", again).Deliveries); !slices.Equal(got, []string{id}) {
+			t.Fatalf("read after the nack %v, want %s", got, id)
+		}
+		idle = mustRead(t, s, "t", "g", "c", ropts(10))
+		if n, err := s.Return(ctx, "t", "g", "c", "r2", nil); err != nil || n != 1 {
+			t.Fatalf("Return = %d, %v", n, err)
+		}
+		waitFor("the hand-back", idle.LastID, idle.WakeID)
+	})
+
+	t.Run("ExpireDedup", func(t *testing.T) {
+		st := newStore(t)
+		s := st.store
+		kept := mustPublish(t, s, events.Message{Topic: "t", IdempotencyKey: "kept"})
+		first := mustPublish(t, s, events.Message{Topic: "t", IdempotencyKey: "short"})
+		n, err := s.ExpireDedup(ctx, "t", []string{"short", "never-published"}, 50*time.Millisecond)
+		if err != nil || n != 1 {
+			t.Fatalf("ExpireDedup = %d, %v; want 1 key shortened", n, err)
+		}
+		// Shortening never lengthens: a second call with a longer keep
+		// leaves the 50ms.
+		if n, err := s.ExpireDedup(ctx, "t", []string{"short"}, time.Hour); err != nil || n != 0 {
+			t.Fatalf("ExpireDedup with a longer keep = %d, %v; want 0", n, err)
+		}
+		st.advance(200 * time.Millisecond)
+		p, err := s.Publish(ctx, events.Message{Topic: "t", IdempotencyKey: "short"}, pub())
+		if err != nil || p.Duplicate || p.EventID == first {
+			t.Fatalf("publish after its key expired: %+v, %v; want a new event", p, err)
+		}
+		p, err = s.Publish(ctx, events.Message{Topic: "t", IdempotencyKey: "kept"}, pub())
+		if err != nil || !p.Duplicate || p.EventID != kept {
+			t.Fatalf("publish of the kept key: %+v, %v; want a duplicate of %s", p, err, kept)
+		}
+	})
+
 	t.Run("WaitCancel", func(t *testing.T) {
 		s := newStore(t).store
 		cctx, cancel := context.WithCancel(ctx)
 		done := make(chan error, 1)
-		go func() { done <- s.Wait(cctx, "t", "0-0", time.Hour) }()
+		go func() { done <- s.Wait(cctx, "t", "g", "0-0", "", time.Hour) }()
 		cancel()
 		if err := <-done; err != nil {
 			t.Fatalf("Wait: %v", err)

@@ -123,10 +123,10 @@ func New() *Metrics {
 			Name: "resilience_outbox_published_total", Help: "Outbox rows this sidecar's relay published and marked (or deleted).",
 		}),
 		OutboxBacklog: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "resilience_outbox_backlog", Help: "Unpublished outbox rows, as last read by the relay.",
+			Name: "resilience_outbox_backlog", Help: "Unpublished outbox rows not refused, as last read by the active relay; NaN when unknown (a standby, Postgres unreachable).",
 		}),
 		OutboxLag: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "resilience_outbox_lag_seconds", Help: "Age of the oldest unpublished outbox row, as last read by the relay (0 when none).",
+			Name: "resilience_outbox_lag_seconds", Help: "Age of the oldest unpublished outbox row not refused (0 when none, and on a standby); grows while Postgres does not answer.",
 		}),
 		OutboxHealthy: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "resilience_outbox_healthy", Help: "1 when the outbox relay's last cycle succeeded, 0 while Postgres or publishing fails (and when no relay is configured).",

@@ -14,10 +14,16 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/metrics"
 )
 
-// Bounds of PollInterval in the config file.
+// Bounds of the settings in the config file.
 const (
-	MinPollInterval = 10 * time.Millisecond
-	MaxPollInterval = time.Hour
+	MinPollInterval         = 10 * time.Millisecond
+	MaxPollInterval         = time.Hour
+	MinLeaderTimeout        = 2 * time.Second
+	MaxLeaderTimeout        = 10 * time.Minute
+	MinRefusedRetryInterval = time.Second
+	MaxRefusedRetryInterval = 24 * time.Hour
+	MinRetention            = time.Minute
+	MaxRetention            = 10 * 365 * 24 * time.Hour
 )
 
 // Options configure a Relay. Zero (or negative) values get the defaults
@@ -43,8 +49,41 @@ type Options struct {
 	NotifyChannel string `yaml:"notify_channel"`
 	// OnPublish is Mark (default) or Delete.
 	OnPublish Mode `yaml:"on_publish"`
+	// LeaderTimeout is how long Postgres keeps the session of a silent
+	// active relay (a frozen process, a host cut off from the database)
+	// before it ends it, which hands the table over to a standby
+	// (DefaultLeaderTimeout; 2s-10m). A relay that dies outright hands it
+	// over at once: Postgres sees its connection close. Keep it above
+	// the store timeout: a publish that takes longer than this may cost
+	// the relay its turn (safely: the batch is redone, deduplicated).
+	LeaderTimeout time.Duration `yaml:"leader_timeout"`
+	// RefusedRetryInterval is how often the active relay tries the rows
+	// the EventService refused again, so that a fixed row is published
+	// without a restart (DefaultRefusedRetryInterval; 1s-24h).
+	RefusedRetryInterval time.Duration `yaml:"refused_retry_interval"`
+	// Retention, in mark mode, deletes published rows once their
+	// published_at is this old, in batches, by the active relay (0, the
+	// default: kept; 1m-87600h). Not allowed with on_publish: delete.
+	Retention time.Duration `yaml:"retention"`
 	// Publisher publishes the rows; required.
 	Publisher Publisher `yaml:"-"`
+	// Topics are the topics the configuration declares (events.topics):
+	// the label values of the publish delay histogram, whose topic label
+	// is empty when none are declared.
+	Topics []string `yaml:"-"`
+	// RetentionInterval is how often the retention runs
+	// (DefaultRetentionInterval); RetentionBatch how many rows one delete
+	// takes (DefaultRetentionBatch).
+	RetentionInterval time.Duration `yaml:"-"`
+	RetentionBatch    int           `yaml:"-"`
+	// StandbyPoll is how often a standby tries to take the table over
+	// (DefaultStandbyPoll); it also does so at once when the active relay
+	// lets go on shutdown.
+	StandbyPoll time.Duration `yaml:"-"`
+	// DedupKeep is how long a row's idempotency key is kept once the row
+	// is marked (DefaultDedupKeep): long enough for a relay that lost the
+	// table mid-batch to finish publishing it, deduplicated.
+	DedupKeep time.Duration `yaml:"-"`
 	// StatsInterval is how often backlog and lag are read (DefaultStatsInterval).
 	StatsInterval time.Duration `yaml:"-"`
 	// MinBackoff and MaxBackoff bound the wait after a failed cycle; it
@@ -91,6 +130,17 @@ func (o Options) WithDefaults() Options {
 	dur(&o.MinBackoff, DefaultMinBackoff)
 	dur(&o.MaxBackoff, DefaultMaxBackoff)
 	dur(&o.BatchTimeout, DefaultBatchTimeout)
+	dur(&o.LeaderTimeout, DefaultLeaderTimeout)
+	dur(&o.RefusedRetryInterval, DefaultRefusedRetryInterval)
+	dur(&o.RetentionInterval, DefaultRetentionInterval)
+	dur(&o.StandbyPoll, DefaultStandbyPoll)
+	dur(&o.DedupKeep, 2*o.BatchTimeout)
+	if o.Retention < 0 {
+		o.Retention = 0
+	}
+	if o.RetentionBatch <= 0 {
+		o.RetentionBatch = DefaultRetentionBatch
+	}
 	return o
 }
 
@@ -118,6 +168,14 @@ func (o Options) Validate() error {
 		return field.Errorf("batch_size", "must be between 1 and %d, got %d", MaxBatchSize, o.BatchSize)
 	case o.PollInterval < MinPollInterval || o.PollInterval > MaxPollInterval:
 		return field.Errorf("poll_interval", "must be between %v and %v, got %v", MinPollInterval, MaxPollInterval, o.PollInterval)
+	case o.LeaderTimeout < MinLeaderTimeout || o.LeaderTimeout > MaxLeaderTimeout:
+		return field.Errorf("leader_timeout", "must be between %v and %v, got %v", MinLeaderTimeout, MaxLeaderTimeout, o.LeaderTimeout)
+	case o.RefusedRetryInterval < MinRefusedRetryInterval || o.RefusedRetryInterval > MaxRefusedRetryInterval:
+		return field.Errorf("refused_retry_interval", "must be between %v and %v, got %v", MinRefusedRetryInterval, MaxRefusedRetryInterval, o.RefusedRetryInterval)
+	case o.Retention != 0 && (o.Retention < MinRetention || o.Retention > MaxRetention):
+		return field.Errorf("retention", "must be 0 (keep published rows) or between %v and %v, got %v", MinRetention, MaxRetention, o.Retention)
+	case o.Retention != 0 && o.OnPublish == Delete:
+		return field.Errorf("retention", "applies to on_publish: mark only (delete mode keeps no published rows)")
 	}
 	return nil
 }

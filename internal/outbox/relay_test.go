@@ -63,6 +63,10 @@ func (r *recorder) Publish(ctx context.Context, m events.Message) (events.Publis
 	return p, nil
 }
 
+func (r *recorder) ExpireDedup(ctx context.Context, topic string, keys []string, keep time.Duration) error {
+	return r.svc.ExpireDedup(ctx, topic, keys, keep)
+}
+
 func (r *recorder) appendedCount() int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -222,10 +226,10 @@ func TestRelayDeleteMode(t *testing.T) {
 	checkExactlyOnce(t, rec, committed, nil)
 	testkit.Eventually(t, relayWait, "status counts 30 published and backlog 0", func() bool {
 		st := r.Status()
-		return st.Published == 30 && st.Backlog == 0 && st.Healthy
+		return st.Published == 30 && st.Backlog == 0 && st.BacklogKnown && st.Healthy
 	})
 	st := r.Status()
-	if !st.Enabled || st.Table != "outbox" || st.LastPublishedAt.IsZero() || st.LastError != "" {
+	if !st.Enabled || !st.Active || st.Table != "public.outbox" || st.LastPublishedAt.IsZero() || st.LastError != "" {
 		t.Errorf("status = %+v", st)
 	}
 }
@@ -288,7 +292,7 @@ func TestRelayPublishFailureNeverMarks(t *testing.T) {
 		st := r.Status()
 		return !st.Healthy && strings.Contains(st.LastError, errInjected.Error())
 	})
-	testkit.Eventually(t, relayWait, "backlog seen", func() bool { return r.Status().Backlog == 20 })
+	testkit.Eventually(t, relayWait, "backlog seen", func() bool { st := r.Status(); return st.Backlog == 20 && st.BacklogKnown })
 	if n := unpublished(t, ctx, conn); n != 20 {
 		t.Fatalf("%d rows unpublished while every publish fails, want 20", n)
 	}
@@ -395,6 +399,10 @@ type stallingPublisher struct {
 	n       atomic.Int64
 	stalled chan struct{}
 	once    sync.Once
+}
+
+func (p *stallingPublisher) ExpireDedup(ctx context.Context, topic string, keys []string, keep time.Duration) error {
+	return p.rec.ExpireDedup(ctx, topic, keys, keep)
 }
 
 func (p *stallingPublisher) Publish(ctx context.Context, m events.Message) (events.Published, error) {

@@ -480,8 +480,14 @@ type Event struct {
 	DeliveryCount uint32 `protobuf:"varint,7,opt,name=delivery_count,json=deliveryCount" json:"delivery_count,omitempty"`
 	// first_delivered_at is when the group first received it.
 	FirstDeliveredAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=first_delivered_at,json=firstDeliveredAt" json:"first_delivered_at,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// idempotency_key is the key the event was published with ("" for
+	// none). An event published again after its key's dedup retention (a
+	// new event_id) carries the same key, so a consumer can drop it however
+	// late it comes. Outbox events carry "outbox:<table>:<row id>" and the
+	// headers x-outbox-table and x-outbox-id.
+	IdempotencyKey string `protobuf:"bytes,9,opt,name=idempotency_key,json=idempotencyKey" json:"idempotency_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Event) Reset() {
@@ -568,6 +574,13 @@ func (x *Event) GetFirstDeliveredAt() *timestamppb.Timestamp {
 		return x.FirstDeliveredAt
 	}
 	return nil
+}
+
+func (x *Event) GetIdempotencyKey() string {
+	if x != nil {
+		return x.IdempotencyKey
+	}
+	return ""
 }
 
 // AckRequest acknowledges one event.
@@ -836,38 +849,55 @@ func (*GetOutboxStatusRequest) Descriptor() ([]byte, []int) {
 	return file_resilience_v1_events_proto_rawDescGZIP(), []int{10}
 }
 
-// GetOutboxStatusResponse describes the outbox relay of this sidecar.
+// GetOutboxStatusResponse describes the outbox relay of this sidecar. One
+// relay per table is active (it publishes the rows); the relays of the
+// other sidecars are standbys, ready to take over.
 type GetOutboxStatusResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// enabled is false when no outbox is configured; the other fields are
 	// then empty.
 	Enabled bool `protobuf:"varint,1,opt,name=enabled" json:"enabled,omitempty"`
 	// healthy is false while Postgres or the event store fails; last_error
-	// says why.
+	// says why. A standby in contact with Postgres is healthy.
 	Healthy bool `protobuf:"varint,2,opt,name=healthy" json:"healthy,omitempty"`
 	// last_error is the relay's most recent failure ("" when healthy).
 	LastError string `protobuf:"bytes,3,opt,name=last_error,json=lastError" json:"last_error,omitempty"`
-	// backlog is the number of rows not yet published, as of the last check.
+	// backlog is the number of rows not yet published (refused rows left
+	// out), as read by the active relay within the last few seconds; 0 and
+	// backlog_known false when unknown.
 	Backlog int64 `protobuf:"varint,4,opt,name=backlog" json:"backlog,omitempty"`
-	// lag is the age of the oldest unpublished row, as of the last check.
+	// lag is the age of the oldest unpublished row (refused rows left out).
+	// While this sidecar cannot reach Postgres it keeps growing: from the
+	// oldest row known, or from the last contact when none was. 0 on a
+	// standby in contact with Postgres (the active relay reports the table).
 	Lag *durationpb.Duration `protobuf:"bytes,5,opt,name=lag" json:"lag,omitempty"`
 	// published is the number of rows this sidecar has published since it
 	// started.
 	Published int64 `protobuf:"varint,6,opt,name=published" json:"published,omitempty"`
 	// last_published_at is when this sidecar last published a row.
 	LastPublishedAt *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=last_published_at,json=lastPublishedAt" json:"last_published_at,omitempty"`
-	// table is the outbox table relayed ("schema.table").
+	// table is the outbox table relayed ("schema.table", once the relay
+	// has reached Postgres; as configured before).
 	Table string `protobuf:"bytes,8,opt,name=table" json:"table,omitempty"`
-	// refused is how many rows this sidecar skipped because the EventService
-	// refuses them for good (an invalid or undeclared topic, a payload or
-	// headers over the limits, headers that are not a JSON object). They stay
-	// unpublished in the table (and in backlog), later rows are relayed past
-	// them; fix or delete them. Counted since this sidecar started.
+	// refused is how many rows the active relay skips because the
+	// EventService refuses them for good (an invalid or undeclared topic, a
+	// payload or headers over the limits, headers that are not a JSON
+	// object). They stay unpublished in the table, out of backlog and lag,
+	// later rows are relayed past them, and they are tried again every
+	// outbox.refused_retry_interval (or on RetryOutboxRefused): fix or
+	// delete them. 0 on a standby.
 	Refused int64 `protobuf:"varint,9,opt,name=refused" json:"refused,omitempty"`
-	// last_refused names the last refused row and why ("" if none).
-	LastRefused   string `protobuf:"bytes,10,opt,name=last_refused,json=lastRefused" json:"last_refused,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// last_refused names the latest refused row still refused and why (""
+	// if none).
+	LastRefused string `protobuf:"bytes,10,opt,name=last_refused,json=lastRefused" json:"last_refused,omitempty"`
+	// active is true when this sidecar's relay holds the table.
+	Active bool `protobuf:"varint,11,opt,name=active" json:"active,omitempty"`
+	// backlog_known is true when backlog is current (see backlog).
+	BacklogKnown bool `protobuf:"varint,12,opt,name=backlog_known,json=backlogKnown" json:"backlog_known,omitempty"`
+	// oldest_refused_age is the age of the oldest refused row.
+	OldestRefusedAge *durationpb.Duration `protobuf:"bytes,13,opt,name=oldest_refused_age,json=oldestRefusedAge" json:"oldest_refused_age,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *GetOutboxStatusResponse) Reset() {
@@ -970,6 +1000,149 @@ func (x *GetOutboxStatusResponse) GetLastRefused() string {
 	return ""
 }
 
+func (x *GetOutboxStatusResponse) GetActive() bool {
+	if x != nil {
+		return x.Active
+	}
+	return false
+}
+
+func (x *GetOutboxStatusResponse) GetBacklogKnown() bool {
+	if x != nil {
+		return x.BacklogKnown
+	}
+	return false
+}
+
+func (x *GetOutboxStatusResponse) GetOldestRefusedAge() *durationpb.Duration {
+	if x != nil {
+		return x.OldestRefusedAge
+	}
+	return nil
+}
+
+// RetryOutboxRefusedRequest asks the outbox relay to retry its refused
+// rows now.
+type RetryOutboxRefusedRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryOutboxRefusedRequest) Reset() {
+	*x = RetryOutboxRefusedRequest{}
+	mi := &file_resilience_v1_events_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryOutboxRefusedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryOutboxRefusedRequest) ProtoMessage() {}
+
+func (x *RetryOutboxRefusedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_resilience_v1_events_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryOutboxRefusedRequest.ProtoReflect.Descriptor instead.
+func (*RetryOutboxRefusedRequest) Descriptor() ([]byte, []int) {
+	return file_resilience_v1_events_proto_rawDescGZIP(), []int{12}
+}
+
+// RetryOutboxRefusedResponse reports the retry.
+type RetryOutboxRefusedResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// active is true when this sidecar's relay is the active one and
+	// retried the rows; the counts below are its outcome.
+	Active bool `protobuf:"varint,1,opt,name=active" json:"active,omitempty"`
+	// forwarded is true when this sidecar is a standby and asked the active
+	// relay to retry (its outcome shows in that sidecar's status).
+	Forwarded bool `protobuf:"varint,2,opt,name=forwarded" json:"forwarded,omitempty"`
+	// published counts the refused rows published now (they were fixed).
+	Published int64 `protobuf:"varint,3,opt,name=published" json:"published,omitempty"`
+	// still_refused counts the rows refused again.
+	StillRefused int64 `protobuf:"varint,4,opt,name=still_refused,json=stillRefused" json:"still_refused,omitempty"`
+	// forgotten counts the rows that had left the table (deleted).
+	Forgotten     int64 `protobuf:"varint,5,opt,name=forgotten" json:"forgotten,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RetryOutboxRefusedResponse) Reset() {
+	*x = RetryOutboxRefusedResponse{}
+	mi := &file_resilience_v1_events_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RetryOutboxRefusedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RetryOutboxRefusedResponse) ProtoMessage() {}
+
+func (x *RetryOutboxRefusedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_resilience_v1_events_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RetryOutboxRefusedResponse.ProtoReflect.Descriptor instead.
+func (*RetryOutboxRefusedResponse) Descriptor() ([]byte, []int) {
+	return file_resilience_v1_events_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RetryOutboxRefusedResponse) GetActive() bool {
+	if x != nil {
+		return x.Active
+	}
+	return false
+}
+
+func (x *RetryOutboxRefusedResponse) GetForwarded() bool {
+	if x != nil {
+		return x.Forwarded
+	}
+	return false
+}
+
+func (x *RetryOutboxRefusedResponse) GetPublished() int64 {
+	if x != nil {
+		return x.Published
+	}
+	return 0
+}
+
+func (x *RetryOutboxRefusedResponse) GetStillRefused() int64 {
+	if x != nil {
+		return x.StillRefused
+	}
+	return 0
+}
+
+func (x *RetryOutboxRefusedResponse) GetForgotten() int64 {
+	if x != nil {
+		return x.Forgotten
+	}
+	return 0
+}
+
 var File_resilience_v1_events_proto protoreflect.FileDescriptor
 
 const file_resilience_v1_events_proto_rawDesc = "" +
@@ -1004,7 +1177,7 @@ const file_resilience_v1_events_proto_rawDesc = "" +
 	"\x04kind\"1\n" +
 	"\n" +
 	"Subscribed\x12#\n" +
-	"\rgroup_created\x18\x01 \x01(\bR\fgroupCreated\"\x8d\x03\n" +
+	"\rgroup_created\x18\x01 \x01(\bR\fgroupCreated\"\xb6\x03\n" +
 	"\x05Event\x12\x19\n" +
 	"\bevent_id\x18\x01 \x01(\tR\aeventId\x12\x14\n" +
 	"\x05topic\x18\x02 \x01(\tR\x05topic\x12\x10\n" +
@@ -1013,7 +1186,8 @@ const file_resilience_v1_events_proto_rawDesc = "" +
 	"\aheaders\x18\x05 \x03(\v2!.resilience.v1.Event.HeadersEntryR\aheaders\x12=\n" +
 	"\fpublished_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\vpublishedAt\x12%\n" +
 	"\x0edelivery_count\x18\a \x01(\rR\rdeliveryCount\x12H\n" +
-	"\x12first_delivered_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x10firstDeliveredAt\x1a:\n" +
+	"\x12first_delivered_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\x10firstDeliveredAt\x12'\n" +
+	"\x0fidempotency_key\x18\t \x01(\tR\x0eidempotencyKey\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"S\n" +
@@ -1032,7 +1206,7 @@ const file_resilience_v1_events_proto_rawDesc = "" +
 	"retryAfter\"*\n" +
 	"\fNackResponse\x12\x1a\n" +
 	"\brequeued\x18\x01 \x01(\bR\brequeued\"\x18\n" +
-	"\x16GetOutboxStatusRequest\"\xec\x02\n" +
+	"\x16GetOutboxStatusRequest\"\xf2\x03\n" +
 	"\x17GetOutboxStatusResponse\x12\x18\n" +
 	"\aenabled\x18\x01 \x01(\bR\aenabled\x12\x18\n" +
 	"\ahealthy\x18\x02 \x01(\bR\ahealthy\x12\x1d\n" +
@@ -1045,17 +1219,28 @@ const file_resilience_v1_events_proto_rawDesc = "" +
 	"\x05table\x18\b \x01(\tR\x05table\x12\x18\n" +
 	"\arefused\x18\t \x01(\x03R\arefused\x12!\n" +
 	"\flast_refused\x18\n" +
-	" \x01(\tR\vlastRefused*W\n" +
+	" \x01(\tR\vlastRefused\x12\x16\n" +
+	"\x06active\x18\v \x01(\bR\x06active\x12#\n" +
+	"\rbacklog_known\x18\f \x01(\bR\fbacklogKnown\x12G\n" +
+	"\x12oldest_refused_age\x18\r \x01(\v2\x19.google.protobuf.DurationR\x10oldestRefusedAge\"\x1b\n" +
+	"\x19RetryOutboxRefusedRequest\"\xb3\x01\n" +
+	"\x1aRetryOutboxRefusedResponse\x12\x16\n" +
+	"\x06active\x18\x01 \x01(\bR\x06active\x12\x1c\n" +
+	"\tforwarded\x18\x02 \x01(\bR\tforwarded\x12\x1c\n" +
+	"\tpublished\x18\x03 \x01(\x03R\tpublished\x12#\n" +
+	"\rstill_refused\x18\x04 \x01(\x03R\fstillRefused\x12\x1c\n" +
+	"\tforgotten\x18\x05 \x01(\x03R\tforgotten*W\n" +
 	"\tStartFrom\x12\x1a\n" +
 	"\x16START_FROM_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13START_FROM_EARLIEST\x10\x01\x12\x15\n" +
-	"\x11START_FROM_LATEST\x10\x022\x8b\x03\n" +
+	"\x11START_FROM_LATEST\x10\x022\xf6\x03\n" +
 	"\fEventService\x12H\n" +
 	"\aPublish\x12\x1d.resilience.v1.PublishRequest\x1a\x1e.resilience.v1.PublishResponse\x12P\n" +
 	"\tSubscribe\x12\x1f.resilience.v1.SubscribeRequest\x1a .resilience.v1.SubscribeResponse0\x01\x12<\n" +
 	"\x03Ack\x12\x19.resilience.v1.AckRequest\x1a\x1a.resilience.v1.AckResponse\x12?\n" +
 	"\x04Nack\x12\x1a.resilience.v1.NackRequest\x1a\x1b.resilience.v1.NackResponse\x12`\n" +
-	"\x0fGetOutboxStatus\x12%.resilience.v1.GetOutboxStatusRequest\x1a&.resilience.v1.GetOutboxStatusResponseBYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
+	"\x0fGetOutboxStatus\x12%.resilience.v1.GetOutboxStatusRequest\x1a&.resilience.v1.GetOutboxStatusResponse\x12i\n" +
+	"\x12RetryOutboxRefused\x12(.resilience.v1.RetryOutboxRefusedRequest\x1a).resilience.v1.RetryOutboxRefusedResponseBYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
 
 var (
 	file_resilience_v1_events_proto_rawDescOnce sync.Once
@@ -1070,53 +1255,58 @@ func file_resilience_v1_events_proto_rawDescGZIP() []byte {
 }
 
 var file_resilience_v1_events_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_resilience_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_resilience_v1_events_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_resilience_v1_events_proto_goTypes = []any{
-	(StartFrom)(0),                  // 0: resilience.v1.StartFrom
-	(*PublishRequest)(nil),          // 1: resilience.v1.PublishRequest
-	(*PublishResponse)(nil),         // 2: resilience.v1.PublishResponse
-	(*SubscribeRequest)(nil),        // 3: resilience.v1.SubscribeRequest
-	(*SubscribeResponse)(nil),       // 4: resilience.v1.SubscribeResponse
-	(*Subscribed)(nil),              // 5: resilience.v1.Subscribed
-	(*Event)(nil),                   // 6: resilience.v1.Event
-	(*AckRequest)(nil),              // 7: resilience.v1.AckRequest
-	(*AckResponse)(nil),             // 8: resilience.v1.AckResponse
-	(*NackRequest)(nil),             // 9: resilience.v1.NackRequest
-	(*NackResponse)(nil),            // 10: resilience.v1.NackResponse
-	(*GetOutboxStatusRequest)(nil),  // 11: resilience.v1.GetOutboxStatusRequest
-	(*GetOutboxStatusResponse)(nil), // 12: resilience.v1.GetOutboxStatusResponse
-	nil,                             // 13: resilience.v1.PublishRequest.HeadersEntry
-	nil,                             // 14: resilience.v1.Event.HeadersEntry
-	(*durationpb.Duration)(nil),     // 15: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),   // 16: google.protobuf.Timestamp
+	(StartFrom)(0),                     // 0: resilience.v1.StartFrom
+	(*PublishRequest)(nil),             // 1: resilience.v1.PublishRequest
+	(*PublishResponse)(nil),            // 2: resilience.v1.PublishResponse
+	(*SubscribeRequest)(nil),           // 3: resilience.v1.SubscribeRequest
+	(*SubscribeResponse)(nil),          // 4: resilience.v1.SubscribeResponse
+	(*Subscribed)(nil),                 // 5: resilience.v1.Subscribed
+	(*Event)(nil),                      // 6: resilience.v1.Event
+	(*AckRequest)(nil),                 // 7: resilience.v1.AckRequest
+	(*AckResponse)(nil),                // 8: resilience.v1.AckResponse
+	(*NackRequest)(nil),                // 9: resilience.v1.NackRequest
+	(*NackResponse)(nil),               // 10: resilience.v1.NackResponse
+	(*GetOutboxStatusRequest)(nil),     // 11: resilience.v1.GetOutboxStatusRequest
+	(*GetOutboxStatusResponse)(nil),    // 12: resilience.v1.GetOutboxStatusResponse
+	(*RetryOutboxRefusedRequest)(nil),  // 13: resilience.v1.RetryOutboxRefusedRequest
+	(*RetryOutboxRefusedResponse)(nil), // 14: resilience.v1.RetryOutboxRefusedResponse
+	nil,                                // 15: resilience.v1.PublishRequest.HeadersEntry
+	nil,                                // 16: resilience.v1.Event.HeadersEntry
+	(*durationpb.Duration)(nil),        // 17: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),      // 18: google.protobuf.Timestamp
 }
 var file_resilience_v1_events_proto_depIdxs = []int32{
-	13, // 0: resilience.v1.PublishRequest.headers:type_name -> resilience.v1.PublishRequest.HeadersEntry
-	15, // 1: resilience.v1.SubscribeRequest.visibility_timeout:type_name -> google.protobuf.Duration
+	15, // 0: resilience.v1.PublishRequest.headers:type_name -> resilience.v1.PublishRequest.HeadersEntry
+	17, // 1: resilience.v1.SubscribeRequest.visibility_timeout:type_name -> google.protobuf.Duration
 	0,  // 2: resilience.v1.SubscribeRequest.start_from:type_name -> resilience.v1.StartFrom
 	5,  // 3: resilience.v1.SubscribeResponse.subscribed:type_name -> resilience.v1.Subscribed
 	6,  // 4: resilience.v1.SubscribeResponse.event:type_name -> resilience.v1.Event
-	14, // 5: resilience.v1.Event.headers:type_name -> resilience.v1.Event.HeadersEntry
-	16, // 6: resilience.v1.Event.published_at:type_name -> google.protobuf.Timestamp
-	16, // 7: resilience.v1.Event.first_delivered_at:type_name -> google.protobuf.Timestamp
-	15, // 8: resilience.v1.NackRequest.retry_after:type_name -> google.protobuf.Duration
-	15, // 9: resilience.v1.GetOutboxStatusResponse.lag:type_name -> google.protobuf.Duration
-	16, // 10: resilience.v1.GetOutboxStatusResponse.last_published_at:type_name -> google.protobuf.Timestamp
-	1,  // 11: resilience.v1.EventService.Publish:input_type -> resilience.v1.PublishRequest
-	3,  // 12: resilience.v1.EventService.Subscribe:input_type -> resilience.v1.SubscribeRequest
-	7,  // 13: resilience.v1.EventService.Ack:input_type -> resilience.v1.AckRequest
-	9,  // 14: resilience.v1.EventService.Nack:input_type -> resilience.v1.NackRequest
-	11, // 15: resilience.v1.EventService.GetOutboxStatus:input_type -> resilience.v1.GetOutboxStatusRequest
-	2,  // 16: resilience.v1.EventService.Publish:output_type -> resilience.v1.PublishResponse
-	4,  // 17: resilience.v1.EventService.Subscribe:output_type -> resilience.v1.SubscribeResponse
-	8,  // 18: resilience.v1.EventService.Ack:output_type -> resilience.v1.AckResponse
-	10, // 19: resilience.v1.EventService.Nack:output_type -> resilience.v1.NackResponse
-	12, // 20: resilience.v1.EventService.GetOutboxStatus:output_type -> resilience.v1.GetOutboxStatusResponse
-	16, // [16:21] is the sub-list for method output_type
-	11, // [11:16] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	16, // 5: resilience.v1.Event.headers:type_name -> resilience.v1.Event.HeadersEntry
+	18, // 6: resilience.v1.Event.published_at:type_name -> google.protobuf.Timestamp
+	18, // 7: resilience.v1.Event.first_delivered_at:type_name -> google.protobuf.Timestamp
+	17, // 8: resilience.v1.NackRequest.retry_after:type_name -> google.protobuf.Duration
+	17, // 9: resilience.v1.GetOutboxStatusResponse.lag:type_name -> google.protobuf.Duration
+	18, // 10: resilience.v1.GetOutboxStatusResponse.last_published_at:type_name -> google.protobuf.Timestamp
+	17, // 11: resilience.v1.GetOutboxStatusResponse.oldest_refused_age:type_name -> google.protobuf.Duration
+	1,  // 12: resilience.v1.EventService.Publish:input_type -> resilience.v1.PublishRequest
+	3,  // 13: resilience.v1.EventService.Subscribe:input_type -> resilience.v1.SubscribeRequest
+	7,  // 14: resilience.v1.EventService.Ack:input_type -> resilience.v1.AckRequest
+	9,  // 15: resilience.v1.EventService.Nack:input_type -> resilience.v1.NackRequest
+	11, // 16: resilience.v1.EventService.GetOutboxStatus:input_type -> resilience.v1.GetOutboxStatusRequest
+	13, // 17: resilience.v1.EventService.RetryOutboxRefused:input_type -> resilience.v1.RetryOutboxRefusedRequest
+	2,  // 18: resilience.v1.EventService.Publish:output_type -> resilience.v1.PublishResponse
+	4,  // 19: resilience.v1.EventService.Subscribe:output_type -> resilience.v1.SubscribeResponse
+	8,  // 20: resilience.v1.EventService.Ack:output_type -> resilience.v1.AckResponse
+	10, // 21: resilience.v1.EventService.Nack:output_type -> resilience.v1.NackResponse
+	12, // 22: resilience.v1.EventService.GetOutboxStatus:output_type -> resilience.v1.GetOutboxStatusResponse
+	14, // 23: resilience.v1.EventService.RetryOutboxRefused:output_type -> resilience.v1.RetryOutboxRefusedResponse
+	18, // [18:24] is the sub-list for method output_type
+	12, // [12:18] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_resilience_v1_events_proto_init() }
@@ -1134,7 +1324,7 @@ func file_resilience_v1_events_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_resilience_v1_events_proto_rawDesc), len(file_resilience_v1_events_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   14,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

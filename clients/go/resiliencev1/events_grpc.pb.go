@@ -19,11 +19,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	EventService_Publish_FullMethodName         = "/resilience.v1.EventService/Publish"
-	EventService_Subscribe_FullMethodName       = "/resilience.v1.EventService/Subscribe"
-	EventService_Ack_FullMethodName             = "/resilience.v1.EventService/Ack"
-	EventService_Nack_FullMethodName            = "/resilience.v1.EventService/Nack"
-	EventService_GetOutboxStatus_FullMethodName = "/resilience.v1.EventService/GetOutboxStatus"
+	EventService_Publish_FullMethodName            = "/resilience.v1.EventService/Publish"
+	EventService_Subscribe_FullMethodName          = "/resilience.v1.EventService/Subscribe"
+	EventService_Ack_FullMethodName                = "/resilience.v1.EventService/Ack"
+	EventService_Nack_FullMethodName               = "/resilience.v1.EventService/Nack"
+	EventService_GetOutboxStatus_FullMethodName    = "/resilience.v1.EventService/GetOutboxStatus"
+	EventService_RetryOutboxRefused_FullMethodName = "/resilience.v1.EventService/RetryOutboxRefused"
 )
 
 // EventServiceClient is the client API for EventService service.
@@ -52,8 +53,11 @@ const (
 // Ordering: within one group, events are handed out in publish order, and
 // one consumer receives them in that order. Nothing orders events across
 // consumers of a group, and a redelivered event arrives after events
-// published later than it; a consumer that needs per-key order must check
-// it (for example with the event's key and a version in the payload).
+// published later than it. Per-key order reaches a consumer that is the
+// group's only one with max_in_flight 1, or one per partition topic when
+// publishers partition by key; otherwise a consumer that needs it must
+// check it (for example with the event's key and a version in the
+// payload). The outbox relay publishes each key's rows in their order.
 type EventServiceClient interface {
 	// Publish appends an event to the topic and returns its id. With an
 	// idempotency_key, the first publish appends and every retry with the same
@@ -77,11 +81,20 @@ type EventServiceClient interface {
 	// dead-letter topic), which is harmless.
 	Ack(ctx context.Context, in *AckRequest, opts ...grpc.CallOption) (*AckResponse, error)
 	// Nack gives an event back to the group: it is redelivered after
-	// retry_after (0: at once), counting one more delivery.
+	// retry_after (0: at once), counting one more delivery. The group's
+	// subscriptions, on every sidecar, are woken to read it when it is due.
 	Nack(ctx context.Context, in *NackRequest, opts ...grpc.CallOption) (*NackResponse, error)
 	// GetOutboxStatus reports the Postgres outbox relay of this sidecar:
-	// whether it is configured and healthy, its backlog and lag.
+	// whether it is configured, healthy and the active relay of the table,
+	// the table's backlog and lag.
 	GetOutboxStatus(ctx context.Context, in *GetOutboxStatusRequest, opts ...grpc.CallOption) (*GetOutboxStatusResponse, error)
+	// RetryOutboxRefused makes the active outbox relay try the rows it
+	// refused (see GetOutboxStatusResponse.refused) again now, instead of at
+	// its next outbox.refused_retry_interval: a fixed row is published, a
+	// deleted one forgotten. Asked of a standby, it passes the request on to
+	// the active relay (forwarded) and returns at once. FAILED_PRECONDITION
+	// when no outbox is configured.
+	RetryOutboxRefused(ctx context.Context, in *RetryOutboxRefusedRequest, opts ...grpc.CallOption) (*RetryOutboxRefusedResponse, error)
 }
 
 type eventServiceClient struct {
@@ -151,6 +164,16 @@ func (c *eventServiceClient) GetOutboxStatus(ctx context.Context, in *GetOutboxS
 	return out, nil
 }
 
+func (c *eventServiceClient) RetryOutboxRefused(ctx context.Context, in *RetryOutboxRefusedRequest, opts ...grpc.CallOption) (*RetryOutboxRefusedResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RetryOutboxRefusedResponse)
+	err := c.cc.Invoke(ctx, EventService_RetryOutboxRefused_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // EventServiceServer is the server API for EventService service.
 // All implementations must embed UnimplementedEventServiceServer
 // for forward compatibility.
@@ -177,8 +200,11 @@ func (c *eventServiceClient) GetOutboxStatus(ctx context.Context, in *GetOutboxS
 // Ordering: within one group, events are handed out in publish order, and
 // one consumer receives them in that order. Nothing orders events across
 // consumers of a group, and a redelivered event arrives after events
-// published later than it; a consumer that needs per-key order must check
-// it (for example with the event's key and a version in the payload).
+// published later than it. Per-key order reaches a consumer that is the
+// group's only one with max_in_flight 1, or one per partition topic when
+// publishers partition by key; otherwise a consumer that needs it must
+// check it (for example with the event's key and a version in the
+// payload). The outbox relay publishes each key's rows in their order.
 type EventServiceServer interface {
 	// Publish appends an event to the topic and returns its id. With an
 	// idempotency_key, the first publish appends and every retry with the same
@@ -202,11 +228,20 @@ type EventServiceServer interface {
 	// dead-letter topic), which is harmless.
 	Ack(context.Context, *AckRequest) (*AckResponse, error)
 	// Nack gives an event back to the group: it is redelivered after
-	// retry_after (0: at once), counting one more delivery.
+	// retry_after (0: at once), counting one more delivery. The group's
+	// subscriptions, on every sidecar, are woken to read it when it is due.
 	Nack(context.Context, *NackRequest) (*NackResponse, error)
 	// GetOutboxStatus reports the Postgres outbox relay of this sidecar:
-	// whether it is configured and healthy, its backlog and lag.
+	// whether it is configured, healthy and the active relay of the table,
+	// the table's backlog and lag.
 	GetOutboxStatus(context.Context, *GetOutboxStatusRequest) (*GetOutboxStatusResponse, error)
+	// RetryOutboxRefused makes the active outbox relay try the rows it
+	// refused (see GetOutboxStatusResponse.refused) again now, instead of at
+	// its next outbox.refused_retry_interval: a fixed row is published, a
+	// deleted one forgotten. Asked of a standby, it passes the request on to
+	// the active relay (forwarded) and returns at once. FAILED_PRECONDITION
+	// when no outbox is configured.
+	RetryOutboxRefused(context.Context, *RetryOutboxRefusedRequest) (*RetryOutboxRefusedResponse, error)
 	mustEmbedUnimplementedEventServiceServer()
 }
 
@@ -231,6 +266,9 @@ func (UnimplementedEventServiceServer) Nack(context.Context, *NackRequest) (*Nac
 }
 func (UnimplementedEventServiceServer) GetOutboxStatus(context.Context, *GetOutboxStatusRequest) (*GetOutboxStatusResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetOutboxStatus not implemented")
+}
+func (UnimplementedEventServiceServer) RetryOutboxRefused(context.Context, *RetryOutboxRefusedRequest) (*RetryOutboxRefusedResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RetryOutboxRefused not implemented")
 }
 func (UnimplementedEventServiceServer) mustEmbedUnimplementedEventServiceServer() {}
 func (UnimplementedEventServiceServer) testEmbeddedByValue()                      {}
@@ -336,6 +374,24 @@ func _EventService_GetOutboxStatus_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _EventService_RetryOutboxRefused_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RetryOutboxRefusedRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EventServiceServer).RetryOutboxRefused(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EventService_RetryOutboxRefused_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EventServiceServer).RetryOutboxRefused(ctx, req.(*RetryOutboxRefusedRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // EventService_ServiceDesc is the grpc.ServiceDesc for EventService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -358,6 +414,10 @@ var EventService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetOutboxStatus",
 			Handler:    _EventService_GetOutboxStatus_Handler,
+		},
+		{
+			MethodName: "RetryOutboxRefused",
+			Handler:    _EventService_RetryOutboxRefused_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

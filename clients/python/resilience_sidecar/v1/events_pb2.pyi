@@ -295,6 +295,7 @@ class Event(_message.Message):
     PUBLISHED_AT_FIELD_NUMBER: _builtins.int
     DELIVERY_COUNT_FIELD_NUMBER: _builtins.int
     FIRST_DELIVERED_AT_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """event_id identifies the event in its topic; Ack and Nack name it."""
     topic: _builtins.str
@@ -306,6 +307,13 @@ class Event(_message.Message):
     delivery_count: _builtins.int
     """delivery_count is 1 on the first delivery to the group, then +1 on each
     redelivery.
+    """
+    idempotency_key: _builtins.str
+    """idempotency_key is the key the event was published with ("" for
+    none). An event published again after its key's dedup retention (a
+    new event_id) carries the same key, so a consumer can drop it however
+    late it comes. Outbox events carry "outbox:<table>:<row id>" and the
+    headers x-outbox-table and x-outbox-id.
     """
     @_builtins.property
     def headers(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -333,10 +341,11 @@ class Event(_message.Message):
         published_at: _timestamp_pb2.Timestamp = ...,
         delivery_count: _builtins.int = ...,
         first_delivered_at: _timestamp_pb2.Timestamp = ...,
+        idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["first_delivered_at", b"first_delivered_at", "published_at", b"published_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery_count", b"delivery_count", "event_id", b"event_id", "first_delivered_at", b"first_delivered_at", "headers", b"headers", "key", b"key", "payload", b"payload", "published_at", b"published_at", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["delivery_count", b"delivery_count", "event_id", b"event_id", "first_delivered_at", b"first_delivered_at", "headers", b"headers", "idempotency_key", b"idempotency_key", "key", b"key", "payload", b"payload", "published_at", b"published_at", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -471,7 +480,10 @@ Global___GetOutboxStatusRequest: _TypeAlias = GetOutboxStatusRequest  # noqa: Y0
 
 @_typing.final
 class GetOutboxStatusResponse(_message.Message):
-    """GetOutboxStatusResponse describes the outbox relay of this sidecar."""
+    """GetOutboxStatusResponse describes the outbox relay of this sidecar. One
+    relay per table is active (it publishes the rows); the relays of the
+    other sidecars are standbys, ready to take over.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -485,40 +497,64 @@ class GetOutboxStatusResponse(_message.Message):
     TABLE_FIELD_NUMBER: _builtins.int
     REFUSED_FIELD_NUMBER: _builtins.int
     LAST_REFUSED_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    BACKLOG_KNOWN_FIELD_NUMBER: _builtins.int
+    OLDEST_REFUSED_AGE_FIELD_NUMBER: _builtins.int
     enabled: _builtins.bool
     """enabled is false when no outbox is configured; the other fields are
     then empty.
     """
     healthy: _builtins.bool
     """healthy is false while Postgres or the event store fails; last_error
-    says why.
+    says why. A standby in contact with Postgres is healthy.
     """
     last_error: _builtins.str
     """last_error is the relay's most recent failure ("" when healthy)."""
     backlog: _builtins.int
-    """backlog is the number of rows not yet published, as of the last check."""
+    """backlog is the number of rows not yet published (refused rows left
+    out), as read by the active relay within the last few seconds; 0 and
+    backlog_known false when unknown.
+    """
     published: _builtins.int
     """published is the number of rows this sidecar has published since it
     started.
     """
     table: _builtins.str
-    """table is the outbox table relayed ("schema.table")."""
+    """table is the outbox table relayed ("schema.table", once the relay
+    has reached Postgres; as configured before).
+    """
     refused: _builtins.int
-    """refused is how many rows this sidecar skipped because the EventService
-    refuses them for good (an invalid or undeclared topic, a payload or
-    headers over the limits, headers that are not a JSON object). They stay
-    unpublished in the table (and in backlog), later rows are relayed past
-    them; fix or delete them. Counted since this sidecar started.
+    """refused is how many rows the active relay skips because the
+    EventService refuses them for good (an invalid or undeclared topic, a
+    payload or headers over the limits, headers that are not a JSON
+    object). They stay unpublished in the table, out of backlog and lag,
+    later rows are relayed past them, and they are tried again every
+    outbox.refused_retry_interval (or on RetryOutboxRefused): fix or
+    delete them. 0 on a standby.
     """
     last_refused: _builtins.str
-    """last_refused names the last refused row and why ("" if none)."""
+    """last_refused names the latest refused row still refused and why (""
+    if none).
+    """
+    active: _builtins.bool
+    """active is true when this sidecar's relay holds the table."""
+    backlog_known: _builtins.bool
+    """backlog_known is true when backlog is current (see backlog)."""
     @_builtins.property
     def lag(self) -> _duration_pb2.Duration:
-        """lag is the age of the oldest unpublished row, as of the last check."""
+        """lag is the age of the oldest unpublished row (refused rows left out).
+        While this sidecar cannot reach Postgres it keeps growing: from the
+        oldest row known, or from the last contact when none was. 0 on a
+        standby in contact with Postgres (the active relay reports the table).
+        """
 
     @_builtins.property
     def last_published_at(self) -> _timestamp_pb2.Timestamp:
         """last_published_at is when this sidecar last published a row."""
+
+    @_builtins.property
+    def oldest_refused_age(self) -> _duration_pb2.Duration:
+        """oldest_refused_age is the age of the oldest refused row."""
 
     def __init__(
         self,
@@ -533,11 +569,75 @@ class GetOutboxStatusResponse(_message.Message):
         table: _builtins.str = ...,
         refused: _builtins.int = ...,
         last_refused: _builtins.str = ...,
+        active: _builtins.bool = ...,
+        backlog_known: _builtins.bool = ...,
+        oldest_refused_age: _duration_pb2.Duration = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["lag", b"lag", "last_published_at", b"last_published_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lag", b"lag", "last_published_at", b"last_published_at", "oldest_refused_age", b"oldest_refused_age"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backlog", b"backlog", "enabled", b"enabled", "healthy", b"healthy", "lag", b"lag", "last_error", b"last_error", "last_published_at", b"last_published_at", "last_refused", b"last_refused", "published", b"published", "refused", b"refused", "table", b"table"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "backlog", b"backlog", "backlog_known", b"backlog_known", "enabled", b"enabled", "healthy", b"healthy", "lag", b"lag", "last_error", b"last_error", "last_published_at", b"last_published_at", "last_refused", b"last_refused", "oldest_refused_age", b"oldest_refused_age", "published", b"published", "refused", b"refused", "table", b"table"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetOutboxStatusResponse: _TypeAlias = GetOutboxStatusResponse  # noqa: Y015
+
+@_typing.final
+class RetryOutboxRefusedRequest(_message.Message):
+    """RetryOutboxRefusedRequest asks the outbox relay to retry its refused
+    rows now.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryOutboxRefusedRequest: _TypeAlias = RetryOutboxRefusedRequest  # noqa: Y015
+
+@_typing.final
+class RetryOutboxRefusedResponse(_message.Message):
+    """RetryOutboxRefusedResponse reports the retry."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    FORWARDED_FIELD_NUMBER: _builtins.int
+    PUBLISHED_FIELD_NUMBER: _builtins.int
+    STILL_REFUSED_FIELD_NUMBER: _builtins.int
+    FORGOTTEN_FIELD_NUMBER: _builtins.int
+    active: _builtins.bool
+    """active is true when this sidecar's relay is the active one and
+    retried the rows; the counts below are its outcome.
+    """
+    forwarded: _builtins.bool
+    """forwarded is true when this sidecar is a standby and asked the active
+    relay to retry (its outcome shows in that sidecar's status).
+    """
+    published: _builtins.int
+    """published counts the refused rows published now (they were fixed)."""
+    still_refused: _builtins.int
+    """still_refused counts the rows refused again."""
+    forgotten: _builtins.int
+    """forgotten counts the rows that had left the table (deleted)."""
+    def __init__(
+        self,
+        *,
+        active: _builtins.bool = ...,
+        forwarded: _builtins.bool = ...,
+        published: _builtins.int = ...,
+        still_refused: _builtins.int = ...,
+        forgotten: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "forgotten", b"forgotten", "forwarded", b"forwarded", "published", b"published", "still_refused", b"still_refused"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RetryOutboxRefusedResponse: _TypeAlias = RetryOutboxRefusedResponse  # noqa: Y015

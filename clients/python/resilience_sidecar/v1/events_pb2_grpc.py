@@ -48,8 +48,11 @@ class EventServiceStub:
     Ordering: within one group, events are handed out in publish order, and
     one consumer receives them in that order. Nothing orders events across
     consumers of a group, and a redelivered event arrives after events
-    published later than it; a consumer that needs per-key order must check
-    it (for example with the event's key and a version in the payload).
+    published later than it. Per-key order reaches a consumer that is the
+    group's only one with max_in_flight 1, or one per partition topic when
+    publishers partition by key; otherwise a consumer that needs it must
+    check it (for example with the event's key and a version in the
+    payload). The outbox relay publishes each key's rows in their order.
     """
 
     def __init__(self, channel):
@@ -83,6 +86,11 @@ class EventServiceStub:
                 request_serializer=resilience_dot_v1_dot_events__pb2.GetOutboxStatusRequest.SerializeToString,
                 response_deserializer=resilience_dot_v1_dot_events__pb2.GetOutboxStatusResponse.FromString,
                 _registered_method=True)
+        self.RetryOutboxRefused = channel.unary_unary(
+                '/resilience.v1.EventService/RetryOutboxRefused',
+                request_serializer=resilience_dot_v1_dot_events__pb2.RetryOutboxRefusedRequest.SerializeToString,
+                response_deserializer=resilience_dot_v1_dot_events__pb2.RetryOutboxRefusedResponse.FromString,
+                _registered_method=True)
 
 
 class EventServiceServicer:
@@ -108,8 +116,11 @@ class EventServiceServicer:
     Ordering: within one group, events are handed out in publish order, and
     one consumer receives them in that order. Nothing orders events across
     consumers of a group, and a redelivered event arrives after events
-    published later than it; a consumer that needs per-key order must check
-    it (for example with the event's key and a version in the payload).
+    published later than it. Per-key order reaches a consumer that is the
+    group's only one with max_in_flight 1, or one per partition topic when
+    publishers partition by key; otherwise a consumer that needs it must
+    check it (for example with the event's key and a version in the
+    payload). The outbox relay publishes each key's rows in their order.
     """
 
     def Publish(self, request, context):
@@ -150,7 +161,8 @@ class EventServiceServicer:
 
     def Nack(self, request, context):
         """Nack gives an event back to the group: it is redelivered after
-        retry_after (0: at once), counting one more delivery.
+        retry_after (0: at once), counting one more delivery. The group's
+        subscriptions, on every sidecar, are woken to read it when it is due.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -158,7 +170,20 @@ class EventServiceServicer:
 
     def GetOutboxStatus(self, request, context):
         """GetOutboxStatus reports the Postgres outbox relay of this sidecar:
-        whether it is configured and healthy, its backlog and lag.
+        whether it is configured, healthy and the active relay of the table,
+        the table's backlog and lag.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RetryOutboxRefused(self, request, context):
+        """RetryOutboxRefused makes the active outbox relay try the rows it
+        refused (see GetOutboxStatusResponse.refused) again now, instead of at
+        its next outbox.refused_retry_interval: a fixed row is published, a
+        deleted one forgotten. Asked of a standby, it passes the request on to
+        the active relay (forwarded) and returns at once. FAILED_PRECONDITION
+        when no outbox is configured.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -192,6 +217,11 @@ def add_EventServiceServicer_to_server(servicer, server):
                     request_deserializer=resilience_dot_v1_dot_events__pb2.GetOutboxStatusRequest.FromString,
                     response_serializer=resilience_dot_v1_dot_events__pb2.GetOutboxStatusResponse.SerializeToString,
             ),
+            'RetryOutboxRefused': grpc.unary_unary_rpc_method_handler(
+                    servicer.RetryOutboxRefused,
+                    request_deserializer=resilience_dot_v1_dot_events__pb2.RetryOutboxRefusedRequest.FromString,
+                    response_serializer=resilience_dot_v1_dot_events__pb2.RetryOutboxRefusedResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'resilience.v1.EventService', rpc_method_handlers)
@@ -223,8 +253,11 @@ class EventService:
     Ordering: within one group, events are handed out in publish order, and
     one consumer receives them in that order. Nothing orders events across
     consumers of a group, and a redelivered event arrives after events
-    published later than it; a consumer that needs per-key order must check
-    it (for example with the event's key and a version in the payload).
+    published later than it. Per-key order reaches a consumer that is the
+    group's only one with max_in_flight 1, or one per partition topic when
+    publishers partition by key; otherwise a consumer that needs it must
+    check it (for example with the event's key and a version in the
+    payload). The outbox relay publishes each key's rows in their order.
     """
 
     @staticmethod
@@ -352,6 +385,33 @@ class EventService:
             '/resilience.v1.EventService/GetOutboxStatus',
             resilience_dot_v1_dot_events__pb2.GetOutboxStatusRequest.SerializeToString,
             resilience_dot_v1_dot_events__pb2.GetOutboxStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RetryOutboxRefused(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/resilience.v1.EventService/RetryOutboxRefused',
+            resilience_dot_v1_dot_events__pb2.RetryOutboxRefusedRequest.SerializeToString,
+            resilience_dot_v1_dot_events__pb2.RetryOutboxRefusedResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,8 +49,11 @@ class EventServiceStub:
     Ordering: within one group, events are handed out in publish order, and
     one consumer receives them in that order. Nothing orders events across
     consumers of a group, and a redelivered event arrives after events
-    published later than it; a consumer that needs per-key order must check
-    it (for example with the event's key and a version in the payload).
+    published later than it. Per-key order reaches a consumer that is the
+    group's only one with max_in_flight 1, or one per partition topic when
+    publishers partition by key; otherwise a consumer that needs it must
+    check it (for example with the event's key and a version in the
+    payload). The outbox relay publishes each key's rows in their order.
     """
 
     @_typing.overload
@@ -83,11 +86,21 @@ class EventServiceStub:
     """
     Nack: _grpc.UnaryUnaryMultiCallable[_events_pb2.NackRequest, _events_pb2.NackResponse]
     """Nack gives an event back to the group: it is redelivered after
-    retry_after (0: at once), counting one more delivery.
+    retry_after (0: at once), counting one more delivery. The group's
+    subscriptions, on every sidecar, are woken to read it when it is due.
     """
     GetOutboxStatus: _grpc.UnaryUnaryMultiCallable[_events_pb2.GetOutboxStatusRequest, _events_pb2.GetOutboxStatusResponse]
     """GetOutboxStatus reports the Postgres outbox relay of this sidecar:
-    whether it is configured and healthy, its backlog and lag.
+    whether it is configured, healthy and the active relay of the table,
+    the table's backlog and lag.
+    """
+    RetryOutboxRefused: _grpc.UnaryUnaryMultiCallable[_events_pb2.RetryOutboxRefusedRequest, _events_pb2.RetryOutboxRefusedResponse]
+    """RetryOutboxRefused makes the active outbox relay try the rows it
+    refused (see GetOutboxStatusResponse.refused) again now, instead of at
+    its next outbox.refused_retry_interval: a fixed row is published, a
+    deleted one forgotten. Asked of a standby, it passes the request on to
+    the active relay (forwarded) and returns at once. FAILED_PRECONDITION
+    when no outbox is configured.
     """
 
 @_typing.type_check_only
@@ -114,8 +127,11 @@ class EventServiceAsyncStub(EventServiceStub):
     Ordering: within one group, events are handed out in publish order, and
     one consumer receives them in that order. Nothing orders events across
     consumers of a group, and a redelivered event arrives after events
-    published later than it; a consumer that needs per-key order must check
-    it (for example with the event's key and a version in the payload).
+    published later than it. Per-key order reaches a consumer that is the
+    group's only one with max_in_flight 1, or one per partition topic when
+    publishers partition by key; otherwise a consumer that needs it must
+    check it (for example with the event's key and a version in the
+    payload). The outbox relay publishes each key's rows in their order.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -145,11 +161,21 @@ class EventServiceAsyncStub(EventServiceStub):
     """
     Nack: _aio.UnaryUnaryMultiCallable[_events_pb2.NackRequest, _events_pb2.NackResponse]  # type: ignore[assignment]
     """Nack gives an event back to the group: it is redelivered after
-    retry_after (0: at once), counting one more delivery.
+    retry_after (0: at once), counting one more delivery. The group's
+    subscriptions, on every sidecar, are woken to read it when it is due.
     """
     GetOutboxStatus: _aio.UnaryUnaryMultiCallable[_events_pb2.GetOutboxStatusRequest, _events_pb2.GetOutboxStatusResponse]  # type: ignore[assignment]
     """GetOutboxStatus reports the Postgres outbox relay of this sidecar:
-    whether it is configured and healthy, its backlog and lag.
+    whether it is configured, healthy and the active relay of the table,
+    the table's backlog and lag.
+    """
+    RetryOutboxRefused: _aio.UnaryUnaryMultiCallable[_events_pb2.RetryOutboxRefusedRequest, _events_pb2.RetryOutboxRefusedResponse]  # type: ignore[assignment]
+    """RetryOutboxRefused makes the active outbox relay try the rows it
+    refused (see GetOutboxStatusResponse.refused) again now, instead of at
+    its next outbox.refused_retry_interval: a fixed row is published, a
+    deleted one forgotten. Asked of a standby, it passes the request on to
+    the active relay (forwarded) and returns at once. FAILED_PRECONDITION
+    when no outbox is configured.
     """
 
 class EventServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -175,8 +201,11 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
     Ordering: within one group, events are handed out in publish order, and
     one consumer receives them in that order. Nothing orders events across
     consumers of a group, and a redelivered event arrives after events
-    published later than it; a consumer that needs per-key order must check
-    it (for example with the event's key and a version in the payload).
+    published later than it. Per-key order reaches a consumer that is the
+    group's only one with max_in_flight 1, or one per partition topic when
+    publishers partition by key; otherwise a consumer that needs it must
+    check it (for example with the event's key and a version in the
+    payload). The outbox relay publishes each key's rows in their order.
     """
 
     @_abc_1.abstractmethod
@@ -228,7 +257,8 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_events_pb2.NackResponse, _abc.Awaitable[_events_pb2.NackResponse]]:
         """Nack gives an event back to the group: it is redelivered after
-        retry_after (0: at once), counting one more delivery.
+        retry_after (0: at once), counting one more delivery. The group's
+        subscriptions, on every sidecar, are woken to read it when it is due.
         """
 
     @_abc_1.abstractmethod
@@ -238,7 +268,22 @@ class EventServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_events_pb2.GetOutboxStatusResponse, _abc.Awaitable[_events_pb2.GetOutboxStatusResponse]]:
         """GetOutboxStatus reports the Postgres outbox relay of this sidecar:
-        whether it is configured and healthy, its backlog and lag.
+        whether it is configured, healthy and the active relay of the table,
+        the table's backlog and lag.
+        """
+
+    @_abc_1.abstractmethod
+    def RetryOutboxRefused(
+        self,
+        request: _events_pb2.RetryOutboxRefusedRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_events_pb2.RetryOutboxRefusedResponse, _abc.Awaitable[_events_pb2.RetryOutboxRefusedResponse]]:
+        """RetryOutboxRefused makes the active outbox relay try the rows it
+        refused (see GetOutboxStatusResponse.refused) again now, instead of at
+        its next outbox.refused_retry_interval: a fixed row is published, a
+        deleted one forgotten. Asked of a standby, it passes the request on to
+        the active relay (forwarded) and returns at once. FAILED_PRECONDITION
+        when no outbox is configured.
         """
 
 def add_EventServiceServicer_to_server(servicer: EventServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

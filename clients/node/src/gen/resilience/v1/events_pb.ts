@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file resilience/v1/events.proto.
  */
 export const file_resilience_v1_events: GenFile = /*@__PURE__*/
-  fileDesc("ChpyZXNpbGllbmNlL3YxL2V2ZW50cy5wcm90bxINcmVzaWxpZW5jZS52MSLDAQoOUHVibGlzaFJlcXVlc3QSDQoFdG9waWMYASABKAkSCwoDa2V5GAIgASgJEg8KB3BheWxvYWQYAyABKAwSOwoHaGVhZGVycxgEIAMoCzIqLnJlc2lsaWVuY2UudjEuUHVibGlzaFJlcXVlc3QuSGVhZGVyc0VudHJ5EhcKD2lkZW1wb3RlbmN5X2tleRgFIAEoCRouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI2Cg9QdWJsaXNoUmVzcG9uc2USEAoIZXZlbnRfaWQYASABKAkSEQoJZHVwbGljYXRlGAIgASgIItYBChBTdWJzY3JpYmVSZXF1ZXN0Eg0KBXRvcGljGAEgASgJEg0KBWdyb3VwGAIgASgJEhAKCGNvbnN1bWVyGAMgASgJEhUKDW1heF9pbl9mbGlnaHQYBCABKA0SNQoSdmlzaWJpbGl0eV90aW1lb3V0GAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhYKDm1heF9kZWxpdmVyaWVzGAYgASgNEiwKCnN0YXJ0X2Zyb20YByABKA4yGC5yZXNpbGllbmNlLnYxLlN0YXJ0RnJvbSJzChFTdWJzY3JpYmVSZXNwb25zZRIvCgpzdWJzY3JpYmVkGAEgASgLMhkucmVzaWxpZW5jZS52MS5TdWJzY3JpYmVkSAASJQoFZXZlbnQYAiABKAsyFC5yZXNpbGllbmNlLnYxLkV2ZW50SABCBgoEa2luZCIjCgpTdWJzY3JpYmVkEhUKDWdyb3VwX2NyZWF0ZWQYASABKAgirAIKBUV2ZW50EhAKCGV2ZW50X2lkGAEgASgJEg0KBXRvcGljGAIgASgJEgsKA2tleRgDIAEoCRIPCgdwYXlsb2FkGAQgASgMEjIKB2hlYWRlcnMYBSADKAsyIS5yZXNpbGllbmNlLnYxLkV2ZW50LkhlYWRlcnNFbnRyeRIwCgxwdWJsaXNoZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDmRlbGl2ZXJ5X2NvdW50GAcgASgNEjYKEmZpcnN0X2RlbGl2ZXJlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAaLgoMSGVhZGVyc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiPAoKQWNrUmVxdWVzdBINCgV0b3BpYxgBIAEoCRINCgVncm91cBgCIAEoCRIQCghldmVudF9pZBgDIAEoCSIcCgtBY2tSZXNwb25zZRINCgVhY2tlZBgBIAEoCCJtCgtOYWNrUmVxdWVzdBINCgV0b3BpYxgBIAEoCRINCgVncm91cBgCIAEoCRIQCghldmVudF9pZBgDIAEoCRIuCgtyZXRyeV9hZnRlchgEIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiIgCgxOYWNrUmVzcG9uc2USEAoIcmVxdWV1ZWQYASABKAgiGAoWR2V0T3V0Ym94U3RhdHVzUmVxdWVzdCKIAgoXR2V0T3V0Ym94U3RhdHVzUmVzcG9uc2USDwoHZW5hYmxlZBgBIAEoCBIPCgdoZWFsdGh5GAIgASgIEhIKCmxhc3RfZXJyb3IYAyABKAkSDwoHYmFja2xvZxgEIAEoAxImCgNsYWcYBSABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEQoJcHVibGlzaGVkGAYgASgDEjUKEWxhc3RfcHVibGlzaGVkX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBINCgV0YWJsZRgIIAEoCRIPCgdyZWZ1c2VkGAkgASgDEhQKDGxhc3RfcmVmdXNlZBgKIAEoCSpXCglTdGFydEZyb20SGgoWU1RBUlRfRlJPTV9VTlNQRUNJRklFRBAAEhcKE1NUQVJUX0ZST01fRUFSTElFU1QQARIVChFTVEFSVF9GUk9NX0xBVEVTVBACMosDCgxFdmVudFNlcnZpY2USSAoHUHVibGlzaBIdLnJlc2lsaWVuY2UudjEuUHVibGlzaFJlcXVlc3QaHi5yZXNpbGllbmNlLnYxLlB1Ymxpc2hSZXNwb25zZRJQCglTdWJzY3JpYmUSHy5yZXNpbGllbmNlLnYxLlN1YnNjcmliZVJlcXVlc3QaIC5yZXNpbGllbmNlLnYxLlN1YnNjcmliZVJlc3BvbnNlMAESPAoDQWNrEhkucmVzaWxpZW5jZS52MS5BY2tSZXF1ZXN0GhoucmVzaWxpZW5jZS52MS5BY2tSZXNwb25zZRI/CgROYWNrEhoucmVzaWxpZW5jZS52MS5OYWNrUmVxdWVzdBobLnJlc2lsaWVuY2UudjEuTmFja1Jlc3BvbnNlEmAKD0dldE91dGJveFN0YXR1cxIlLnJlc2lsaWVuY2UudjEuR2V0T3V0Ym94U3RhdHVzUmVxdWVzdBomLnJlc2lsaWVuY2UudjEuR2V0T3V0Ym94U3RhdHVzUmVzcG9uc2VCWVpQZ2l0aHViLmNvbS9zZWVkLWE4OGU1MzE3L3Jlc2lsaWVuY2Utc2lkZWNhci9jbGllbnRzL2dvL3Jlc2lsaWVuY2V2MTtyZXNpbGllbmNldjGSAwQIAiADYghlZGl0aW9uc3DoBw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChpyZXNpbGllbmNlL3YxL2V2ZW50cy5wcm90bxINcmVzaWxpZW5jZS52MSLDAQoOUHVibGlzaFJlcXVlc3QSDQoFdG9waWMYASABKAkSCwoDa2V5GAIgASgJEg8KB3BheWxvYWQYAyABKAwSOwoHaGVhZGVycxgEIAMoCzIqLnJlc2lsaWVuY2UudjEuUHVibGlzaFJlcXVlc3QuSGVhZGVyc0VudHJ5EhcKD2lkZW1wb3RlbmN5X2tleRgFIAEoCRouCgxIZWFkZXJzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASI2Cg9QdWJsaXNoUmVzcG9uc2USEAoIZXZlbnRfaWQYASABKAkSEQoJZHVwbGljYXRlGAIgASgIItYBChBTdWJzY3JpYmVSZXF1ZXN0Eg0KBXRvcGljGAEgASgJEg0KBWdyb3VwGAIgASgJEhAKCGNvbnN1bWVyGAMgASgJEhUKDW1heF9pbl9mbGlnaHQYBCABKA0SNQoSdmlzaWJpbGl0eV90aW1lb3V0GAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhYKDm1heF9kZWxpdmVyaWVzGAYgASgNEiwKCnN0YXJ0X2Zyb20YByABKA4yGC5yZXNpbGllbmNlLnYxLlN0YXJ0RnJvbSJzChFTdWJzY3JpYmVSZXNwb25zZRIvCgpzdWJzY3JpYmVkGAEgASgLMhkucmVzaWxpZW5jZS52MS5TdWJzY3JpYmVkSAASJQoFZXZlbnQYAiABKAsyFC5yZXNpbGllbmNlLnYxLkV2ZW50SABCBgoEa2luZCIjCgpTdWJzY3JpYmVkEhUKDWdyb3VwX2NyZWF0ZWQYASABKAgixQIKBUV2ZW50EhAKCGV2ZW50X2lkGAEgASgJEg0KBXRvcGljGAIgASgJEgsKA2tleRgDIAEoCRIPCgdwYXlsb2FkGAQgASgMEjIKB2hlYWRlcnMYBSADKAsyIS5yZXNpbGllbmNlLnYxLkV2ZW50LkhlYWRlcnNFbnRyeRIwCgxwdWJsaXNoZWRfYXQYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhYKDmRlbGl2ZXJ5X2NvdW50GAcgASgNEjYKEmZpcnN0X2RlbGl2ZXJlZF9hdBgIIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASFwoPaWRlbXBvdGVuY3lfa2V5GAkgASgJGi4KDEhlYWRlcnNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIjwKCkFja1JlcXVlc3QSDQoFdG9waWMYASABKAkSDQoFZ3JvdXAYAiABKAkSEAoIZXZlbnRfaWQYAyABKAkiHAoLQWNrUmVzcG9uc2USDQoFYWNrZWQYASABKAgibQoLTmFja1JlcXVlc3QSDQoFdG9waWMYASABKAkSDQoFZ3JvdXAYAiABKAkSEAoIZXZlbnRfaWQYAyABKAkSLgoLcmV0cnlfYWZ0ZXIYBCABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24iIAoMTmFja1Jlc3BvbnNlEhAKCHJlcXVldWVkGAEgASgIIhgKFkdldE91dGJveFN0YXR1c1JlcXVlc3Qi5gIKF0dldE91dGJveFN0YXR1c1Jlc3BvbnNlEg8KB2VuYWJsZWQYASABKAgSDwoHaGVhbHRoeRgCIAEoCBISCgpsYXN0X2Vycm9yGAMgASgJEg8KB2JhY2tsb2cYBCABKAMSJgoDbGFnGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhEKCXB1Ymxpc2hlZBgGIAEoAxI1ChFsYXN0X3B1Ymxpc2hlZF9hdBgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDQoFdGFibGUYCCABKAkSDwoHcmVmdXNlZBgJIAEoAxIUCgxsYXN0X3JlZnVzZWQYCiABKAkSDgoGYWN0aXZlGAsgASgIEhUKDWJhY2tsb2dfa25vd24YDCABKAgSNQoSb2xkZXN0X3JlZnVzZWRfYWdlGA0gASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uIhsKGVJldHJ5T3V0Ym94UmVmdXNlZFJlcXVlc3QifAoaUmV0cnlPdXRib3hSZWZ1c2VkUmVzcG9uc2USDgoGYWN0aXZlGAEgASgIEhEKCWZvcndhcmRlZBgCIAEoCBIRCglwdWJsaXNoZWQYAyABKAMSFQoNc3RpbGxfcmVmdXNlZBgEIAEoAxIRCglmb3Jnb3R0ZW4YBSABKAMqVwoJU3RhcnRGcm9tEhoKFlNUQVJUX0ZST01fVU5TUEVDSUZJRUQQABIXChNTVEFSVF9GUk9NX0VBUkxJRVNUEAESFQoRU1RBUlRfRlJPTV9MQVRFU1QQAjL2AwoMRXZlbnRTZXJ2aWNlEkgKB1B1Ymxpc2gSHS5yZXNpbGllbmNlLnYxLlB1Ymxpc2hSZXF1ZXN0Gh4ucmVzaWxpZW5jZS52MS5QdWJsaXNoUmVzcG9uc2USUAoJU3Vic2NyaWJlEh8ucmVzaWxpZW5jZS52MS5TdWJzY3JpYmVSZXF1ZXN0GiAucmVzaWxpZW5jZS52MS5TdWJzY3JpYmVSZXNwb25zZTABEjwKA0FjaxIZLnJlc2lsaWVuY2UudjEuQWNrUmVxdWVzdBoaLnJlc2lsaWVuY2UudjEuQWNrUmVzcG9uc2USPwoETmFjaxIaLnJlc2lsaWVuY2UudjEuTmFja1JlcXVlc3QaGy5yZXNpbGllbmNlLnYxLk5hY2tSZXNwb25zZRJgCg9HZXRPdXRib3hTdGF0dXMSJS5yZXNpbGllbmNlLnYxLkdldE91dGJveFN0YXR1c1JlcXVlc3QaJi5yZXNpbGllbmNlLnYxLkdldE91dGJveFN0YXR1c1Jlc3BvbnNlEmkKElJldHJ5T3V0Ym94UmVmdXNlZBIoLnJlc2lsaWVuY2UudjEuUmV0cnlPdXRib3hSZWZ1c2VkUmVxdWVzdBopLnJlc2lsaWVuY2UudjEuUmV0cnlPdXRib3hSZWZ1c2VkUmVzcG9uc2VCWVpQZ2l0aHViLmNvbS9zZWVkLWE4OGU1MzE3L3Jlc2lsaWVuY2Utc2lkZWNhci9jbGllbnRzL2dvL3Jlc2lsaWVuY2V2MTtyZXNpbGllbmNldjGSAwQIAiADYghlZGl0aW9uc3DoBw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * PublishRequest appends one event.
@@ -289,6 +289,17 @@ export type Event = Message<"resilience.v1.Event"> & {
    * @generated from field: google.protobuf.Timestamp first_delivered_at = 8;
    */
   firstDeliveredAt?: Timestamp | undefined;
+
+  /**
+   * idempotency_key is the key the event was published with ("" for
+   * none). An event published again after its key's dedup retention (a
+   * new event_id) carries the same key, so a consumer can drop it however
+   * late it comes. Outbox events carry "outbox:<table>:<row id>" and the
+   * headers x-outbox-table and x-outbox-id.
+   *
+   * @generated from field: string idempotency_key = 9;
+   */
+  idempotencyKey: string;
 };
 
 /**
@@ -433,7 +444,9 @@ export const GetOutboxStatusRequestSchema: GenMessage<GetOutboxStatusRequest> = 
   messageDesc(file_resilience_v1_events, 10);
 
 /**
- * GetOutboxStatusResponse describes the outbox relay of this sidecar.
+ * GetOutboxStatusResponse describes the outbox relay of this sidecar. One
+ * relay per table is active (it publishes the rows); the relays of the
+ * other sidecars are standbys, ready to take over.
  *
  * @generated from message resilience.v1.GetOutboxStatusResponse
  */
@@ -448,7 +461,7 @@ export type GetOutboxStatusResponse = Message<"resilience.v1.GetOutboxStatusResp
 
   /**
    * healthy is false while Postgres or the event store fails; last_error
-   * says why.
+   * says why. A standby in contact with Postgres is healthy.
    *
    * @generated from field: bool healthy = 2;
    */
@@ -462,14 +475,19 @@ export type GetOutboxStatusResponse = Message<"resilience.v1.GetOutboxStatusResp
   lastError: string;
 
   /**
-   * backlog is the number of rows not yet published, as of the last check.
+   * backlog is the number of rows not yet published (refused rows left
+   * out), as read by the active relay within the last few seconds; 0 and
+   * backlog_known false when unknown.
    *
    * @generated from field: int64 backlog = 4;
    */
   backlog: bigint;
 
   /**
-   * lag is the age of the oldest unpublished row, as of the last check.
+   * lag is the age of the oldest unpublished row (refused rows left out).
+   * While this sidecar cannot reach Postgres it keeps growing: from the
+   * oldest row known, or from the last contact when none was. 0 on a
+   * standby in contact with Postgres (the active relay reports the table).
    *
    * @generated from field: google.protobuf.Duration lag = 5;
    */
@@ -491,29 +509,54 @@ export type GetOutboxStatusResponse = Message<"resilience.v1.GetOutboxStatusResp
   lastPublishedAt?: Timestamp | undefined;
 
   /**
-   * table is the outbox table relayed ("schema.table").
+   * table is the outbox table relayed ("schema.table", once the relay
+   * has reached Postgres; as configured before).
    *
    * @generated from field: string table = 8;
    */
   table: string;
 
   /**
-   * refused is how many rows this sidecar skipped because the EventService
-   * refuses them for good (an invalid or undeclared topic, a payload or
-   * headers over the limits, headers that are not a JSON object). They stay
-   * unpublished in the table (and in backlog), later rows are relayed past
-   * them; fix or delete them. Counted since this sidecar started.
+   * refused is how many rows the active relay skips because the
+   * EventService refuses them for good (an invalid or undeclared topic, a
+   * payload or headers over the limits, headers that are not a JSON
+   * object). They stay unpublished in the table, out of backlog and lag,
+   * later rows are relayed past them, and they are tried again every
+   * outbox.refused_retry_interval (or on RetryOutboxRefused): fix or
+   * delete them. 0 on a standby.
    *
    * @generated from field: int64 refused = 9;
    */
   refused: bigint;
 
   /**
-   * last_refused names the last refused row and why ("" if none).
+   * last_refused names the latest refused row still refused and why (""
+   * if none).
    *
    * @generated from field: string last_refused = 10;
    */
   lastRefused: string;
+
+  /**
+   * active is true when this sidecar's relay holds the table.
+   *
+   * @generated from field: bool active = 11;
+   */
+  active: boolean;
+
+  /**
+   * backlog_known is true when backlog is current (see backlog).
+   *
+   * @generated from field: bool backlog_known = 12;
+   */
+  backlogKnown: boolean;
+
+  /**
+   * oldest_refused_age is the age of the oldest refused row.
+   *
+   * @generated from field: google.protobuf.Duration oldest_refused_age = 13;
+   */
+  oldestRefusedAge?: Duration | undefined;
 };
 
 /**
@@ -522,6 +565,73 @@ export type GetOutboxStatusResponse = Message<"resilience.v1.GetOutboxStatusResp
  */
 export const GetOutboxStatusResponseSchema: GenMessage<GetOutboxStatusResponse> = /*@__PURE__*/
   messageDesc(file_resilience_v1_events, 11);
+
+/**
+ * RetryOutboxRefusedRequest asks the outbox relay to retry its refused
+ * rows now.
+ *
+ * @generated from message resilience.v1.RetryOutboxRefusedRequest
+ */
+export type RetryOutboxRefusedRequest = Message<"resilience.v1.RetryOutboxRefusedRequest"> & {
+};
+
+/**
+ * Describes the message resilience.v1.RetryOutboxRefusedRequest.
+ * Use `create(RetryOutboxRefusedRequestSchema)` to create a new message.
+ */
+export const RetryOutboxRefusedRequestSchema: GenMessage<RetryOutboxRefusedRequest> = /*@__PURE__*/
+  messageDesc(file_resilience_v1_events, 12);
+
+/**
+ * RetryOutboxRefusedResponse reports the retry.
+ *
+ * @generated from message resilience.v1.RetryOutboxRefusedResponse
+ */
+export type RetryOutboxRefusedResponse = Message<"resilience.v1.RetryOutboxRefusedResponse"> & {
+  /**
+   * active is true when this sidecar's relay is the active one and
+   * retried the rows; the counts below are its outcome.
+   *
+   * @generated from field: bool active = 1;
+   */
+  active: boolean;
+
+  /**
+   * forwarded is true when this sidecar is a standby and asked the active
+   * relay to retry (its outcome shows in that sidecar's status).
+   *
+   * @generated from field: bool forwarded = 2;
+   */
+  forwarded: boolean;
+
+  /**
+   * published counts the refused rows published now (they were fixed).
+   *
+   * @generated from field: int64 published = 3;
+   */
+  published: bigint;
+
+  /**
+   * still_refused counts the rows refused again.
+   *
+   * @generated from field: int64 still_refused = 4;
+   */
+  stillRefused: bigint;
+
+  /**
+   * forgotten counts the rows that had left the table (deleted).
+   *
+   * @generated from field: int64 forgotten = 5;
+   */
+  forgotten: bigint;
+};
+
+/**
+ * Describes the message resilience.v1.RetryOutboxRefusedResponse.
+ * Use `create(RetryOutboxRefusedResponseSchema)` to create a new message.
+ */
+export const RetryOutboxRefusedResponseSchema: GenMessage<RetryOutboxRefusedResponse> = /*@__PURE__*/
+  messageDesc(file_resilience_v1_events, 13);
 
 /**
  * StartFrom says where a new consumer group starts reading its topic.
@@ -581,8 +691,11 @@ export const StartFromSchema: GenEnum<StartFrom> = /*@__PURE__*/
  * Ordering: within one group, events are handed out in publish order, and
  * one consumer receives them in that order. Nothing orders events across
  * consumers of a group, and a redelivered event arrives after events
- * published later than it; a consumer that needs per-key order must check
- * it (for example with the event's key and a version in the payload).
+ * published later than it. Per-key order reaches a consumer that is the
+ * group's only one with max_in_flight 1, or one per partition topic when
+ * publishers partition by key; otherwise a consumer that needs it must
+ * check it (for example with the event's key and a version in the
+ * payload). The outbox relay publishes each key's rows in their order.
  *
  * @generated from service resilience.v1.EventService
  */
@@ -634,7 +747,8 @@ export const EventService: GenService<{
   },
   /**
    * Nack gives an event back to the group: it is redelivered after
-   * retry_after (0: at once), counting one more delivery.
+   * retry_after (0: at once), counting one more delivery. The group's
+   * subscriptions, on every sidecar, are woken to read it when it is due.
    *
    * @generated from rpc resilience.v1.EventService.Nack
    */
@@ -645,7 +759,8 @@ export const EventService: GenService<{
   },
   /**
    * GetOutboxStatus reports the Postgres outbox relay of this sidecar:
-   * whether it is configured and healthy, its backlog and lag.
+   * whether it is configured, healthy and the active relay of the table,
+   * the table's backlog and lag.
    *
    * @generated from rpc resilience.v1.EventService.GetOutboxStatus
    */
@@ -653,6 +768,21 @@ export const EventService: GenService<{
     methodKind: "unary";
     input: typeof GetOutboxStatusRequestSchema;
     output: typeof GetOutboxStatusResponseSchema;
+  },
+  /**
+   * RetryOutboxRefused makes the active outbox relay try the rows it
+   * refused (see GetOutboxStatusResponse.refused) again now, instead of at
+   * its next outbox.refused_retry_interval: a fixed row is published, a
+   * deleted one forgotten. Asked of a standby, it passes the request on to
+   * the active relay (forwarded) and returns at once. FAILED_PRECONDITION
+   * when no outbox is configured.
+   *
+   * @generated from rpc resilience.v1.EventService.RetryOutboxRefused
+   */
+  retryOutboxRefused: {
+    methodKind: "unary";
+    input: typeof RetryOutboxRefusedRequestSchema;
+    output: typeof RetryOutboxRefusedResponseSchema;
   },
 }> = /*@__PURE__*/
   serviceDesc(file_resilience_v1_events, 0);
