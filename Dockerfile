@@ -8,9 +8,12 @@
 #   make image                      # docker build -t $(IMAGE) .
 #   docker buildx build --platform linux/amd64,linux/arm64 -t IMAGE --push .
 
-ARG GO_VERSION=1.26.8
+# go.mod needs go1.27.3 (go1.26.8 has reachable standard-library
+# vulnerabilities); GOTOOLCHAIN makes an older base image fetch it.
+ARG GO_VERSION=1.27.3
 
 FROM --platform=$BUILDPLATFORM golang:${GO_VERSION} AS build
+ENV GOTOOLCHAIN=go1.27.3
 WORKDIR /src
 # Modules first, so that a source change does not download them again.
 COPY go.mod go.sum ./

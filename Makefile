@@ -5,12 +5,26 @@ PROTOC_GEN_GO_GRPC_VERSION := v1.6.2
 GRPCURL_VERSION            := v1.9.3
 STATICCHECK_VERSION        := v0.8.2
 DEADCODE_VERSION           := v0.53.0
+GOVULNCHECK_VERSION        := v1.9.0
+# The vulnerability database is built offline from this golang.org/x/vulndb
+# module version (its data/osv reports); bump it to learn of newer reports.
+VULNDB_VERSION             := v0.0.0-20261105234957-e22db6528018
+
+# The Go toolchain: go.mod needs go1.27.3 (go1.26.8 has reachable
+# standard-library vulnerabilities). A machine's own Go fetches it through the
+# module proxy when GOTOOLCHAIN names it; GOTOOLCHAIN=local would refuse to build.
+GO_TOOLCHAIN := go1.27.3
+export GOTOOLCHAIN := $(GO_TOOLCHAIN)
 
 BIN   := $(CURDIR)/.bin
 GO    ?= go
-export PATH := $(BIN):$(PATH)
+# The toolchain's own bin/ comes first on PATH: tools built on
+# golang.org/x/tools ask `go` for its version with GO111MODULE=off, where a
+# machine's older go ignores GOTOOLCHAIN and answers with its own version.
+GO_TOOLCHAIN_ROOT := $(shell GOTOOLCHAIN=$(GO_TOOLCHAIN) go env GOROOT)
+export PATH := $(GO_TOOLCHAIN_ROOT)/bin:$(BIN):$(PATH)
 
-.PHONY: all build run test test-go test-clients lint generate check-generated bench tools clean redis postgres
+.PHONY: all build run test test-go test-clients lint vulncheck generate check-generated bench tools clean redis postgres
 
 all: build
 
@@ -22,12 +36,31 @@ $(BIN)/protoc-gen-go-grpc:
 	GOBIN=$(BIN) $(GO) install google.golang.org/grpc/cmd/protoc-gen-go-grpc@$(PROTOC_GEN_GO_GRPC_VERSION)
 $(BIN)/grpcurl:
 	GOBIN=$(BIN) $(GO) install github.com/fullstorydev/grpcurl/cmd/grpcurl@$(GRPCURL_VERSION)
-$(BIN)/staticcheck:
+# Tools that type-check this module's code must be built by its toolchain:
+# they depend on a stamp named after it, so a toolchain change rebuilds them.
+TOOLCHAIN_STAMP := $(BIN)/.toolchain-$(GO_TOOLCHAIN)
+$(TOOLCHAIN_STAMP):
+	mkdir -p $(BIN) && touch $@
+$(BIN)/staticcheck: $(TOOLCHAIN_STAMP)
 	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
-$(BIN)/deadcode:
+$(BIN)/deadcode: $(TOOLCHAIN_STAMP)
 	GOBIN=$(BIN) $(GO) install golang.org/x/tools/cmd/deadcode@$(DEADCODE_VERSION)
+$(BIN)/govulncheck: $(TOOLCHAIN_STAMP)
+	GOBIN=$(BIN) $(GO) install golang.org/x/vuln/cmd/govulncheck@$(GOVULNCHECK_VERSION)
 
-tools: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/grpcurl $(BIN)/staticcheck $(BIN)/deadcode
+# The Go vulnerability database, built from the pinned golang.org/x/vulndb
+# module by its own cmd/indexdb (the public database is not reachable
+# offline). Written to a temporary directory first, so an interrupted build
+# leaves nothing that looks complete.
+VULNDB := $(BIN)/vulndb-$(VULNDB_VERSION)
+$(VULNDB)/index/db.json:
+	$(GO) mod download golang.org/x/vulndb@$(VULNDB_VERSION)
+	rm -rf $(VULNDB).tmp
+	$(GO) run golang.org/x/vulndb/cmd/indexdb@$(VULNDB_VERSION) \
+		-vulns "$$($(GO) env GOMODCACHE)/golang.org/x/vulndb@$(VULNDB_VERSION)/data/osv" -out $(VULNDB).tmp
+	rm -rf $(VULNDB) && mv $(VULNDB).tmp $(VULNDB)
+
+tools: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc $(BIN)/grpcurl $(BIN)/staticcheck $(BIN)/deadcode $(BIN)/govulncheck
 
 build:
 	$(GO) build -o $(BIN)/ ./cmd/sidecar ./cmd/sidecar-injector
@@ -55,10 +88,19 @@ check-generated: generate
 lint: $(BIN)/buf $(BIN)/staticcheck $(BIN)/deadcode
 	$(GO) vet ./...
 	staticcheck ./...
-	@out="$$(deadcode -test ./...)"; test -z "$$out" || { echo "$$out"; echo "unreachable code: delete it, or test it if it is API" >&2; exit 1; }
+	@out="$$(deadcode -test ./...)" || { echo "deadcode failed (see above)" >&2; exit 1; }; test -z "$$out" || { echo "$$out"; echo "unreachable code: delete it, or test it if it is API" >&2; exit 1; }
 	buf lint
 	buf format -d --exit-code
 	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed" >&2; exit 1; }
+
+## vulncheck: govulncheck against the locally built database; fails (exit 3)
+## on any vulnerability the code can reach. The database must know
+## GO-2026-6617 (net/http, fixed in go1.26.9), so that an empty or stale
+## database cannot pass silently.
+vulncheck: $(BIN)/govulncheck $(VULNDB)/index/db.json
+	@test -s $(VULNDB)/ID/GO-2026-6617.json || { echo "vulncheck: $(VULNDB) lacks GO-2026-6617: rebuild it (rm -rf $(VULNDB))" >&2; exit 1; }
+	$(GO) version
+	govulncheck -db file://$(VULNDB) ./...
 
 redis:
 	@scripts/ensure-redis.sh
@@ -67,7 +109,7 @@ postgres:
 	@scripts/ensure-postgres.sh
 
 ## test: everything CI runs.
-test: tools redis postgres check-generated lint test-go test-clients
+test: tools redis postgres check-generated lint vulncheck test-go test-clients
 
 ## test-clients: each language's client tests against the real sidecar binary.
 test-clients: build redis

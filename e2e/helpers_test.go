@@ -34,8 +34,12 @@ func runChild(mode string) int {
 	switch mode {
 	case "hold":
 		return childHold(os.Getenv("E2E_ADDR"), os.Getenv("E2E_KEY"))
+	case "hold-permit":
+		return childHoldPermit(os.Getenv("E2E_ADDR"), os.Getenv("E2E_KEY"), os.Getenv("E2E_LIMIT"))
 	case "subscribe":
 		return childSubscribe(os.Getenv("E2E_ADDR"))
+	case "unixlock":
+		return childUnixLock(os.Getenv("E2E_ADDR"))
 	default:
 		fmt.Fprintf(os.Stderr, "unknown child mode %q\n", mode)
 		return 2

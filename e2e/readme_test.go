@@ -16,13 +16,16 @@ import (
 // in order, and the texts its output must contain, in order.
 type tour struct {
 	name   string
+	config string // a config file for the tour's sidecar, from the repository root
 	script strings.Builder
 	expect []string
 }
 
-var tourMarker = regexp.MustCompile(`^<!-- tour: ([a-z0-9-]+) -->$`)
+var tourMarker = regexp.MustCompile(`^<!-- tour: ([a-z0-9-]+)(?: config=([A-Za-z0-9._/-]+))? -->$`)
 
 // readTours parses README.md: a marker line, then a ```sh fenced block.
+// A marker may name the config file the tour's sidecar runs with
+// (<!-- tour: name config=examples/x.yaml -->) on its first block.
 func readTours(t *testing.T, path string) []*tour {
 	t.Helper()
 	f, err := os.Open(path)
@@ -54,7 +57,7 @@ func readTours(t *testing.T, path string) []*tour {
 			if m := tourMarker.FindStringSubmatch(line); m != nil {
 				cur = byName[m[1]]
 				if cur == nil {
-					cur = &tour{name: m[1]}
+					cur = &tour{name: m[1], config: m[2]}
 					byName[m[1]] = cur
 					order = append(order, cur)
 				}
@@ -82,7 +85,11 @@ func TestReadmeTours(t *testing.T) {
 	}
 	for _, tr := range tours {
 		t.Run(tr.name, func(t *testing.T) {
-			sc := testharness.StartSidecar(t, testharness.BuildSidecar(t))
+			var args []string
+			if tr.config != "" {
+				args = []string{"--config", filepath.Join(root, tr.config)}
+			}
+			sc := testharness.StartSidecar(t, testharness.BuildSidecar(t), args...)
 			script := strings.ReplaceAll(tr.script.String(), "localhost:50051", sc.Addr())
 			cmd := exec.Command("bash", "-euo", "pipefail", "-c", script)
 			cmd.Env = append(os.Environ(), "PATH="+binDir+string(os.PathListSeparator)+os.Getenv("PATH"))

@@ -11,6 +11,7 @@
 # `go build` when Go is available. Extra arguments go to Maven (e.g. -Dtest=IdempotentTest).
 # Exits non-zero when anything fails.
 set -euo pipefail
+export GOTOOLCHAIN=go1.27.3 # go.mod needs go1.27.3 (README, "Two commands")
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 root=$(cd "$here/../.." && pwd)

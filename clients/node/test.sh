@@ -10,6 +10,7 @@
 #
 # Runs from any directory; exits non-zero when anything fails.
 set -euo pipefail
+export GOTOOLCHAIN=go1.27.3 # go.mod needs go1.27.3 (README, "Two commands")
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 if [ -z "${SIDECAR_BIN:-}" ] && [ ! -x ../../.bin/sidecar ]; then

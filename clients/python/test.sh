@@ -9,6 +9,7 @@
 #
 # Exits non-zero when a test fails or when no test ran.
 set -euo pipefail
+export GOTOOLCHAIN=go1.27.3 # go.mod needs go1.27.3 (README, "Two commands")
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"

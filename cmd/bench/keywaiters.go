@@ -68,7 +68,8 @@ func (t *targetRun) runKeyWaiters(cluster bool) {
 		return total
 	}
 	maddr := testharness.FreeAddr(tb)
-	sc := testharness.StartSidecar(tb, t.env.Bin, append(args, "--redis-url", url, "--metrics-listen", maddr)...)
+	// Every waiter is admitted: max_waiters (default 10 000) raised to n.
+	sc := testharness.StartSidecar(tb, t.env.Bin, append(args, "--redis-url", url, "--metrics-listen", maddr, "--max-waiters", strconv.Itoa(max(n, 1)))...)
 	defer sc.Kill()
 	conns := dialN(tb, sc.Addr(), 16)
 	ctx, cancel := context.WithCancel(context.Background())

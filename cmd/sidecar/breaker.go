@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 
+	"github.com/seed-a88e5317/resilience-sidecar/internal/admission"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/breaker"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/config"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/metrics"
@@ -16,8 +17,9 @@ const responseOverhead = 64 << 10
 
 // newBreakers builds the breaker service from the config's policies (shared
 // breakers in shared; nil on the embedded store, where they run locally)
-// and the caller of the config's upstreams. Close both when done.
-func newBreakers(cfg *config.Config, shared breaker.Store, m *metrics.Metrics, log *slog.Logger) (*breaker.Service, *upstream.Caller, error) {
+// and the caller of the config's upstreams, whose responses share budget.
+// Close both when done.
+func newBreakers(cfg *config.Config, shared breaker.Store, budget *admission.Budget, m *metrics.Metrics, log *slog.Logger) (*breaker.Service, *upstream.Caller, error) {
 	for name, p := range cfg.Breakers {
 		if shared == nil && p.Scope == breaker.Shared {
 			log.Warn("breaker has scope shared, but on the embedded store it is local to this sidecar (min_reporters ignored)", "breaker", name)
@@ -32,7 +34,7 @@ func newBreakers(cfg *config.Config, shared breaker.Store, m *metrics.Metrics, l
 		ups = append(ups, u.Config)
 	}
 	bodyLimit := max(int64(cfg.MaxMessageBytes)-responseOverhead, int64(cfg.MaxMessageBytes)/2)
-	caller, err := upstream.New(ups, upstream.Options{Breakers: svc, Log: log, Metrics: m, BodyLimit: bodyLimit})
+	caller, err := upstream.New(ups, upstream.Options{Breakers: svc, Log: log, Metrics: m, BodyLimit: bodyLimit, Budget: budget})
 	if err != nil {
 		svc.Close()
 		return nil, nil, err

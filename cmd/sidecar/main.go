@@ -24,6 +24,7 @@ import (
 	"github.com/redis/go-redis/extra/redisotel/v9"
 
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/admission"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/api"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/breaker"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/clock"
@@ -32,8 +33,10 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/idempotency"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/lock"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/metrics"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/ratelimit"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/saga"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/semaphore"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/server"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/tracing"
@@ -80,6 +83,8 @@ type stores struct {
 	breaker     breaker.Store // nil on the embedded store: shared breakers run locally
 	saga        saga.Store
 	events      events.Store
+	semaphore   semaphore.Store // nil on the embedded store: serveSemaphores makes one
+	ratelimit   ratelimit.Store
 	pinger      store.Pinger
 	close       func() error
 }
@@ -92,7 +97,7 @@ func openStores(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log
 		}
 		m := lock.NewMemoryStore(nil)
 		return stores{lock: m, idempotency: idempotency.NewMemoryStore(nil), clock: clock.NewMemoryStore(), saga: saga.NewMemoryStore(nil), events: events.NewMemoryStore(nil),
-			pinger: m, close: func() error { return nil }}, nil
+			ratelimit: ratelimit.NewMemoryStore(nil), pinger: m, close: func() error { return nil }}, nil
 	}
 	rdb, err := redisx.NewClient(cfg.RedisURL, cfg.RedisMode, cfg.StoreTimeout)
 	if err != nil {
@@ -112,7 +117,7 @@ func openStores(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log
 	}
 	// Redis may come up after the sidecar: health stays NOT_SERVING until
 	// it answers, and scripts load on first use (EVALSHA falls back to EVAL).
-	if err := redisx.LoadScripts(ctx, rdb, slices.Concat(lock.Scripts, idempotency.Scripts, clock.Scripts, breaker.Scripts, saga.Scripts, events.Scripts)...); err != nil {
+	if err := redisx.LoadScripts(ctx, rdb, slices.Concat(lock.Scripts, idempotency.Scripts, clock.Scripts, breaker.Scripts, saga.Scripts, events.Scripts, ratelimit.Scripts)...); err != nil {
 		log.Warn("could not preload scripts; Redis unreachable for now", "error", err)
 	}
 	// Grants and the records clients rely on wait for replicas when asked
@@ -132,6 +137,8 @@ func openStores(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log
 		breaker:     breaker.NewRedisStore(rdb, cfg.Namespace, cfg.StoreTimeout),
 		saga:        saga.NewRedisStore(rdb, cfg.Namespace, cfg.StoreTimeout, saga.WithWait(wait)),
 		events:      newRedisEvents(cfg, rdb, wait, log),
+		ratelimit:   ratelimit.NewRedisStore(rdb, cfg.Namespace, cfg.StoreTimeout),
+		semaphore:   semaphore.NewRedisStore(rdb, cfg.Namespace, cfg.StoreTimeout, semaphore.WithWait(wait)),
 		pinger:      redisx.Pinger{Client: rdb, Timeout: cfg.StoreTimeout},
 		close:       func() error { return errors.Join(closeFence(), rdb.Close()) },
 	}, nil
@@ -177,8 +184,10 @@ func serve(ctx context.Context, cfg *config.Config, getenv func(string) string, 
 	}
 	defer st.close() //nolint:errcheck // closing at exit
 
+	limits := admission.New(admission.Config{Calls: cfg.MaxConcurrentCalls, Waiters: cfg.MaxWaiters, Sessions: cfg.MaxSessions,
+		Subscriptions: cfg.MaxSubscriptions, ResponseBytes: int64(cfg.MaxResponseBytesInFlight)}, m)
 	network, address := cfg.ListenNetworkAddress()
-	lis, err := server.Listen(network, address)
+	lis, err := server.Listen(network, address, server.UnixSocket{Mode: cfg.ListenMode, Group: cfg.ListenGroup})
 	if err != nil {
 		return err
 	}
@@ -190,16 +199,18 @@ func serve(ctx context.Context, cfg *config.Config, getenv func(string) string, 
 		Store:           st.pinger,
 		HealthInterval:  cfg.HealthInterval,
 		Metrics:         m,
+		Limits:          limits,
 	})
 	lockSvc := lock.NewService(st.lock, nil, log)
 	defer lockSvc.Close()
 	v1.RegisterLockServiceServer(srv.GRPC(), api.NewLockServer(srv.Stopping(), lockSvc, log, api.WithMetrics(m)))
+	defer serveSemaphores(srv, srv.Stopping(), st.semaphore, log)()
 	idemSvc := idempotency.NewService(st.idempotency, nil, log)
 	defer idemSvc.Close()
 	v1.RegisterIdempotencyServiceServer(srv.GRPC(), api.NewIdempotencyServer(srv.Stopping(), idemSvc, log, cfg.MaxResultBytes, api.WithMetrics(m)))
 	clockSvc := clock.NewService(st.clock, 0, log)
 	v1.RegisterClockServiceServer(srv.GRPC(), api.NewClockServer(clockSvc, clock.NewHLC(nil, cfg.MaxOffset), clock.NewULIDs(nil, nil), log, api.WithMetrics(m)))
-	brkSvc, upstreams, err := newBreakers(cfg, st.breaker, m, log)
+	brkSvc, upstreams, err := newBreakers(cfg, st.breaker, limits.Budget(), m, log)
 	if err != nil {
 		return err
 	}
@@ -220,6 +231,9 @@ func serve(ctx context.Context, cfg *config.Config, getenv func(string) string, 
 	}
 	defer stopOutbox() // before stopEvents: the relay publishes through eventSvc
 	v1.RegisterEventServiceServer(srv.GRPC(), api.NewEventServer(srv.Stopping(), eventSvc, outboxStatus, log))
+	if err := registerRateLimits(srv.GRPC(), cfg, st.ratelimit, log); err != nil {
+		return err
+	}
 
 	if cfg.MetricsListen != "" {
 		stopMetrics, err := serveMetrics(cfg.MetricsListen, m.Handler(), log)

@@ -221,67 +221,20 @@ func (s *LockServer) HoldLock(stream v1.LockService_HoldLockServer) error {
 		return err
 	}
 
-	// The reader goroutine ends when the stream does, which happens when
-	// this handler returns.
-	msgs := make(chan *v1.HoldLockRequest)
-	recvErr := make(chan error, 1)
-	go func() {
-		for {
-			m, err := stream.Recv()
-			if err != nil {
-				recvErr <- err
-				return
-			}
-			select {
-			case msgs <- m:
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-
-	for {
-		select {
-		case exp := <-sess.Renewed():
-			if err := stream.Send(&v1.HoldLockResponse{Event: &v1.HoldLockResponse_Renewed_{
-				Renewed: &v1.HoldLockResponse_Renewed{ExpireTime: timestamppb.New(exp)}}}); err != nil {
-				return err
-			}
-		case <-sess.Done():
-			return stream.Send(lostPB(sess.Err()))
-		case <-s.stopping.Done():
-			if err := release(); err != nil {
-				return stream.Send(lostPB(err))
-			}
-			return stream.Send(lostPB(lock.ErrShutdown))
-		case m := <-msgs:
-			if m.GetRelease() == nil {
-				var v violations
-				v.add("acquire", "the session already holds the lock: only release may follow acquire")
-				return s.fail(ctx, v.err())
-			}
-			return s.releaseAndReport(ctx, stream, release)
-		case err := <-recvErr:
-			// A client that closed its sending side still reads: tell it.
-			// One that vanished gets the deferred release only.
-			if errors.Is(err, io.EOF) {
-				return s.releaseAndReport(ctx, stream, release)
-			}
-			return err
-		}
-	}
-}
-
-// releaseAndReport ends a session at the client's request: `released`, or
-// `lost` when the lease was already gone.
-func (s *LockServer) releaseAndReport(ctx context.Context, stream v1.LockService_HoldLockServer, release func() error) error {
-	if err := release(); err != nil {
-		if errors.Is(err, lock.ErrLeaseLost) {
-			return stream.Send(lostPB(err))
-		}
-		return s.fail(ctx, err)
-	}
-	return stream.Send(&v1.HoldLockResponse{Event: &v1.HoldLockResponse_Released_{Released: &v1.HoldLockResponse_Released{}}})
+	return serveSession(ctx, s.stopping, sess, release, sessionStream[*v1.HoldLockRequest]{
+		recv:      stream.Recv,
+		isRelease: func(m *v1.HoldLockRequest) bool { return m.GetRelease() != nil },
+		renewed: func(exp time.Time) error {
+			return stream.Send(&v1.HoldLockResponse{Event: &v1.HoldLockResponse_Renewed_{
+				Renewed: &v1.HoldLockResponse_Renewed{ExpireTime: timestamppb.New(exp)}}})
+		},
+		lost: func(err error) error { return stream.Send(lostPB(err)) },
+		released: func() error {
+			return stream.Send(&v1.HoldLockResponse{Event: &v1.HoldLockResponse_Released_{Released: &v1.HoldLockResponse_Released{}}})
+		},
+		leaseLost: lock.ErrLeaseLost,
+		held:      "the lock",
+	}, s.fail, lock.ErrShutdown)
 }
 
 func lostPB(err error) *v1.HoldLockResponse {

@@ -17,12 +17,15 @@ import (
 	"google.golang.org/protobuf/protoadapt"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/seed-a88e5317/resilience-sidecar/internal/admission"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/breaker"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/clock"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/events"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/idempotency"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/lock"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/ratelimit"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/saga"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/semaphore"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/upstream"
 )
@@ -45,6 +48,9 @@ const (
 	ReasonSagaStateConflict = "SAGA_STATE_CONFLICT"
 
 	ReasonTopicUnknown = "TOPIC_UNKNOWN"
+
+	// A rate limiter the config file does not declare (NOT_FOUND).
+	ReasonLimiterUnknown = "LIMITER_UNKNOWN"
 
 	ReasonBreakerOpen     = "BREAKER_OPEN"
 	ReasonUpstreamUnknown = "UPSTREAM_UNKNOWN"
@@ -75,6 +81,10 @@ const storeRetryDelay = time.Second
 // errShuttingDown marks calls cut short because the sidecar is stopping.
 var errShuttingDown = errors.New("api: sidecar is shutting down")
 
+// Status is the status the client sees for err, as every handler maps
+// it; the server's interceptors use it for the calls they refuse.
+func Status(ctx context.Context, log *slog.Logger, err error) error { return toStatus(ctx, log, err) }
+
 // toStatus maps err to the status the client sees. Internal causes are
 // logged, never sent.
 func toStatus(ctx context.Context, log *slog.Logger, err error) error {
@@ -82,13 +92,20 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 		return nil
 	}
 	var v *violationsError
+	var limit *admission.LimitError
 	switch {
 	case errors.As(err, &v):
 		return v.status()
+	case errors.As(err, &limit):
+		// An admission limit: nothing was done; the limit is named.
+		return withDetails(codes.ResourceExhausted, limit.Limit+" ("+strconv.FormatInt(limit.Max, 10)+") reached: the sidecar is at capacity and did nothing; retry later",
+			ReasonLimitExceeded, map[string]string{"limit": limit.Limit, "max": strconv.FormatInt(limit.Max, 10)}, limit.RetryAfter)
 	case errors.Is(err, errShuttingDown):
 		return withDetails(codes.Unavailable, "sidecar is shutting down; retry on another instance", ReasonShuttingDown, nil, time.Second)
 	case errors.Is(err, lock.ErrLeaseLost):
 		return withDetails(codes.FailedPrecondition, "lease lost: it expired or is held by someone else; the critical section may have run unprotected", ReasonLeaseLost, nil, 0)
+	case errors.Is(err, semaphore.ErrLeaseLost):
+		return withDetails(codes.FailedPrecondition, "permit lost: it expired or was released; the work may have run beyond the bulkhead's bound", ReasonLeaseLost, nil, 0)
 	case errors.Is(err, idempotency.ErrLeaseLost):
 		return withDetails(codes.FailedPrecondition, "lease lost: the idempotency key was taken over after the lease expired, or was released or completed; the operation may have run twice", ReasonLeaseLost, nil, 0)
 	case errors.Is(err, idempotency.ErrKeyMismatch):
@@ -109,6 +126,8 @@ func toStatus(ctx context.Context, log *slog.Logger, err error) error {
 		return sagaStatus(err)
 	case errors.Is(err, events.ErrTopicUnknown):
 		return withDetails(codes.NotFound, "topic unknown: the configuration declares its topics (events.topics) and this is not one of them", ReasonTopicUnknown, nil, 0)
+	case errors.Is(err, ratelimit.ErrLimiterUnknown):
+		return withDetails(codes.NotFound, "limiter unknown: the configuration declares its rate limiters (ratelimits) and this is not one of them", ReasonLimiterUnknown, nil, 0)
 	case errors.Is(err, store.ErrUnavailable):
 		return storeStatus(err)
 	case errors.Is(err, context.DeadlineExceeded):

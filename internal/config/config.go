@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"maps"
 	"net/url"
+	"os"
 	"regexp"
 	"slices"
 	"strconv"
@@ -25,6 +26,7 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/config/field"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/events"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/outbox"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/ratelimit"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/saga"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/upstream"
@@ -63,6 +65,15 @@ type Config struct {
 	MaxMessageBytes      int
 	MaxResultBytes       int
 	MaxBreakers          int
+	// ListenMode and ListenGroup make a unix Listen socket (server.UnixSocket).
+	ListenMode  os.FileMode
+	ListenGroup string
+	// The admission limits (internal/admission).
+	MaxConcurrentCalls       int
+	MaxWaiters               int
+	MaxSessions              int
+	MaxSubscriptions         int
+	MaxResponseBytesInFlight int
 	// Saga holds the saga_* settings (Retention, Lease, RecoveryInterval,
 	// MaxBodyBytes, MaxSteps); the rest of the Options are the program's.
 	Saga saga.Options
@@ -72,6 +83,12 @@ type Config struct {
 	Upstreams Upstreams      `yaml:"upstreams"` // by name
 	Events    events.Config  `yaml:"events"`
 	Outbox    outbox.Options `yaml:"outbox"` // Outbox.Enabled reports whether there is a relay
+	// RateLimits are the declared rate limiters by name; Take on any
+	// other is LIMITER_UNKNOWN.
+	RateLimits ratelimit.Config `yaml:"ratelimits"`
+	// EnvoyRateLimit configures Envoy's ShouldRateLimit from
+	// envoyproxy/ratelimit files.
+	EnvoyRateLimit ratelimit.EnvoyConfig `yaml:"envoy_ratelimit"`
 }
 
 // Upstream is one entry of the file's `upstreams` section: the upstream

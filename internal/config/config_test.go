@@ -92,6 +92,13 @@ func TestDefaults(t *testing.T) {
 		MaxResultBytes:   1048576,
 		MaxBreakers:      10000,
 
+		ListenMode:               0o600,
+		MaxConcurrentCalls:       4096,
+		MaxWaiters:               10000,
+		MaxSessions:              10000,
+		MaxSubscriptions:         1000,
+		MaxResponseBytesInFlight: 32 << 20,
+
 		Saga: saga.Options{
 			Retention:        7 * 24 * time.Hour,
 			Lease:            15 * time.Second,

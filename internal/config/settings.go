@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/user"
 	"regexp"
 	"slices"
 	"strconv"
@@ -89,6 +90,9 @@ func settings(c *Config) []setting {
 		row(&c.ConfigFile, configKey, "path", "", "YAML config file (flag and environment only)", text, nil),
 		row(&c.Listen, "listen", "address", "127.0.0.1:50051", "gRPC listen address: host:port or unix:///absolute/path", text,
 			func() error { return checkListen(c.Listen) }),
+		row(&c.ListenMode, "listen_mode", "octal", "0600", "permission bits of a unix listen socket; connecting needs write permission, so 0660 lets listen_group in (0-0777)", parseMode, nil),
+		row(&c.ListenGroup, "listen_group", "group", "", "group (name or id) given the unix listen socket; empty: the sidecar's own", text,
+			func() error { return checkListenGroup(c) }),
 		row(&c.RedisMode, "redis_mode", "mode", string(redisx.Standalone), "how redis_url is read: standalone, cluster or sentinel", text,
 			func() error { return oneOf(string(c.RedisMode), "standalone", "cluster", "sentinel") }),
 		row(&c.RedisURL, "redis_url", "url", "", "Redis URL, e.g. redis://user:password@host:6379/0 or rediss://...; empty runs on the embedded in-memory store", text,
@@ -115,6 +119,15 @@ func settings(c *Config) []setting {
 			number(minMessageBytes, maxMessageBytes, true), nil),
 		row(&c.MaxResultBytes, "max_result_bytes", "bytes", "1048576", "largest idempotency result stored, data plus metadata (1024-67108864); a request carrying it must also fit max_message_bytes",
 			number(1024, 64<<20, true), nil),
+		row(&c.MaxConcurrentCalls, "max_concurrent_calls", "count", "4096", "unary calls served at once, waits excluded (max_waiters counts them); more: RESOURCE_EXHAUSTED (1-1000000)",
+			number(1, 1_000_000, false), nil),
+		row(&c.MaxWaiters, "max_waiters", "count", "10000", "callers waiting at once for a lock or an idempotency key (about 15 KB each) (1-1000000)",
+			number(1, 1_000_000, false), nil),
+		row(&c.MaxSessions, "max_sessions", "count", "10000", "open HoldLock sessions (1-1000000)", number(1, 1_000_000, false), nil),
+		row(&c.MaxSubscriptions, "max_subscriptions", "count", "1000", "open Subscribe streams (1-1000000)", number(1, 1_000_000, false), nil),
+		row(&c.MaxResponseBytesInFlight, "max_response_bytes_in_flight", "bytes", "33554432",
+			"upstream response bytes held in memory at once, shared by every ExecuteCall and compensation; a response that does not fit is refused (1048576-4294967296)",
+			number(1<<20, 4<<30, true), nil),
 		row(&c.MaxBreakers, "max_breakers", "count", "10000", "most circuit breakers one sidecar tracks; idle undeclared ones are forgotten to make room (1-1000000)",
 			number(1, 1_000_000, false), nil),
 		dur(&c.Saga.Retention, "saga_retention", "168h", saga.MinRetention, saga.MaxRetention,
@@ -208,6 +221,32 @@ func checkListen(s string) error {
 		return fmt.Errorf("unix socket path must not contain NUL, got %s", field.Quote(s))
 	case len(p) > maxUnixPathLen:
 		return fmt.Errorf("unix socket path must be at most %d bytes, got %d", maxUnixPathLen, len(p))
+	}
+	return nil
+}
+
+// parseMode reads octal permission bits: 0660, 660 or 0o660.
+func parseMode(s string) (os.FileMode, error) {
+	n, err := strconv.ParseUint(strings.TrimPrefix(s, "0o"), 8, 32)
+	if err != nil || n > 0o777 {
+		return 0, fmt.Errorf("must be octal permission bits 0-0777 such as 0600 or 0660, got %s", field.Quote(s))
+	}
+	return os.FileMode(n), nil
+}
+
+// checkListenGroup: a group needs a unix socket, and must exist.
+func checkListenGroup(c *Config) error {
+	switch {
+	case c.ListenGroup == "":
+		return nil
+	case !strings.HasPrefix(c.Listen, unixPrefix):
+		return fmt.Errorf("needs a unix listen socket (unix:///path), listen is %s", field.Quote(c.Listen))
+	}
+	if id, err := strconv.Atoi(c.ListenGroup); err == nil && id >= 0 {
+		return nil
+	}
+	if _, err := user.LookupGroup(c.ListenGroup); err != nil {
+		return fmt.Errorf("no group %s on this host", field.Quote(c.ListenGroup))
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package events
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/seed-a88e5317/resilience-sidecar/internal/config/field"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/metrics"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/upstream"
 )
 
 // Bounds of the settings the config file gives.
@@ -210,9 +212,17 @@ func (c Config) checkPush(p PushConfig, seen map[string]bool) error {
 			return field.Errorf("topic", "topic %s is not declared under events.topics", field.Quote(p.Topic))
 		}
 	}
-	switch {
-	case !strings.HasPrefix(p.Path, "/"):
+	if !strings.HasPrefix(p.Path, "/") {
 		return field.Errorf("path", "must start with '/', got %s", field.Quote(p.Path))
+	}
+	if err := upstream.CheckPath(p.Path); err != nil {
+		var re *upstream.RequestError
+		if errors.As(err, &re) {
+			return field.Errorf("path", "%s, got %s", re.Msg, field.Quote(p.Path))
+		}
+		return field.Errorf("path", "%v", err)
+	}
+	switch {
 	case p.Method != "POST" && p.Method != "PUT" && p.Method != "PATCH":
 		return field.Errorf("method", "must be POST, PUT or PATCH, got %s", field.Quote(p.Method))
 	case p.MaxDeliveries < 1 || p.MaxDeliveries > MaxMaxDeliveries:

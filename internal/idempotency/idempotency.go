@@ -33,6 +33,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/seed-a88e5317/resilience-sidecar/internal/admission"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/handback"
 )
 
@@ -274,6 +275,13 @@ func (s *Service) CheckOrRecord(ctx context.Context, key string, opts Options) (
 		return s.settle(ctx, key, leaseID, opts.LeaseTTL, c, err)
 	}
 
+	// A waiter counts under max_waiters until it returns; past the limit
+	// it is refused before it subscribes.
+	endWait, err := admission.BeginWait(ctx)
+	if err != nil {
+		return Claim{}, err
+	}
+	defer endWait()
 	deadline := time.Now().Add(opts.Wait)
 	// Subscribe before the next try: a completion between that try and the
 	// wait is then delivered instead of lost.

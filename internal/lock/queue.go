@@ -3,6 +3,8 @@ package lock
 import (
 	"context"
 	"time"
+
+	"github.com/seed-a88e5317/resilience-sidecar/internal/admission"
 )
 
 // The callers of one Service waiting for one key form a FIFO, a keyQueue.
@@ -155,6 +157,13 @@ func (s *Service) leave(q *keyQueue, w *waiter) Holder {
 
 // wait is Acquire with opts.Wait > 0.
 func (s *Service) wait(ctx context.Context, key string, opts AcquireOptions) (Lease, Holder, bool, error) {
+	// A waiter counts under max_waiters from here until it returns; past
+	// the limit it is refused before it joins the queue.
+	done, err := admission.BeginWait(ctx)
+	if err != nil {
+		return Lease{}, Holder{}, false, err
+	}
+	defer done()
 	leaseID, err := s.NewLeaseID()
 	if err != nil {
 		return Lease{}, Holder{}, false, err

@@ -53,6 +53,8 @@ type Metrics struct {
 	OutboxBacklog   prometheus.Gauge
 	OutboxLag       prometheus.Gauge
 	OutboxHealthy   prometheus.Gauge
+
+	LimitRejections *prometheus.CounterVec // limit: the admission limit's setting name
 }
 
 // New registers every series in a fresh registry.
@@ -131,6 +133,9 @@ func New() *Metrics {
 		OutboxHealthy: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "resilience_outbox_healthy", Help: "1 when the outbox relay's last cycle succeeded, 0 while Postgres or publishing fails (and when no relay is configured).",
 		}),
+		LimitRejections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "resilience_limit_rejections_total", Help: "Calls refused with RESOURCE_EXHAUSTED/LIMIT_EXCEEDED by an admission limit, by the limit's setting name (max_concurrent_calls, max_waiters, max_sessions, max_subscriptions, max_response_bytes_in_flight).",
+		}, []string{"limit"}),
 	}
 	f(collectors.NewGoCollector())
 	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -138,7 +143,7 @@ func New() *Metrics {
 	for _, c := range []prometheus.Collector{m.LockAcquire, m.LockWait, m.LockHeld, m.IdempotencyOutcome,
 		m.BreakerState, m.BreakerTransitions, m.UpstreamRequests, m.UpstreamLatency, m.SagaTotal, m.SagaStuck,
 		m.StoreUp, m.StoreLatency, m.StoreErrors, m.EventsPublished, m.EventsDelivered, m.EventsRedelivered, m.EventsDeadLettered,
-		m.OutboxPublished, m.OutboxRefused, m.OutboxBacklog, m.OutboxLag, m.OutboxHealthy} {
+		m.OutboxPublished, m.OutboxRefused, m.OutboxBacklog, m.OutboxLag, m.OutboxHealthy, m.LimitRejections} {
 		f(c)
 	}
 	// Every store error reason exists from the start, at 0, and the RPC
@@ -293,4 +298,23 @@ func (m *Metrics) SetOutboxHealthy(ok bool) {
 		v = 1
 	}
 	m.OutboxHealthy.Set(v)
+}
+
+// InitLimits makes the rejection series of each named limit exist from
+// the start, at 0.
+func (m *Metrics) InitLimits(names ...string) {
+	if m == nil {
+		return
+	}
+	for _, n := range names {
+		m.LimitRejections.WithLabelValues(n)
+	}
+}
+
+// ObserveLimitRejection counts one call refused by the named limit.
+func (m *Metrics) ObserveLimitRejection(limit string) {
+	if m == nil {
+		return
+	}
+	m.LimitRejections.WithLabelValues(limit).Inc()
 }

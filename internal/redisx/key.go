@@ -18,6 +18,8 @@ const (
 	Clock       Capability = "clock"
 	Saga        Capability = "saga"
 	Events      Capability = "ev"
+	RateLimit   Capability = "rl"
+	Semaphore   Capability = "sem"
 )
 
 // Key names a Redis key (or sharded pub/sub channel) of one record:

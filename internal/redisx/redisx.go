@@ -91,6 +91,9 @@ func NewClient(url string, mode Mode, timeout time.Duration) (redis.UniversalCli
 //     CLUSTERDOWN, TRYAGAIN, a script touching a key that left with a
 //     migrating slot, and MOVED or ASK that were not followed in time
 //     while a slot moves: store.ErrUnavailable.
+//   - NOPERM (the ACL user may not run a command or touch a key): also
+//     store.ErrUnavailable, since the sidecar cannot serve until an operator
+//     grants it; the message says so and points to docs/security.md.
 func Classify(caller context.Context, err error) error {
 	if err == nil || errors.Is(err, redis.Nil) {
 		return err
@@ -110,6 +113,9 @@ func Classify(caller context.Context, err error) error {
 	if errors.As(err, &rerr) && !isNetError(err) {
 		msg := rerr.Error()
 		code, _, _ := strings.Cut(msg, " ")
+		if code == "NOPERM" {
+			return store.Unavailable(fmt.Errorf("redisx: %w (the Redis user lacks a permission the sidecar needs; docs/security.md gives the ACL)", err))
+		}
 		if kind, ok := replyKinds[code]; ok {
 			return store.UnavailableAs(kind, err)
 		}

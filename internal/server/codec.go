@@ -27,11 +27,23 @@ import (
 // it). Every other message, and every decoding, goes to the proto codec;
 // a request that does not decode is marked for the innermost interceptor (unaryEdge.handle, rejectUndecodableStream)
 // instead of failing inside gRPC, which would answer INTERNAL.
-type codec struct{ encoding.CodecV2 }
+//
+// An ExecuteCallResponse whose body is reserved in the response budget
+// (heldBytes) is encoded into a buffer that gives the reservation back
+// when gRPC frees it, once it is written.
+type codec struct {
+	encoding.CodecV2
+	held *heldBytes
+}
 
-func newCodec() codec { return codec{encoding.GetCodecV2(proto.Name)} }
+func newCodec(held *heldBytes) codec { return codec{encoding.GetCodecV2(proto.Name), held} }
 
 func (c codec) Marshal(v any) (mem.BufferSlice, error) {
+	if r, ok := v.(*v1.ExecuteCallResponse); ok {
+		if n, ok := c.held.take(r); ok {
+			return c.held.marshal(r, n)
+		}
+	}
 	if r, ok := v.(*v1.NextUlidResponse); ok {
 		// A buffer from gRPC's pool, which takes it back once the
 		// response is written.

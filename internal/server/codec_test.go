@@ -54,7 +54,7 @@ func TestCodecNextUlidIsProtoMarshal(t *testing.T) {
 	}
 	cases["random"] = random
 
-	c := newCodec()
+	c := newCodec(nil)
 	for name, r := range cases {
 		t.Run(name, func(t *testing.T) {
 			want, err := proto.MarshalOptions{Deterministic: true}.Marshal(r)
@@ -84,7 +84,7 @@ func TestCodecFallsBack(t *testing.T) {
 	if _, ok := appendNextUlidResponse(nil, r); ok {
 		t.Fatal("fast path taken for a message with unknown fields")
 	}
-	got, err := newCodec().Marshal(r)
+	got, err := newCodec(nil).Marshal(r)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +93,7 @@ func TestCodecFallsBack(t *testing.T) {
 		t.Fatalf("got %x, want %x", got.Materialize(), want)
 	}
 	other := &v1.NextLamportResponse{First: 1, Last: 2}
-	got, err = newCodec().Marshal(other)
+	got, err = newCodec(nil).Marshal(other)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -114,7 +114,7 @@ func BenchmarkCodecNextUlid1000(b *testing.B) {
 		}
 		r.Ulids = append(r.Ulids, &v1.Ulid{Value: id.String(), Time: ts})
 	}
-	c := newCodec()
+	c := newCodec(nil)
 	b.Run("fast", func(b *testing.B) {
 		for b.Loop() {
 			bs, _ := c.Marshal(r)

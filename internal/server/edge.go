@@ -8,12 +8,15 @@ import (
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/auth"
 	"google.golang.org/grpc"
 
+	"github.com/seed-a88e5317/resilience-sidecar/internal/admission"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/api"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/metrics"
 )
 
 // unaryEdge is every unary interceptor of the server in one: trace context
-// (without tracing), metrics, logging, panic recovery, bearer-token auth
-// and the rejection of undecodable requests, in that order, each doing
+// (without tracing), metrics, logging, panic recovery, bearer-token auth,
+// the max_concurrent_calls admission limit and the rejection of
+// undecodable requests, in that order, each doing
 // what its go-grpc-middleware counterpart does. One interceptor instead of
 // a chain of six keeps a call's stack shallow: a lock waiter is parked on
 // that stack for up to minutes, the garbage collector scans it at every
@@ -25,7 +28,9 @@ type unaryEdge struct {
 	log       *slog.Logger
 	debugLog  grpc.UnaryServerInterceptor // go-grpc-middleware's logging, used at debug level
 	recovered func(context.Context, any) error
-	auth      auth.AuthFunc // nil: no token required
+	auth      auth.AuthFunc     // nil: no token required
+	limits    *admission.Limits // nil: no admission limits
+	held      *heldBytes        // with limits
 }
 
 func (e *unaryEdge) intercept(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
@@ -66,5 +71,25 @@ func (e *unaryEdge) handle(ctx context.Context, req any, info *grpc.UnaryServerI
 	if err := undecodable(req); err != nil {
 		return nil, err
 	}
+	if e.limits != nil && methodNeedsAuth(info.FullMethod) {
+		// Health and reflection are exempt: probes must answer under load.
+		return e.admitted(ctx, req, handler)
+	}
 	return handler(ctx, req)
+}
+
+// admitted runs handler under a max_concurrent_calls slot. Upstream
+// response bytes the call kept (ExecuteCall's body) stay reserved until
+// the codec has encoded the response and gRPC has written it (heldBytes).
+func (e *unaryEdge) admitted(ctx context.Context, req any, handler grpc.UnaryHandler) (any, error) {
+	ctx, t, err := e.limits.BeginCall(ctx)
+	if err != nil {
+		return nil, api.Status(ctx, e.log, err)
+	}
+	defer t.End()
+	resp, err := handler(ctx, req)
+	if n := t.TakeBytes(); n > 0 {
+		e.held.hold(resp, err, n)
+	}
+	return resp, err
 }

@@ -32,6 +32,7 @@ import (
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 
+	"github.com/seed-a88e5317/resilience-sidecar/internal/admission"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/metrics"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/tracing"
@@ -62,6 +63,10 @@ type Options struct {
 	// global provider if tracing is on (tracing.Active); otherwise no span
 	// is made, and a caller's traceparent is only carried in the context.
 	TracerProvider trace.TracerProvider
+	// Limits are the admission limits (nil: none): unary calls at once,
+	// Hold* sessions and Subscribe streams; the services apply the
+	// waiter and response-byte limits through the calls' contexts.
+	Limits *admission.Limits
 }
 
 // streamWorkers is how many calls run on reused goroutines at once.
@@ -100,7 +105,8 @@ func New(opts Options) *Server {
 		opts.Log.ErrorContext(ctx, "panic in handler", "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 		return status.Error(codes.Internal, "internal error")
 	}
-	unary := &unaryEdge{log: opts.Log, debugLog: loggingMiddleware(opts.Log), recovered: recovered}
+	held := &heldBytes{budget: opts.Limits.Budget()}
+	unary := &unaryEdge{log: opts.Log, debugLog: loggingMiddleware(opts.Log), recovered: recovered, held: held}
 	var stream []grpc.StreamServerInterceptor
 	serverOpts := []grpc.ServerOption{
 		// Calls run on long-lived workers whose stacks have already grown,
@@ -108,7 +114,7 @@ func New(opts Options) *Server {
 		// stack through the interceptors and the store client each time;
 		// calls beyond the workers still get their own goroutine.
 		grpc.NumStreamWorkers(uint32(streamWorkers)),
-		grpc.ForceServerCodecV2(newCodec()),
+		grpc.ForceServerCodecV2(newCodec(held)),
 	}
 	if opts.TracerProvider != nil || tracing.Active() {
 		var otelOpts []otelgrpc.Option
@@ -130,6 +136,10 @@ func New(opts Options) *Server {
 		check := bearerAuth(opts.APIToken)
 		unary.auth = check
 		stream = append(stream, selector.StreamServerInterceptor(auth.StreamServerInterceptor(check), selector.MatchFunc(needsAuth)))
+	}
+	if opts.Limits != nil {
+		unary.limits = opts.Limits
+		stream = append(stream, streamLimits(opts.Limits, opts.Log))
 	}
 	// Innermost: a request that did not decode is INVALID_ARGUMENT (codec.go).
 	stream = append(stream, rejectUndecodableStream)
@@ -333,12 +343,12 @@ func interceptorLogger(l *slog.Logger) logging.Logger {
 }
 
 // Listen opens the listener for addr: "host:port" or "unix:///path". A
-// stale unix socket file is replaced.
-func Listen(network, address string) (net.Listener, error) {
+// stale unix socket file is replaced. A unix socket is made as sock says
+// (by default 0600: only this process's user may connect), before it
+// accepts anything from anyone else (listenUnix).
+func Listen(network, address string, sock UnixSocket) (net.Listener, error) {
 	if network == "unix" {
-		if err := removeStaleSocket(address); err != nil {
-			return nil, err
-		}
+		return listenUnix(address, sock)
 	}
 	return net.Listen(network, address)
 }

@@ -479,7 +479,7 @@ func TestListenUnixReplacesStaleSocket(t *testing.T) {
 		t.Fatal("net.Listen succeeded on a stale socket; the test proves nothing")
 	}
 
-	lis, err := server.Listen("unix", path)
+	lis, err := server.Listen("unix", path, server.UnixSocket{})
 	if err != nil {
 		t.Fatalf("Listen over a stale socket: %v", err)
 	}
@@ -491,7 +491,7 @@ func TestListenUnixReplacesStaleSocket(t *testing.T) {
 }
 
 func TestListenTCP(t *testing.T) {
-	lis, err := server.Listen("tcp", "127.0.0.1:0")
+	lis, err := server.Listen("tcp", "127.0.0.1:0", server.UnixSocket{})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -33,39 +33,15 @@ var methods = map[string]bool{
 	http.MethodOptions: true, http.MethodPost: false, http.MethodPatch: false,
 }
 
-// resolve joins an escaped request path and query to the base URL. It
-// refuses, as not naming a configured target, anything that could leave
-// the base: a URL, a scheme-relative "//host", "." and ".." segments (also
-// percent-encoded, or hidden behind an encoded slash) and backslashes.
+// resolve joins an escaped request path and query to the base URL. The
+// path must pass CheckPath; the joined URL must keep the base's scheme,
+// host and path prefix.
 func resolve(base *url.URL, path, query string) (*url.URL, error) {
 	if path == "" {
 		path = "/"
 	}
-	switch {
-	case len(path) > MaxPathBytes:
-		return nil, &RequestError{Field: "path", Msg: fmt.Sprintf("must be at most %d bytes, got %d", MaxPathBytes, len(path))}
-	case !strings.HasPrefix(path, "/"):
-		return nil, &RequestError{Field: "path", Target: true, Msg: "must be a path starting with \"/\" on the upstream, not a URL"}
-	case strings.HasPrefix(path, "//"):
-		return nil, &RequestError{Field: "path", Target: true, Msg: "must not start with \"//\" (a URL without its scheme)"}
-	case strings.Contains(path, "\\"):
-		return nil, &RequestError{Field: "path", Target: true, Msg: "must not contain a backslash"}
-	case !utf8.ValidString(path) || strings.ContainsFunc(path, badURLRune):
-		return nil, &RequestError{Field: "path", Msg: "must be an escaped path: no spaces, control characters, \"?\" or \"#\" (the query is its own field)"}
-	}
-	for _, seg := range strings.Split(path[1:], "/") {
-		dec, err := url.PathUnescape(seg)
-		if err != nil {
-			return nil, &RequestError{Field: "path", Msg: fmt.Sprintf("bad escape in segment %q", seg)}
-		}
-		for _, part := range strings.FieldsFunc(dec, func(r rune) bool { return r == '/' || r == '\\' }) {
-			if part == "." || part == ".." {
-				return nil, &RequestError{Field: "path", Target: true, Msg: "must not contain \".\" or \"..\" segments (plain or escaped): the path may not leave the upstream's base URL"}
-			}
-		}
-		if dec == "." || dec == ".." {
-			return nil, &RequestError{Field: "path", Target: true, Msg: "must not contain \".\" or \"..\" segments (plain or escaped): the path may not leave the upstream's base URL"}
-		}
+	if err := CheckPath(path); err != nil {
+		return nil, err
 	}
 	if len(query) > MaxQueryBytes {
 		return nil, &RequestError{Field: "query", Msg: fmt.Sprintf("must be at most %d bytes, got %d", MaxQueryBytes, len(query))}
@@ -142,4 +118,133 @@ func validToken(s string) bool {
 		}
 	}
 	return true
+}
+
+// CheckPath checks an escaped upstream path ("/" when empty) as every
+// ExecuteCall, saga compensation and push subscription is checked. It
+// returns a *RequestError on field "path" (Target set when the path could
+// name something other than a resource under the upstream's base URL), or
+// nil.
+//
+// Servers and proxies normalise paths differently: some decode
+// percent-escapes twice, Tomcat and Jetty drop ";" path parameters before
+// resolving "..", Windows servers treat "\" as "/" and drop trailing dots,
+// lenient UTF-8 decoders read the overlong %C0%AE as ".". So rather than
+// normalising the path one way, CheckPath refuses every segment that some
+// server could read as leaving its place: after percent-decoding it again
+// and again until nothing changes, no level may hold a segment made only of
+// dots (".", "..", also fullwidth or with spaces), a ";", a slash or
+// backslash (that is, an encoded %2F or %5C), NUL or another control
+// character, or bytes that are not UTF-8. A leading "//" (a URL without
+// its scheme) and a raw backslash are refused too. Any other path is sent
+// byte for byte after the base path.
+func CheckPath(path string) error {
+	if path == "" {
+		path = "/"
+	}
+	switch {
+	case len(path) > MaxPathBytes:
+		return &RequestError{Field: "path", Msg: fmt.Sprintf("must be at most %d bytes, got %d", MaxPathBytes, len(path))}
+	case !strings.HasPrefix(path, "/"):
+		return &RequestError{Field: "path", Target: true, Msg: "must be a path starting with \"/\" on the upstream, not a URL"}
+	case strings.HasPrefix(path, "//"):
+		return &RequestError{Field: "path", Target: true, Msg: "must not start with \"//\" (a URL without its scheme)"}
+	case strings.Contains(path, "\\"):
+		return &RequestError{Field: "path", Target: true, Msg: "must not contain a backslash"}
+	case !utf8.ValidString(path) || strings.ContainsFunc(path, badURLRune):
+		return &RequestError{Field: "path", Msg: "must be an escaped path: no spaces, control characters, \"?\" or \"#\" (the query is its own field)"}
+	}
+	for _, seg := range strings.Split(path[1:], "/") {
+		dec, err := url.PathUnescape(seg)
+		if err != nil {
+			return &RequestError{Field: "path", Msg: fmt.Sprintf("bad escape in segment %q", seg)}
+		}
+		for depth := 1; ; depth++ {
+			msg := badSegment(dec)
+			next := unescapeLenient(dec)
+			if msg == "" && next != dec && depth == maxEncodingDepth {
+				msg = fmt.Sprintf("is percent-encoded more than %d times", maxEncodingDepth)
+			}
+			if msg != "" {
+				return &RequestError{Field: "path", Target: true, Msg: fmt.Sprintf("segment %q %s (checked at every depth of percent-encoding): servers normalise such paths differently, and the path may not leave the upstream's base URL", seg, msg)}
+			}
+			if next == dec {
+				break
+			}
+			dec = next
+		}
+	}
+	return nil
+}
+
+// maxEncodingDepth bounds how many times a segment is decoded (and so the
+// work per path): a segment that still changes after that many levels of
+// percent-decoding is refused.
+const maxEncodingDepth = 8
+
+// badSegment says what is wrong with one decoded path segment, or "".
+func badSegment(dec string) string {
+	switch {
+	case dotsOnly(dec):
+		return "is a \".\" or \"..\" segment"
+	case strings.ContainsAny(dec, "/\\"):
+		return "holds an encoded slash or backslash"
+	case strings.Contains(dec, ";"):
+		return "holds a \";\" (path parameters, which Tomcat and Jetty strip before resolving \"..\")"
+	case !utf8.ValidString(dec):
+		return "holds bytes that are not UTF-8 (such as the overlong %C0%AE for \".\")"
+	case strings.ContainsFunc(dec, func(r rune) bool { return r < ' ' || r == 0x7f || r >= 0x80 && r <= 0x9f }):
+		return "holds NUL or another control character"
+	}
+	return ""
+}
+
+// dotsOnly reports whether s is made of dots, counting the Unicode dots
+// that some servers fold to "." and ignoring spaces, which Windows servers
+// drop from the end of a segment.
+func dotsOnly(s string) bool {
+	dots := 0
+	for _, r := range s {
+		switch r {
+		case '.', '\uff0e', '\u2024', '\ufe52':
+			dots++
+		case ' ':
+		default:
+			return false
+		}
+	}
+	return dots > 0
+}
+
+// unescapeLenient decodes every valid %XX escape in s and keeps any other
+// "%" as it is, as a server that decodes a second time would.
+func unescapeLenient(s string) string {
+	if !strings.Contains(s, "%") {
+		return s
+	}
+	var b strings.Builder
+	b.Grow(len(s))
+	for i := 0; i < len(s); i++ {
+		if s[i] == '%' && i+2 < len(s) && isHex(s[i+1]) && isHex(s[i+2]) {
+			b.WriteByte(unhex(s[i+1])<<4 | unhex(s[i+2]))
+			i += 2
+			continue
+		}
+		b.WriteByte(s[i])
+	}
+	return b.String()
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+func unhex(c byte) byte {
+	switch {
+	case c <= '9':
+		return c - '0'
+	case c <= 'F':
+		return c - 'A' + 10
+	}
+	return c - 'a' + 10
 }

@@ -31,6 +31,7 @@ import (
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
 
+	"github.com/seed-a88e5317/resilience-sidecar/internal/admission"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/backoff"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/breaker"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/metrics"
@@ -49,11 +50,14 @@ const (
 	reportTimeout = 2 * time.Second
 	// permitSlack is added to an attempt's timeout for its permit's TTL.
 	permitSlack = 5 * time.Second
+	// minBodyChunk is the first buffer for a body of unknown length.
+	minBodyChunk = 32 << 10
 )
 
 // Errors. Every error of Do is one of these (matched with errors.Is), a
-// *breaker.OpenError, a breaker error (ErrLimitExceeded), or the caller's
-// context error.
+// *breaker.OpenError, a breaker error (ErrLimitExceeded), an
+// *admission.LimitError (the response did not fit the shared byte
+// budget), or the caller's context error.
 var (
 	// ErrInvalidRequest matches *RequestError: the request was refused
 	// before anything was sent.
@@ -142,6 +146,14 @@ type Options struct {
 	// BodyLimit, when > 0, caps every upstream's MaxBodyBytes (the gRPC
 	// message limit leaves no room for more).
 	BodyLimit int64
+	// Budget, when set, bounds the response bytes all calls hold in
+	// memory at once (max_response_bytes_in_flight): a body is reserved
+	// before it is read (all of a declared Content-Length at once, else
+	// as its buffer grows), and a response that does not fit is refused
+	// with an *admission.LimitError. A response Do returns stays reserved
+	// until the call of ctx ends (admission.Budget.Keep), or until Do
+	// returns when ctx carries no call.
+	Budget *admission.Budget
 	// Rand returns a uniform number in [0, 1) for the jitter (default
 	// math/rand/v2). Sleep waits d or until ctx ends (default a timer).
 	// Both are for tests.
@@ -286,7 +298,8 @@ type Response struct {
 // attemptResult is what one attempt produced.
 type attemptResult struct {
 	resp    *Response
-	err     error // transport error or ErrResponseTooLarge; nil with resp
+	err     error // transport error, ErrResponseTooLarge or *admission.LimitError; nil with resp
+	held    int64 // budget bytes reserved for resp's body
 	timeout bool
 	retryIn time.Duration // Retry-After, when given
 }
@@ -295,7 +308,7 @@ type attemptResult struct {
 // *Response, the last one when retries ran out. Errors are listed at the
 // package's error variables; when the breaker refuses an attempt after an
 // earlier one got a response, that response is returned.
-func (c *Caller) Do(ctx context.Context, r Request) (*Response, error) {
+func (c *Caller) Do(ctx context.Context, r Request) (resp *Response, err error) {
 	t, ok := c.targets[r.Upstream]
 	if !ok {
 		msg := "unknown upstream " + strconv.Quote(r.Upstream)
@@ -334,6 +347,12 @@ func (c *Caller) Do(ctx context.Context, r Request) (*Response, error) {
 	defer cancel()
 
 	var last attemptResult
+	defer func() {
+		// The body returned stays reserved while the call holds it.
+		if resp == nil || !c.opts.Budget.Keep(ctx, last.held) {
+			c.opts.Budget.Release(last.held)
+		}
+	}()
 	for attempt := 1; ; attempt++ {
 		deadline, _ := ctx.Deadline()
 		budget := time.Until(deadline)
@@ -354,7 +373,9 @@ func (c *Caller) Do(ctx context.Context, r Request) (*Response, error) {
 			return nil, &breaker.OpenError{Breaker: t.Breaker, State: dec.State, RetryAfter: dec.RetryAfter}
 		}
 		start := time.Now()
+		prev := last.held
 		last = c.attempt(ctx, t, method, u, header, r.Body, perAttempt)
+		c.opts.Budget.Release(prev) // the earlier response is dropped
 		elapsed := time.Since(start)
 		outcome := classify(ctx, last)
 		c.observe(t, last, elapsed)
@@ -401,7 +422,7 @@ func finish(t *target, last attemptResult, attempts int, ctxErr error) (*Respons
 	switch {
 	case last.resp != nil && last.err == nil:
 		return last.resp, nil
-	case last.err != nil && errors.Is(last.err, ErrResponseTooLarge):
+	case last.err != nil && (errors.Is(last.err, ErrResponseTooLarge) || errors.Is(last.err, admission.ErrLimitExceeded)):
 		return nil, last.err
 	case last.err != nil:
 		kind := ErrUnavailable
@@ -434,20 +455,73 @@ func (c *Caller) attempt(ctx context.Context, t *target, method string, u *url.U
 		return attemptResult{err: err, timeout: isTimeout(actx, err)}
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, t.MaxBodyBytes+1))
-	if err != nil {
-		return attemptResult{err: err, timeout: isTimeout(actx, err)}
-	}
 	out := attemptResult{resp: &Response{Status: resp.StatusCode, Headers: toHeaders(resp.Header)}}
-	if int64(len(data)) > t.MaxBodyBytes {
+	size := resp.ContentLength
+	if method == http.MethodHead {
+		size = 0 // the length of the body a GET would have had; none is sent
+	}
+	data, held, err := c.readBody(resp.Body, size, t.MaxBodyBytes)
+	switch {
+	case errors.Is(err, admission.ErrLimitExceeded):
+		c.opts.Budget.Release(held)
+		out.err = err
+		return out
+	case errors.Is(err, ErrResponseTooLarge):
+		c.opts.Budget.Release(held)
 		out.err = fmt.Errorf("%w: upstream %q sent more than max_body_bytes (%d)", ErrResponseTooLarge, t.Name, t.MaxBodyBytes)
 		return out
+	case err != nil:
+		c.opts.Budget.Release(held)
+		return attemptResult{err: err, timeout: isTimeout(actx, err)}
 	}
-	out.resp.Body = data
+	out.resp.Body, out.held = data, held
 	if resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode == http.StatusServiceUnavailable {
 		out.retryIn = retryAfter(resp.Header.Get("Retry-After"), time.Now())
 	}
 	return out
+}
+
+// readBody reads a body of at most limit bytes (ErrResponseTooLarge when
+// it is longer), reserving its memory in the budget before it is
+// allocated: a declared length at once (one exact buffer; longer than
+// limit is not read at all), an unknown one as its buffer doubles (the
+// buffer's capacity is reserved; the one it replaces is garbage once
+// copied). held is what stays reserved, also on an error (the caller
+// releases it).
+func (c *Caller) readBody(body io.Reader, contentLength, limit int64) (data []byte, held int64, err error) {
+	b := c.opts.Budget
+	if contentLength > limit {
+		return nil, 0, ErrResponseTooLarge
+	}
+	if contentLength >= 0 {
+		if err := b.Reserve(contentLength); err != nil {
+			return nil, 0, err
+		}
+		data = make([]byte, contentLength)
+		_, err := io.ReadFull(body, data)
+		return data, contentLength, err
+	}
+	for {
+		if len(data) == cap(data) {
+			if int64(len(data)) > limit {
+				return nil, held, ErrResponseTooLarge
+			}
+			next := min(max(2*int64(cap(data)), minBodyChunk), limit+1)
+			if err := b.Reserve(next - held); err != nil {
+				return nil, held, err
+			}
+			data = append(make([]byte, 0, next), data...)
+			held = next
+		}
+		n, err := body.Read(data[len(data):cap(data)])
+		data = data[:len(data)+n]
+		if errors.Is(err, io.EOF) {
+			return data, held, nil
+		}
+		if err != nil {
+			return nil, held, err
+		}
+	}
 }
 
 func isTimeout(actx context.Context, err error) bool {

@@ -34,6 +34,7 @@ var (
 	ErrUpstreamUnavailable    = errors.New("resilience: upstream gave no response")
 	ErrUpstreamTimeout        = errors.New("resilience: upstream timed out")
 	ErrTopicUnknown           = errors.New("resilience: topic not declared in the sidecar's config")
+	ErrLimiterUnknown         = errors.New("resilience: rate limiter not declared in the sidecar's config")
 	// The store states that say more than STORE_UNAVAILABLE. Each also
 	// matches ErrStoreUnavailable: UNAVAILABLE, retry after RetryDelay.
 	ErrStoreFull            = errors.New("resilience: store full (out of memory)")
@@ -74,6 +75,7 @@ var reasons = map[string]error{
 	ReasonUpstreamUnavailable:    ErrUpstreamUnavailable,
 	ReasonUpstreamTimeout:        ErrUpstreamTimeout,
 	ReasonTopicUnknown:           ErrTopicUnknown,
+	ReasonLimiterUnknown:         ErrLimiterUnknown,
 	ReasonStoreFull:              ErrStoreFull,
 	ReasonStoreReadOnly:          ErrStoreReadOnly,
 	ReasonReplicationShortfall:   ErrReplicationShortfall,

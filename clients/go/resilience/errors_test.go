@@ -52,6 +52,7 @@ var reasonSentinels = map[string]error{
 	resilience.ReasonSagaNotFound:           resilience.ErrSagaNotFound,
 	resilience.ReasonSagaStateConflict:      resilience.ErrSagaStateConflict,
 	resilience.ReasonTopicUnknown:           resilience.ErrTopicUnknown,
+	resilience.ReasonLimiterUnknown:         resilience.ErrLimiterUnknown,
 	resilience.ReasonBreakerOpen:            resilience.ErrBreakerOpen,
 	resilience.ReasonUpstreamUnknown:        resilience.ErrUpstreamUnknown,
 	resilience.ReasonPermitUnknown:          resilience.ErrPermitUnknown,

@@ -13,8 +13,10 @@ const (
 	ReasonSagaNotFound           = "SAGA_NOT_FOUND"
 	ReasonSagaStateConflict      = "SAGA_STATE_CONFLICT"
 	ReasonTopicUnknown           = "TOPIC_UNKNOWN"
-	ReasonBreakerOpen            = "BREAKER_OPEN"
-	ReasonUpstreamUnknown        = "UPSTREAM_UNKNOWN"
+	// A rate limiter the config file does not declare (NOT_FOUND).
+	ReasonLimiterUnknown  = "LIMITER_UNKNOWN"
+	ReasonBreakerOpen     = "BREAKER_OPEN"
+	ReasonUpstreamUnknown = "UPSTREAM_UNKNOWN"
 	// Beyond DESIGN.md's list: a report for a permit that is not
 	// outstanding, and an upstream that gave no response.
 	ReasonPermitUnknown       = "PERMIT_UNKNOWN"
@@ -41,6 +43,7 @@ var Reasons = []string{
 	ReasonSagaNotFound,
 	ReasonSagaStateConflict,
 	ReasonTopicUnknown,
+	ReasonLimiterUnknown,
 	ReasonBreakerOpen,
 	ReasonUpstreamUnknown,
 	ReasonPermitUnknown,

@@ -16,6 +16,7 @@ import { ClockService } from "./gen/resilience/v1/clock_pb.js";
 import { EventService } from "./gen/resilience/v1/events_pb.js";
 import { IdempotencyService } from "./gen/resilience/v1/idempotency_pb.js";
 import { LockService } from "./gen/resilience/v1/lock_pb.js";
+import { RateLimitService } from "./gen/resilience/v1/ratelimit_pb.js";
 import { fromError, makeError, SidecarError } from "./errors.js";
 import { traceContextInterceptor } from "./tracing.js";
 
@@ -65,6 +66,7 @@ export interface SidecarClient {
   readonly breaker: Client<typeof BreakerService>;
   readonly saga: Client<typeof SagaService>;
   readonly events: Client<typeof EventService>;
+  readonly rateLimit: Client<typeof RateLimitService>;
   /** The address the client talks to. */
   readonly addr: string;
   /** The default deadline of unary calls in ms (0: none). */
@@ -119,6 +121,7 @@ export function createClient(options: ClientOptions = {}): SidecarClient {
     breaker: wrap(BreakerService),
     saga: wrap(SagaService),
     events: wrap(EventService),
+    rateLimit: wrap(RateLimitService),
     addr,
     timeoutMs,
     close: () => sessionManager.abort(),

@@ -167,6 +167,8 @@ export class ClockSkewError extends SidecarError {}
 export class LimitExceededError extends SidecarError {}
 /** NOT_FOUND/TOPIC_UNKNOWN: the sidecar's config declares topics (events.topics), and not this one. */
 export class TopicUnknownError extends SidecarError {}
+/** NOT_FOUND/LIMITER_UNKNOWN: the sidecar's config declares its rate limiters (ratelimits), and not this one. */
+export class LimiterUnknownError extends SidecarError {}
 /** NOT_FOUND/SAGA_NOT_FOUND: no saga with this id (never started, or removed after its retention). */
 export class SagaNotFoundError extends SidecarError {}
 /**
@@ -212,6 +214,7 @@ export const ERROR_CLASSES: { readonly [R in Reason]: new (init: SidecarErrorIni
   SAGA_NOT_FOUND: SagaNotFoundError,
   SAGA_STATE_CONFLICT: SagaStateConflictError,
   TOPIC_UNKNOWN: TopicUnknownError,
+  LIMITER_UNKNOWN: LimiterUnknownError,
   BREAKER_OPEN: BreakerOpenError,
   UPSTREAM_UNKNOWN: UpstreamUnknownError,
   PERMIT_UNKNOWN: PermitUnknownError,

@@ -30,6 +30,7 @@ export {
   InvalidArgumentError,
   LeaseLostError,
   LimitExceededError,
+  LimiterUnknownError,
   LostReason,
   NotAcquiredError,
   PermitUnknownError,
@@ -97,6 +98,7 @@ export * from "./gen/resilience/v1/idempotency_pb.js";
 export * from "./gen/resilience/v1/clock_pb.js";
 export * from "./gen/resilience/v1/breaker_pb.js";
 export * from "./gen/resilience/v1/events_pb.js";
+export * from "./gen/resilience/v1/ratelimit_pb.js";
 export {
   AbortSagaRequestSchema,
   AbortSagaResponseSchema,

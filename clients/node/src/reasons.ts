@@ -11,6 +11,8 @@ export const Reason = {
   SAGA_NOT_FOUND: "SAGA_NOT_FOUND",
   SAGA_STATE_CONFLICT: "SAGA_STATE_CONFLICT",
   TOPIC_UNKNOWN: "TOPIC_UNKNOWN",
+  /** A rate limiter the config file does not declare (NOT_FOUND). */
+  LIMITER_UNKNOWN: "LIMITER_UNKNOWN",
   BREAKER_OPEN: "BREAKER_OPEN",
   UPSTREAM_UNKNOWN: "UPSTREAM_UNKNOWN",
   /** Beyond DESIGN.md's list: a report for a permit that is not outstanding, and an upstream that gave no response. */

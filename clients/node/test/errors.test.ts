@@ -26,6 +26,7 @@ import {
   IdempotencyKeyMismatchError,
   LeaseLostError,
   LimitExceededError,
+  LimiterUnknownError,
   PermitUnknownError,
   publish,
   ReplicationShortfallError,
@@ -62,6 +63,7 @@ const expected: Record<string, new (...args: never[]) => SidecarError> = {
   SAGA_NOT_FOUND: SagaNotFoundError,
   SAGA_STATE_CONFLICT: SagaStateConflictError,
   TOPIC_UNKNOWN: TopicUnknownError,
+  LIMITER_UNKNOWN: LimiterUnknownError,
   BREAKER_OPEN: BreakerOpenError,
   UPSTREAM_UNKNOWN: UpstreamUnknownError,
   PERMIT_UNKNOWN: PermitUnknownError,
@@ -199,6 +201,7 @@ scenario("errors-every-reason", "every reason of the generated list has its own 
   const hourAhead = BigInt(Date.now() + 3_600_000) << 16n;
   await check("CLOCK_SKEW", () => client.clock.updateHlc({ remote: { case: "encoded", value: hourAhead } }));
   await check("TOPIC_UNKNOWN", () => publish(client, "orders.other", "x"));
+  await check("LIMITER_UNKNOWN", () => client.rateLimit.take({ limiter: "undeclared" }));
 
   // The store's states, each on a Redis of its own.
   await withOwnStore([["CONFIG", "SET", "maxmemory", "1"]], (c) => check("STORE_FULL", () => c.lock.acquireLock({ key: "k" })));

@@ -32,6 +32,7 @@ __all__ = [
     "InvalidArgument",
     "LeaseLost",
     "LimitExceeded",
+    "LimiterUnknown",
     "NotAcquired",
     "PermitUnknown",
     "ReleaseNotConfirmed",
@@ -202,6 +203,12 @@ class SagaStateConflict(SidecarError):
     gives it), or a saga id or step was reused with different content."""
 
     REASON = _reasons.SAGA_STATE_CONFLICT
+
+
+class LimiterUnknown(SidecarError):
+    """NOT_FOUND/LIMITER_UNKNOWN: the sidecar's config declares its rate limiters (``ratelimits``), and not this one."""
+
+    REASON = _reasons.LIMITER_UNKNOWN
 
 
 class TopicUnknown(SidecarError):

@@ -26,7 +26,15 @@ from resilience_sidecar import (
     reasons,
 )
 from resilience_sidecar.errors import _BY_REASON, error_class, from_rpc_error
-from resilience_sidecar.v1 import breaker_pb2, clock_pb2, idempotency_pb2, lock_pb2, saga_pb2
+from resilience_sidecar.v1 import (
+    breaker_pb2,
+    clock_pb2,
+    idempotency_pb2,
+    lock_pb2,
+    ratelimit_pb2,
+    ratelimit_pb2_grpc,
+    saga_pb2,
+)
 
 GENERIC = {SidecarError, Unavailable, InvalidArgument, DeadlineExceeded, SidecarUnreachable}
 
@@ -132,6 +140,9 @@ def provocations(
         reasons.SAGA_NOT_FOUND: lambda: c.sagas.GetSaga(saga_pb2.GetSagaRequest(saga_id=key + "/none")),
         reasons.SAGA_STATE_CONFLICT: saga_conflict,
         reasons.TOPIC_UNKNOWN: lambda: c.publish("undeclared.topic", b"x"),
+        reasons.LIMITER_UNKNOWN: lambda: ratelimit_pb2_grpc.RateLimitServiceStub(c.channel).Take(
+            ratelimit_pb2.TakeRequest(limiter="undeclared")
+        ),
         reasons.BREAKER_OPEN: breaker_open,
         reasons.UPSTREAM_UNKNOWN: lambda: c.execute_call("no-such-upstream", "/"),
         reasons.PERMIT_UNKNOWN: permit_unknown,

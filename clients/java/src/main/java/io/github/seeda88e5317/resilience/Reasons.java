@@ -17,6 +17,8 @@ public final class Reasons {
   public static final String SAGA_NOT_FOUND = "SAGA_NOT_FOUND";
   public static final String SAGA_STATE_CONFLICT = "SAGA_STATE_CONFLICT";
   public static final String TOPIC_UNKNOWN = "TOPIC_UNKNOWN";
+  /** A rate limiter the config file does not declare (NOT_FOUND). */
+  public static final String LIMITER_UNKNOWN = "LIMITER_UNKNOWN";
   public static final String BREAKER_OPEN = "BREAKER_OPEN";
   public static final String UPSTREAM_UNKNOWN = "UPSTREAM_UNKNOWN";
   /** Beyond DESIGN.md's list: a report for a permit that is not outstanding, and an upstream that gave no response. */
@@ -40,6 +42,7 @@ public final class Reasons {
           SAGA_NOT_FOUND,
           SAGA_STATE_CONFLICT,
           TOPIC_UNKNOWN,
+          LIMITER_UNKNOWN,
           BREAKER_OPEN,
           UPSTREAM_UNKNOWN,
           PERMIT_UNKNOWN,

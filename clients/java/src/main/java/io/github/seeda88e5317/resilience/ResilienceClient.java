@@ -98,7 +98,7 @@ public final class ResilienceClient implements AutoCloseable {
   public static final Duration DEFAULT_CALL_TIMEOUT = Duration.ofSeconds(10);
 
   /** The longest pause between reconnect attempts ({@link Builder#maxReconnectBackoff}). */
-  public static final Duration DEFAULT_MAX_RECONNECT_BACKOFF = Duration.ofSeconds(1);
+  public static final Duration DEFAULT_MAX_RECONNECT_BACKOFF = Duration.ofMillis(500);
 
   /**
    * How long a call made while the sidecar is unreachable waits for the connection ({@link

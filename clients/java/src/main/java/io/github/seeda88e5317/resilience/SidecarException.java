@@ -197,6 +197,7 @@ public class SidecarException extends StatusRuntimeException {
           case Reasons.CLOCK_SKEW -> new ClockSkewException(status, trailers, d);
           case Reasons.SHUTTING_DOWN -> new ShuttingDownException(status, trailers, d);
           case Reasons.TOPIC_UNKNOWN -> new TopicUnknownException(status, trailers, d);
+          case Reasons.LIMITER_UNKNOWN -> new LimiterUnknownException(status, trailers, d);
           default -> null;
         };
     if (byReason != null) {
