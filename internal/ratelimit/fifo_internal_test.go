@@ -4,6 +4,8 @@ import (
 	"context"
 	"testing"
 	"time"
+
+	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // queued is how many wait behind the holder of k's turn.
@@ -43,9 +45,7 @@ func TestTurnsAreFIFO(t *testing.T) {
 			}()
 		}
 		want := i + 1
-		for s.queued(k) != want {
-			time.Sleep(time.Millisecond) // real time: let the goroutine join the line
-		}
+		testkit.Eventually(t, 10*time.Second, "the goroutine to join the line", func() bool { return s.queued(k) == want })
 	}
 	cancel()
 	if err := <-gaveUp; err == nil {
@@ -58,7 +58,5 @@ func TestTurnsAreFIFO(t *testing.T) {
 	if a, b := <-order, <-order; a != 0 || b != 2 {
 		t.Fatalf("order %d, %d; want 0, 2", a, b)
 	}
-	for s.queued(k) != -1 {
-		time.Sleep(time.Millisecond) // real time: the last waiter hands back the turn
-	}
+	testkit.Eventually(t, 10*time.Second, "the last waiter to hand back the turn", func() bool { return s.queued(k) == -1 })
 }

@@ -143,30 +143,15 @@ func runWaitOn(ctx context.Context, p pipeliner, s *redis.Script, w Wait, asking
 	if w.All {
 		return runWaitAll(ctx, p, s, w, asking, keys, args)
 	}
-	for _, sha := range []bool{true, false} {
-		pipe := p.Pipeline()
-		if asking {
-			pipe.Do(ctx, "asking")
-		}
-		var run *redis.Cmd
-		if sha {
-			run = s.EvalSha(ctx, pipe, keys, args...)
-		} else {
-			run = s.Eval(ctx, pipe, keys, args...)
-		}
-		wait := pipe.Do(ctx, "wait", w.Replicas, max(w.Timeout.Milliseconds(), 1))
-		_, _ = pipe.Exec(ctx) // errors are read per command below
-		v, err := run.Result()
-		if sha && err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
-			continue
-		}
-		if err != nil {
-			return waitResult{v: v, err: err}
-		}
-		n, werr := wait.Int64()
-		return waitResult{v: v, acked: n, need: int64(w.Replicas), waitErr: werr}
+	var wait *redis.Cmd
+	v, err := evalPipelined(ctx, p.Pipeline, s, asking, keys, args, func(pipe redis.Pipeliner) {
+		wait = pipe.Do(ctx, "wait", w.Replicas, max(w.Timeout.Milliseconds(), 1))
+	})
+	if err != nil {
+		return waitResult{v: v, err: err}
 	}
-	panic("not reached")
+	n, werr := wait.Int64()
+	return waitResult{v: v, acked: n, need: int64(w.Replicas), waitErr: werr}
 }
 
 // runWaitAll is runWaitOn for Wait.All: on one connection it sends [ASKING,]
@@ -182,8 +167,46 @@ func runWaitAll(ctx context.Context, p pipeliner, s *redis.Script, w Wait, askin
 		hint = max(hint, h.(int64))
 	}
 	timeoutMS := max(w.Timeout.Milliseconds(), 1)
+	var wait, role, info *redis.Cmd
+	v, err := evalPipelined(ctx, conn.Pipeline, s, asking, keys, args, func(pipe redis.Pipeliner) {
+		wait = pipe.Do(ctx, "wait", hint, timeoutMS)
+		role = pipe.Do(ctx, "role")
+		if w.Fence != nil {
+			info = pipe.Do(ctx, "client", "info")
+		}
+	})
+	if err != nil {
+		return waitResult{v: v, err: err}
+	}
+	r := waitResult{v: v}
+	if r.acked, r.waitErr = wait.Int64(); r.waitErr != nil {
+		return r
+	}
+	if r.online, r.waitErr = onlineReplicas(role); r.waitErr != nil {
+		return r
+	}
+	onlineHint.Store(key, r.online)
+	if info != nil {
+		if r.node, r.waitErr = laddr(info); r.waitErr != nil {
+			return r
+		}
+	}
+	r.need = max(r.online, int64(w.Min))
+	if r.acked < r.need && hint < r.need {
+		// A replica came online after the hint: wait for it too.
+		r.acked, r.waitErr = conn.Do(ctx, "wait", r.need, timeoutMS).Int64()
+	}
+	return r
+}
+
+// evalPipelined sends one pipeline from newPipe (one connection): [ASKING,]
+// the script as EVALSHA, then the commands more queues; and again with
+// EVAL when the script is not loaded there (after a restart or a failover
+// the script cache is empty), more queuing its commands anew. It returns
+// the script's reply; the commands of more are read by the caller.
+func evalPipelined(ctx context.Context, newPipe func() redis.Pipeliner, s *redis.Script, asking bool, keys []string, args []any, more func(redis.Pipeliner)) (any, error) {
 	for _, sha := range []bool{true, false} {
-		pipe := conn.Pipeline()
+		pipe := newPipe()
 		if asking {
 			pipe.Do(ctx, "asking")
 		}
@@ -193,39 +216,13 @@ func runWaitAll(ctx context.Context, p pipeliner, s *redis.Script, w Wait, askin
 		} else {
 			run = s.Eval(ctx, pipe, keys, args...)
 		}
-		wait := pipe.Do(ctx, "wait", hint, timeoutMS)
-		role := pipe.Do(ctx, "role")
-		var info *redis.Cmd
-		if w.Fence != nil {
-			info = pipe.Do(ctx, "client", "info")
-		}
-		_, _ = pipe.Exec(ctx) // errors are read per command below
+		more(pipe)
+		_, _ = pipe.Exec(ctx) // errors are read per command
 		v, err := run.Result()
 		if sha && err != nil && strings.HasPrefix(err.Error(), "NOSCRIPT") {
 			continue
 		}
-		if err != nil {
-			return waitResult{v: v, err: err}
-		}
-		r := waitResult{v: v}
-		if r.acked, r.waitErr = wait.Int64(); r.waitErr != nil {
-			return r
-		}
-		if r.online, r.waitErr = onlineReplicas(role); r.waitErr != nil {
-			return r
-		}
-		onlineHint.Store(key, r.online)
-		if info != nil {
-			if r.node, r.waitErr = laddr(info); r.waitErr != nil {
-				return r
-			}
-		}
-		r.need = max(r.online, int64(w.Min))
-		if r.acked < r.need && hint < r.need {
-			// A replica came online after the hint: wait for it too.
-			r.acked, r.waitErr = conn.Do(ctx, "wait", r.need, timeoutMS).Int64()
-		}
-		return r
+		return v, err
 	}
 	panic("not reached")
 }
