@@ -85,12 +85,14 @@ class ReconnectTest {
       // The sidecar is away: the client's connect attempts fail, and gRPC's backoff grows.
       long downAt = System.nanoTime();
       try (RefusingPort away = new RefusingPort(port)) {
-        client.channel().getState(true); // start connecting, as a call would
         // real time: at least 8 s and 5 failed attempts, so that gRPC's own next backoff would be
         // 1.6^4 x (1 +/- 0.2) >= 5.2 s, longer than the 3 s the call below may take
         while (System.nanoTime() - downAt < TimeUnit.SECONDS.toNanos(8)
             || away.attempts.size() < 5) {
           assertTrue(System.nanoTime() - downAt < TimeUnit.SECONDS.toNanos(40), "too few attempts: " + away.attempts.size());
+          // Keep asking to connect, as calls would: the channel may still have been READY at the
+          // first request, and it goes IDLE, not connecting, once it notices the sidecar is gone.
+          client.channel().getState(true);
           TestProcesses.sleep(20);
         }
         // Restart right after a failed attempt: the worst moment for a growing backoff.
