@@ -48,6 +48,8 @@ type Config struct {
 	Namespace     string      // scopes every key
 	MetricsListen string      // host:port of /metrics; empty disables it
 	APITokenFile  string      // file holding the bearer token; empty disables authentication
+	HTTPListen    string      // HTTP/JSON address, as Listen; empty disables it
+	DebugListen   string      // host:port or unix:///path of net/http/pprof; empty disables it
 	// APIToken is the token read from APITokenFile, trimmed of surrounding
 	// whitespace; non-empty exactly when APITokenFile is set.
 	APIToken          string `json:"-"`

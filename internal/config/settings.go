@@ -101,6 +101,10 @@ func settings(c *Config) []setting {
 			func() error { return checkNamespace(c.Namespace) }),
 		row(&c.MetricsListen, "metrics_listen", "address", "127.0.0.1:9090", "host:port of the Prometheus /metrics endpoint; empty disables it", text,
 			func() error { return checkMetricsListen(c) }),
+		row(&c.HTTPListen, "http_listen", "address", "", "HTTP/JSON listen address for every unary RPC (docs/http.md): host:port or unix:///absolute/path; empty disables it", text,
+			func() error { return checkOptionalListen(c, c.HTTPListen) }),
+		row(&c.DebugListen, "debug_listen", "address", "", "host:port serving net/http/pprof under /debug/pprof/; empty (the default) disables it", text,
+			func() error { return checkOptionalListen(c, c.DebugListen) }),
 		row(&c.APITokenFile, "api_token_file", "path", "", "file holding the bearer token callers must present; empty disables authentication", text,
 			func() error { return loadToken(c) }),
 		row(&c.LogLevel, "log_level", "level", "info", "debug, info, warn or error", text,
@@ -260,6 +264,21 @@ func checkMetricsListen(c *Config) error {
 	}
 	if c.MetricsListen == c.Listen && !strings.HasSuffix(c.Listen, ":0") {
 		return fmt.Errorf("must differ from listen, both are %s", field.Quote(c.Listen))
+	}
+	return nil
+}
+
+// checkOptionalListen checks an extra listener: empty disables it, else
+// an address as listen takes, not the same as listen's.
+func checkOptionalListen(c *Config, s string) error {
+	if s == "" {
+		return nil
+	}
+	if err := checkListen(s); err != nil {
+		return err
+	}
+	if s == c.Listen && !strings.HasSuffix(s, ":0") {
+		return fmt.Errorf("must differ from listen, both are %s", field.Quote(s))
 	}
 	return nil
 }
