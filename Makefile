@@ -9,6 +9,11 @@ GOVULNCHECK_VERSION        := v1.9.0
 # The vulnerability database is built offline from this golang.org/x/vulndb
 # module version (its data/osv reports); bump it to learn of newer reports.
 VULNDB_VERSION             := v0.0.0-20261105234957-e22db6528018
+# envoyproxy/ratelimit, the baseline of the rate-limit benchmark (make bench
+# BENCH_FLAGS='-groups ratelimit'), built from its Go module by
+# scripts/build-envoy-ratelimit.sh into .bin/ once. It has no release tags:
+# a pseudo-version of its main branch (2026-01-22).
+ENVOY_RATELIMIT_VERSION    := v1.4.1-0.20260122083618-3fb702589d36
 
 # The Go toolchain: go.mod needs go1.27.3 (go1.26.8 has reachable
 # standard-library vulnerabilities). A machine's own Go fetches it through the
@@ -124,6 +129,11 @@ test-go:
 ## Parts: make bench BENCH_FLAGS='-groups locks,clock'
 bench: tools redis postgres build
 	$(GO) run ./cmd/bench $(BENCH_FLAGS)
+
+## envoy-ratelimit: envoyproxy/ratelimit at ENVOY_RATELIMIT_VERSION, in .bin/ (the bench builds it when it needs it).
+.PHONY: envoy-ratelimit
+envoy-ratelimit:
+	@scripts/build-envoy-ratelimit.sh
 
 clean:
 	rm -rf $(BIN)

@@ -85,6 +85,108 @@ func (s scrape) mustValue(t *testing.T, name string, labels ...string) float64 {
 	return v
 }
 
+// TestMetricsRateLimitAndSemaphore: the rate limiter's decisions by
+// limiter, result and source, and the semaphore's acquisitions, waits and
+// sessions are exported, every series from the start.
+func TestMetricsRateLimitAndSemaphore(t *testing.T) {
+	rd := testharness.StartRedis(t)
+	maddr := testharness.FreeAddr(t)
+	sc := testharness.StartSidecar(t, testharness.BuildSidecar(t), "--redis-url", rd.URL(), "--metrics-listen", maddr,
+		"--config", brkConfig(t, "ratelimits:\n  api: {rate: 1, period: 1h, burst: 2}\n  leased: {rate: 1, period: 1h, burst: 10, lease: {batch: 5}}\n"))
+	rl := v1.NewRateLimitServiceClient(sc.Conn(t))
+	sem := semClient(t, sc)
+	ctx := ctxT(t, time.Minute)
+
+	before := scrapeMetrics(t, maddr)
+	for _, s := range []struct {
+		name   string
+		labels []string
+	}{
+		{"resilience_ratelimit_decisions_total", []string{"limiter", "api", "result", "allowed", "source", "store"}},
+		{"resilience_ratelimit_decisions_total", []string{"limiter", "leased", "result", "refused", "source", "degraded"}},
+		{"resilience_ratelimit_waiting", nil},
+		{"resilience_semaphore_acquire_total", []string{"result", "timeout"}},
+		{"resilience_semaphore_waiting", nil},
+		{"resilience_semaphore_held", nil},
+	} {
+		if v := before.mustValue(t, s.name, s.labels...); v != 0 {
+			t.Fatalf("%s%v = %v at start", s.name, s.labels, v)
+		}
+	}
+
+	// api: 2 allowed by the store, 1 refused by it, 2 refused from the
+	// memory of the exhausted key. leased: 1 from the store (taking 5),
+	// 4 from the lease.
+	for i := range 5 {
+		if r, err := rl.Take(ctx, &v1.TakeRequest{Limiter: "api", Key: "k"}); err != nil || r.GetAllowed() != (i < 2) {
+			t.Fatalf("take %d: %v, %v", i, r, err)
+		}
+	}
+	for i := range 5 {
+		if r, err := rl.Take(ctx, &v1.TakeRequest{Limiter: "leased", Key: "k"}); err != nil || !r.GetAllowed() {
+			t.Fatalf("leased take %d: %v, %v", i, r, err)
+		}
+	}
+	// Semaphore: acquired, busy, timeout, then a session holding it.
+	r, err := sem.AcquirePermit(ctx, &v1.AcquirePermitRequest{Name: "m", Limit: 1, Ttl: durationpb.New(time.Minute)})
+	if err != nil || !r.GetAcquired() {
+		t.Fatal(r, err)
+	}
+	if r, err := sem.AcquirePermit(ctx, &v1.AcquirePermitRequest{Name: "m", Limit: 1}); err != nil || r.GetAcquired() {
+		t.Fatal(r, err)
+	}
+	if r, err := sem.AcquirePermit(ctx, &v1.AcquirePermitRequest{Name: "m", Limit: 1, WaitTimeout: durationpb.New(200 * time.Millisecond)}); err != nil || r.GetAcquired() {
+		t.Fatal(r, err)
+	}
+	if _, err := sem.ReleasePermit(ctx, &v1.ReleasePermitRequest{Name: "m", PermitId: r.GetPermit().GetPermitId()}); err != nil {
+		t.Fatal(err)
+	}
+	stream, err := sem.HoldPermit(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&v1.HoldPermitRequest{Msg: &v1.HoldPermitRequest_Acquire_{Acquire: &v1.HoldPermitRequest_Acquire{Name: "m", Limit: 1}}}); err != nil {
+		t.Fatal(err)
+	}
+	if m, err := stream.Recv(); err != nil || m.GetAcquired() == nil {
+		t.Fatal(m, err)
+	}
+
+	after := scrapeMetrics(t, maddr)
+	for _, c := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"resilience_ratelimit_decisions_total", []string{"limiter", "api", "result", "allowed", "source", "store"}, 2},
+		{"resilience_ratelimit_decisions_total", []string{"limiter", "api", "result", "refused", "source", "store"}, 1},
+		{"resilience_ratelimit_decisions_total", []string{"limiter", "api", "result", "refused", "source", "cached"}, 2},
+		{"resilience_ratelimit_decisions_total", []string{"limiter", "leased", "result", "allowed", "source", "store"}, 1},
+		{"resilience_ratelimit_decisions_total", []string{"limiter", "leased", "result", "allowed", "source", "lease"}, 4},
+		{"resilience_semaphore_acquire_total", []string{"result", "acquired"}, 2}, // the call and the session
+		{"resilience_semaphore_acquire_total", []string{"result", "busy"}, 1},
+		{"resilience_semaphore_acquire_total", []string{"result", "timeout"}, 1},
+		{"resilience_semaphore_wait_seconds", nil, 1},
+		{"resilience_semaphore_held", nil, 1},
+		{"resilience_semaphore_waiting", nil, 0},
+	} {
+		if got := after.mustValue(t, c.name, c.labels...); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+	if err := stream.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		if _, err := stream.Recv(); err != nil {
+			break
+		}
+	}
+	testkit.Eventually(t, 10*time.Second, "resilience_semaphore_held back to 0 after the session ended", func() bool {
+		return scrapeMetrics(t, maddr).mustValue(t, "resilience_semaphore_held") == 0
+	})
+}
+
 func TestMetricsLock(t *testing.T) {
 	rd := testharness.StartRedis(t)
 	bin := testharness.BuildSidecar(t)

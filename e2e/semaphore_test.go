@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +22,8 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/ratelimit"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/semaphore"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
@@ -143,7 +146,8 @@ func semClient(t *testing.T, s *testharness.Sidecar) v1.SemaphoreServiceClient {
 }
 
 // TestSemaphoreBulkheadAcrossSidecars: 3 sidecars x 8 clients hammer one
-// semaphore of limit 4: never more than 4 inside, every client served.
+// semaphore of limit 4 for E2E_RATELIMIT_SECONDS (10 s by default): never
+// more than 4 inside, every client served.
 func TestSemaphoreBulkheadAcrossSidecars(t *testing.T) {
 	bin := testharness.BuildSidecar(t)
 	for _, tp := range semTopologies() {
@@ -163,7 +167,8 @@ func TestSemaphoreBulkheadAcrossSidecars(t *testing.T) {
 				c := semClient(t, sidecars[i%3])
 				wg.Go(func() { permitWorker(c, "pool", fmt.Sprint("w", i), limit, b, &counts[i], stop, errs, false) })
 			}
-			time.Sleep(3 * time.Second) // real time: the load runs for a while
+			run := loadDuration(t)
+			time.Sleep(run) // real time: the load runs for a while
 			close(stop)
 			wg.Wait()
 			close(errs)
@@ -176,8 +181,30 @@ func TestSemaphoreBulkheadAcrossSidecars(t *testing.T) {
 					t.Errorf("client w%d was never served", i)
 				}
 			}
-			t.Logf("%d grants in 3 s, peak %d of %d", b.grants, b.peak, limit)
+			t.Logf("%d grants in %v, peak %d of %d", b.grants, run, b.peak, limit)
 		})
+	}
+}
+
+// TestSemaphoreScriptsPreloaded: the sidecar loads the semaphore's and
+// the rate limiter's scripts at start, so that their first call is an
+// EVALSHA, not an EVAL of the whole script.
+func TestSemaphoreScriptsPreloaded(t *testing.T) {
+	r := testharness.StartRedis(t)
+	testharness.StartSidecar(t, testharness.BuildSidecar(t), "--redis-url", r.URL())
+	scripts := slices.Concat(semaphore.Scripts, ratelimit.Scripts)
+	hashes := make([]string, len(scripts))
+	for i, s := range scripts {
+		hashes[i] = s.Hash()
+	}
+	loaded, err := r.Client(t).ScriptExists(ctxT(t, 10*time.Second), hashes...).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, ok := range loaded {
+		if !ok {
+			t.Errorf("script %d of %d (%s) not loaded at start", i, len(scripts), hashes[i])
+		}
 	}
 }
 
@@ -559,8 +586,21 @@ func TestSemaphoreWaitersNeitherPollNorHerd(t *testing.T) {
 		return err
 	})
 	scripts := semScripts(t, rd, "herd")
+	// The last callers' joins may still wake each head for one refresh
+	// (its try reports the sidecar's waiters); let those run first.
+	// real time: until no script ran for 500 ms (at most 20 tries), so a
+	// straggling refresh on a loaded machine is not mistaken for polling.
+	settled := scripts.Load()
+	for range 20 {
+		time.Sleep(500 * time.Millisecond)
+		if n := scripts.Load(); n != settled {
+			settled = n
+			continue
+		}
+		break
+	}
 	time.Sleep(2 * time.Second) // real time: waiters that polled would show up here
-	if idle := scripts.Load(); idle != 0 {
+	if idle := scripts.Load() - settled; idle != 0 {
 		t.Fatalf("%d scripts ran in 2 s while %d callers waited and nothing changed: they poll", idle, waiters)
 	}
 	before := scripts.Load()

@@ -117,7 +117,7 @@ func openStores(ctx context.Context, cfg *config.Config, m *metrics.Metrics, log
 	}
 	// Redis may come up after the sidecar: health stays NOT_SERVING until
 	// it answers, and scripts load on first use (EVALSHA falls back to EVAL).
-	if err := redisx.LoadScripts(ctx, rdb, slices.Concat(lock.Scripts, idempotency.Scripts, clock.Scripts, breaker.Scripts, saga.Scripts, events.Scripts, ratelimit.Scripts)...); err != nil {
+	if err := redisx.LoadScripts(ctx, rdb, slices.Concat(lock.Scripts, idempotency.Scripts, clock.Scripts, breaker.Scripts, saga.Scripts, events.Scripts, ratelimit.Scripts, semaphore.Scripts)...); err != nil {
 		log.Warn("could not preload scripts; Redis unreachable for now", "error", err)
 	}
 	// Grants and the records clients rely on wait for replicas when asked
@@ -204,7 +204,7 @@ func serve(ctx context.Context, cfg *config.Config, getenv func(string) string, 
 	lockSvc := lock.NewService(st.lock, nil, log)
 	defer lockSvc.Close()
 	v1.RegisterLockServiceServer(srv.GRPC(), api.NewLockServer(srv.Stopping(), lockSvc, log, api.WithMetrics(m)))
-	defer serveSemaphores(srv, srv.Stopping(), st.semaphore, log)()
+	defer serveSemaphores(srv, srv.Stopping(), st.semaphore, m, log)()
 	idemSvc := idempotency.NewService(st.idempotency, nil, log)
 	defer idemSvc.Close()
 	v1.RegisterIdempotencyServiceServer(srv.GRPC(), api.NewIdempotencyServer(srv.Stopping(), idemSvc, log, cfg.MaxResultBytes, api.WithMetrics(m)))
@@ -231,7 +231,7 @@ func serve(ctx context.Context, cfg *config.Config, getenv func(string) string, 
 	}
 	defer stopOutbox() // before stopEvents: the relay publishes through eventSvc
 	v1.RegisterEventServiceServer(srv.GRPC(), api.NewEventServer(srv.Stopping(), eventSvc, outboxStatus, log))
-	if err := registerRateLimits(srv.GRPC(), cfg, st.ratelimit, log); err != nil {
+	if err := registerRateLimits(srv.GRPC(), cfg, st.ratelimit, m, log); err != nil {
 		return err
 	}
 

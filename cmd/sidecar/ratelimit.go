@@ -10,18 +10,20 @@ import (
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/api"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/config"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/metrics"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/ratelimit"
 )
 
 // registerRateLimits serves the RateLimitService for the config's
 // declared limiters, and Envoy's RateLimitService for its envoy_ratelimit
-// files, counted in st (Redis, or memory on the embedded store).
-func registerRateLimits(s *grpc.Server, cfg *config.Config, st ratelimit.Store, log *slog.Logger) error {
+// files, counted in st (Redis, or memory on the embedded store), their
+// decisions in m.
+func registerRateLimits(s *grpc.Server, cfg *config.Config, st ratelimit.Store, m *metrics.Metrics, log *slog.Logger) error {
 	domains, err := ratelimit.LoadEnvoy(cfg.EnvoyRateLimit.Files)
 	if err != nil {
 		return fmt.Errorf("envoy_ratelimit: %w", err)
 	}
-	svc, err := ratelimit.NewService(ratelimit.Options{Limiters: cfg.RateLimits, Store: st, Log: log, Envoy: domains})
+	svc, err := ratelimit.NewService(ratelimit.Options{Limiters: cfg.RateLimits, Store: st, Log: log, Envoy: domains, Metrics: m})
 	if err != nil {
 		return fmt.Errorf("ratelimits: %w", err)
 	}

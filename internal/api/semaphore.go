@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/metrics"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/semaphore"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
 )
@@ -28,13 +29,43 @@ type SemaphoreServer struct {
 	// stopping is cancelled when the sidecar shuts down: waits end and
 	// sessions give their permits back.
 	stopping context.Context
+	metrics  *metrics.Metrics
 }
 
 // NewSemaphoreServer serves svc. Calls in flight when stopping is
 // cancelled end promptly: waits with UNAVAILABLE/SHUTTING_DOWN, sessions by
 // giving their permit back.
-func NewSemaphoreServer(stopping context.Context, svc *semaphore.Service, log *slog.Logger) *SemaphoreServer {
-	return &SemaphoreServer{svc: svc, log: log, stopping: stopping}
+func NewSemaphoreServer(stopping context.Context, svc *semaphore.Service, log *slog.Logger, opts ...Option) *SemaphoreServer {
+	o := applyOptions(opts)
+	return &SemaphoreServer{svc: svc, log: log, stopping: stopping, metrics: o.metrics}
+}
+
+// begin counts a call with a wait as waiting until the returned observe
+// records its outcome: acquired, busy (no permit, no wait) or timeout (a
+// wait ended without one). observe must be called once, with err nil
+// when the call got an answer.
+func (s *SemaphoreServer) begin(wait time.Duration) (observe func(acquired bool, err error)) {
+	start := time.Now()
+	if wait > 0 {
+		s.metrics.SemaphoreWaiter(1)
+	}
+	return func(acquired bool, err error) {
+		if wait > 0 {
+			s.metrics.SemaphoreWaiter(-1)
+		}
+		if err != nil {
+			return
+		}
+		result := metrics.LockAcquired
+		switch {
+		case acquired:
+		case wait > 0:
+			result = metrics.LockTimeout
+		default:
+			result = metrics.LockBusy
+		}
+		s.metrics.ObserveSemaphoreAcquire(result, wait > 0, time.Since(start))
+	}
 }
 
 func (s *SemaphoreServer) fail(ctx context.Context, err error) error {
@@ -74,7 +105,9 @@ func (s *SemaphoreServer) AcquirePermit(ctx context.Context, r *v1.AcquirePermit
 		return nil, s.fail(ctx, err)
 	}
 	opts.Stop = s.stopping.Done()
+	observe := s.begin(opts.Wait)
 	res, err := s.svc.Acquire(ctx, r.GetName(), opts)
+	observe(res.Acquired, err)
 	if err != nil {
 		return nil, s.fail(ctx, err)
 	}
@@ -186,7 +219,9 @@ func (s *SemaphoreServer) HoldPermit(stream v1.SemaphoreService_HoldPermitServer
 		return s.fail(ctx, err)
 	}
 	opts.Stop = s.stopping.Done()
+	observe := s.begin(opts.Wait)
 	sess, res, err := s.svc.Hold(ctx, first.GetAcquire().GetName(), opts)
+	observe(sess != nil, err)
 	if err != nil {
 		return s.fail(ctx, err)
 	}
@@ -200,6 +235,8 @@ func (s *SemaphoreServer) HoldPermit(stream v1.SemaphoreService_HoldPermitServer
 		return sess.Release(rctx)
 	}
 	defer release() //nolint:errcheck // idempotent; the explicit paths report its error
+	s.metrics.SemaphoreSessionHeld(1)
+	defer s.metrics.SemaphoreSessionHeld(-1)
 	if err := stream.Send(&v1.HoldPermitResponse{Event: &v1.HoldPermitResponse_Acquired{Acquired: permitPB(sess.Permit())}}); err != nil {
 		return err
 	}

@@ -55,6 +55,14 @@ type Metrics struct {
 	OutboxHealthy   prometheus.Gauge
 
 	LimitRejections *prometheus.CounterVec // limit: the admission limit's setting name
+
+	RateLimitDecisions *prometheus.CounterVec // limiter (declared names only), result, source
+	RateLimitWaiting   prometheus.Gauge
+
+	SemaphoreAcquire *prometheus.CounterVec // result: acquired|busy|timeout (no name label: names are unbounded)
+	SemaphoreWait    prometheus.Histogram
+	SemaphoreWaiting prometheus.Gauge
+	SemaphoreHeld    prometheus.Gauge
 }
 
 // New registers every series in a fresh registry.
@@ -136,6 +144,25 @@ func New() *Metrics {
 		LimitRejections: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "resilience_limit_rejections_total", Help: "Calls refused with RESOURCE_EXHAUSTED/LIMIT_EXCEEDED by an admission limit, by the limit's setting name (max_concurrent_calls, max_waiters, max_sessions, max_subscriptions, max_response_bytes_in_flight).",
 		}, []string{"limit"}),
+		RateLimitDecisions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "resilience_ratelimit_decisions_total", Help: "Take decisions by declared limiter, result (allowed, refused) and source: store (a script round trip), cached (an exhausted key answered from memory until its retry_after), lease (answered from this sidecar's leased tokens), degraded (the store was unreachable; the limiter's store_down mode answered).",
+		}, []string{"limiter", "result", "source"}),
+		RateLimitWaiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "resilience_ratelimit_waiting", Help: "Takes with a wait_timeout currently waiting for their cost to fit on this sidecar (each counts under max_waiters).",
+		}),
+		SemaphoreAcquire: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "resilience_semaphore_acquire_total", Help: "AcquirePermit and HoldPermit outcomes: acquired, busy (no permit free, no wait), timeout (a wait ended without a permit).",
+		}, []string{"result"}),
+		SemaphoreWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "resilience_semaphore_wait_seconds", Help: "Time AcquirePermit and HoldPermit calls with a wait spent until granted or given up.",
+			Buckets: []float64{.001, .005, .01, .05, .1, .5, 1, 5, 10, 30, 60, 300},
+		}),
+		SemaphoreWaiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "resilience_semaphore_waiting", Help: "AcquirePermit and HoldPermit calls with a wait_timeout currently waiting for a permit on this sidecar.",
+		}),
+		SemaphoreHeld: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "resilience_semaphore_held", Help: "HoldPermit sessions currently holding a permit on this sidecar.",
+		}),
 	}
 	f(collectors.NewGoCollector())
 	f(collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -143,7 +170,8 @@ func New() *Metrics {
 	for _, c := range []prometheus.Collector{m.LockAcquire, m.LockWait, m.LockHeld, m.IdempotencyOutcome,
 		m.BreakerState, m.BreakerTransitions, m.UpstreamRequests, m.UpstreamLatency, m.SagaTotal, m.SagaStuck,
 		m.StoreUp, m.StoreLatency, m.StoreErrors, m.EventsPublished, m.EventsDelivered, m.EventsRedelivered, m.EventsDeadLettered,
-		m.OutboxPublished, m.OutboxRefused, m.OutboxBacklog, m.OutboxLag, m.OutboxHealthy, m.LimitRejections} {
+		m.OutboxPublished, m.OutboxRefused, m.OutboxBacklog, m.OutboxLag, m.OutboxHealthy, m.LimitRejections,
+		m.RateLimitDecisions, m.RateLimitWaiting, m.SemaphoreAcquire, m.SemaphoreWait, m.SemaphoreWaiting, m.SemaphoreHeld} {
 		f(c)
 	}
 	// Every store error reason exists from the start, at 0, and the RPC
@@ -155,6 +183,9 @@ func New() *Metrics {
 	// Both results exist from the start, at 0, like the unlabelled counters.
 	m.EventsPublished.WithLabelValues("appended")
 	m.EventsPublished.WithLabelValues("duplicate")
+	for _, r := range []string{LockAcquired, LockBusy, LockTimeout} {
+		m.SemaphoreAcquire.WithLabelValues(r)
+	}
 	return m
 }
 
@@ -317,4 +348,81 @@ func (m *Metrics) ObserveLimitRejection(limit string) {
 		return
 	}
 	m.LimitRejections.WithLabelValues(limit).Inc()
+}
+
+// Rate limit decision results and sources, the values of the result and
+// source labels of resilience_ratelimit_decisions_total.
+const (
+	RateLimitAllowed = "allowed"
+	RateLimitRefused = "refused"
+
+	RateLimitStore    = "store"
+	RateLimitCached   = "cached"
+	RateLimitLease    = "lease"
+	RateLimitDegraded = "degraded"
+)
+
+// InitRateLimiters makes the decision series of each declared limiter
+// exist from the start, at 0, for every result and source.
+func (m *Metrics) InitRateLimiters(names ...string) {
+	if m == nil {
+		return
+	}
+	for _, n := range names {
+		for _, r := range []string{RateLimitAllowed, RateLimitRefused} {
+			for _, src := range []string{RateLimitStore, RateLimitCached, RateLimitLease, RateLimitDegraded} {
+				m.RateLimitDecisions.WithLabelValues(n, r, src)
+			}
+		}
+	}
+}
+
+// ObserveRateLimit counts one Take decision of a declared limiter.
+func (m *Metrics) ObserveRateLimit(limiter string, allowed bool, source string) {
+	if m == nil {
+		return
+	}
+	r := RateLimitRefused
+	if allowed {
+		r = RateLimitAllowed
+	}
+	m.RateLimitDecisions.WithLabelValues(limiter, r, source).Inc()
+}
+
+// RateLimitWaiter adds delta (+1 or -1) to the waiting Takes gauge.
+func (m *Metrics) RateLimitWaiter(delta float64) {
+	if m == nil {
+		return
+	}
+	m.RateLimitWaiting.Add(delta)
+}
+
+// ObserveSemaphoreAcquire records one permit acquisition's result (one of
+// the lock results: acquired, busy, timeout) and, when it waited, how
+// long.
+func (m *Metrics) ObserveSemaphoreAcquire(result string, waited bool, d time.Duration) {
+	if m == nil {
+		return
+	}
+	m.SemaphoreAcquire.WithLabelValues(result).Inc()
+	if waited {
+		m.SemaphoreWait.Observe(d.Seconds())
+	}
+}
+
+// SemaphoreWaiter adds delta (+1 or -1) to the waiting permit calls gauge.
+func (m *Metrics) SemaphoreWaiter(delta float64) {
+	if m == nil {
+		return
+	}
+	m.SemaphoreWaiting.Add(delta)
+}
+
+// SemaphoreSessionHeld adds delta (+1 or -1) to the gauge of HoldPermit
+// sessions holding a permit.
+func (m *Metrics) SemaphoreSessionHeld(delta float64) {
+	if m == nil {
+		return
+	}
+	m.SemaphoreHeld.Add(delta)
 }

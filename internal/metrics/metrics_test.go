@@ -29,6 +29,8 @@ func exported(t *testing.T) map[string]bool {
 	m.UpstreamRequests.WithLabelValues("u", "200").Inc()
 	m.UpstreamLatency.WithLabelValues("u").Observe(0)
 	m.SagaTotal.WithLabelValues("COMPLETED").Inc()
+	m.InitRateLimiters("api")
+	m.ObserveSemaphoreAcquire(metrics.LockAcquired, true, 0)
 	m.GRPC.InitializeMetrics(grpc.NewServer(grpc.UnaryInterceptor(m.GRPC.UnaryServerInterceptor())))
 	healthServer := grpc.NewServer()
 	healthpb.RegisterHealthServer(healthServer, health.NewServer())
@@ -95,5 +97,11 @@ func TestNamesArePrefixedAndNilIsSafe(t *testing.T) {
 	m.ObserveIdempotency("completed")
 	m.ObserveStore("x", 0)
 	m.SetStoreUp(true)
+	m.InitRateLimiters("api")
+	m.ObserveRateLimit("api", true, metrics.RateLimitLease)
+	m.RateLimitWaiter(1)
+	m.ObserveSemaphoreAcquire(metrics.LockTimeout, true, 0)
+	m.SemaphoreWaiter(1)
+	m.SemaphoreSessionHeld(1)
 	_ = prometheus.Labels{}
 }

@@ -103,7 +103,39 @@ type Limiter struct {
 	StoreDown StoreDown `yaml:"store_down"`
 	// ExpectedSidecars divides the capacity in store_down local.
 	ExpectedSidecars int `yaml:"expected_sidecars"`
+	// Lease, when its Batch is set, lets a sidecar take a batch of tokens
+	// in one store call and answer from it locally.
+	Lease Lease `yaml:"lease"`
 }
+
+// Lease is a limiter's token leasing: a Take that goes to the store takes
+// up to Batch (its own cost included) and keeps the rest in this sidecar
+// for later Takes of the key, answered without a round trip, for at most
+// TTL. The store records every lease's unused part until it is used up or
+// its TTL ends, and grants no more than Tolerance unused tokens per key
+// across all sidecars: in any interval, at most Tolerance more than the
+// algorithm's own bound is admitted. Unused tokens are not given back;
+// they lapse with their lease after TTL. The zero Lease is off.
+type Lease struct {
+	// Batch is the most one store call takes (2 to the capacity).
+	Batch int64 `yaml:"batch"`
+	// Tolerance is the most leased, unused tokens of one key across all
+	// sidecars (1 to the capacity; default (Batch-1)*ExpectedSidecars,
+	// capped to the capacity).
+	Tolerance int64 `yaml:"tolerance"`
+	// TTL is how long a sidecar may answer from a lease (1ms-1m, default
+	// DefaultLeaseTTL).
+	TTL time.Duration `yaml:"ttl"`
+}
+
+// Bounds and defaults of a limiter's lease.
+const (
+	DefaultLeaseTTL = time.Second
+	MaxLeaseTTL     = time.Minute
+)
+
+// On reports whether leasing is on.
+func (l Lease) On() bool { return l.Batch > 0 }
 
 // WithDefaults returns l with its zero (or negative) fields defaulted.
 func (l Limiter) WithDefaults() Limiter {
@@ -135,6 +167,14 @@ func (l Limiter) WithDefaults() Limiter {
 	if l.ExpectedSidecars <= 0 {
 		l.ExpectedSidecars = 1
 	}
+	if l.Lease.On() {
+		if l.Lease.TTL <= 0 {
+			l.Lease.TTL = DefaultLeaseTTL
+		}
+		if l.Lease.Tolerance <= 0 && l.Lease.Batch > 1 {
+			l.Lease.Tolerance = min((l.Lease.Batch-1)*int64(l.ExpectedSidecars), max(l.Capacity(), 1))
+		}
+	}
 	return l
 }
 
@@ -148,7 +188,7 @@ func (l Limiter) Capacity() int64 {
 
 // Local is the limiter one sidecar enforces in store_down local: the rate,
 // burst or limit divided by ExpectedSidecars, each at least 1 (burst and
-// limit rounded down), MaxCost capped to the new capacity.
+// limit rounded down), MaxCost capped to the new capacity, no lease.
 func (l Limiter) Local() Limiter {
 	n := int64(max(l.ExpectedSidecars, 1))
 	l.Rate /= float64(n)
@@ -160,6 +200,7 @@ func (l Limiter) Local() Limiter {
 	}
 	l.MaxCost = min(l.MaxCost, l.Capacity())
 	l.MaxRate, l.MaxBurst, l.MaxLimit = min(l.MaxRate, l.Rate), min(l.MaxBurst, l.Burst), min(l.MaxLimit, l.Limit)
+	l.Lease = Lease{} // the local count is in this sidecar: nothing to lease
 	return l
 }
 
@@ -262,6 +303,16 @@ func (l Limiter) Validate() error {
 	}
 	if l.ExpectedSidecars < 1 || l.ExpectedSidecars > MaxExpectedSidecars {
 		return field.Errorf("expected_sidecars", "must be between 1 and %d, got %d", MaxExpectedSidecars, l.ExpectedSidecars)
+	}
+	if le := l.Lease; le != (Lease{}) {
+		switch {
+		case le.Batch < 2 || le.Batch > l.Capacity():
+			return field.Errorf("lease.batch", "must be between 2 and the capacity %d, got %d", l.Capacity(), le.Batch)
+		case le.Tolerance < 1 || le.Tolerance > l.Capacity():
+			return field.Errorf("lease.tolerance", "must be between 1 and the capacity %d, got %d", l.Capacity(), le.Tolerance)
+		case le.TTL < MinPeriod || le.TTL > MaxLeaseTTL:
+			return field.Errorf("lease.ttl", "must be between %v and %v, got %v", MinPeriod, MaxLeaseTTL, le.TTL)
+		}
 	}
 	return nil
 }

@@ -27,6 +27,36 @@ func TestLimiterDefaults(t *testing.T) {
 	}
 }
 
+func TestLeaseDefaults(t *testing.T) {
+	cases := []struct {
+		name string
+		l    ratelimit.Limiter
+		want ratelimit.Lease
+	}{
+		{"one sidecar", ratelimit.Limiter{Rate: 100, Lease: ratelimit.Lease{Batch: 5}}, ratelimit.Lease{Batch: 5, Tolerance: 4, TTL: time.Second}},
+		{"three sidecars", ratelimit.Limiter{Rate: 100, ExpectedSidecars: 3, Lease: ratelimit.Lease{Batch: 5}}, ratelimit.Lease{Batch: 5, Tolerance: 12, TTL: time.Second}},
+		{"capped to the capacity", ratelimit.Limiter{Algorithm: ratelimit.FixedWindow, Limit: 10, Window: time.Second, ExpectedSidecars: 9,
+			Lease: ratelimit.Lease{Batch: 5}}, ratelimit.Lease{Batch: 5, Tolerance: 10, TTL: time.Second}},
+		{"as declared", ratelimit.Limiter{Rate: 100, Lease: ratelimit.Lease{Batch: 5, Tolerance: 30, TTL: time.Millisecond}},
+			ratelimit.Lease{Batch: 5, Tolerance: 30, TTL: time.Millisecond}},
+		{"off", ratelimit.Limiter{Rate: 100}, ratelimit.Lease{}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			l := c.l.WithDefaults()
+			if l.Lease != c.want {
+				t.Fatalf("lease %+v, want %+v", l.Lease, c.want)
+			}
+			if err := l.Validate(); err != nil {
+				t.Fatal(err)
+			}
+			if loc := l.Local(); loc.Lease.On() || loc.Validate() != nil {
+				t.Fatalf("local share %+v leases or is invalid", loc)
+			}
+		})
+	}
+}
+
 func TestLimiterLocalShare(t *testing.T) {
 	l := ratelimit.Limiter{Rate: 500, Burst: 50, ExpectedSidecars: 3}.WithDefaults().Local()
 	if l.Rate != 500.0/3 || l.Burst != 16 || l.MaxCost != 16 {
@@ -87,6 +117,13 @@ func TestLimiterValidateEveryField(t *testing.T) {
 		{"store_down", with(gcra, func(l *ratelimit.Limiter) { l.StoreDown = "retry" }), "store_down", "fail_open, fail_closed, local"},
 		{"expected_sidecars zero", with(gcra, func(l *ratelimit.Limiter) { l.ExpectedSidecars = 0 }), "expected_sidecars", "between 1 and 10000"},
 		{"expected_sidecars high", with(gcra, func(l *ratelimit.Limiter) { l.ExpectedSidecars = 10001 }), "expected_sidecars", "got 10001"},
+		{"lease batch 1", with(gcra, func(l *ratelimit.Limiter) { l.Lease = ratelimit.Lease{Batch: 1, Tolerance: 1, TTL: time.Second} }), "lease.batch", "between 2 and the capacity 10"},
+		{"lease batch over capacity", with(win, func(l *ratelimit.Limiter) { l.Lease = ratelimit.Lease{Batch: 11, Tolerance: 1, TTL: time.Second} }), "lease.batch", "got 11"},
+		{"lease without batch", with(gcra, func(l *ratelimit.Limiter) { l.Lease = ratelimit.Lease{TTL: time.Second} }), "lease.batch", "got 0"},
+		{"lease tolerance zero", with(gcra, func(l *ratelimit.Limiter) { l.Lease = ratelimit.Lease{Batch: 5, TTL: time.Second} }), "lease.tolerance", "between 1 and the capacity 10"},
+		{"lease tolerance over capacity", with(gcra, func(l *ratelimit.Limiter) { l.Lease = ratelimit.Lease{Batch: 5, Tolerance: 11, TTL: time.Second} }), "lease.tolerance", "got 11"},
+		{"lease ttl long", with(gcra, func(l *ratelimit.Limiter) { l.Lease = ratelimit.Lease{Batch: 5, Tolerance: 4, TTL: time.Hour} }), "lease.ttl", "between 1ms and 1m0s"},
+		{"lease ttl zero", with(gcra, func(l *ratelimit.Limiter) { l.Lease = ratelimit.Lease{Batch: 5, Tolerance: 4} }), "lease.ttl", "got 0s"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -26,6 +26,12 @@ type Result struct {
 	RetryAfter time.Duration
 	// ResetAfter is how long until the key is back to its full capacity.
 	ResetAfter time.Duration
+	// Taken is what an allowed call took: its cost, or for a Lease up to
+	// the lease's batch.
+	Taken int64
+	// Delay, for an allowed Reserve, is how long from now the take is
+	// due: the caller must wait it out before acting on the admission.
+	Delay time.Duration
 }
 
 // Store counts limiters' keys. Take takes cost (>= 1, at most the
@@ -35,6 +41,32 @@ type Result struct {
 type Store interface {
 	Take(ctx context.Context, name, key string, l Limiter, cost int64) (Result, error)
 	Get(ctx context.Context, name, key string, l Limiter) (Result, error)
+}
+
+// Reserver is a Store that books a take for later: Reserve takes
+// cost now when it fits; otherwise, when it fits within wait, it takes it
+// for the moment it fits (Result.Delay from now), so that later takes of
+// the key, waiting or not, come after it (first come, first served across
+// sidecars). Beyond wait it answers refused like Take, taking nothing.
+type Reserver interface {
+	Reserve(ctx context.Context, name, key string, l Limiter, cost int64, wait time.Duration) (Result, error)
+}
+
+// LeaseRequest is one store call of a leasing limiter: besides the call's
+// own cost it asks for up to Batch-cost more tokens, recorded as unused
+// under ID until TTL ends or the ID is listed in a later call's Done, and
+// granted only while the key's unused leased tokens stay within Tolerance.
+type LeaseRequest struct {
+	Batch, Tolerance int64
+	TTL              time.Duration
+	ID               string
+	Done             []string
+}
+
+// Leaser is a Store that leases (Limiter.Lease): Lease is Take that may
+// take more than cost (Result.Taken), per q.
+type Leaser interface {
+	Lease(ctx context.Context, name, key string, l Limiter, cost int64, q LeaseRequest) (Result, error)
 }
 
 // ErrLimiterUnknown is the error for a limiter the configuration does not
@@ -64,17 +96,25 @@ type gcraStep struct {
 }
 
 // gcra is the GCRA decision at now (µs) for a key whose stored TAT is
-// tat, shared by the memory store and (as Lua) the Redis store.
+// tat, shared by the memory store and (as Lua) the Redis store. With wait
+// (µs) > 0, a cost that fits within wait is reserved (allowed, Delay until
+// it is due).
 //
 // The arithmetic is on d, the TAT's distance from now: absolute times in
 // µs are near 2^51, where a float64 is only exact to 0.25µs, while the
 // difference of two of them is exact.
-func gcra(now, tat float64, l Limiter, cost int64) gcraStep {
+func gcra(now, tat float64, l Limiter, cost int64, wait float64) gcraStep {
 	t := usec(l.Period) / l.Rate
 	tau := float64(l.Burst) * t
 	d := max(tat-now, 0)
 	nd := d + float64(cost)*t
 	r := Result{Limit: l.Burst}
+	if cost > 0 && wait > 0 && nd > tau+eps && nd-tau <= wait+eps {
+		r.Allowed, r.Taken = true, cost
+		r.Delay = fromUsec(nd - tau)
+		r.ResetAfter = fromUsec(nd)
+		return gcraStep{tat: now + nd, result: r}
+	}
 	if nd > tau+eps || cost == 0 && d+t > tau+eps {
 		r.Remaining = max(0, int64(math.Floor((tau-d)/t+eps)))
 		want := nd
@@ -85,7 +125,7 @@ func gcra(now, tat float64, l Limiter, cost int64) gcraStep {
 		r.ResetAfter = fromUsec(d)
 		return gcraStep{tat: now + d, result: r}
 	}
-	r.Allowed = true
+	r.Allowed, r.Taken = true, cost
 	r.Remaining = max(0, int64(math.Floor((tau-nd)/t+eps)))
 	r.ResetAfter = fromUsec(nd)
 	return gcraStep{tat: now + nd, result: r}

@@ -65,6 +65,8 @@ const (
 // LeaseLostError says why and when a lease was lost. It matches
 // ErrLeaseLost, and unwraps to the stream's error for STREAM_ENDED.
 type LeaseLostError struct {
+	what string // "lock" (when empty) or "permit"
+	// Key is the lock's key, or the bulkhead's name for a permit.
 	Key string
 	// Reason is LostRenewalOverdue, LostStreamEnded or the sidecar's.
 	Reason  string
@@ -78,7 +80,11 @@ type LeaseLostError struct {
 }
 
 func (e *LeaseLostError) Error() string {
-	msg := fmt.Sprintf("resilience: lease lost: lock %q: %s (%s)", e.Key, e.Message, e.Reason)
+	what := e.what
+	if what == "" {
+		what = "lock"
+	}
+	msg := fmt.Sprintf("resilience: lease lost: %s %q: %s (%s)", what, e.Key, e.Message, e.Reason)
 	if e.Err != nil {
 		msg += ": " + e.Err.Error()
 	}

@@ -19,7 +19,7 @@ import (
 // stopped, goroutines left over fail the run. Its config declares the
 // upstreams ExampleStartSaga's compensations go to ("inventory",
 // "payments", "shipping"), all served by one HTTP server that answers
-// 204 to everything. After everything else, a run that is not filtered
+// 204 to everything, and ExampleRateLimited's limiter ("search"). After everything else, a run that is not filtered
 // fails when a scenario of clients/scenarios.txt has no passing test
 // (checkScenarios).
 func TestMain(m *testing.M) {
@@ -36,7 +36,8 @@ func TestMain(m *testing.M) {
 		}
 		tb.Cleanup(func() { _ = os.RemoveAll(dir) })
 		cfg := filepath.Join(dir, "sidecar.yaml")
-		yaml := fmt.Sprintf("upstreams:\n  inventory: {url: %q}\n  payments: {url: %q}\n  shipping: {url: %q}\n", hs.URL, hs.URL, hs.URL)
+		yaml := fmt.Sprintf("upstreams:\n  inventory: {url: %q}\n  payments: {url: %q}\n  shipping: {url: %q}\n", hs.URL, hs.URL, hs.URL) +
+			"ratelimits:\n  search: {algorithm: gcra, rate: 1, period: 1h, burst: 2}\n"
 		if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
 			tb.Fatalf("%v", err)
 		}

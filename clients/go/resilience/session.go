@@ -49,13 +49,15 @@ func WithLock(ctx context.Context, c v1.LockServiceClient, key string, fn func(c
 	return s.release(fn(s.ctx, s.lease))
 }
 
-// session is one WithLock's HoldLock stream. Its reader goroutine is the
-// stream's only reader; it ends with the stream, which close ends.
+// session is one HoldLock (WithLock) or HoldPermit (WithPermit) stream.
+// Its reader goroutine is the stream's only reader; it ends with the
+// stream, which close ends.
 type session struct {
+	what        string // "lock" or "permit": for messages
 	key         string
 	ttl         time.Duration
 	callTimeout time.Duration
-	stream      v1.LockService_HoldLockClient
+	stream      holdStream
 	end         context.CancelCauseFunc // ends the stream
 	ctx         context.Context         // fn's
 	cancel      context.CancelCauseFunc // cancels fn's context
@@ -71,9 +73,46 @@ type session struct {
 	released      bool // the sidecar confirmed the release
 }
 
-// openSession opens a HoldLock stream and acquires key, bounded as
-// WithLock says. It returns a running session, or the reason there is none.
-func openSession(ctx context.Context, c v1.LockServiceClient, key string, o lockOptions) (*session, error) {
+// holdStream is the part of a HoldLock or HoldPermit stream a session
+// uses once the lease is granted.
+type holdStream interface {
+	// recv returns the next event of the stream.
+	recv() (holdEvent, error)
+	// sendRelease asks the sidecar to release the lease.
+	sendRelease() error
+}
+
+// holdEvent is a session event after the grant.
+type holdEvent struct {
+	renewed, released, lost bool
+	reason, message         string // of lost; reason without "REASON_"
+}
+
+// lockStream is a HoldLock stream as a holdStream.
+type lockStream struct{ v1.LockService_HoldLockClient }
+
+func (s lockStream) recv() (holdEvent, error) {
+	m, err := s.Recv()
+	if err != nil {
+		return holdEvent{}, err
+	}
+	l := m.GetLost()
+	return holdEvent{
+		renewed: m.GetRenewed() != nil, released: m.GetReleased() != nil, lost: l != nil,
+		reason: strings.TrimPrefix(l.GetReason().String(), "REASON_"), message: l.GetMessage(),
+	}, nil
+}
+
+func (s lockStream) sendRelease() error {
+	return s.Send(&v1.HoldLockRequest{Msg: &v1.HoldLockRequest_Release_{Release: &v1.HoldLockRequest_Release{}}})
+}
+
+// boundedAcquire runs open (which opens a session's stream and returns its
+// first answer) within WithLock's acquire bound: ctx's deadline, the wait
+// it is given being cut to fit (waitWithin), or else the WithWait time
+// plus WithLockCallTimeout. It returns the first answer, when it arrived,
+// and the function that ends the stream; on error the stream is ended.
+func boundedAcquire[R any](ctx context.Context, o lockOptions, what string, open func(ctx context.Context, wait time.Duration) (R, error)) (R, time.Time, context.CancelCauseFunc, error) {
 	streamCtx, end := context.WithCancelCause(ctx)
 	wait := o.wait
 	stopBound := func() bool { return true }
@@ -83,18 +122,34 @@ func openSession(ctx context.Context, c v1.LockServiceClient, key string, o lock
 	} else if o.callTimeout > 0 {
 		stopBound = time.AfterFunc(bound, func() { end(errAcquireBound) }).Stop
 	}
-	first, stream, err := acquire(streamCtx, c, &v1.HoldLockRequest_Acquire{
-		Key: key, Ttl: optDuration(o.ttl), WaitTimeout: optDuration(wait), Owner: o.owner, MaxHold: optDuration(o.maxHold),
-	})
+	first, err := open(streamCtx, wait)
+	now := time.Now()
 	if !stopBound() || context.Cause(streamCtx) == errAcquireBound {
 		end(nil)
-		return nil, deadlineError("lock %q: the sidecar did not answer the acquire within %v", key, bound)
+		return first, now, nil, deadlineError("%s: the sidecar did not answer the acquire within %v", what, bound)
 	}
 	if err != nil {
 		end(nil)
-		return nil, FromError(err)
+		return first, now, nil, FromError(err)
 	}
-	now := time.Now()
+	return first, now, end, nil
+}
+
+// openSession opens a HoldLock stream and acquires key, bounded as
+// WithLock says. It returns a running session, or the reason there is none.
+func openSession(ctx context.Context, c v1.LockServiceClient, key string, o lockOptions) (*session, error) {
+	var stream v1.LockService_HoldLockClient
+	first, now, end, err := boundedAcquire(ctx, o, fmt.Sprintf("lock %q", key), func(ctx context.Context, wait time.Duration) (*v1.HoldLockResponse, error) {
+		var first *v1.HoldLockResponse
+		var err error
+		first, stream, err = acquire(ctx, c, &v1.HoldLockRequest_Acquire{
+			Key: key, Ttl: optDuration(o.ttl), WaitTimeout: optDuration(wait), Owner: o.owner, MaxHold: optDuration(o.maxHold),
+		})
+		return first, err
+	})
+	if err != nil {
+		return nil, err
+	}
 	if na := first.GetNotAcquired(); na != nil {
 		end(nil)
 		return nil, &NotAcquiredError{Key: key, Holder: na.GetHolder().GetOwner(), Token: na.GetHolder().GetFencingToken()}
@@ -104,10 +159,16 @@ func openSession(ctx context.Context, c v1.LockServiceClient, key string, o lock
 		end(nil)
 		return nil, fmt.Errorf("resilience: lock %q: unexpected first session event %v", key, first)
 	}
+	lease := Lease{Key: l.GetKey(), FencingToken: l.GetFencingToken(), ExpireTime: l.GetExpireTime().AsTime(), Owner: l.GetOwner()}
+	return startSession(ctx, "lock", lockStream{stream}, end, lease, o, now), nil
+}
+
+// startSession starts the session of a lease granted at now (when the
+// grant was received) on stream.
+func startSession(ctx context.Context, what string, stream holdStream, end context.CancelCauseFunc, lease Lease, o lockOptions, now time.Time) *session {
 	s := &session{
-		key: key, ttl: o.ttl, callTimeout: o.callTimeout, stream: stream, end: end,
-		lease: Lease{Key: l.GetKey(), FencingToken: l.GetFencingToken(), ExpireTime: l.GetExpireTime().AsTime(), Owner: l.GetOwner()},
-		done:  make(chan struct{}),
+		what: what, key: lease.Key, ttl: o.ttl, callTimeout: o.callTimeout, stream: stream, end: end,
+		lease: lease, done: make(chan struct{}),
 	}
 	s.ctx, s.cancel = context.WithCancelCause(ctx)
 	s.mu.Lock()
@@ -115,7 +176,7 @@ func openSession(ctx context.Context, c v1.LockServiceClient, key string, o lock
 	s.overdue = time.AfterFunc(leaseLifetime(o.ttl), s.checkOverdue)
 	s.mu.Unlock()
 	go s.read()
-	return s, nil
+	return s
 }
 
 // acquire opens the stream and sends the acquire; it returns the first
@@ -134,7 +195,7 @@ func acquire(ctx context.Context, c v1.LockServiceClient, a *v1.HoldLockRequest_
 
 // recvErr returns the stream's status when Send failed because the stream
 // ended (Send reports only io.EOF then).
-func recvErr(stream v1.LockService_HoldLockClient, sendErr error) error {
+func recvErr[T any](stream interface{ Recv() (T, error) }, sendErr error) error {
 	if _, err := stream.Recv(); err != nil {
 		return err
 	}
@@ -145,24 +206,23 @@ func recvErr(stream v1.LockService_HoldLockClient, sendErr error) error {
 func (s *session) read() {
 	defer close(s.done)
 	for {
-		m, err := s.stream.Recv()
+		ev, err := s.stream.recv()
 		now := time.Now()
 		switch {
 		case err != nil:
 			s.streamEnded(err)
 			return
-		case m.GetRenewed() != nil:
+		case ev.renewed:
 			s.mu.Lock()
 			if s.lost == nil {
 				s.confirmLocked(now)
 				s.overdue.Reset(leaseLifetime(s.ttl))
 			}
 			s.mu.Unlock()
-		case m.GetLost() != nil:
-			lost := m.GetLost()
-			s.lose(strings.TrimPrefix(lost.GetReason().String(), "REASON_"), lost.GetMessage(), nil)
+		case ev.lost:
+			s.lose(ev.reason, ev.message, nil)
 			return
-		case m.GetReleased() != nil:
+		case ev.released:
 			s.mu.Lock()
 			s.released = true
 			s.overdue.Stop()
@@ -187,7 +247,7 @@ func (s *session) checkOverdue() {
 	if s.releasing || s.released || time.Now().Before(s.deadline) {
 		return
 	}
-	s.loseLocked(LostRenewalOverdue, fmt.Sprintf("no renewal confirmed for %v (TTL %v): the lock may expire before the sidecar is heard again", leaseLifetime(s.ttl), s.ttl), nil)
+	s.loseLocked(LostRenewalOverdue, fmt.Sprintf("no renewal confirmed for %v (TTL %v): the %s may expire before the sidecar is heard again", leaseLifetime(s.ttl), s.ttl, s.what), nil)
 }
 
 // streamEnded handles the end of the stream without released or lost: a
@@ -211,7 +271,7 @@ func (s *session) loseLocked(reason, msg string, err error) {
 	if s.lost != nil {
 		return
 	}
-	s.lost = &LeaseLostError{Key: s.key, Reason: reason, Message: msg, LastConfirmed: s.lastConfirmed, Err: err}
+	s.lost = &LeaseLostError{what: s.what, Key: s.key, Reason: reason, Message: msg, LastConfirmed: s.lastConfirmed, Err: err}
 	s.overdue.Stop()
 	s.cancel(s.lost)
 }
@@ -232,7 +292,7 @@ func (s *session) release(fnErr error) error {
 	s.mu.Unlock()
 	if lost == nil && wait > 0 {
 		// A failed Send ends the stream, which the reader sees.
-		_ = s.stream.Send(&v1.HoldLockRequest{Msg: &v1.HoldLockRequest_Release_{Release: &v1.HoldLockRequest_Release{}}})
+		_ = s.stream.sendRelease()
 		t := time.NewTimer(wait)
 		select {
 		case <-s.done:
@@ -250,12 +310,12 @@ func (s *session) release(fnErr error) error {
 	case s.lost != nil:
 		return s.lost
 	case !s.released:
-		return errors.Join(fnErr, fmt.Errorf("%w: lock %q: no answer from the sidecar within %v", ErrReleaseUnconfirmed, s.key, wait))
+		return errors.Join(fnErr, fmt.Errorf("%w: %s %q: no answer from the sidecar within %v", ErrReleaseUnconfirmed, s.what, s.key, wait))
 	}
 	return fnErr
 }
 
-// close ends the stream (the sidecar then releases the lock, if it still
+// close ends the stream (the sidecar then releases the lease, if it still
 // can), waits for the reader and cancels fn's context.
 func (s *session) close() {
 	s.end(nil)

@@ -17,6 +17,7 @@ import { EventService } from "./gen/resilience/v1/events_pb.js";
 import { IdempotencyService } from "./gen/resilience/v1/idempotency_pb.js";
 import { LockService } from "./gen/resilience/v1/lock_pb.js";
 import { RateLimitService } from "./gen/resilience/v1/ratelimit_pb.js";
+import { SemaphoreService } from "./gen/resilience/v1/semaphore_pb.js";
 import { fromError, makeError, SidecarError } from "./errors.js";
 import { traceContextInterceptor } from "./tracing.js";
 
@@ -67,6 +68,7 @@ export interface SidecarClient {
   readonly saga: Client<typeof SagaService>;
   readonly events: Client<typeof EventService>;
   readonly rateLimit: Client<typeof RateLimitService>;
+  readonly semaphore: Client<typeof SemaphoreService>;
   /** The address the client talks to. */
   readonly addr: string;
   /** The default deadline of unary calls in ms (0: none). */
@@ -122,6 +124,7 @@ export function createClient(options: ClientOptions = {}): SidecarClient {
     saga: wrap(SagaService),
     events: wrap(EventService),
     rateLimit: wrap(RateLimitService),
+    semaphore: wrap(SemaphoreService),
     addr,
     timeoutMs,
     close: () => sessionManager.abort(),

@@ -1,7 +1,8 @@
 // @seed-a88e5317/resilience-sidecar: the Node.js client of the resilience
-// sidecar. createClient connects; withLock, acquireLock, idempotent,
-// idempotentJson, guard, CircuitBreaker, executeCall, startSaga, runSaga,
-// LamportClock, publish and subscribe are the helpers; errors are typed
+// sidecar. createClient connects; withLock, acquireLock, take, rateLimited,
+// withPermit, idempotent, idempotentJson, guard, CircuitBreaker,
+// executeCall, startSaga, runSaga, LamportClock, publish and subscribe are
+// the helpers; errors are typed
 // (SidecarError and its subclasses, one per ErrorInfo reason). The
 // generated messages, enums and service descriptors of resilience.v1 are
 // exported too, so every type a user handles comes from this root.
@@ -62,6 +63,8 @@ export {
   type Lease,
   type LockOptions,
 } from "./lock.js";
+export { rateLimited, RateLimitedError, take, type RateDecision, type TakeOptions } from "./ratelimit.js";
+export { BulkheadFullError, withPermit, type BulkheadPermit, type PermitOptions } from "./bulkhead.js";
 export {
   fingerprint,
   idempotent,
@@ -99,6 +102,7 @@ export * from "./gen/resilience/v1/clock_pb.js";
 export * from "./gen/resilience/v1/breaker_pb.js";
 export * from "./gen/resilience/v1/events_pb.js";
 export * from "./gen/resilience/v1/ratelimit_pb.js";
+export * from "./gen/resilience/v1/semaphore_pb.js";
 export {
   AbortSagaRequestSchema,
   AbortSagaResponseSchema,

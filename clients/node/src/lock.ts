@@ -13,7 +13,8 @@ import type { SidecarClient } from "./client.js";
 import { describeCallError } from "./client.js";
 import { DeadlineExceededError, fromError, LeaseLostError, LostReason, makeError, NotAcquiredError, ReleaseUnconfirmedError, SidecarError } from "./errors.js";
 import { HoldLockResponse_Lost_Reason } from "./gen/resilience/v1/lock_pb.js";
-import type { HoldLockRequest_AcquireSchema, HoldLockRequestSchema, HoldLockResponse } from "./gen/resilience/v1/lock_pb.js";
+import type { HoldLockRequest_AcquireSchema as HoldLock_AcquireSchema, HoldLockRequestSchema, HoldLockResponse } from "./gen/resilience/v1/lock_pb.js";
+import type { Timestamp } from "@bufbuild/protobuf/wkt";
 
 /** The sidecar's default lease TTL, used for the local deadline when ttlMs is unset. */
 export const DEFAULT_LOCK_TTL_MS = 10_000;
@@ -116,12 +117,12 @@ class LocalDeadline {
   }
 }
 
-function overdueError(key: string, ttlMs: number, since: number): LeaseLostError {
+function overdueError(key: string, ttlMs: number, since: number, what = "lock"): LeaseLostError {
   return new LeaseLostError({
     code: Code.FailedPrecondition,
     reason: "LEASE_LOST",
     lostReason: LostReason.RENEWAL_OVERDUE,
-    message: `no renewal of the lease on ${JSON.stringify(key)} confirmed within ${Math.round(performance.now() - since)} ms (TTL ${ttlMs} ms less the ${leaseMarginMs(ttlMs)} ms margin): it may expire in the store; stop the critical section`,
+    message: `no renewal of the lease on ${what} ${JSON.stringify(key)} confirmed within ${Math.round(performance.now() - since)} ms (TTL ${ttlMs} ms less the ${leaseMarginMs(ttlMs)} ms margin): it may expire in the store; stop the critical section`,
   });
 }
 
@@ -159,33 +160,114 @@ export async function withLock<T>(
   opts: LockOptions = {},
 ): Promise<T> {
   const ttlMs = opts.ttlMs ?? DEFAULT_LOCK_TTL_MS;
-  const acquire: MessageInitShape<typeof HoldLockRequest_AcquireSchema> = { key, owner: opts.owner ?? "" };
+  const acquire: MessageInitShape<typeof HoldLock_AcquireSchema> = { key, owner: opts.owner ?? "" };
   if (opts.ttlMs !== undefined) acquire.ttl = durationFromMs(opts.ttlMs);
   if (opts.waitMs !== undefined) acquire.waitTimeout = durationFromMs(opts.waitMs);
   if (opts.maxHoldMs !== undefined) acquire.maxHold = durationFromMs(opts.maxHoldMs);
+  return holdSession<T, Lease, HoldLockResponse["event"]>(
+    client,
+    {
+      what: "lock",
+      rpc: "HoldLock",
+      key,
+      ttlMs,
+      open: (requests, signal) => client.lock.holdLock(requests as AsyncIterable<HoldLockRequestInit>, { signal }),
+      acquire,
+      notAcquired: (v) => new NotAcquiredError(key, v.holder?.owner ?? "", v.holder?.fencingToken ?? 0n),
+      lostReason: (r) => HoldLockResponse_Lost_Reason[r],
+      lease: (l, grantedAt) => ({
+        key: l.key,
+        fencingToken: l.fencingToken,
+        expireTime: l.expireTime ? timestampDate(l.expireTime) : new Date(Date.now() + ttlMs),
+        owner: l.owner,
+        ttlMs,
+        renewedAt: grantedAt,
+        deadline: 0,
+      }),
+    },
+    fn,
+    opts,
+  );
+}
+
+/** The part of a lease a session keeps up to date (Lease, Permit). */
+export interface SessionLease {
+  expireTime: Date;
+  renewedAt: number;
+  deadline: number;
+}
+
+/**
+ * The events of a HoldLock or HoldPermit session (the same cases in both
+ * protos), with A the grant's message and N the refusal's.
+ * @internal
+ */
+export type HoldEvent<A, N> =
+  | { case: "acquired"; value: A }
+  | { case: "notAcquired"; value: N }
+  | { case: "renewed"; value: { expireTime?: Timestamp } }
+  | { case: "released"; value: unknown }
+  | { case: "lost"; value: { reason: number; message: string } }
+  | { case: undefined; value?: undefined };
+
+type EventValue<E, C> = E extends { case: C; value: infer V } ? V : never;
+
+/**
+ * What differs between a lock's HoldLock session and a bulkhead permit's
+ * HoldPermit session, for holdSession.
+ * @internal
+ */
+export interface HoldSpec<P extends SessionLease, E extends { case: string | undefined }> {
+  what: "lock" | "permit";
+  rpc: string;
+  key: string;
+  ttlMs: number;
+  /** Opens the stream; requests is its request side. */
+  open(requests: AsyncIterable<unknown>, signal: AbortSignal): AsyncIterable<{ event: E }>;
+  /** The acquire message (the value of the request's `acquire` case). */
+  acquire: unknown;
+  notAcquired(value: EventValue<E, "notAcquired">): Error;
+  /** The name of a lost reason of the stream's enum (REASON_...). */
+  lostReason(reason: number): string | undefined;
+  lease(value: EventValue<E, "acquired">, grantedAt: number): P;
+}
+
+/**
+ * Runs fn under a lease held through a session stream, with the safety
+ * withLock documents (the local deadline, the bounded acquire and release,
+ * the lost reasons): withLock and withPermit are this with their stream.
+ * @internal
+ */
+export async function holdSession<T, P extends SessionLease, E extends HoldEvent<unknown, unknown>>(
+  client: SidecarClient,
+  spec: HoldSpec<P, E>,
+  fn: (signal: AbortSignal, lease: P) => Promise<T> | T,
+  opts: { waitMs?: number; timeoutMs?: number; signal?: AbortSignal },
+): Promise<T> {
+  const { key, ttlMs, what, rpc } = spec;
   opts.signal?.throwIfAborted();
 
   // The session ends when this function is done with it. opts.signal ends
-  // it only while waiting for the lock; once fn runs, opts.signal reaches fn
-  // through its signal, and the lock is released when fn settles.
+  // it only while waiting for the lease; once fn runs, opts.signal reaches fn
+  // through its signal, and the lease is released when fn settles.
   const session = new AbortController();
   const abortWait = () => session.abort(opts.signal?.reason);
   opts.signal?.addEventListener("abort", abortWait, { once: true });
-  const requests = new Queue<HoldLockRequestInit>();
-  requests.push({ msg: { case: "acquire", value: acquire } });
-  const responses = client.lock.holdLock(requests, { signal: session.signal })[Symbol.asyncIterator]();
+  const requests = new Queue<{ msg: { case: "acquire" | "release"; value: unknown } }>();
+  requests.push({ msg: { case: "acquire", value: spec.acquire } });
+  const responses = spec.open(requests, session.signal)[Symbol.asyncIterator]();
 
   try {
     // The first answer comes after the wait at most: bound it, so that a
     // frozen sidecar is an error, not a hang.
     const bound = acquireBound(client, opts);
-    let first: IteratorResult<HoldLockResponse>;
+    let first: IteratorResult<{ event: E }>;
     try {
       first = await withTimeout(responses.next(), bound, () => {
         session.abort();
         return makeError({
           code: Code.DeadlineExceeded,
-          message: `no answer from the sidecar at ${client.addr} to HoldLock within ${bound} ms (is it running? frozen?)`,
+          message: `no answer from the sidecar at ${client.addr} to ${rpc} within ${bound} ms (is it running? frozen?)`,
         });
       });
     } catch (e) {
@@ -197,14 +279,14 @@ export async function withLock<T>(
     const grantedAt = performance.now();
     if (opts.signal?.aborted) throw opts.signal.reason; // aborted as the answer came
     if (first.done) {
-      throw makeError({ code: Code.Unavailable, message: `HoldLock session for ${JSON.stringify(key)} ended without an answer` });
+      throw makeError({ code: Code.Unavailable, message: `${rpc} session for ${JSON.stringify(key)} ended without an answer` });
     }
-    const ev = first.value.event;
+    const ev = first.value.event as HoldEvent<unknown, unknown>;
     if (ev.case === "notAcquired") {
-      throw new NotAcquiredError(key, ev.value.holder?.owner ?? "", ev.value.holder?.fencingToken ?? 0n);
+      throw spec.notAcquired(ev.value as EventValue<E, "notAcquired">);
     }
     if (ev.case !== "acquired") {
-      throw makeError({ code: Code.Internal, message: `unexpected first HoldLock event ${String(ev.case)}` });
+      throw makeError({ code: Code.Internal, message: `unexpected first ${rpc} event ${String(ev.case)}` });
     }
 
     const lostCtl = new AbortController();
@@ -223,18 +305,9 @@ export async function withLock<T>(
     };
 
     const clock = new LocalDeadline(ttlMs, () => {
-      if (!fnDone) markLost(overdueError(key, ttlMs, clock.renewedAt));
+      if (!fnDone) markLost(overdueError(key, ttlMs, clock.renewedAt, what));
     });
-    const l = ev.value;
-    const lease: Lease = {
-      key: l.key,
-      fencingToken: l.fencingToken,
-      expireTime: l.expireTime ? timestampDate(l.expireTime) : new Date(Date.now() + ttlMs),
-      owner: l.owner,
-      ttlMs,
-      renewedAt: grantedAt,
-      deadline: 0,
-    };
+    const lease = spec.lease(ev.value as EventValue<E, "acquired">, grantedAt);
     const confirmed = (t: number) => {
       clock.confirm(t);
       lease.renewedAt = clock.renewedAt;
@@ -250,7 +323,7 @@ export async function withLock<T>(
           if (r.done) {
             if (released) return;
             if (fnDone) {
-              ended = new Error("the HoldLock session ended without confirming the release");
+              ended = new Error(`the ${rpc} session ended without confirming the release`);
               return;
             }
             markLost(
@@ -258,25 +331,25 @@ export async function withLock<T>(
                 code: Code.FailedPrecondition,
                 reason: "LEASE_LOST",
                 lostReason: LostReason.STREAM_ENDED,
-                message: `HoldLock session on ${JSON.stringify(key)} ended without a release`,
+                message: `${rpc} session on ${JSON.stringify(key)} ended without a release`,
               }),
             );
             return;
           }
-          const e = r.value.event;
+          const e = r.value.event as HoldEvent<unknown, unknown>;
           if (e.case === "renewed") {
             if (e.value.expireTime) lease.expireTime = timestampDate(e.value.expireTime);
             confirmed(performance.now());
           } else if (e.case === "released") {
             released = true;
           } else if (e.case === "lost") {
-            const why = HoldLockResponse_Lost_Reason[e.value.reason]?.replace(/^REASON_/, "") ?? String(e.value.reason);
+            const why = spec.lostReason(e.value.reason)?.replace(/^REASON_/, "") ?? String(e.value.reason);
             markLost(
               new LeaseLostError({
                 code: Code.FailedPrecondition,
                 reason: "LEASE_LOST",
                 lostReason: why,
-                message: `lock ${JSON.stringify(key)} lost (${why}): ${e.value.message}`,
+                message: `${what} ${JSON.stringify(key)} lost (${why}): ${e.value.message}`,
               }),
             );
           }
@@ -293,7 +366,7 @@ export async function withLock<T>(
             code: Code.FailedPrecondition,
             reason: "LEASE_LOST",
             lostReason: LostReason.STREAM_ENDED,
-            message: `HoldLock session on ${JSON.stringify(key)} broke: ${(cause as Error)?.message ?? String(cause)}`,
+            message: `${rpc} session on ${JSON.stringify(key)} broke: ${(cause as Error)?.message ?? String(cause)}`,
             cause,
           }),
         );
@@ -329,7 +402,7 @@ export async function withLock<T>(
     }
     if (!released && !lost) {
       // Unconfirmed: cancelling the stream makes the sidecar release the
-      // lock when it reads it; otherwise the lock expires on its own.
+      // lease when it reads it; otherwise the lease expires on its own.
       abandoned = true;
       session.abort();
     }
@@ -354,8 +427,8 @@ export async function withLock<T>(
         key,
         result,
         message: waited
-          ? `the release of ${JSON.stringify(key)} was not confirmed: ${(ended as Error)?.message ?? String(ended)}; the lock expires on its own`
-          : `the sidecar at ${client.addr} did not confirm the release of ${JSON.stringify(key)} within ${Math.ceil(confirmMs)} ms; the lock expires on its own`,
+          ? `the release of ${what} ${JSON.stringify(key)} was not confirmed: ${(ended as Error)?.message ?? String(ended)}; the ${what} expires on its own`
+          : `the sidecar at ${client.addr} did not confirm the release of ${what} ${JSON.stringify(key)} within ${Math.ceil(confirmMs)} ms; the ${what} expires on its own`,
         cause: ended,
       });
     }

@@ -14,6 +14,11 @@
     client.publish("orders.placed", body, idempotency_key="order-42/placed")
     with client.subscribe("orders.placed", "shipping", "shipping-1") as sub:
         sub.run(ship)                        # ack on return, nack on exception
+    d = client.take("api", key="user/7")     # RateDecision: d.allowed, d.retry_after
+    @client.rate_limited("api", key="user/7", wait=0.5)   # else raises RateLimited
+    def search(q): ...
+    with client.bulkhead("payments-db", 8, wait=2) as permit:   # else BulkheadFull
+        ...                                  # permit.fencing_token, permit.lost
 
 The generated stubs are in :mod:`resilience_sidecar.v1` (``lock_pb2``,
 ``lock_pb2_grpc``, ...); the client's raw stubs are ``client.locks``,
@@ -23,11 +28,13 @@ The generated stubs are in :mod:`resilience_sidecar.v1` (``lock_pb2``,
 """
 
 from .breaker import Breaker, UpstreamResponse
+from .bulkhead import Bulkhead
 from .client import DEFAULT_ADDR, DEFAULT_TIMEOUT, ENV_ADDR, ENV_TOKEN, ENV_TOKEN_FILE, Client
 from .clock import LamportClock
 from .errors import (
     ERROR_DOMAIN,
     BreakerOpen,
+    BulkheadFull,
     ClockSkew,
     DeadlineExceeded,
     IdempotencyKeyMismatch,
@@ -37,6 +44,7 @@ from .errors import (
     LimiterUnknown,
     NotAcquired,
     PermitUnknown,
+    RateLimited,
     ReleaseNotConfirmed,
     ReplicationShortfall,
     ResilienceError,
@@ -60,12 +68,15 @@ from .errors import (
 from .events import PublishResult, RetryAfter, Subscription
 from .idempotent import Execution, Result, current_execution, fingerprint
 from .lock import Lease, Lock, LockSession
+from .ratelimit import RateDecision
 from .saga import Saga, SagaTimeout, compensation
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Breaker",
+    "Bulkhead",
+    "BulkheadFull",
     "Client",
     "DEFAULT_ADDR",
     "DEFAULT_TIMEOUT",
@@ -89,6 +100,8 @@ __all__ = [
     "NotAcquired",
     "PermitUnknown",
     "PublishResult",
+    "RateDecision",
+    "RateLimited",
     "ReleaseNotConfirmed",
     "ReplicationShortfall",
     "ResilienceError",

@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import time
-from typing import Optional
+from typing import Any, Callable, Dict, Optional
 
 import grpc
 
 from .errors import LeaseLost
 
-__all__ = ["DEFAULT_TTL", "MIN_MARGIN", "RENEWAL_OVERDUE", "LeaseState", "margin_for"]
+__all__ = ["DEFAULT_TTL", "MIN_MARGIN", "RENEWAL_OVERDUE", "HoldKind", "LeaseState", "margin_for"]
 
 #: The sidecar's default lock TTL (seconds), used when a lock sets none.
 DEFAULT_TTL = 10.0
@@ -70,6 +70,8 @@ class LeaseState:
         self.lost_message: str = ""
         #: True once the sidecar confirmed the release.
         self.released: bool = False
+        #: What the lease holds: "lock", or "permit" (of a bulkhead).
+        self.what = "lock"
         self._lease_id = lease_id
         self._closed = False  # released or abandoned: the clock no longer matters
         self._exiting = False  # the critical section ended; only the release is pending
@@ -100,7 +102,7 @@ class LeaseState:
         return (
             f"no renewal of the lease on {self.key!r} confirmed within {self.ttl - margin_for(self.ttl):g}s "
             f"(TTL {self.ttl:g}s minus a {margin_for(self.ttl):g}s margin, by this process's monotonic clock): "
-            "the store may give the lock to someone else; stop the critical section"
+            f"the store may give the {self.what} to someone else; stop the critical section"
         )
 
     def _check_deadline(self) -> None:
@@ -145,8 +147,8 @@ class LeaseState:
         err = LeaseLost(
             grpc.StatusCode.FAILED_PRECONDITION,
             "LEASE_LOST",
-            f"lease of lock {self.key!r} lost ({self.lost_reason}): {self.lost_message}; "
-            "the critical section may have run without exclusion",
+            f"lease of {self.what} {self.key!r} lost ({self.lost_reason}): {self.lost_message}; "
+            + ("the critical section may have run without exclusion" if self.what == "lock" else "the work may have run beyond the bulkhead's bound"),
             metadata={"key": self.key, "lost_reason": self.lost_reason or "", "fencing_token": str(self.fencing_token)},
         )
         err.lost_reason = self.lost_reason or "LEASE_LOST"
@@ -156,3 +158,29 @@ class LeaseState:
         state = f"lost={self.lost_reason}" if self.is_lost() else ("released" if self.released else "held")
         return f"{type(self).__name__}(key={self.key!r}, fencing_token={self.fencing_token}, owner={self.owner!r}, {state})"
 
+
+
+class HoldKind:
+    """What differs between a HoldLock session (a lock) and a HoldPermit
+    session (a bulkhead permit), for the session code they share
+    (``lock._HoldSession`` and ``aio.lock._AsyncHoldSession``): the stub
+    method, the release message, the lost reasons, how the grant becomes a
+    lease and a refusal an exception."""
+
+    def __init__(
+        self,
+        what: str,
+        rpc: str,
+        method: Callable[[Any], Any],
+        release: Callable[[], Any],
+        lost_reasons: Dict[int, str],
+        lease_args: Callable[[Any, str], Dict[str, Any]],
+        not_acquired: Callable[[str, Any], BaseException],
+    ) -> None:
+        self.what = what
+        self.rpc = rpc
+        self.method = method
+        self.release = release
+        self.lost_reasons = lost_reasons
+        self.lease_args = lease_args
+        self.not_acquired = not_acquired

@@ -25,7 +25,9 @@ from .clock import LamportClock
 from .errors import DeadlineExceeded, SidecarError, SidecarUnreachable, Unavailable
 from .events import PublishResult, Subscription, publish_request, subscribe_request
 from .idempotent import make_decorator, run_idempotent
+from .bulkhead import Bulkhead
 from .lock import Lock
+from .ratelimit import KeyArg, RateDecision, decision_from, rate_limited, take_deadline, take_request
 from .saga import Saga
 from .v1 import (
     breaker_pb2_grpc,
@@ -34,7 +36,9 @@ from .v1 import (
     events_pb2_grpc,
     idempotency_pb2_grpc,
     lock_pb2_grpc,
+    ratelimit_pb2_grpc,
     saga_pb2_grpc,
+    semaphore_pb2_grpc,
 )
 
 __all__ = ["Client", "DEFAULT_ADDR", "DEFAULT_TIMEOUT", "ENV_ADDR", "ENV_TOKEN", "ENV_TOKEN_FILE"]
@@ -93,7 +97,8 @@ class Client:
 
     Raw stubs (calls through them raise :class:`SidecarError` subclasses):
     ``locks``, ``idempotency``, ``clocks``, ``breakers``, ``sagas``, ``events``,
-    ``health``. Helpers: :meth:`lock`, :meth:`idempotent`, :meth:`breaker`,
+    ``rate_limits``, ``semaphores``, ``health``. Helpers: :meth:`lock`,
+    :meth:`take`, :meth:`rate_limited`, :meth:`bulkhead`, :meth:`idempotent`, :meth:`breaker`,
     :meth:`execute_call`, :meth:`saga`, :meth:`lamport_clock`,
     :meth:`publish`, :meth:`subscribe` (with :meth:`ack`, :meth:`nack`),
     :meth:`outbox_status`, :meth:`wait_ready`. The same over asyncio:
@@ -125,6 +130,8 @@ class Client:
         self.breakers = breaker_pb2_grpc.BreakerServiceStub(self.channel)
         self.sagas = saga_pb2_grpc.SagaServiceStub(self.channel)
         self.events = events_pb2_grpc.EventServiceStub(self.channel)
+        self.rate_limits = ratelimit_pb2_grpc.RateLimitServiceStub(self.channel)
+        self.semaphores = semaphore_pb2_grpc.SemaphoreServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
     # -- lifecycle --------------------------------------------------------------
@@ -211,6 +218,71 @@ class Client:
         release before the lease's local deadline (or the client's timeout).
         """
         return Lock(self, key, ttl=ttl, wait=wait, owner=owner, max_hold=max_hold, timeout=timeout)
+
+    def take(
+        self,
+        limiter: str,
+        key: str = "",
+        cost: int = 1,
+        *,
+        wait: Optional[Seconds] = None,
+        timeout: Optional[Seconds] = None,
+    ) -> RateDecision:
+        """Takes ``cost`` from ``key`` of the declared rate limiter ``limiter``
+        and returns the :class:`RateDecision` (``allowed``, ``remaining``,
+        ``retry_after``, ``reset_after``, ``limit``). A refusal is a decision
+        (falsy), not an exception. With ``wait`` the sidecar waits up to that
+        long for the cost to fit (in arrival order per key), or answers
+        refused at once when it cannot fit in time. Raises
+        :class:`LimiterUnknown` for an undeclared limiter,
+        :class:`InvalidArgument` for a bad cost, :class:`DeadlineExceeded`
+        past ``timeout`` (default ``wait`` plus the client's timeout)."""
+        resp = self.rate_limits.Take(
+            take_request(limiter, key, cost, wait), timeout=take_deadline(wait, timeout, self.timeout)
+        )
+        return decision_from(resp)
+
+    def rate_limited(
+        self,
+        limiter: str,
+        key: KeyArg = "",
+        cost: int = 1,
+        *,
+        wait: Optional[Seconds] = None,
+        timeout: Optional[Seconds] = None,
+    ) -> Callable[[F], F]:
+        """A decorator running the function only once ``cost`` was taken from
+        ``key`` of ``limiter`` (waiting up to ``wait``, default 0: try once),
+        as resilience4j's ``RateLimiter``; otherwise it raises
+        :class:`RateLimited` with ``retry_after`` and the function does not
+        run. ``key`` may be a function of the call's arguments. Works on
+        plain functions and on ``async def`` (the Take then runs in a
+        thread; :class:`resilience_sidecar.aio.AsyncClient` does it natively)::
+
+            @client.rate_limited("api", key=lambda user, *_: f"user/{user}", wait=0.5)
+            def search(user, query): ...
+        """
+        return rate_limited(self, limiter, key, cost, wait, timeout)
+
+    def bulkhead(
+        self,
+        name: str,
+        limit: int,
+        *,
+        ttl: Optional[Seconds] = None,
+        wait: Optional[Seconds] = None,
+        owner: str = "",
+        max_hold: Optional[Seconds] = None,
+        timeout: Optional[Seconds] = None,
+    ) -> Bulkhead:
+        """The bulkhead ``name`` of ``limit`` permits shared by every sidecar
+        (a leased counting semaphore): ``with client.bulkhead(name, limit,
+        wait=2) as permit:`` or as a decorator. The permit is held through a
+        HoldPermit session with the lock session's safety (lost by this
+        process's clock, ``RENEWAL_OVERDUE``): see :class:`Bulkhead`.
+        Entering raises :class:`BulkheadFull` when the wait ends without a
+        permit."""
+        return Bulkhead(self, name, limit, ttl=ttl, wait=wait, owner=owner, max_hold=max_hold, timeout=timeout)
 
     def breaker(
         self, name: str, *, exclude: Sequence[Excluded] = (), permit_ttl: Optional[Seconds] = None

@@ -26,6 +26,7 @@ from . import reasons as _reasons
 __all__ = [
     "ERROR_DOMAIN",
     "BreakerOpen",
+    "BulkheadFull",
     "ClockSkew",
     "DeadlineExceeded",
     "IdempotencyKeyMismatch",
@@ -35,6 +36,7 @@ __all__ = [
     "LimiterUnknown",
     "NotAcquired",
     "PermitUnknown",
+    "RateLimited",
     "ReleaseNotConfirmed",
     "ReplicationShortfall",
     "ResilienceError",
@@ -324,19 +326,64 @@ class ReleaseNotConfirmed(ResilienceError):
     when it simply got no answer in time.
     """
 
-    def __init__(self, key: str, fencing_token: int, waited: float, cause: Optional[BaseException] = None) -> None:
+    def __init__(
+        self, key: str, fencing_token: int, waited: float, cause: Optional[BaseException] = None, what: str = "lock"
+    ) -> None:
         self.key = key
         self.fencing_token = fencing_token
         self.waited = waited
         self.cause = cause
+        #: "lock", or "permit" (of a bulkhead: ``key`` is its name).
+        self.what = what
         why = f": {cause}" if cause is not None else ""
         super().__init__(
-            f"release of lock {key!r} (fencing token {fencing_token}) not confirmed within {waited:.2f}s{why}; "
+            f"release of {what} {key!r} (fencing token {fencing_token}) not confirmed within {waited:.2f}s{why}; "
             "the lease expires on its own"
         )
 
     def __reduce__(self) -> Any:
-        return (type(self), (self.key, self.fencing_token, self.waited, None))
+        return (type(self), (self.key, self.fencing_token, self.waited, None, self.what))
+
+
+class RateLimited(ResilienceError):
+    """A rate-limited call did not run: its cost did not fit within the wait
+    (an outcome, not a sidecar failure), as resilience4j's
+    ``RequestNotPermitted``.
+
+    Attributes: ``limiter``, ``key``, ``cost``, ``retry_after`` (seconds
+    until the cost fits if no one else takes from the key) and ``decision``
+    (the whole :class:`RateDecision`, or None).
+    """
+
+    def __init__(self, limiter: str, key: str, cost: int, retry_after: float, decision: Any = None) -> None:
+        self.limiter = limiter
+        self.key = key
+        self.cost = cost
+        self.retry_after = retry_after
+        self.decision = decision
+        super().__init__(
+            f"rate limited: limiter {limiter!r} key {key!r}: cost {cost} does not fit; retry after {retry_after:.3f}s"
+        )
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.limiter, self.key, self.cost, self.retry_after, self.decision))
+
+
+class BulkheadFull(ResilienceError):
+    """The bulkhead wait ended without a permit (an outcome, not a sidecar
+    failure), as resilience4j's ``BulkheadFullException``.
+
+    Attributes: ``name``, ``held`` (live permits) and ``limit``.
+    """
+
+    def __init__(self, name: str, held: int = 0, limit: int = 0) -> None:
+        self.name = name
+        self.held = held
+        self.limit = limit
+        super().__init__(f"bulkhead {name!r} full: {held} of {limit} permits held")
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.name, self.held, self.limit))
 
 
 class StillInProgress(ResilienceError, TimeoutError):

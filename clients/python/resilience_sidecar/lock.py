@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, List, Optional, Tuple
 
 import grpc
 
-from ._lease import DEFAULT_TTL, LeaseState
+from ._lease import DEFAULT_TTL, HoldKind, LeaseState
 from ._util import Seconds, durations, seconds, to_datetime
 from .errors import (
     DeadlineExceeded,
@@ -144,17 +144,45 @@ def _acquire_request(key: str, ttl: Optional[Seconds], wait: Optional[Seconds], 
     )
 
 
-class _HoldSession:
-    """One HoldLock session: the ``with`` form of :class:`Lock`."""
+def _lease_args(acquired: Any, key: str) -> "dict[str, Any]":
+    return dict(
+        key=acquired.key or key,
+        fencing_token=acquired.fencing_token,
+        expire_time=to_datetime(acquired.expire_time),
+        owner=acquired.owner,
+        lease_id=acquired.lease_id,
+    )
 
-    def __init__(self, client: "Client", lock: "Lock") -> None:
+
+def _not_acquired(key: str, first: Any) -> BaseException:
+    h = first.not_acquired.holder
+    return NotAcquired(key, h.owner, h.fencing_token, to_datetime(h.expire_time))
+
+
+#: A lock's HoldLock session.
+LOCK_KIND = HoldKind(
+    what="lock",
+    rpc="HoldLock",
+    method=lambda client: client.locks.HoldLock,
+    release=lambda: lock_pb2.HoldLockRequest(release=lock_pb2.HoldLockRequest.Release()),
+    lost_reasons=LOST_REASONS,
+    lease_args=_lease_args,
+    not_acquired=_not_acquired,
+)
+
+
+class _HoldSession:
+    """One HoldLock session (the ``with`` form of :class:`Lock`) or, with
+    another :class:`HoldKind`, one HoldPermit session (a bulkhead's)."""
+
+    def __init__(self, client: "Client", holder: Any, kind: HoldKind = LOCK_KIND) -> None:
         self._client = client
-        self._key = lock.key
-        self._ttl = lock.ttl
-        self._acquire = _acquire_request(lock.key, lock._ttl_arg, lock._wait, lock.owner, lock.max_hold)
-        self._wait = lock.wait
-        self._timeout = lock.timeout
-        self._requests: "queue.Queue[Optional[lock_pb2.HoldLockRequest]]" = queue.Queue()
+        self._kind = kind
+        self._key = holder.key
+        self._ttl = holder.ttl
+        self._first_request = holder._hold_request()
+        self._timeout = holder.timeout
+        self._requests: "queue.Queue[Optional[Any]]" = queue.Queue()
         self._first = threading.Event()
         self._first_msg: Optional[lock_pb2.HoldLockResponse] = None
         self._first_err: Optional[BaseException] = None
@@ -164,7 +192,7 @@ class _HoldSession:
 
     # -- request side -------------------------------------------------------
 
-    def _request_iter(self) -> Iterator[lock_pb2.HoldLockRequest]:
+    def _request_iter(self) -> Iterator[Any]:
         while True:
             msg = self._requests.get()
             if msg is None:  # half-close: the sidecar answers `released`
@@ -182,14 +210,8 @@ class _HoldSession:
                     # The lease exists before anyone can see it, so that no
                     # later event (a quick `lost`) can find it missing.
                     if kind == "acquired":
-                        lease = Lease(
-                            key=resp.acquired.key or self._key,
-                            fencing_token=resp.acquired.fencing_token,
-                            expire_time=to_datetime(resp.acquired.expire_time),
-                            owner=resp.acquired.owner,
-                            ttl=self._ttl,
-                            lease_id=resp.acquired.lease_id,
-                        )
+                        lease = Lease(ttl=self._ttl, **self._kind.lease_args(resp.acquired, self._key))
+                        lease.what = self._kind.what
                         lease._confirm(now)
                         self.lease = lease
                     self._first_msg = resp
@@ -205,13 +227,13 @@ class _HoldSession:
                     held.released = True
                     held._closed = True
                 elif kind == "lost":
-                    self._mark_lost(LOST_REASONS.get(resp.lost.reason, "LEASE_LOST"), resp.lost.message, local=False)
+                    self._mark_lost(self._kind.lost_reasons.get(resp.lost.reason, "LEASE_LOST"), resp.lost.message, local=False)
             if not self._first.is_set():
                 self._first_err = SidecarError(
-                    grpc.StatusCode.INTERNAL, "", f"HoldLock stream for {self._key!r} ended without an answer"
+                    grpc.StatusCode.INTERNAL, "", f"{self._kind.rpc} stream for {self._key!r} ended without an answer"
                 )
             else:
-                self._mark_lost("STREAM_ENDED", "the session stream ended before the lock was released")
+                self._mark_lost("STREAM_ENDED", f"the session stream ended before the {self._kind.what} was released")
         except grpc.RpcError as e:
             err = from_rpc_error(e, addr=self._client.addr)
             if not self._first.is_set():
@@ -234,9 +256,9 @@ class _HoldSession:
     # -- open / close -------------------------------------------------------
 
     def open(self) -> Lease:
-        self._requests.put(lock_pb2.HoldLockRequest(acquire=self._acquire))
-        self._call = self._client.locks.HoldLock(self._request_iter())
-        threading.Thread(target=self._read, name=f"resilience-lock:{self._key}", daemon=True).start()
+        self._requests.put(self._first_request)
+        self._call = self._kind.method(self._client)(self._request_iter())
+        threading.Thread(target=self._read, name=f"resilience-{self._kind.what}:{self._key}", daemon=True).start()
 
         bound = self._timeout
         if not self._first.wait(bound):
@@ -256,12 +278,11 @@ class _HoldSession:
             return self.lease
         self._abort()
         if kind == "not_acquired":
-            h = first.not_acquired.holder
-            raise NotAcquired(self._key, h.owner, h.fencing_token, to_datetime(h.expire_time))
-        raise SidecarError(grpc.StatusCode.INTERNAL, "", f"unexpected first HoldLock event {kind!r}")
+            raise self._kind.not_acquired(self._key, first)
+        raise SidecarError(grpc.StatusCode.INTERNAL, "", f"unexpected first {self._kind.rpc} event {kind!r}")
 
     def _abort(self, cancel: bool = False) -> None:
-        """Ends a session that never held the lock."""
+        """Ends a session that never held the lease."""
         self._requests.put(None)
         if (cancel or not self._done.wait(1.0)) and self._call is not None:
             self._call.cancel()
@@ -271,7 +292,7 @@ class _HoldSession:
         assert lease is not None
         lease._check_deadline()  # a deadline passed during the block counts as lost in it
         lease._exiting = True
-        self._requests.put(lock_pb2.HoldLockRequest(release=lock_pb2.HoldLockRequest.Release()))
+        self._requests.put(self._kind.release())
         self._requests.put(None)
         # Wait for the answer until the lease's local deadline or the call
         # deadline, whichever is first: never longer than the lease is ours.
@@ -289,7 +310,7 @@ class _HoldSession:
         if not lease.is_lost():  # the stream ended quietly after the release: not confirmed
             self._mark_lost("STREAM_ENDED", "the session ended without confirming the release")
         if lease._lost_after_exit:
-            err: BaseException = ReleaseNotConfirmed(lease.key, lease.fencing_token, time.monotonic() - t0)
+            err: BaseException = ReleaseNotConfirmed(lease.key, lease.fencing_token, time.monotonic() - t0, what=lease.what)
             if exc is not None:
                 _add_note(exc, f"resilience: {err}")
                 return
@@ -366,6 +387,11 @@ class Lock:
         self.not_acquired: Optional[NotAcquired] = None
 
     # -- with: a HoldLock session ---------------------------------------------
+
+    def _hold_request(self) -> lock_pb2.HoldLockRequest:
+        return lock_pb2.HoldLockRequest(
+            acquire=_acquire_request(self.key, self._ttl_arg, self._wait, self.owner, self.max_hold)
+        )
 
     def __enter__(self) -> Lease:
         if self._lease is not None:

@@ -43,9 +43,13 @@ from ..v1 import (
     events_pb2_grpc,
     idempotency_pb2_grpc,
     lock_pb2_grpc,
+    ratelimit_pb2_grpc,
     saga_pb2_grpc,
+    semaphore_pb2_grpc,
 )
 from ._interceptors import interceptors
+from ..ratelimit import KeyArg, RateDecision, decision_from, take_deadline, take_request
+from .bulkhead import AsyncBulkhead, async_rate_limited
 from .events import AsyncSubscription
 from .helpers import AsyncBreaker, AsyncLamportClock, AsyncSaga
 from .idempotent import AsyncExecution, make_decorator, run_idempotent
@@ -53,6 +57,7 @@ from .lock import AsyncLease, AsyncLock
 
 __all__ = [
     "AsyncBreaker",
+    "AsyncBulkhead",
     "AsyncClient",
     "AsyncExecution",
     "AsyncLamportClock",
@@ -72,8 +77,9 @@ class AsyncClient:
 
     Raw stubs (awaitable; failures raise :class:`SidecarError` subclasses):
     ``locks``, ``idempotency``, ``clocks``, ``breakers``, ``sagas``,
-    ``events``, ``health``. Helpers: :meth:`lock` (``async with`` and the
-    explicit handle), :meth:`idempotent` (``await`` it, or decorate an
+    ``events``, ``rate_limits``, ``semaphores``, ``health``. Helpers:
+    :meth:`lock` (``async with`` and the explicit handle), :meth:`take`,
+    :meth:`rate_limited`, :meth:`bulkhead`, :meth:`idempotent` (``await`` it, or decorate an
     ``async def``), :meth:`breaker`, :meth:`execute_call`, :meth:`saga`,
     :meth:`lamport_clock`, :meth:`publish`, :meth:`subscribe`, :meth:`ack`,
     :meth:`nack`, :meth:`outbox_status`, :meth:`wait_ready`. Close it
@@ -101,6 +107,8 @@ class AsyncClient:
         self.breakers = breaker_pb2_grpc.BreakerServiceStub(self.channel)
         self.sagas = saga_pb2_grpc.SagaServiceStub(self.channel)
         self.events = events_pb2_grpc.EventServiceStub(self.channel)
+        self.rate_limits = ratelimit_pb2_grpc.RateLimitServiceStub(self.channel)
+        self.semaphores = semaphore_pb2_grpc.SemaphoreServiceStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
     async def close(self) -> None:
@@ -157,6 +165,52 @@ class AsyncClient:
         """The lock ``key``: ``async with client.lock(...) as lease`` or the
         explicit handle; see :meth:`resilience_sidecar.Client.lock`."""
         return AsyncLock(self, key, ttl=ttl, wait=wait, owner=owner, max_hold=max_hold, timeout=timeout)
+
+    async def take(
+        self,
+        limiter: str,
+        key: str = "",
+        cost: int = 1,
+        *,
+        wait: Optional[Seconds] = None,
+        timeout: Optional[Seconds] = None,
+    ) -> RateDecision:
+        """Takes ``cost`` from ``key`` of ``limiter``: see
+        :meth:`resilience_sidecar.Client.take`."""
+        resp = await self.rate_limits.Take(
+            take_request(limiter, key, cost, wait), timeout=take_deadline(wait, timeout, self.timeout)
+        )
+        return decision_from(resp)
+
+    def rate_limited(
+        self,
+        limiter: str,
+        key: KeyArg = "",
+        cost: int = 1,
+        *,
+        wait: Optional[Seconds] = None,
+        timeout: Optional[Seconds] = None,
+    ) -> Callable[[F], F]:
+        """Decorates an ``async def`` to run only once ``cost`` was taken
+        (waiting up to ``wait``), else raise :class:`RateLimited`: see
+        :meth:`resilience_sidecar.Client.rate_limited`."""
+        return async_rate_limited(self, limiter, key, cost, wait, timeout)
+
+    def bulkhead(
+        self,
+        name: str,
+        limit: int,
+        *,
+        ttl: Optional[Seconds] = None,
+        wait: Optional[Seconds] = None,
+        owner: str = "",
+        max_hold: Optional[Seconds] = None,
+        timeout: Optional[Seconds] = None,
+    ) -> AsyncBulkhead:
+        """The bulkhead ``name`` of ``limit`` permits: ``async with
+        client.bulkhead(...) as permit`` or a decorator; see
+        :class:`AsyncBulkhead`."""
+        return AsyncBulkhead(self, name, limit, ttl=ttl, wait=wait, owner=owner, max_hold=max_hold, timeout=timeout)
 
     def idempotent(
         self,

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional
 
 import grpc
 
-from .._lease import DEFAULT_TTL, LeaseState
+from .._lease import DEFAULT_TTL, HoldKind, LeaseState
 from .._util import Seconds, durations, seconds, to_datetime
 from ..errors import (
     DeadlineExceeded,
@@ -21,7 +21,7 @@ from ..errors import (
     SidecarError,
     from_rpc_error,
 )
-from ..lock import LOST_REASONS, _acquire_request, _add_note
+from ..lock import LOCK_KIND, _acquire_request, _add_note
 from ..v1 import lock_pb2
 
 if TYPE_CHECKING:
@@ -86,16 +86,19 @@ class AsyncLease(LeaseState):
 
 
 class _AsyncHoldSession:
-    """One HoldLock session over grpc.aio: the ``async with`` form of AsyncLock."""
+    """One HoldLock session over grpc.aio (the ``async with`` form of
+    AsyncLock) or, with another :class:`HoldKind`, one HoldPermit session
+    (a bulkhead's)."""
 
-    def __init__(self, client: "AsyncClient", lock: "AsyncLock") -> None:
+    def __init__(self, client: "AsyncClient", holder: Any, kind: HoldKind = LOCK_KIND) -> None:
         self._client = client
-        self._key = lock.key
-        self._ttl = lock.ttl
-        self._timeout = lock.timeout
-        self._acquire = _acquire_request(lock.key, lock._ttl_arg, lock._wait, lock.owner, lock.max_hold)
+        self._kind = kind
+        self._key = holder.key
+        self._ttl = holder.ttl
+        self._timeout = holder.timeout
+        self._first_request = holder._hold_request()
         self._call: Any = None
-        self._first: "asyncio.Future[lock_pb2.HoldLockResponse]" = asyncio.get_running_loop().create_future()
+        self._first: "asyncio.Future[Any]" = asyncio.get_running_loop().create_future()
         self._done = asyncio.Event()
         self._reader: Optional[asyncio.Task] = None
         self.lease: Optional[AsyncLease] = None
@@ -110,14 +113,8 @@ class _AsyncHoldSession:
                 kind = resp.WhichOneof("event")
                 if not self._first.done():
                     if kind == "acquired":
-                        lease = AsyncLease(
-                            key=resp.acquired.key or self._key,
-                            fencing_token=resp.acquired.fencing_token,
-                            expire_time=to_datetime(resp.acquired.expire_time),
-                            owner=resp.acquired.owner,
-                            ttl=self._ttl,
-                            lease_id=resp.acquired.lease_id,
-                        )
+                        lease = AsyncLease(ttl=self._ttl, **self._kind.lease_args(resp.acquired, self._key))
+                        lease.what = self._kind.what
                         lease._confirm(now)
                         self.lease = lease
                     self._first.set_result(resp)
@@ -132,13 +129,15 @@ class _AsyncHoldSession:
                     held.released = True
                     held._close()
                 elif kind == "lost":
-                    self._mark_lost(LOST_REASONS.get(resp.lost.reason, "LEASE_LOST"), resp.lost.message, local=False)
+                    self._mark_lost(self._kind.lost_reasons.get(resp.lost.reason, "LEASE_LOST"), resp.lost.message, local=False)
             if not self._first.done():
                 self._first.set_exception(
-                    SidecarError(grpc.StatusCode.INTERNAL, "", f"HoldLock stream for {self._key!r} ended without an answer")
+                    SidecarError(
+                        grpc.StatusCode.INTERNAL, "", f"{self._kind.rpc} stream for {self._key!r} ended without an answer"
+                    )
                 )
             else:
-                self._mark_lost("STREAM_ENDED", "the session stream ended before the lock was released")
+                self._mark_lost("STREAM_ENDED", f"the session stream ended before the {self._kind.what} was released")
         except grpc.RpcError as e:
             err = from_rpc_error(e, addr=self._client.addr)
             if not self._first.done():
@@ -164,10 +163,10 @@ class _AsyncHoldSession:
             self.lease._mark_lost(reason, message, local)
 
     async def open(self) -> AsyncLease:
-        self._call = self._client.locks.HoldLock()
-        self._reader = asyncio.create_task(self._read(), name=f"resilience-lock:{self._key}")
+        self._call = self._kind.method(self._client)()
+        self._reader = asyncio.create_task(self._read(), name=f"resilience-{self._kind.what}:{self._key}")
         try:
-            await self._call.write(lock_pb2.HoldLockRequest(acquire=self._acquire))
+            await self._call.write(self._first_request)
             first = await asyncio.wait_for(asyncio.shield(self._first), self._timeout)
         except asyncio.TimeoutError:
             await self._abort(cancel=True)
@@ -186,12 +185,11 @@ class _AsyncHoldSession:
             return self.lease
         await self._abort()
         if kind == "not_acquired":
-            h = first.not_acquired.holder
-            raise NotAcquired(self._key, h.owner, h.fencing_token, to_datetime(h.expire_time))
-        raise SidecarError(grpc.StatusCode.INTERNAL, "", f"unexpected first HoldLock event {kind!r}")
+            raise self._kind.not_acquired(self._key, first)
+        raise SidecarError(grpc.StatusCode.INTERNAL, "", f"unexpected first {self._kind.rpc} event {kind!r}")
 
     async def _abort(self, cancel: bool = False) -> None:
-        """Ends a session that never held the lock."""
+        """Ends a session that never held the lease."""
         if not cancel:
             try:
                 await asyncio.wait_for(self._done.wait(), 1.0)
@@ -227,7 +225,7 @@ class _AsyncHoldSession:
         if not lease.is_lost():
             self._mark_lost("STREAM_ENDED", "the session ended without confirming the release")
         if lease._lost_after_exit:
-            err = ReleaseNotConfirmed(lease.key, lease.fencing_token, time.monotonic() - t0)
+            err = ReleaseNotConfirmed(lease.key, lease.fencing_token, time.monotonic() - t0, what=lease.what)
             if exc is not None:
                 _add_note(exc, f"resilience: {err}")
                 return
@@ -239,7 +237,7 @@ class _AsyncHoldSession:
     async def _send_release(self) -> None:
         if self._done.is_set():
             return
-        await self._call.write(lock_pb2.HoldLockRequest(release=lock_pb2.HoldLockRequest.Release()))
+        await self._call.write(self._kind.release())
         await self._call.done_writing()
 
 
@@ -292,6 +290,11 @@ class AsyncLock:
         self._session: Optional[_AsyncHoldSession] = None
         self._lease: Optional[AsyncLease] = None
         self.not_acquired: Optional[NotAcquired] = None
+
+    def _hold_request(self) -> lock_pb2.HoldLockRequest:
+        return lock_pb2.HoldLockRequest(
+            acquire=_acquire_request(self.key, self._ttl_arg, self._wait, self.owner, self.max_hold)
+        )
 
     async def __aenter__(self) -> AsyncLease:
         if self._lease is not None:

@@ -31,7 +31,13 @@ public class LeaseLostException extends SidecarException {
   /** A lease loss seen by a session or handle (not an RPC error). */
   static LeaseLostException sessionLost(
       String key, String lossReason, String message, Throwable cause) {
-    String description = "lock \"" + key + "\" lost (" + lossReason + ")";
+    return sessionLost("lock", key, lossReason, message, cause);
+  }
+
+  /** A loss seen by a session of a lock or a permit ({@code what}). */
+  static LeaseLostException sessionLost(
+      String what, String key, String lossReason, String message, Throwable cause) {
+    String description = what + " \"" + key + "\" lost (" + lossReason + ")";
     if (!message.isEmpty()) {
       description += ": " + message;
     }

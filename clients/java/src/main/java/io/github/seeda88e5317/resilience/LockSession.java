@@ -1,19 +1,7 @@
 package io.github.seeda88e5317.resilience;
 
-import io.grpc.Context;
-import io.grpc.Deadline;
-import io.grpc.Status;
-import io.grpc.stub.ClientCallStreamObserver;
 import io.grpc.stub.ClientResponseObserver;
-import java.time.Duration;
-import java.time.Instant;
-import java.util.Objects;
 import java.util.concurrent.CompletableFuture;
-import java.util.concurrent.CompletionException;
-import java.util.concurrent.ExecutionException;
-import java.util.concurrent.RejectedExecutionException;
-import java.util.concurrent.ScheduledFuture;
-import java.util.concurrent.TimeUnit;
 import resilience.v1.Lock.HoldLockRequest;
 import resilience.v1.Lock.HoldLockResponse;
 import resilience.v1.Lock.Holder;
@@ -36,82 +24,38 @@ import resilience.v1.Lock.Holder;
  * store, before anyone else can take the lock). After a loss, stop writing: {@link #close()} then
  * throws {@link LeaseLostException}.
  *
- * <p>Thread-safe.
+ * <p>Thread-safe. The session code is shared with {@link PermitSession} (bulkhead permits).
  */
-public final class LockSession implements AutoCloseable {
+public final class LockSession extends HoldSession<HoldLockRequest, HoldLockResponse> {
   /** Loss reason: no grant or renewal confirmation was received by the lease's local deadline. */
-  public static final String RENEWAL_OVERDUE = "RENEWAL_OVERDUE";
+  public static final String RENEWAL_OVERDUE = HoldSession.RENEWAL_OVERDUE;
 
   /** Loss reason: the session stream ended (the sidecar died, or the connection broke). */
-  public static final String STREAM_ENDED = "STREAM_ENDED";
-
-  private final ResilienceClient client;
-  private final String key;
-  private final LockOptions options;
-  private final Duration ttl;
-  private final long validNanos; // ttl - margin: how long a confirmation keeps the lease ours
-
-  private final CompletableFuture<HoldLockResponse> first = new CompletableFuture<>();
-  private final CompletableFuture<LeaseLostException> lost = new CompletableFuture<>();
-  private final CompletableFuture<Void> ended = new CompletableFuture<>();
-  private final Cancellation cancellation = new Cancellation(lost);
-
-  private volatile ClientCallStreamObserver<HoldLockRequest> requests;
-  private volatile boolean acquired;
-  private volatile boolean released;
-  private volatile boolean closing;
-  private volatile boolean cancelledHere;
-  private volatile long confirmedNanos;
-  private volatile long deadlineNanos;
-  private volatile Lease lease;
-  private volatile Instant expireTime;
-  private ScheduledFuture<?> watchdog;
-  private boolean closed;
+  public static final String STREAM_ENDED = HoldSession.STREAM_ENDED;
 
   private LockSession(ResilienceClient client, String key, LockOptions options) {
-    this.client = client;
-    this.key = key;
-    this.options = options;
-    this.ttl = options.effectiveTtl();
-    this.validNanos = ttl.minus(LockOptions.safetyMargin(ttl)).toNanos();
+    super(client, key, options);
   }
 
-  /** Blocking open: {@link #openAsync}, waited for; an interrupt cancels the acquire. */
+  /** Blocking open; an interrupt cancels the acquire. */
   static LockSession open(ResilienceClient client, String key, LockOptions options) {
-    LockSession s = new LockSession(client, Objects.requireNonNull(key, "key"), options);
-    CompletableFuture<LockSession> f = s.start();
-    try {
-      return f.get(); // bounded by the acquire timer
-    } catch (InterruptedException e) {
-      s.cancel("interrupted");
-      Thread.currentThread().interrupt();
-      throw SidecarException.from(
-          Status.CANCELLED
-              .withDescription("interrupted while acquiring lock \"" + key + "\"")
-              .withCause(e)
-              .asRuntimeException());
-    } catch (ExecutionException e) {
-      throw Async.<RuntimeException>sneaky(Async.unwrap(e));
-    }
+    return HoldSession.open(new LockSession(client, key, options));
   }
 
   /** Opens a session; the future completes once the lock is held (or fails as {@link #open}). */
   static CompletableFuture<LockSession> openAsync(
       ResilienceClient client, String key, LockOptions options) {
-    return new LockSession(client, Objects.requireNonNull(key, "key"), options).start();
+    LockSession s = new LockSession(client, key, options);
+    return s.start().thenApply(v -> s);
   }
 
-  private CompletableFuture<LockSession> start() {
-    Objects.requireNonNull(options, "options");
-    // The acquire is bounded by the caller's deadline (a gRPC Context deadline, e.g. inside a
-    // server call), or else by wait_timeout + the call timeout.
-    long bound = options.waitTimeout().plus(client.effectiveCallTimeout()).toNanos();
-    Deadline callerDeadline = Context.current().getDeadline();
-    if (callerDeadline != null) {
-      bound = Math.min(bound, Math.max(0, callerDeadline.timeRemaining(TimeUnit.NANOSECONDS)));
-    }
-    // The session itself outlives the caller's deadline: it ends with close().
-    Context.current().fork().run(() -> client.locksAsync().holdLock(new Observer()));
+  @Override
+  void openCall(ClientResponseObserver<HoldLockRequest, HoldLockResponse> observer) {
+    client.locksAsync().holdLock(observer);
+  }
+
+  @Override
+  HoldLockRequest acquireRequest() {
     HoldLockRequest.Acquire.Builder acquire =
         HoldLockRequest.Acquire.newBuilder()
             .setKey(key)
@@ -121,387 +65,62 @@ public final class LockSession implements AutoCloseable {
     if (options.ttl() != null) {
       acquire.setTtl(Protos.duration(options.ttl()));
     }
-    send(HoldLockRequest.newBuilder().setAcquire(acquire).build(), false);
-    final long boundNanos = bound;
-    ScheduledFuture<?> timer;
-    try {
-      timer =
-          client
-              .scheduler()
-              .schedule(
-                  () -> first.completeExceptionally(new AcquireTimedOut()),
-                  boundNanos,
-                  TimeUnit.NANOSECONDS);
-    } catch (RejectedExecutionException e) {
-      cancel("client closed");
-      return CompletableFuture.failedFuture(clientClosed());
-    }
-    return first.handle(
-        (resp, err) -> {
-          timer.cancel(false);
-          return afterFirst(resp, err, boundNanos);
-        });
+    return HoldLockRequest.newBuilder().setAcquire(acquire).build();
   }
 
-  /** Timer marker: no answer to acquire in time. */
-  private static final class AcquireTimedOut extends RuntimeException {
-    private static final long serialVersionUID = 1L;
-
-    AcquireTimedOut() {
-      super(null, null, false, false);
-    }
+  @Override
+  HoldLockRequest releaseRequest() {
+    return HoldLockRequest.newBuilder()
+        .setRelease(HoldLockRequest.Release.getDefaultInstance())
+        .build();
   }
 
-  private LockSession afterFirst(HoldLockResponse resp, Throwable err, long boundNanos) {
-    if (err instanceof AcquireTimedOut) {
-      cancel("no answer to acquire");
-      throw SidecarException.from(
-          Status.DEADLINE_EXCEEDED
-              .withDescription(
-                  "the sidecar at "
-                      + client.address()
-                      + " did not answer the HoldLock acquire of \""
-                      + key
-                      + "\" within "
-                      + TimeUnit.NANOSECONDS.toMillis(boundNanos)
-                      + "ms")
-              .asRuntimeException());
-    }
-    if (err != null) {
-      throw SidecarException.from(Async.unwrap(err));
-    }
-    switch (resp.getEventCase()) {
+  @Override
+  Event event(HoldLockResponse resp) {
+    return switch (resp.getEventCase()) {
       case ACQUIRED -> {
-        // Set by the observer before `first` completed.
+        var l = resp.getAcquired();
+        yield new Event(
+            Kind.ACQUIRED,
+            new Lease(
+                l.getKey(), l.getFencingToken(), Protos.instant(l.getExpireTime()), l.getOwner()),
+            null,
+            "",
+            "");
       }
-      case NOT_ACQUIRED -> {
-        cancel("not acquired");
-        Holder h = resp.getNotAcquired().getHolder();
-        throw new NotAcquiredException(
-            key,
-            h.getOwner(),
-            h.getFencingToken(),
-            h.hasExpireTime() ? Protos.instant(h.getExpireTime()) : null);
-      }
-      default -> {
-        cancel("unexpected first event");
-        throw SidecarException.from(
-            Status.INTERNAL
-                .withDescription("unexpected first HoldLock event " + resp.getEventCase())
-                .asRuntimeException());
-      }
-    }
-    synchronized (this) {
-      if (!lost.isDone() && !closed) {
-        try {
-          armWatchdog(deadlineNanos - System.nanoTime());
-        } catch (RejectedExecutionException e) { // the client is closing: so is this session
-          cancel("client closed");
-          throw clientClosed();
-        }
-      }
-    }
-    return this;
-  }
-
-  private SidecarException clientClosed() {
-    return SidecarException.from(
-        Status.CANCELLED
-            .withDescription("the client was closed while acquiring lock \"" + key + "\"")
-            .asRuntimeException());
-  }
-
-  /** The lease as granted. Its fencing token is fixed for the session. */
-  public Lease lease() {
-    return lease;
-  }
-
-  /** The lease's current expiry as the sidecar reports it, moved by each renewal. */
-  public Instant expireTime() {
-    return expireTime;
-  }
-
-  /**
-   * When the last grant or renewal confirmation was received, as a {@link System#nanoTime()}
-   * value. The local deadline is this plus TTL minus the safety margin.
-   */
-  public long confirmedAtNanos() {
-    return confirmedNanos;
-  }
-
-  /**
-   * The time left until the lease's local deadline (zero or negative once it passed): how long
-   * work may go on if no further renewal arrived.
-   */
-  public Duration timeLeft() {
-    return Duration.ofNanos(deadlineNanos - System.nanoTime());
-  }
-
-  /**
-   * Completes with the cause when the lease is lost; never completes if the session ends without a
-   * loss. Callbacks run on a gRPC or timer thread: keep them short. (A copy: completing it does not
-   * affect the session.)
-   */
-  public CompletableFuture<LeaseLostException> lost() {
-    return lost.copy();
-  }
-
-  /** Whether the lease was lost. */
-  public boolean isLost() {
-    return lost.isDone();
-  }
-
-  /** The session's lease loss as a cancellation signal (what {@code withLock} passes). */
-  public Cancellation cancellation() {
-    return cancellation;
-  }
-
-  /**
-   * Releases the lock and ends the session, waiting for the sidecar to confirm at most until the
-   * lease's local deadline or the client's call timeout, whichever comes first. Calling it again
-   * does nothing.
-   *
-   * @throws LeaseLostException the lease was lost during the session (also when the local deadline
-   *     passed while waiting for the confirmation: {@value #RENEWAL_OVERDUE}): the work done under
-   *     it may have run without exclusion
-   * @throws ReleaseUnconfirmedException the sidecar did not confirm the release within the call
-   *     timeout (the lock then frees itself within its TTL)
-   */
-  @Override
-  public void close() {
-    CompletableFuture<Void> f = closeAsync();
-    boolean interrupted = false;
-    try {
-      while (true) {
-        try {
-          f.get(); // bounded by the release timer
-          return;
-        } catch (InterruptedException e) {
-          interrupted = true;
-        } catch (ExecutionException e) {
-          throw Async.<RuntimeException>sneaky(Async.unwrap(e));
-        }
-      }
-    } finally {
-      if (interrupted) {
-        Thread.currentThread().interrupt();
-      }
-    }
-  }
-
-  /**
-   * {@link #close()} without blocking: the future completes when the release is confirmed, or
-   * fails with what {@code close()} throws. Calling it again returns a completed future.
-   */
-  public CompletableFuture<Void> closeAsync() {
-    synchronized (this) {
-      if (closed) {
-        return CompletableFuture.completedFuture(null);
-      }
-      closed = true;
-      if (watchdog != null) {
-        watchdog.cancel(false);
-      }
-    }
-    if (lost.isDone() || ended.isDone()) {
-      cancel("session closed");
-      return finished();
-    }
-    closing = true;
-    send(
-        HoldLockRequest.newBuilder()
-            .setRelease(HoldLockRequest.Release.getDefaultInstance())
-            .build(),
-        true);
-    long bound =
-        Math.max(
-            0,
-            Math.min(
-                deadlineNanos - System.nanoTime(), client.effectiveCallTimeout().toNanos()));
-    CompletableFuture<Boolean> confirmed = new CompletableFuture<>();
-    ended.thenRun(() -> confirmed.complete(true));
-    ScheduledFuture<?> timer = null;
-    try {
-      timer =
-          client
-              .scheduler()
-              .schedule(() -> confirmed.complete(false), bound, TimeUnit.NANOSECONDS);
-    } catch (RejectedExecutionException e) {
-      // The client is closing: its channel ends the stream, which completes `ended`.
-    }
-    ScheduledFuture<?> t = timer;
-    return confirmed.thenCompose(
-        ok -> {
-          if (t != null) {
-            t.cancel(false);
-          }
-          if (!ok) {
-            if (System.nanoTime() - deadlineNanos >= 0) {
-              markLost(RENEWAL_OVERDUE, overdueMessage(), null);
-            }
-            cancel("release not confirmed"); // the sidecar, if it wakes up, releases on the cancel
-            if (!lost.isDone()) {
-              return CompletableFuture.failedFuture(
-                  ReleaseUnconfirmedException.of(client.address(), key, Duration.ofNanos(bound)));
-            }
-          }
-          return finished();
-        });
-  }
-
-  /** Completes normally, or with the session's loss (a fresh exception: the caller's trace). */
-  private CompletableFuture<Void> finished() {
-    LeaseLostException e = lost.getNow(null);
-    if (e == null) {
-      return CompletableFuture.completedFuture(null);
-    }
-    return CompletableFuture.failedFuture(
-        LeaseLostException.sessionLost(key, e.lossReason(), lossMessage(e), e));
-  }
-
-  private static String lossMessage(LeaseLostException e) {
-    String d = e.description();
-    int i = d.indexOf("): ");
-    return i < 0 ? "" : d.substring(i + 3);
-  }
-
-  // ---- stream events -----------------------------------------------------------------------
-
-  private final class Observer
-      implements ClientResponseObserver<HoldLockRequest, HoldLockResponse> {
-    @Override
-    public void beforeStart(ClientCallStreamObserver<HoldLockRequest> requestStream) {
-      requests = requestStream;
-    }
-
-    @Override
-    public void onNext(HoldLockResponse resp) {
-      switch (resp.getEventCase()) {
-        case ACQUIRED -> {
-          var l = resp.getAcquired();
-          lease =
-              new Lease(
-                  l.getKey(), l.getFencingToken(), Protos.instant(l.getExpireTime()), l.getOwner());
-          expireTime = lease.expireTime();
-          confirmed(System.nanoTime());
-          acquired = true;
-        }
-        case RENEWED -> {
-          expireTime = Protos.instant(resp.getRenewed().getExpireTime());
-          confirmed(System.nanoTime());
-        }
-        case RELEASED -> released = true;
-        case LOST -> {
-          String reason = resp.getLost().getReason().name().replaceFirst("^REASON_", "");
-          markLost(reason, resp.getLost().getMessage(), null);
-        }
-        default -> {
-          // NOT_ACQUIRED is only ever first; unknown events are ignored.
-        }
-      }
-      first.complete(resp);
-    }
-
-    @Override
-    public void onError(Throwable t) {
-      if (!first.isDone()) {
-        first.completeExceptionally(t);
-      } else if (!released && !cancelledHere) {
-        SidecarException e = SidecarException.from(t);
-        markLost(STREAM_ENDED, "the session stream ended: " + e.getMessage(), e);
-      }
-      ended.complete(null);
-    }
-
-    @Override
-    public void onCompleted() {
-      if (!first.isDone()) {
-        first.completeExceptionally(
-            Status.INTERNAL
-                .withDescription("the HoldLock stream ended before answering acquire")
-                .asRuntimeException());
-      } else if (!released) {
-        markLost(STREAM_ENDED, "the session stream ended without a release", null);
-      }
-      ended.complete(null);
-    }
-  }
-
-  private void confirmed(long now) {
-    confirmedNanos = now;
-    deadlineNanos = now + validNanos;
-  }
-
-  private void markLost(String reason, String message, Throwable cause) {
-    if (acquired) {
-      lost.complete(LeaseLostException.sessionLost(key, reason, message, cause));
-    }
-  }
-
-  private String overdueMessage() {
-    return "no renewal confirmation from the sidecar at "
-        + client.address()
-        + " within "
-        + TimeUnit.NANOSECONDS.toMillis(validNanos)
-        + "ms (TTL "
-        + ttl.toMillis()
-        + "ms minus the safety margin) of the last one; the lease expires in the store";
-  }
-
-  /** Runs at the local deadline: the lease is lost unless a confirmation moved the deadline. */
-  private void checkDeadline() {
-    if (lost.isDone() || ended.isDone() || closing) {
-      return;
-    }
-    long left = deadlineNanos - System.nanoTime();
-    if (left > 0) {
-      synchronized (this) {
-        if (!closed) {
-          try {
-            armWatchdog(left);
-          } catch (RejectedExecutionException e) {
-            // The client is closing: its channel ends the stream.
-          }
-        }
-      }
-      return;
-    }
-    markLost(RENEWAL_OVERDUE, overdueMessage(), null);
-    cancel("renewal overdue");
-  }
-
-  private void armWatchdog(long delayNanos) {
-    watchdog =
-        client
-            .scheduler()
-            .schedule(this::checkDeadline, Math.max(0, delayNanos), TimeUnit.NANOSECONDS);
-  }
-
-  private synchronized void send(HoldLockRequest msg, boolean halfClose) {
-    try {
-      requests.onNext(msg);
-      if (halfClose) {
-        requests.onCompleted();
-      }
-    } catch (RuntimeException e) {
-      // The stream already ended; the observer has been told why.
-    }
-  }
-
-  private synchronized void cancel(String why) {
-    if (!ended.isDone()) {
-      cancelledHere = true;
-      requests.cancel("resilience: " + why, null);
-    }
+      case NOT_ACQUIRED -> Event.of(Kind.NOT_ACQUIRED);
+      case RENEWED ->
+          new Event(
+              Kind.RENEWED, null, Protos.instant(resp.getRenewed().getExpireTime()), "", "");
+      case RELEASED -> Event.of(Kind.RELEASED);
+      case LOST ->
+          new Event(
+              Kind.LOST,
+              null,
+              null,
+              resp.getLost().getReason().name().replaceFirst("^REASON_", ""),
+              resp.getLost().getMessage());
+      default -> Event.of(Kind.OTHER);
+    };
   }
 
   @Override
-  public String toString() {
-    return "LockSession{key=" + key + ", lost=" + isLost() + "}";
+  RuntimeException notAcquired(HoldLockResponse resp) {
+    Holder h = resp.getNotAcquired().getHolder();
+    return new NotAcquiredException(
+        key,
+        h.getOwner(),
+        h.getFencingToken(),
+        h.hasExpireTime() ? Protos.instant(h.getExpireTime()) : null);
   }
 
-  /** For withLockAsync: wraps a failure so that CompletableFuture passes it on unchanged. */
-  static CompletionException wrap(Throwable t) {
-    return t instanceof CompletionException c ? c : new CompletionException(t);
+  @Override
+  String rpc() {
+    return "HoldLock";
+  }
+
+  @Override
+  String what() {
+    return "lock";
   }
 }

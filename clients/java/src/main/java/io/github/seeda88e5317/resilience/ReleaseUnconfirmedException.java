@@ -19,15 +19,24 @@ public class ReleaseUnconfirmedException extends DeadlineExceededException {
   }
 
   static ReleaseUnconfirmedException of(String address, String key, Duration waited) {
+    return of(address, "lock", key, waited);
+  }
+
+  /** The release of a lock or a permit ({@code what}) was not confirmed. */
+  static ReleaseUnconfirmedException of(String address, String what, String key, Duration waited) {
     Status st =
         Status.DEADLINE_EXCEEDED.withDescription(
             "the sidecar at "
                 + address
-                + " did not confirm the release of \""
+                + " did not confirm the release of "
+                + what
+                + " \""
                 + key
                 + "\" within "
                 + waited.toMillis()
-                + "ms; the lock frees itself when its lease expires");
+                + "ms; the "
+                + what
+                + " frees itself when its lease expires");
     return new ReleaseUnconfirmedException(
         st, new Metadata(), new Details("", Duration.ZERO, Map.of(), Map.of()));
   }

@@ -34,7 +34,9 @@ import java.util.concurrent.ScheduledThreadPoolExecutor;
 import java.util.concurrent.TimeUnit;
 import java.util.function.Supplier;
 import resilience.v1.BreakerServiceGrpc;
+import resilience.v1.RateLimitServiceGrpc;
 import resilience.v1.SagaServiceGrpc;
+import resilience.v1.SemaphoreServiceGrpc;
 import resilience.v1.ClockServiceGrpc;
 import resilience.v1.EventServiceGrpc;
 import resilience.v1.Events.AckRequest;
@@ -123,6 +125,9 @@ public final class ResilienceClient implements AutoCloseable {
   private final SagaServiceGrpc.SagaServiceStub sagasAsync;
   private final EventServiceGrpc.EventServiceBlockingStub events;
   private final EventServiceGrpc.EventServiceStub eventsAsync;
+  private final RateLimitServiceGrpc.RateLimitServiceBlockingStub rateLimits;
+  private final SemaphoreServiceGrpc.SemaphoreServiceBlockingStub semaphores;
+  private final SemaphoreServiceGrpc.SemaphoreServiceStub semaphoresAsync;
   private final LockServiceGrpc.LockServiceFutureStub locksFuture;
   private final IdempotencyServiceGrpc.IdempotencyServiceFutureStub idempotencyFuture;
   private final ClockServiceGrpc.ClockServiceFutureStub clocksFuture;
@@ -160,6 +165,9 @@ public final class ResilienceClient implements AutoCloseable {
     this.sagasAsync = SagaServiceGrpc.newStub(channel);
     this.events = EventServiceGrpc.newBlockingStub(channel);
     this.eventsAsync = EventServiceGrpc.newStub(channel);
+    this.rateLimits = RateLimitServiceGrpc.newBlockingStub(channel);
+    this.semaphores = SemaphoreServiceGrpc.newBlockingStub(channel);
+    this.semaphoresAsync = SemaphoreServiceGrpc.newStub(channel);
     this.locksFuture = LockServiceGrpc.newFutureStub(channel);
     this.idempotencyFuture = IdempotencyServiceGrpc.newFutureStub(channel);
     this.clocksFuture = ClockServiceGrpc.newFutureStub(channel);
@@ -245,6 +253,18 @@ public final class ResilienceClient implements AutoCloseable {
 
   public EventServiceGrpc.EventServiceStub eventsAsync() {
     return eventsAsync;
+  }
+
+  public RateLimitServiceGrpc.RateLimitServiceBlockingStub rateLimits() {
+    return rateLimits;
+  }
+
+  public SemaphoreServiceGrpc.SemaphoreServiceBlockingStub semaphores() {
+    return semaphores;
+  }
+
+  public SemaphoreServiceGrpc.SemaphoreServiceStub semaphoresAsync() {
+    return semaphoresAsync;
   }
 
   LockServiceGrpc.LockServiceFutureStub locksFuture() {
@@ -416,6 +436,87 @@ public final class ResilienceClient implements AutoCloseable {
   /** {@link #lock(String, LockOptions)} with {@link LockOptions#defaults()}. */
   public LockHandle lock(String key) {
     return lock(key, LockOptions.defaults());
+  }
+
+  // ---- rate limits and bulkheads -----------------------------------------------------------
+
+  /**
+   * The rate limiter {@code limiter} (declared in the sidecar's config) on {@code key}, taking 1
+   * per call without waiting; {@link RateLimiter#withCost}, {@link RateLimiter#withWaitTimeout}
+   * change that. Makes no call.
+   */
+  public RateLimiter rateLimiter(String limiter, String key) {
+    return new RateLimiter(this, limiter, key, 1, Duration.ZERO);
+  }
+
+  /**
+   * Takes {@code cost} from {@code key} of the rate limiter {@code limiter}, the sidecar waiting up
+   * to {@code waitTimeout} for it to fit: see {@link RateLimiter#take()}.
+   */
+  public RateDecision take(String limiter, String key, long cost, Duration waitTimeout) {
+    return new RateLimiter(this, limiter, key, cost, waitTimeout).take();
+  }
+
+  /**
+   * Opens a HoldPermit session: returns once one of {@code limit} permits of the bulkhead {@code
+   * name} (shared by every sidecar) is held; the sidecar renews it every TTL/3 until {@link
+   * PermitSession#close()}, and gives it back if this process dies. The options are the lock
+   * session's (ttl, waitTimeout, owner, maxHold), and so is the safety: see {@link PermitSession}.
+   *
+   * <pre>{@code
+   * try (PermitSession permit = client.holdPermit("payments-db", 8, LockOptions.defaults()
+   *     .waitTimeout(Duration.ofSeconds(2)))) {
+   *   db.query(q, permit.lease().fencingToken());
+   * } // gives the permit back; throws LeaseLostException if it was lost meanwhile
+   * }</pre>
+   *
+   * @throws BulkheadFullException the wait ended without a permit
+   * @throws InvalidArgumentException the name, limit or an option is out of bounds
+   * @throws SidecarException the sidecar did not answer, or another error
+   */
+  public PermitSession holdPermit(String name, int limit, LockOptions options) {
+    return PermitSession.open(this, name, limit, options);
+  }
+
+  /** {@link #holdPermit(String, int, LockOptions)} without blocking. */
+  public CompletableFuture<PermitSession> holdPermitAsync(
+      String name, int limit, LockOptions options) {
+    return PermitSession.openAsync(this, name, limit, options);
+  }
+
+  /**
+   * Runs {@code fn} while holding one of {@code limit} permits of the bulkhead {@code name}, as
+   * {@link #withLock(String, LockOptions, LockedCallable)} runs it under a lock, with the same
+   * guarantees (the {@link Cancellation} fires the moment the permit is lost, by the sidecar's word
+   * or by this process's clock; a loss while {@code fn} ran is a {@link LeaseLostException}; the
+   * acquire and the release are bounded).
+   *
+   * @throws BulkheadFullException the wait ended without a permit; {@code fn} did not run
+   * @throws DeadlineExceededException the sidecar did not answer the acquire in time
+   */
+  public <T, E extends Exception> T withPermit(
+      String name, int limit, LockOptions options, LockedCallable<T, E> fn) throws E {
+    Objects.requireNonNull(fn, "fn");
+    PermitSession session = holdPermit(name, limit, options);
+    T result;
+    try {
+      result = fn.call(session.lease(), session.cancellation());
+    } catch (Throwable t) {
+      try {
+        session.close();
+      } catch (RuntimeException e) {
+        t.addSuppressed(e);
+      }
+      throw t;
+    }
+    session.close();
+    return result;
+  }
+
+  /** {@link #withPermit(String, int, LockOptions, LockedCallable)} with the defaults. */
+  public <T, E extends Exception> T withPermit(String name, int limit, LockedCallable<T, E> fn)
+      throws E {
+    return withPermit(name, limit, LockOptions.defaults(), fn);
   }
 
   // ---- breakers ----------------------------------------------------------------------------
