@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1
-#
 # The resilience sidecar and its Kubernetes injector (/sidecar-injector), as
 # static binaries on distroless: CA certificates and tzdata, no shell, no package
 # manager, running as the unprivileged "nonroot" user (65532). No HEALTHCHECK:
@@ -7,23 +5,27 @@
 #
 #   make image                      # docker build -t $(IMAGE) .
 #   docker buildx build --platform linux/amd64,linux/arm64 -t IMAGE --push .
+#
+# It builds with BuildKit and with the classic builder (Docker without
+# buildx), so it uses no BuildKit-only syntax (no RUN --mount, no # syntax
+# line, which would also pull a frontend image). BUILDPLATFORM is set by
+# BuildKit; for the classic builder `make image` passes it.
 
 # go.mod needs go1.27.3 (go1.26.8 has reachable standard-library
 # vulnerabilities); GOTOOLCHAIN makes an older base image fetch it.
 ARG GO_VERSION=1.27.3
+ARG BUILDPLATFORM
 
 FROM --platform=$BUILDPLATFORM golang:${GO_VERSION} AS build
 ENV GOTOOLCHAIN=go1.27.3
 WORKDIR /src
 # Modules first, so that a source change does not download them again.
 COPY go.mod go.sum ./
-RUN --mount=type=cache,target=/go/pkg/mod go mod download
+RUN go mod download
 COPY . .
 ARG TARGETOS=linux
 ARG TARGETARCH
-RUN --mount=type=cache,target=/go/pkg/mod \
-    --mount=type=cache,target=/root/.cache/go-build \
-    CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH GOFLAGS=-buildvcs=false \
+RUN CGO_ENABLED=0 GOOS=$TARGETOS GOARCH=$TARGETARCH GOFLAGS=-buildvcs=false \
     go build -trimpath -ldflags='-s -w' -o /out/ ./cmd/sidecar ./cmd/sidecar-injector
 
 FROM gcr.io/distroless/static-debian12:nonroot

@@ -85,7 +85,7 @@ type result struct {
 }
 
 // benchGroups are the parts of the run -groups selects from.
-var benchGroups = []string{"locks", "clock", "memory", "waiters", "keywaiters", "keywaiters-cluster", "sessions", "startup", "outbox-memory", "limits", "ratelimit", "rows"}
+var benchGroups = []string{"locks", "clock", "memory", "waiters", "keywaiters", "keywaiters-cluster", "sessions", "startup", "outbox-memory", "limits", "ratelimit", "lockcost", "rows"}
 
 func main() {
 	if os.Getenv("BENCH_FLOOR_ADDR") != "" {
@@ -165,7 +165,7 @@ func main() {
 		{"locks", tr.runLocks}, {"clock", tr.runClock}, {"memory", tr.runMemory}, {"waiters", tr.runWaiters},
 		{"keywaiters", func() { tr.runKeyWaiters(false) }}, {"keywaiters-cluster", func() { tr.runKeyWaiters(true) }},
 		{"startup", tr.runStartup}, {"sessions", tr.runSessions}, {"outbox-memory", func() { runOutboxMemory(env) }},
-		{"limits", tr.runLimits}, {"ratelimit", tr.runRateLimit},
+		{"limits", tr.runLimits}, {"ratelimit", tr.runRateLimit}, {"lockcost", tr.runLockCost},
 	} {
 		if on[g.name] {
 			fmt.Fprintf(os.Stderr, "bench: %s (%s)\n", g.name, time.Since(start).Round(time.Second))

@@ -186,6 +186,7 @@ func serve(ctx context.Context, cfg *config.Config, getenv func(string) string, 
 
 	limits := admission.New(admission.Config{Calls: cfg.MaxConcurrentCalls, Waiters: cfg.MaxWaiters, Sessions: cfg.MaxSessions,
 		Subscriptions: cfg.MaxSubscriptions, ResponseBytes: int64(cfg.MaxResponseBytesInFlight)}, m)
+	var front *httpFront // the HTTP/JSON API, drained before gRPC (it calls into it)
 	network, address := cfg.ListenNetworkAddress()
 	lis, err := server.Listen(network, address, server.UnixSocket{Mode: cfg.ListenMode, Group: cfg.ListenGroup})
 	if err != nil {
@@ -200,6 +201,7 @@ func serve(ctx context.Context, cfg *config.Config, getenv func(string) string, 
 		HealthInterval:  cfg.HealthInterval,
 		Metrics:         m,
 		Limits:          limits,
+		BeforeDrain:     func() { front.stop() },
 	})
 	lockSvc := lock.NewService(st.lock, nil, log)
 	defer lockSvc.Close()
@@ -235,12 +237,26 @@ func serve(ctx context.Context, cfg *config.Config, getenv func(string) string, 
 		return err
 	}
 
+	if cfg.HTTPListen != "" {
+		if front, err = startHTTP(cfg, srv, m, log); err != nil {
+			return err
+		}
+		defer front.stop() // nil-safe
+	}
+
 	if cfg.MetricsListen != "" {
 		stopMetrics, err := serveMetrics(cfg.MetricsListen, m.Handler(), log)
 		if err != nil {
 			return err
 		}
 		defer stopMetrics()
+	}
+	if cfg.DebugListen != "" {
+		stopDebug, err := serveDebug(cfg.DebugListen, log)
+		if err != nil {
+			return err
+		}
+		defer stopDebug()
 	}
 	log.Info("listening", "network", network, "address", lis.Addr().String(), "auth", cfg.APIToken != "")
 	return srv.Serve(ctx, lis)

@@ -81,6 +81,7 @@ func TestDefaults(t *testing.T) {
 		RedisMode:        redisx.Standalone,
 		Namespace:        "default",
 		MetricsListen:    "127.0.0.1:9090",
+		HTTPListen:       "127.0.0.1:50080",
 		LogLevel:         "info",
 		StoreTimeout:     time.Second,
 		RedisWaitTimeout: 500 * time.Millisecond,

@@ -101,7 +101,7 @@ func settings(c *Config) []setting {
 			func() error { return checkNamespace(c.Namespace) }),
 		row(&c.MetricsListen, "metrics_listen", "address", "127.0.0.1:9090", "host:port of the Prometheus /metrics endpoint; empty disables it", text,
 			func() error { return checkMetricsListen(c) }),
-		row(&c.HTTPListen, "http_listen", "address", "", "HTTP/JSON listen address for every unary RPC (docs/http.md): host:port or unix:///absolute/path; empty disables it", text,
+		row(&c.HTTPListen, "http_listen", "address", "127.0.0.1:50080", "HTTP/JSON listen address for every unary RPC (docs/http.md): host:port or unix:///absolute/path; empty disables it", text,
 			func() error { return checkOptionalListen(c, c.HTTPListen) }),
 		row(&c.DebugListen, "debug_listen", "address", "", "host:port serving net/http/pprof under /debug/pprof/; empty (the default) disables it", text,
 			func() error { return checkOptionalListen(c, c.DebugListen) }),

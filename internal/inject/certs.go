@@ -17,6 +17,7 @@ import (
 type certReloader struct {
 	certFile, keyFile string
 	log               *slog.Logger
+	onLoad            func(c *tls.Certificate, rotated bool) // nil: none; called with mu held
 
 	mu     sync.Mutex
 	cert   *tls.Certificate
@@ -73,6 +74,9 @@ func (r *certReloader) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, e
 		return r.cert, nil
 	}
 	r.cert, r.stamp = &cert, stamp
+	if r.onLoad != nil {
+		r.onLoad(r.cert, true)
+	}
 	r.log.Info("tls: certificate reloaded", slog.String("not_after", notAfter(&cert)))
 	return r.cert, nil
 }

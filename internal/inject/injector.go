@@ -6,9 +6,13 @@ import (
 	"fmt"
 	"log/slog"
 	"mime"
+	"net"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
+	"time"
 
 	admissionv1 "k8s.io/api/admission/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -45,6 +49,7 @@ const (
 type Injector struct {
 	cfg      Config
 	log      *slog.Logger
+	metrics  *injectorMetrics
 	draining atomic.Bool
 }
 
@@ -58,14 +63,16 @@ func New(cfg Config, logger *slog.Logger) (*Injector, error) {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	cfg.Resources = *cfg.Resources.DeepCopy()
-	return &Injector{cfg: cfg, log: logger}, nil
+	return &Injector{cfg: cfg, log: logger, metrics: newInjectorMetrics()}, nil
 }
 
 // Admit answers one admission request. It never returns nil and never
 // fails: objects other than Pods, operations other than CREATE, and Pods
 // that did not ask for the sidecar or already have it are allowed
-// unchanged; a Pod that asked for the sidecar is allowed with a JSON patch
-// that adds it, or denied with a message listing every problem found (bad
+// unchanged (with a warning when such a Pod carries sidecar settings that
+// then have no effect); a Pod that asked for the sidecar is allowed with a
+// JSON patch that adds it (with a warning for each container that keeps a
+// SIDECAR_ADDR of its own), or denied with a message listing every problem found (bad
 // annotations, port or volume conflicts, undecodable object). The
 // response's UID is the request's; a nil request is denied.
 func (in *Injector) Admit(req *admissionv1.AdmissionRequest) *admissionv1.AdmissionResponse {
@@ -120,6 +127,7 @@ func (in *Injector) admit(req *admissionv1.AdmissionRequest) (resp *admissionv1.
 		return deny(metav1.StatusReasonInvalid, http.StatusUnprocessableEntity, err.Error()), decisionRejected, podName
 	}
 	if !inject {
+		allow.Warnings = ignoredSettings(pod.Annotations)
 		return allow, decisionNotRequested, podName
 	}
 	if alreadyInjected(&pod.Spec) {
@@ -135,7 +143,45 @@ func (in *Injector) admit(req *admissionv1.AdmissionRequest) (resp *admissionv1.
 			"cannot encode the patch: "+err.Error()), decisionRejected, podName
 	}
 	pt := admissionv1.PatchTypeJSONPatch
-	return &admissionv1.AdmissionResponse{Allowed: true, Patch: patch, PatchType: &pt}, decisionInjected, podName
+	return &admissionv1.AdmissionResponse{Allowed: true, Patch: patch, PatchType: &pt, Warnings: ownAddrWarnings(&pod.Spec, s)},
+		decisionInjected, podName
+}
+
+// ignoredSettings warns about the sidecar settings of a Pod that does not
+// ask for the sidecar: they have no effect, which is likely a mistake (a
+// forgotten or misspelled inject annotation). nil when there are none.
+func ignoredSettings(ann map[string]string) []string {
+	var keys []string
+	for k := range ann {
+		if strings.HasPrefix(k, AnnotationPrefix) && k != AnnotationInject && k != AnnotationStatus {
+			keys = append(keys, k)
+		}
+	}
+	if len(keys) == 0 {
+		return nil
+	}
+	slices.Sort(keys)
+	return []string{fmt.Sprintf("resilience sidecar: annotation %s has no effect: the Pod does not ask for the sidecar (%s: \"true\")",
+		strings.Join(keys, ", "), AnnotationInject)}
+}
+
+// ownAddrWarnings warns about the containers of an injected Pod that set
+// SIDECAR_ADDR themselves to something other than the sidecar's address:
+// the injector keeps their value, so they may not reach the sidecar.
+func ownAddrWarnings(spec *corev1.PodSpec, s settings) []string {
+	want := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(s.port)))
+	var out []string
+	for _, list := range [][]corev1.Container{spec.InitContainers, spec.Containers} {
+		for _, c := range list {
+			for _, e := range c.Env {
+				if e.Name == AddrEnv && (e.Value != want || e.ValueFrom != nil) {
+					out = append(out, fmt.Sprintf("resilience sidecar: container %q sets %s itself (kept as it is); the injected sidecar listens on %s",
+						c.Name, AddrEnv, want))
+				}
+			}
+		}
+	}
+	return out
 }
 
 // deny is a refusal whose message the API server shows the user after
@@ -171,6 +217,7 @@ func (in *Injector) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 }
 
 func (in *Injector) serveMutate(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
 		writeText(w, http.StatusMethodNotAllowed, "use POST")
@@ -207,6 +254,7 @@ func (in *Injector) serveMutate(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Content-Type", "application/json")
 	_, _ = w.Write(body)
+	in.metrics.admitted(out.Response.AuditAnnotations["decision"], time.Since(start))
 }
 
 func writeText(w http.ResponseWriter, code int, msg string) {

@@ -6,6 +6,8 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -121,11 +123,13 @@ func TestEndToEndOverTLS(t *testing.T) {
 
 	logs, stop := startMain(t, []string{
 		"--listen=127.0.0.1:0", "--tls-cert=" + certFile, "--tls-key=" + keyFile,
-		"--sidecar-image=registry.example/resilience-sidecar:e2e", "--log-level=debug",
+		"--sidecar-image=registry.example/resilience-sidecar:e2e", "--log-level=debug", "--metrics-listen=127.0.0.1:0",
 	})
-	addr, _ := logs.waitLog(t, "listening")["addr"].(string)
-	if addr == "" {
-		t.Fatalf("no address in the listening line:\n%s", logs)
+	listening := logs.waitLog(t, "listening")
+	addr, _ := listening["addr"].(string)
+	metricsAddr, _ := listening["metrics_addr"].(string)
+	if addr == "" || metricsAddr == "" {
+		t.Fatalf("no addresses in the listening line:\n%s", logs)
 	}
 	base := "https://" + addr
 
@@ -188,6 +192,31 @@ func TestEndToEndOverTLS(t *testing.T) {
 		t.Errorf("readyz: %s", resp.Status)
 	}
 	logs.waitLog(t, "tls: certificate reloaded")
+
+	// /metrics: the admission above, and the renewed certificate's expiry.
+	plain := &http.Transport{}
+	t.Cleanup(plain.CloseIdleConnections)
+	resp, err = (&http.Client{Transport: plain}).Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, err := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := readLeaf(t, certFile)
+	for _, want := range []string{
+		`resilience_injector_admissions_total{decision="injected"} 1`,
+		`resilience_injector_admissions_total{decision="rejected"} 0`,
+		`resilience_injector_admission_duration_seconds_count 1`,
+		`resilience_injector_certificate_rotations_total 1`,
+		fmt.Sprintf("resilience_injector_certificate_expiry_timestamp_seconds %g", float64(leaf.NotAfter.Unix())),
+	} {
+		if !strings.Contains(string(metrics), want+"\n") {
+			t.Errorf("/metrics lacks %q:\n%s", want, metrics)
+		}
+	}
 
 	if code := stop(); code != 0 {
 		t.Fatalf("exit code %d after cancellation; logs:\n%s", code, logs)
@@ -275,6 +304,15 @@ func TestMainExitCodes(t *testing.T) {
 			[]string{"--tls-cert/--tls-key", "nope"}},
 		{"key does not match", []string{"--tls-cert=" + certFile, "--tls-key=" + certFile}, 2, "", []string{"--tls-cert/--tls-key"}},
 		{"address in use or invalid", append([]string{"--listen=256.0.0.1:1"}, tls...), 1, "", []string{"cannot listen"}},
+		{"bad metrics listen", append([]string{"--metrics-listen=9090"}, tls...), 2, "", []string{"--metrics-listen"}},
+		{"bad cert mode", append([]string{"--cert-mode=vault"}, tls...), 2, "", []string{"--cert-mode"}},
+		{"self-managed with files", append([]string{"--cert-mode=self-managed"}, tls...), 2, "",
+			[]string{"--tls-cert/--tls-key: not used with --cert-mode=self-managed"}},
+		{"self-managed bad lifetimes", []string{"--cert-mode=self-managed", "--cert-validity=1h", "--ca-validity=90m",
+			"--ca-propagation-delay=30m", "--cert-hosts=Not_A_Host"}, 2, "",
+			[]string{"--ca-validity", "--ca-propagation-delay", "--cert-hosts"}},
+		{"self-managed outside a Pod", []string{"--cert-mode=self-managed", "--kube-api=", "--metrics-listen="}, 2, "",
+			[]string{"--kube-api"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -296,4 +334,22 @@ func TestMainExitCodes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// readLeaf parses the first certificate of a PEM file.
+func readLeaf(t *testing.T, file string) *x509.Certificate {
+	t.Helper()
+	data, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	block, _ := pem.Decode(data)
+	if block == nil {
+		t.Fatalf("%s: no PEM block", file)
+	}
+	c, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
 }

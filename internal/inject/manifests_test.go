@@ -103,6 +103,10 @@ func newTyped(apiVersion, kind string) metav1.Object {
 		return &policyv1.PodDisruptionBudget{}
 	case "admissionregistration.k8s.io/v1/MutatingWebhookConfiguration":
 		return &admissionregv1.MutatingWebhookConfiguration{}
+	case "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicy":
+		return &admissionregv1.ValidatingAdmissionPolicy{}
+	case "admissionregistration.k8s.io/v1/ValidatingAdmissionPolicyBinding":
+		return &admissionregv1.ValidatingAdmissionPolicyBinding{}
 	case "monitoring.coreos.com/v1/ServiceMonitor":
 		return &serviceMonitor{}
 	}
@@ -375,7 +379,8 @@ func TestManifestsParseStrictly(t *testing.T) {
 	}
 	for k, m := range c {
 		switch m.obj.(type) {
-		case *corev1.Namespace, *admissionregv1.MutatingWebhookConfiguration:
+		case *corev1.Namespace, *admissionregv1.MutatingWebhookConfiguration,
+			*admissionregv1.ValidatingAdmissionPolicy, *admissionregv1.ValidatingAdmissionPolicyBinding:
 			if m.obj.GetNamespace() != "" {
 				t.Errorf("%s: %s is cluster-scoped but has a namespace", m.file, k)
 			}

@@ -79,7 +79,10 @@ type Store interface {
 	Revoke(ctx context.Context, key, leaseID string) error
 	// WatchRelease subscribes to releases of key. Every release that happens
 	// after it returns is signalled on the channel (buffered, coalesced)
-	// until stop is called. stop is idempotent.
+	// until stop is called, except on a store that is also a Queue, which
+	// may stop signalling after a grant made while nobody was in key's
+	// queue (RedisStore: see its WatchRelease); waiters queue themselves
+	// and use Queue.WatchQueued. stop is idempotent.
 	WatchRelease(ctx context.Context, key string) (released <-chan struct{}, stop func(), err error)
 }
 
@@ -123,6 +126,11 @@ type Queue interface {
 	// LeaveQueue takes this sidecar out of key's queue (its last waiter
 	// gave up), waking the next sidecar if this one was at the head.
 	LeaveQueue(ctx context.Context, key string) error
+	// WatchQueued is WatchRelease for a caller that relies on the
+	// signals only after TryAcquireQueued has refused it (so queued it):
+	// it signals every release that happens while this sidecar is in key's
+	// queue, and may skip what WatchRelease does for the others.
+	WatchQueued(ctx context.Context, key string) (released <-chan struct{}, stop func(), err error)
 }
 
 // AcquireOptions are the parameters of one acquisition.

@@ -269,7 +269,13 @@ func (s *Service) subscribe(ctx context.Context, q *keyQueue, w *waiter, key str
 		stop     func()
 		err      error
 	)
-	aside(func() { released, stop, err = s.store.WatchRelease(ctx, key) })
+	aside(func() {
+		if s.queue != nil { // the try after this queues this sidecar
+			released, stop, err = s.queue.WatchQueued(ctx, key)
+		} else {
+			released, stop, err = s.store.WatchRelease(ctx, key)
+		}
+	})
 	if err != nil {
 		return &outcome{holder: s.leave(q, w), err: err}
 	}

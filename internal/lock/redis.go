@@ -15,15 +15,64 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
 )
 
-// A lock is one hash {lease, owner, exp, fence} at rs:{ns/lock/key}:lock, with
-// expiry decided by comparing exp with Redis TIME (not by key expiry), so
-// the fencing counter survives the lease. The key itself expires
-// retentionMS after the lease; losing it is safe because tokens are floored
-// by TIME in microseconds. Releases are announced on the sharded channel
-// rs:{ns/lock/key}:lock:released, in the same slot as the hash.
+// A lock is one string at rs:{ns/lock/key}:lock holding a MessagePack
+// record (lease, owner, exp, fence, w, rh, ru, rw, rv: see lockCodec), so
+// that a script reads it with one GET and writes it, expiry included, with
+// one SET. Expiry is decided by comparing exp with Redis TIME (not by key
+// expiry), so the fencing counter survives the lease: the key itself
+// expires TokenRetention after the lease (queueRetention while sidecars may
+// wait for it). Losing it is safe because tokens are floored by TIME in
+// microseconds; the retention only keeps tokens increasing across a step
+// back of Redis's clock of up to TokenRetention. Releases are announced on
+// the sharded channel rs:{ns/lock/key}:lock:released, in the same slot as
+// the record, only while the record's waiter flag w is set: a lock nobody
+// waits on costs no queue lookup and no publish.
 const lockPrelude = `
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+`
+
+// lockCodec reads and writes the lock record. Fields: lease (id of the
+// holder, empty when free), owner (its label), exp (lease end, Redis TIME ms),
+// fence (last fencing token), w (1: a sidecar may wait for the key, so the
+// queue is looked at and releases are announced), rh, ru (the queue head
+// a free lock is kept for, and until when), rw (1: a sidecar was refused
+// while the lock was kept for the head, so the head's grant is announced),
+// rv (Redis TIME ms until which revoked lease ids may be in the revoked
+// set; the set is only looked at before then). save sets the key's expiry
+// from the record: TokenRetention past the lease, at least queueRetention
+// while w is set, and at least until rv.
+//
+// A record of the earlier hash form (WRONGTYPE for GET) is read once and
+// written back in this form, with w and rv set as a sidecar of that version
+// may be waiting or have revoked a lease.
+var lockCodec = `
+local tokenKeep = ` + strconv.FormatInt(TokenRetention.Milliseconds(), 10) + `
+local function save(k, L)
+  local px = math.max(L.exp - now, 0) + tokenKeep
+  if L.w == 1 then px = math.max(px, ` + strconv.FormatInt(queueRetention.Milliseconds(), 10) + `) end
+  if L.rv > now then px = math.max(px, L.rv - now) end
+  redis.call('SET', k, cmsgpack.pack(L.lease, L.owner, L.exp, L.fence, L.w, L.rh, L.ru, L.rw, L.rv), 'PX', string.format('%.0f', px))
+end
+local function load(k)
+  local v = redis.pcall('GET', k)
+  if type(v) == 'string' then
+    local L = {}
+    L.lease, L.owner, L.exp, L.fence, L.w, L.rh, L.ru, L.rw, L.rv = cmsgpack.unpack(v)
+    return L, true
+  end
+  if not v then
+    return {lease = '', owner = '', exp = 0, fence = 0, w = 0, rh = '', ru = 0, rw = 0, rv = 0}, false
+  end
+  local h = redis.call('HMGET', k, 'lease', 'owner', 'exp', 'fence', 'rh', 'ru', 'rw')
+  redis.call('DEL', k)
+  local L = {lease = h[1] or '', owner = h[2] or '', exp = tonumber(h[3]) or 0, fence = tonumber(h[4]) or 0,
+    w = 1, rh = h[5] or '', ru = tonumber(h[6]) or 0, rw = 0, rv = now + ` + strconv.FormatInt(queueRetention.Milliseconds(), 10) + `}
+  if h[7] then L.rw = 1 end
+  save(k, L)
+  return L, true
+end
+local function fmt(n) return string.format('%.0f', n) end
 `
 
 // A waiter's sidecar stands in the key's queue: the sorted set
@@ -36,7 +85,10 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 // fastest; but only for a grace (fields rh, ru of the lock: the head it is
 // kept for, until when). A head that has not taken the lock by then (its
 // sidecar died, or is cut off) is dropped from the queue and the next one
-// gets the grace, so no heartbeat is needed to detect dead sidecars.
+// gets the grace, so no heartbeat is needed to detect dead sidecars. Every
+// entry is added with the record's flag w set; the queue is looked at only
+// while w is set, and w is cleared by an acquisition that finds the queue
+// empty.
 const queuePrelude = `
 local function qpurge()
   local stale = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
@@ -54,20 +106,24 @@ end
 `
 
 // acquireScript: KEYS lock, queue, queue:exp, revoked; ARGV lease, owner,
-// ttl ms, retention ms, queue id (empty for a try that does not wait), stay
-// ms (how long the queue id's callers still wait), more ('1': re-queue the
-// id at the tail after a grant), release channel, latest (ms: a script run
-// after it grants nothing, as its caller has given up), grace ms (how long
-// a free lock is kept for the queue's head). Reply {granted, owner, fence,
-// exp, retry_at}: retry_at is when a refused waiter should try again if
-// nothing wakes it (the holder's expiry, or the end of the head's grace
-// when the lock is free but kept for it); or {-1} when the lease id was
-// revoked or the script ran too late.
-var acquireScript = redisx.NewScript("lock.acquire", lockPrelude+queuePrelude+`
-if now > tonumber(ARGV[9]) or redis.call('ZSCORE', KEYS[4], ARGV[1]) then return {-1} end
-local h = redis.call('HMGET', KEYS[1], 'lease', 'owner', 'exp', 'fence', 'rh', 'ru')
-local fence = tonumber(h[4]) or 0
-local exp = tonumber(h[3]) or 0
+// ttl ms, queue retention ms, queue id (empty for a try that does not
+// wait), stay ms (how long the queue id's callers still wait), more ('1':
+// re-queue the id at the tail after a grant), release channel, latest (ms:
+// a script run after it grants nothing, as its caller has given up), grace
+// ms (how long a free lock is kept for the queue's head). Reply {granted,
+// owner, fence, exp, retry_at}: retry_at is when a refused waiter should
+// try again if nothing wakes it (the holder's expiry, or the end of the
+// head's grace when the lock is free but kept for it); or {-1} when the
+// lease id was revoked or the script ran too late. An uncontended grant is
+// GET and SET besides TIME.
+var acquireScript = redisx.NewScript("lock.acquire", lockPrelude+lockCodec+queuePrelude+`
+if now > tonumber(ARGV[9]) then return {-1} end
+local L = load(KEYS[1])
+if L.rv > now then
+  if redis.call('ZSCORE', KEYS[4], ARGV[1]) then return {-1} end
+else
+  L.rv = 0
+end
 local ttl = tonumber(ARGV[3])
 local qid = ARGV[5]
 local function enqueue()
@@ -81,23 +137,31 @@ local function enqueue()
   redis.call('ZADD', KEYS[3], now + tonumber(ARGV[6]), qid)
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
   redis.call('PEXPIRE', KEYS[3], ARGV[4])
+  L.w = 1
 end
-local head = qpurge()
-local mine = h[1] == ARGV[1] and exp > now
-if h[1] and exp > now and not mine then
-  enqueue()
-  local e = string.format('%.0f', exp)
-  return {0, h[2] or '', string.format('%.0f', fence), e, e}
+local head = nil
+if L.w == 1 then
+  head = qpurge()
+  if not head then L.w = 0 end
+end
+local fence = L.fence
+local mine = L.lease == ARGV[1] and L.exp > now
+if L.lease ~= '' and L.exp > now and not mine then
+  if qid ~= '' then
+    enqueue()
+    save(KEYS[1], L)
+  end
+  local e = fmt(L.exp)
+  return {0, L.owner, fmt(fence), e, e}
 end
 if not mine then
   -- The lock is free: it is kept for the queue's head, for a grace.
-  local rh, ru = h[5], tonumber(h[6]) or 0
+  local rh, ru = L.rh, L.ru
   local skipped = false
   while head and head ~= qid do
     if rh ~= head then
       rh, ru = head, now + tonumber(ARGV[10])
-      redis.call('HSET', KEYS[1], 'rh', rh, 'ru', string.format('%.0f', ru))
-      if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[4]) end
+      L.rh, L.ru = rh, ru
       break
     elseif now < ru then
       break
@@ -105,7 +169,7 @@ if not mine then
     -- The head let its grace pass: its sidecar is gone or cut off.
     redis.call('ZREM', KEYS[2], head)
     redis.call('ZREM', KEYS[3], head)
-    head, rh, skipped = qpurge(), false, true
+    head, rh, skipped = qpurge(), '', true
   end
   if head and head ~= qid then
     -- Refused: this waiter sleeps until a release or the grace's end; the
@@ -113,43 +177,47 @@ if not mine then
     -- and so does a skip, for the new head.
     if qid ~= '' then
       enqueue()
-      redis.call('HSET', KEYS[1], 'rw', '1')
+      L.rw = 1
     end
+    save(KEYS[1], L)
     if skipped then redis.call('SPUBLISH', ARGV[8], 'skipped') end
-    return {0, '', string.format('%.0f', fence), '0', string.format('%.0f', ru)}
+    return {0, '', fmt(fence), '0', fmt(ru)}
   end
   local nowus = tonumber(t[1]) * 1000000 + tonumber(t[2])
   fence = math.max(fence + 1, nowus)
 end
-exp = now + ttl
-redis.call('HSET', KEYS[1], 'lease', ARGV[1], 'owner', ARGV[2], 'exp', string.format('%.0f', exp), 'fence', string.format('%.0f', fence))
-redis.call('HDEL', KEYS[1], 'rh', 'ru')
-redis.call('PEXPIRE', KEYS[1], ttl + tonumber(ARGV[4]))
+L.lease, L.owner, L.exp, L.fence, L.rh, L.ru = ARGV[1], ARGV[2], now + ttl, fence, '', 0
 if qid ~= '' then
-  redis.call('ZREM', KEYS[2], qid)
-  redis.call('ZREM', KEYS[3], qid)
+  if L.w == 1 then
+    redis.call('ZREM', KEYS[2], qid)
+    redis.call('ZREM', KEYS[3], qid)
+  end
   if ARGV[7] == '1' then enqueue() end
 end
-if redis.call('HDEL', KEYS[1], 'rw') == 1 then
-  redis.call('SPUBLISH', ARGV[8], 'granted')
-end
-local e = string.format('%.0f', exp)
-return {1, ARGV[2], string.format('%.0f', fence), e, e}
+local announce = L.rw == 1
+L.rw = 0
+save(KEYS[1], L)
+if announce then redis.call('SPUBLISH', ARGV[8], 'granted') end
+local e = fmt(L.exp)
+return {1, ARGV[2], fmt(fence), e, e}
 `)
 
 // leaveScript: KEYS lock, queue, queue:exp; ARGV queue id, channel. It
 // removes the id's entry; when that entry was the head and the lock is free,
 // it ends the head's grace and announces a release so that the next
 // sidecar in line tries.
-var leaveScript = redisx.NewScript("lock.leave", lockPrelude+`
+var leaveScript = redisx.NewScript("lock.leave", lockPrelude+lockCodec+`
 local head = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
 local removed = redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZREM', KEYS[3], ARGV[1])
 if removed == 1 and head == ARGV[1] then
-  if redis.call('HGET', KEYS[1], 'rh') == ARGV[1] then redis.call('HDEL', KEYS[1], 'rh', 'ru') end
+  local L, found = load(KEYS[1])
+  if found and L.rh == ARGV[1] then
+    L.rh, L.ru = '', 0
+    save(KEYS[1], L)
+  end
   if redis.call('ZCARD', KEYS[2]) > 0 then
-    local h = redis.call('HMGET', KEYS[1], 'lease', 'exp')
-    if not (h[1] and (tonumber(h[2]) or 0) > now) then
+    if not (L.lease ~= '' and L.exp > now) then
       redis.call('SPUBLISH', ARGV[2], 'released')
     end
   end
@@ -160,48 +228,86 @@ return removed
 // revokeScript: KEYS lock, revoked; ARGV lease, channel, keep (ms). It
 // releases the lock if the lease holds it; otherwise it remembers the lease
 // id as revoked until keep, the latest time at which an acquisition by it
-// could still run, so that one still on its way is refused.
-var revokeScript = redisx.NewScript("lock.revoke", lockPrelude+redisx.RevokeLua+`
-local h = redis.call('HMGET', KEYS[1], 'lease', 'exp')
-if h[1] == ARGV[1] then
-  redis.call('HDEL', KEYS[1], 'lease', 'owner', 'exp')
-  if (tonumber(h[2]) or 0) > now then redis.call('SPUBLISH', ARGV[2], 'released') end
+// could still run, so that one still on its way is refused (the record's
+// rv tells acquisitions to look).
+var revokeScript = redisx.NewScript("lock.revoke", lockPrelude+lockCodec+redisx.RevokeLua+`
+local L = load(KEYS[1])
+if ARGV[1] ~= '' and L.lease == ARGV[1] then
+  local live = L.exp > now
+  L.lease, L.owner, L.exp = '', '', 0
+  save(KEYS[1], L)
+  if live and L.w == 1 then redis.call('SPUBLISH', ARGV[2], 'released') end
   return 1
 end
-revoke(KEYS[2], ARGV[1], tonumber(ARGV[3]), now)
+local keep = tonumber(ARGV[3])
+if keep > now then
+  revoke(KEYS[2], ARGV[1], keep, now)
+  if L.rv < keep then
+    L.rv = keep
+    save(KEYS[1], L)
+  end
+end
 return 0
 `)
 
-var releaseScript = redisx.NewScript("lock.release", lockPrelude+`
-local h = redis.call('HMGET', KEYS[1], 'lease', 'exp')
-if h[1] ~= ARGV[1] then return 0 end
-redis.call('HDEL', KEYS[1], 'lease', 'owner', 'exp')
-if (tonumber(h[2]) or 0) <= now then return 0 end
-redis.call('SPUBLISH', ARGV[2], 'released')
+// releaseScript: KEYS lock; ARGV lease, channel. GET and SET besides TIME,
+// and a publish only when a sidecar may wait (w).
+var releaseScript = redisx.NewScript("lock.release", lockPrelude+lockCodec+`
+local L = load(KEYS[1])
+if ARGV[1] == '' or L.lease ~= ARGV[1] then return 0 end
+local live = L.exp > now
+L.lease, L.owner, L.exp = '', '', 0
+save(KEYS[1], L)
+if not live then return 0 end
+if L.w == 1 then redis.call('SPUBLISH', ARGV[2], 'released') end
 return 1
 `)
 
-var renewScript = redisx.NewScript("lock.renew", lockPrelude+`
-local h = redis.call('HMGET', KEYS[1], 'lease', 'exp')
-if h[1] ~= ARGV[1] or (tonumber(h[2]) or 0) <= now then return '-1' end
-local exp = now + tonumber(ARGV[2])
-redis.call('HSET', KEYS[1], 'exp', string.format('%.0f', exp))
-redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) + tonumber(ARGV[3]))
-return string.format('%.0f', exp)
+// renewScript: KEYS lock; ARGV lease, ttl ms, retention ms (how long the
+// record outlives the lease).
+var renewScript = redisx.NewScript("lock.renew", lockPrelude+lockCodec+`
+tokenKeep = tonumber(ARGV[3])
+local L = load(KEYS[1])
+if ARGV[1] == '' or L.lease ~= ARGV[1] or L.exp <= now then return '-1' end
+L.exp = now + tonumber(ARGV[2])
+save(KEYS[1], L)
+return fmt(L.exp)
 `)
 
-var getScript = redisx.NewScript("lock.get", lockPrelude+`
-local h = redis.call('HMGET', KEYS[1], 'lease', 'owner', 'exp', 'fence')
-local exp = tonumber(h[3]) or 0
+var getScript = redisx.NewScript("lock.get", lockPrelude+lockCodec+`
+local L = load(KEYS[1])
 local held = 0
-if h[1] and exp > now then held = 1 end
-return {held, h[2] or '', h[4] or '0', string.format('%.0f', exp)}
+if L.lease ~= '' and L.exp > now then held = 1 end
+return {held, L.owner, fmt(L.fence), fmt(L.exp)}
+`)
+
+// watchScript: KEYS lock. It sets the record's waiter flag, so that the
+// releases after it are announced (see RedisStore.WatchRelease).
+var watchScript = redisx.NewScript("lock.watch", lockPrelude+lockCodec+`
+local L = load(KEYS[1])
+if L.w ~= 1 then
+  L.w = 1
+  save(KEYS[1], L)
+end
+return 1
 `)
 
 // Scripts are the Lua scripts of the Redis lock store, for preloading.
-var Scripts = []*redis.Script{acquireScript, releaseScript, revokeScript, renewScript, getScript, leaveScript}
+var Scripts = []*redis.Script{acquireScript, releaseScript, revokeScript, renewScript, getScript, leaveScript, watchScript}
 
-const retentionMS = int64(time.Hour / time.Millisecond)
+// TokenRetention is how long a lock's record outlives its lease (released
+// or lapsed) on Redis. Fencing tokens never depend on it for being increasing while
+// Redis's clock goes forward: a grant's token is at least Redis TIME in
+// microseconds. What it protects is a step back of that clock (an NTP
+// step, a failover to a replica whose clock is behind) of up to
+// TokenRetention soon after a grant: the record's counter keeps the next
+// token above the last. An hour before issue 24; a unique-key workload
+// then kept a key per lock for the hour.
+const TokenRetention = 10 * time.Second
+
+// queueRetention is how long a wait queue (and a record whose waiter flag
+// is set) lives after its last change.
+const queueRetention = time.Hour
 
 // RedisStore is the Store on Redis (standalone, Sentinel or Cluster). Every
 // method is one script, one round trip, bounded by the store timeout.
@@ -269,23 +375,40 @@ func NewRedisStore(rdb redis.UniversalClient, ns string, timeout time.Duration, 
 }
 
 func (r *RedisStore) key(key string) string { return redisx.Key(r.ns, redisx.Lock, key, "lock") }
-func (r *RedisStore) channel(key string) string {
-	return redisx.Key(r.ns, redisx.Lock, key, "lock:released")
-}
-func (r *RedisStore) queue(key string) string {
-	return redisx.Key(r.ns, redisx.Lock, key, "lock:queue")
-}
-func (r *RedisStore) queueExp(key string) string {
-	return redisx.Key(r.ns, redisx.Lock, key, "lock:queue:exp")
+
+// lockNames are the names of one lock's keys and release channel, as
+// redisx.Key makes them.
+type lockNames struct{ lock, queue, queueExp, revoked, channel string }
+
+// Suffixes of the names of a lock's keys and channel.
+const (
+	sfxLock     = "lock"
+	sfxQueue    = ":queue"
+	sfxQueueExp = ":queue:exp"
+	sfxRevoked  = ":revoked"
+	sfxReleased = ":released"
+)
+
+// names builds every name of key's lock in one allocation (they are on
+// the path of every call): three strings laid end to end, the others
+// their prefixes.
+func (r *RedisStore) names(key string) lockNames {
+	ns, id := redisx.Escape(r.ns), redisx.Escape(key)
+	s := "rs:{" + ns + "/" + string(redisx.Lock) + "/" + id + "}:" + sfxLock + sfxQueueExp +
+		"rs:{" + ns + "/" + string(redisx.Lock) + "/" + id + "}:" + sfxLock + sfxRevoked +
+		"rs:{" + ns + "/" + string(redisx.Lock) + "/" + id + "}:" + sfxLock + sfxReleased
+	n := (len(s) - len(sfxQueueExp) - len(sfxRevoked) - len(sfxReleased)) / 3 // the lock's own name
+	var x lockNames
+	x.queueExp, s = s[:n+len(sfxQueueExp)], s[n+len(sfxQueueExp):]
+	x.lock, x.queue = x.queueExp[:n], x.queueExp[:n+len(sfxQueue)]
+	x.revoked, x.channel = s[:n+len(sfxRevoked)], s[n+len(sfxRevoked):]
+	return x
 }
 
-func (r *RedisStore) revoked(key string) string {
-	return redisx.Key(r.ns, redisx.Lock, key, "lock:revoked")
-}
-
-// lockKeys are the keys of the leave script.
-func (r *RedisStore) lockKeys(key string) []string {
-	return []string{r.key(key), r.queue(key), r.queueExp(key)}
+// lockAndChannel is names(key).lock and .channel, in one allocation.
+func (r *RedisStore) lockAndChannel(key string) (lock, channel string) {
+	channel = "rs:{" + redisx.Escape(r.ns) + "/" + string(redisx.Lock) + "/" + redisx.Escape(key) + "}:" + sfxLock + sfxReleased
+	return channel[:len(channel)-len(sfxReleased)], channel
 }
 
 func (r *RedisStore) runner() redisx.Runner {
@@ -322,9 +445,10 @@ func (r *RedisStore) acquire(ctx context.Context, key, leaseID, owner string, tt
 	if more {
 		moreArg = "1"
 	}
-	keys := []string{r.key(key), r.queue(key), r.queueExp(key), r.revoked(key)}
-	v, err := r.runner().RunDurable(ctx, acquireScript, granted, keys, leaseID, owner, ttl.Milliseconds(), retentionMS,
-		qid, stay.Milliseconds(), moreArg, r.channel(key), redisx.Latest(ctx, r.timeout), r.grace.Milliseconds())
+	n := r.names(key)
+	keys := []string{n.lock, n.queue, n.queueExp, n.revoked}
+	v, err := r.runner().RunDurable(ctx, acquireScript, granted, keys, leaseID, owner, ttl.Milliseconds(), queueRetention.Milliseconds(),
+		qid, stay.Milliseconds(), moreArg, n.channel, redisx.Latest(ctx, r.timeout), r.grace.Milliseconds())
 	if err != nil {
 		// The Service hands the lease id back (Revoke): the script may
 		// have run, and nobody will ever learn this lease id.
@@ -358,13 +482,15 @@ func (r *RedisStore) acquire(ctx context.Context, key, leaseID, owner string, tt
 // (acquire's latest), so the revocation is kept until then.
 func (r *RedisStore) Revoke(ctx context.Context, key, leaseID string) error {
 	keep := redisx.RevocationKeep(r.timeout)
-	_, err := r.runner().Run(ctx, revokeScript, []string{r.key(key), r.revoked(key)}, leaseID, r.channel(key), keep)
+	n := r.names(key)
+	_, err := r.runner().Run(ctx, revokeScript, []string{n.lock, n.revoked}, leaseID, n.channel, keep)
 	return err
 }
 
 // LeaveQueue implements Queue.
 func (r *RedisStore) LeaveQueue(ctx context.Context, key string) error {
-	_, err := r.runner().Run(ctx, leaveScript, r.lockKeys(key), r.id, r.channel(key))
+	n := r.names(key)
+	_, err := r.runner().Run(ctx, leaveScript, []string{n.lock, n.queue, n.queueExp}, r.id, n.channel)
 	return err
 }
 
@@ -381,7 +507,7 @@ func (r *RedisStore) RenewMany(ctx context.Context, rs []Renewal) []RenewResult 
 	}
 	calls := make([]redisx.Call, len(rs))
 	for i, x := range rs {
-		calls[i] = redisx.Call{Keys: []string{r.key(x.Key)}, Args: []any{x.LeaseID, x.TTL.Milliseconds(), retentionMS}}
+		calls[i] = redisx.Call{Keys: []string{r.key(x.Key)}, Args: []any{x.LeaseID, x.TTL.Milliseconds(), TokenRetention.Milliseconds()}}
 	}
 	for i, c := range r.runner().RunMany(ctx, renewScript, calls) {
 		if c.Err != nil {
@@ -395,7 +521,8 @@ func (r *RedisStore) RenewMany(ctx context.Context, rs []Renewal) []RenewResult 
 
 // Release implements Store.
 func (r *RedisStore) Release(ctx context.Context, key, leaseID string) error {
-	v, err := r.runner().Run(ctx, releaseScript, []string{r.key(key)}, leaseID, r.channel(key))
+	lk, ch := r.lockAndChannel(key)
+	v, err := r.runner().Run(ctx, releaseScript, []string{lk}, leaseID, ch)
 	if err != nil {
 		return err
 	}
@@ -407,7 +534,7 @@ func (r *RedisStore) Release(ctx context.Context, key, leaseID string) error {
 
 // Renew implements Store.
 func (r *RedisStore) Renew(ctx context.Context, key, leaseID string, ttl time.Duration) (time.Time, error) {
-	v, err := r.runner().RunDurable(ctx, renewScript, renewed, []string{r.key(key)}, leaseID, ttl.Milliseconds(), retentionMS)
+	v, err := r.runner().RunDurable(ctx, renewScript, renewed, []string{r.key(key)}, leaseID, ttl.Milliseconds(), TokenRetention.Milliseconds())
 	if err != nil {
 		return time.Time{}, err
 	}
@@ -462,8 +589,30 @@ func parseLockReply(v any) (flag bool, label string, fence uint64, exp time.Time
 
 // WatchRelease implements Store. Watchers of one key share one sharded
 // subscription; it is confirmed by Redis before WatchRelease returns.
+// Releases are announced only while the lock's record says a sidecar may
+// wait for it, so WatchRelease sets that flag once subscribed; it stays set
+// while the key's wait queue has entries (every waiting sidecar is in it)
+// and until an acquisition finds the queue empty. The Service's waiters
+// use WatchQueued, which does not set it: they rely on announcements only
+// once their try has been refused, which queued them.
 func (r *RedisStore) WatchRelease(ctx context.Context, key string) (<-chan struct{}, func(), error) {
-	return r.watches.Watch(ctx, r.channel(key))
+	lk, name := r.lockAndChannel(key)
+	ch, stop, err := r.watches.Watch(ctx, name)
+	if err != nil {
+		return nil, nil, err
+	}
+	if _, err := r.runner().Run(ctx, watchScript, []string{lk}); err != nil {
+		stop()
+		return nil, nil, err
+	}
+	return ch, stop, nil
+}
+
+// WatchQueued implements Queue: the subscription alone, as every release
+// while this sidecar is queued for key is announced.
+func (r *RedisStore) WatchQueued(ctx context.Context, key string) (<-chan struct{}, func(), error) {
+	_, name := r.lockAndChannel(key)
+	return r.watches.Watch(ctx, name)
 }
 
 // Evict deletes key's bookkeeping, as Redis eviction might.

@@ -67,6 +67,11 @@ type Options struct {
 	// Hold* sessions and Subscribe streams; the services apply the
 	// waiter and response-byte limits through the calls' contexts.
 	Limits *admission.Limits
+	// BeforeDrain, when set, is called once shutdown has begun (health
+	// NOT_SERVING, Stopping cancelled) and before gRPC drains: a front
+	// that forwards into this server (HTTP/JSON) finishes its requests
+	// there, as gRPC's draining would cut them.
+	BeforeDrain func()
 }
 
 // streamWorkers is how many calls run on reused goroutines at once.
@@ -199,6 +204,9 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	<-probeDone
 	s.health.Shutdown() // NOT_SERVING for everything, and it stays so
 	s.stop()
+	if s.opts.BeforeDrain != nil {
+		s.opts.BeforeDrain()
+	}
 	drained := make(chan struct{})
 	go func() {
 		s.grpc.GracefulStop()

@@ -116,9 +116,9 @@ type Sidecar struct {
 
 // StartSidecar runs bin on a free loopback address as
 //
-//	bin --listen 127.0.0.1:PORT --metrics-listen "" args...
+//	bin --listen 127.0.0.1:PORT --metrics-listen "" --http-listen "" args...
 //
-// (later args override earlier ones, so args may replace either default),
+// (later args override earlier ones, so args may replace any default),
 // with stdout and stderr captured in a log file, and waits up to
 // SidecarReadyTimeout until the standard gRPC health service reports SERVING
 // for service "". It fails tb with the last log lines if the process exits
@@ -150,7 +150,7 @@ func startSidecar(tb TB, bin string, wait bool, args []string) *Sidecar {
 		if err != nil {
 			tb.Fatalf("testharness: find free port: %v", err)
 		}
-		full := append([]string{"--listen", addr, "--metrics-listen", ""}, args...)
+		full := append([]string{"--listen", addr, "--metrics-listen", "", "--http-listen", ""}, args...)
 		offset := logSize(s.logPath)
 		p, err := startProc(s.logPath, bin, full...)
 		if err != nil {

@@ -7,6 +7,7 @@
 package resiliencev1
 
 import (
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -1333,7 +1334,7 @@ var File_resilience_v1_breaker_proto protoreflect.FileDescriptor
 
 const file_resilience_v1_breaker_proto_rawDesc = "" +
 	"\n" +
-	"\x1bresilience/v1/breaker.proto\x12\rresilience.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"f\n" +
+	"\x1bresilience/v1/breaker.proto\x12\rresilience.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"f\n" +
 	"\x10AllowCallRequest\x12\x18\n" +
 	"\abreaker\x18\x01 \x01(\tR\abreaker\x128\n" +
 	"\n" +
@@ -1432,16 +1433,16 @@ const file_resilience_v1_breaker_proto_rawDesc = "" +
 	"\x18CALL_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14CALL_OUTCOME_SUCCESS\x10\x01\x12\x18\n" +
 	"\x14CALL_OUTCOME_FAILURE\x10\x02\x12\x18\n" +
-	"\x14CALL_OUTCOME_IGNORED\x10\x032\x8e\x04\n" +
-	"\x0eBreakerService\x12N\n" +
-	"\tAllowCall\x12\x1f.resilience.v1.AllowCallRequest\x1a .resilience.v1.AllowCallResponse\x12Q\n" +
+	"\x14CALL_OUTCOME_IGNORED\x10\x032\xf1\x05\n" +
+	"\x0eBreakerService\x12z\n" +
+	"\tAllowCall\x12\x1f.resilience.v1.AllowCallRequest\x1a .resilience.v1.AllowCallResponse\"*\x82\xd3\xe4\x93\x02$:\x01*\"\x1f/v1/breakers/{breaker=**}:allow\x12q\n" +
 	"\n" +
-	"ReportCall\x12 .resilience.v1.ReportCallRequest\x1a!.resilience.v1.ReportCallResponse\x12T\n" +
-	"\vExecuteCall\x12!.resilience.v1.ExecuteCallRequest\x1a\".resilience.v1.ExecuteCallResponse\x12Q\n" +
+	"ReportCall\x12 .resilience.v1.ReportCallRequest\x1a!.resilience.v1.ReportCallResponse\"\x1e\x82\xd3\xe4\x93\x02\x18:\x01*\"\x13/v1/breakers:report\x12\x84\x01\n" +
+	"\vExecuteCall\x12!.resilience.v1.ExecuteCallRequest\x1a\".resilience.v1.ExecuteCallResponse\".\x82\xd3\xe4\x93\x02(:\x01*\"#/v1/upstreams/{upstream=**}:execute\x12t\n" +
 	"\n" +
-	"GetBreaker\x12 .resilience.v1.GetBreakerRequest\x1a!.resilience.v1.GetBreakerResponse\x12W\n" +
-	"\fListBreakers\x12\".resilience.v1.ListBreakersRequest\x1a#.resilience.v1.ListBreakersResponse\x12W\n" +
-	"\fResetBreaker\x12\".resilience.v1.ResetBreakerRequest\x1a#.resilience.v1.ResetBreakerResponseBYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
+	"GetBreaker\x12 .resilience.v1.GetBreakerRequest\x1a!.resilience.v1.GetBreakerResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/breakers/{breaker=**}\x12m\n" +
+	"\fListBreakers\x12\".resilience.v1.ListBreakersRequest\x1a#.resilience.v1.ListBreakersResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\f/v1/breakers\x12\x83\x01\n" +
+	"\fResetBreaker\x12\".resilience.v1.ResetBreakerRequest\x1a#.resilience.v1.ResetBreakerResponse\"*\x82\xd3\xe4\x93\x02$:\x01*\"\x1f/v1/breakers/{breaker=**}:resetBYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
 
 var (
 	file_resilience_v1_breaker_proto_rawDescOnce sync.Once

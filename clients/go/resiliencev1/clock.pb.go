@@ -7,6 +7,7 @@
 package resiliencev1
 
 import (
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	timestamppb "google.golang.org/protobuf/types/known/timestamppb"
@@ -772,7 +773,7 @@ var File_resilience_v1_clock_proto protoreflect.FileDescriptor
 
 const file_resilience_v1_clock_proto_rawDesc = "" +
 	"\n" +
-	"\x19resilience/v1/clock.proto\x12\rresilience.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"@\n" +
+	"\x19resilience/v1/clock.proto\x12\rresilience.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"@\n" +
 	"\x12NextLamportRequest\x12\x14\n" +
 	"\x05clock\x18\x01 \x01(\tR\x05clock\x12\x14\n" +
 	"\x05count\x18\x02 \x01(\rR\x05count\"?\n" +
@@ -809,15 +810,15 @@ const file_resilience_v1_clock_proto_rawDesc = "" +
 	"\x04text\x18\x03 \x01(\tH\x00R\x04textB\b\n" +
 	"\x06remote\"N\n" +
 	"\x11UpdateHlcResponse\x129\n" +
-	"\ttimestamp\x18\x01 \x01(\v2\x1b.resilience.v1.HlcTimestampR\ttimestamp2\xfa\x03\n" +
-	"\fClockService\x12T\n" +
-	"\vNextLamport\x12!.resilience.v1.NextLamportRequest\x1a\".resilience.v1.NextLamportResponse\x12]\n" +
-	"\x0eObserveLamport\x12$.resilience.v1.ObserveLamportRequest\x1a%.resilience.v1.ObserveLamportResponse\x12Q\n" +
+	"\ttimestamp\x18\x01 \x01(\v2\x1b.resilience.v1.HlcTimestampR\ttimestamp2\xb9\x05\n" +
+	"\fClockService\x12{\n" +
+	"\vNextLamport\x12!.resilience.v1.NextLamportRequest\x1a\".resilience.v1.NextLamportResponse\"%\x82\xd3\xe4\x93\x02\x1f:\x01*\"\x1a/v1/clocks/{clock=**}:next\x12\x87\x01\n" +
+	"\x0eObserveLamport\x12$.resilience.v1.ObserveLamportRequest\x1a%.resilience.v1.ObserveLamportResponse\"(\x82\xd3\xe4\x93\x02\":\x01*\"\x1d/v1/clocks/{clock=**}:observe\x12p\n" +
 	"\n" +
-	"GetLamport\x12 .resilience.v1.GetLamportRequest\x1a!.resilience.v1.GetLamportResponse\x12K\n" +
-	"\bNextUlid\x12\x1e.resilience.v1.NextUlidRequest\x1a\x1f.resilience.v1.NextUlidResponse\x12E\n" +
-	"\x06NowHlc\x12\x1c.resilience.v1.NowHlcRequest\x1a\x1d.resilience.v1.NowHlcResponse\x12N\n" +
-	"\tUpdateHlc\x12\x1f.resilience.v1.UpdateHlcRequest\x1a .resilience.v1.UpdateHlcResponseBYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
+	"GetLamport\x12 .resilience.v1.GetLamportRequest\x1a!.resilience.v1.GetLamportResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/clocks/{clock=**}\x12f\n" +
+	"\bNextUlid\x12\x1e.resilience.v1.NextUlidRequest\x1a\x1f.resilience.v1.NextUlidResponse\"\x19\x82\xd3\xe4\x93\x02\x13:\x01*\"\x0e/v1/ulids:next\x12]\n" +
+	"\x06NowHlc\x12\x1c.resilience.v1.NowHlcRequest\x1a\x1d.resilience.v1.NowHlcResponse\"\x16\x82\xd3\xe4\x93\x02\x10:\x01*\"\v/v1/hlc:now\x12i\n" +
+	"\tUpdateHlc\x12\x1f.resilience.v1.UpdateHlcRequest\x1a .resilience.v1.UpdateHlcResponse\"\x19\x82\xd3\xe4\x93\x02\x13:\x01*\"\x0e/v1/hlc:updateBYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
 
 var (
 	file_resilience_v1_clock_proto_rawDescOnce sync.Once

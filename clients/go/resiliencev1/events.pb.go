@@ -7,6 +7,7 @@
 package resiliencev1
 
 import (
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -1147,7 +1148,7 @@ var File_resilience_v1_events_proto protoreflect.FileDescriptor
 
 const file_resilience_v1_events_proto_rawDesc = "" +
 	"\n" +
-	"\x1aresilience/v1/events.proto\x12\rresilience.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfd\x01\n" +
+	"\x1aresilience/v1/events.proto\x12\rresilience.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xfd\x01\n" +
 	"\x0ePublishRequest\x12\x14\n" +
 	"\x05topic\x18\x01 \x01(\tR\x05topic\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x18\n" +
@@ -1233,14 +1234,15 @@ const file_resilience_v1_events_proto_rawDesc = "" +
 	"\tStartFrom\x12\x1a\n" +
 	"\x16START_FROM_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13START_FROM_EARLIEST\x10\x01\x12\x15\n" +
-	"\x11START_FROM_LATEST\x10\x022\xf6\x03\n" +
-	"\fEventService\x12H\n" +
-	"\aPublish\x12\x1d.resilience.v1.PublishRequest\x1a\x1e.resilience.v1.PublishResponse\x12P\n" +
-	"\tSubscribe\x12\x1f.resilience.v1.SubscribeRequest\x1a .resilience.v1.SubscribeResponse0\x01\x12<\n" +
-	"\x03Ack\x12\x19.resilience.v1.AckRequest\x1a\x1a.resilience.v1.AckResponse\x12?\n" +
-	"\x04Nack\x12\x1a.resilience.v1.NackRequest\x1a\x1b.resilience.v1.NackResponse\x12`\n" +
-	"\x0fGetOutboxStatus\x12%.resilience.v1.GetOutboxStatusRequest\x1a&.resilience.v1.GetOutboxStatusResponse\x12i\n" +
-	"\x12RetryOutboxRefused\x12(.resilience.v1.RetryOutboxRefusedRequest\x1a).resilience.v1.RetryOutboxRefusedResponseBYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
+	"\x11START_FROM_LATEST\x10\x022\xa6\x05\n" +
+	"\fEventService\x12r\n" +
+	"\aPublish\x12\x1d.resilience.v1.PublishRequest\x1a\x1e.resilience.v1.PublishResponse\"(\x82\xd3\xe4\x93\x02\":\x01*\"\x1d/v1/topics/{topic=**}:publish\x12P\n" +
+	"\tSubscribe\x12\x1f.resilience.v1.SubscribeRequest\x1a .resilience.v1.SubscribeResponse0\x01\x12b\n" +
+	"\x03Ack\x12\x19.resilience.v1.AckRequest\x1a\x1a.resilience.v1.AckResponse\"$\x82\xd3\xe4\x93\x02\x1e:\x01*\"\x19/v1/topics/{topic=**}:ack\x12f\n" +
+	"\x04Nack\x12\x1a.resilience.v1.NackRequest\x1a\x1b.resilience.v1.NackResponse\"%\x82\xd3\xe4\x93\x02\x1f:\x01*\"\x1a/v1/topics/{topic=**}:nack\x12t\n" +
+	"\x0fGetOutboxStatus\x12%.resilience.v1.GetOutboxStatusRequest\x1a&.resilience.v1.GetOutboxStatusResponse\"\x12\x82\xd3\xe4\x93\x02\f\x12\n" +
+	"/v1/outbox\x12\x8d\x01\n" +
+	"\x12RetryOutboxRefused\x12(.resilience.v1.RetryOutboxRefusedRequest\x1a).resilience.v1.RetryOutboxRefusedResponse\"\"\x82\xd3\xe4\x93\x02\x1c:\x01*\"\x17/v1/outbox:retryRefusedBYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
 
 var (
 	file_resilience_v1_events_proto_rawDescOnce sync.Once

@@ -7,6 +7,7 @@
 package resiliencev1
 
 import (
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -943,7 +944,7 @@ var File_resilience_v1_idempotency_proto protoreflect.FileDescriptor
 
 const file_resilience_v1_idempotency_proto_rawDesc = "" +
 	"\n" +
-	"\x1fresilience/v1/idempotency.proto\x12\rresilience.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x01\n" +
+	"\x1fresilience/v1/idempotency.proto\x12\rresilience.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb0\x01\n" +
 	"\x11IdempotencyResult\x12\x12\n" +
 	"\x04data\x18\x01 \x01(\fR\x04data\x12J\n" +
 	"\bmetadata\x18\x02 \x03(\v2..resilience.v1.IdempotencyResult.MetadataEntryR\bmetadata\x1a;\n" +
@@ -1017,13 +1018,13 @@ const file_resilience_v1_idempotency_proto_rawDesc = "" +
 	"\fSTATE_ABSENT\x10\x01\x12\x15\n" +
 	"\x11STATE_IN_PROGRESS\x10\x02\x12\x17\n" +
 	"\x13STATE_LEASE_EXPIRED\x10\x03\x12\x13\n" +
-	"\x0fSTATE_COMPLETED\x10\x042\xbd\x04\n" +
-	"\x12IdempotencyService\x12{\n" +
-	"\x18CheckOrRecordIdempotency\x12..resilience.v1.CheckOrRecordIdempotencyRequest\x1a/.resilience.v1.CheckOrRecordIdempotencyResponse\x12l\n" +
-	"\x13CompleteIdempotency\x12).resilience.v1.CompleteIdempotencyRequest\x1a*.resilience.v1.CompleteIdempotencyResponse\x12r\n" +
-	"\x15CheckpointIdempotency\x12+.resilience.v1.CheckpointIdempotencyRequest\x1a,.resilience.v1.CheckpointIdempotencyResponse\x12i\n" +
-	"\x12ReleaseIdempotency\x12(.resilience.v1.ReleaseIdempotencyRequest\x1a).resilience.v1.ReleaseIdempotencyResponse\x12]\n" +
-	"\x0eGetIdempotency\x12$.resilience.v1.GetIdempotencyRequest\x1a%.resilience.v1.GetIdempotencyResponseBYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
+	"\x0fSTATE_COMPLETED\x10\x042\x99\x06\n" +
+	"\x12IdempotencyService\x12\xa6\x01\n" +
+	"\x18CheckOrRecordIdempotency\x12..resilience.v1.CheckOrRecordIdempotencyRequest\x1a/.resilience.v1.CheckOrRecordIdempotencyResponse\")\x82\xd3\xe4\x93\x02#:\x01*\"\x1e/v1/idempotency/{key=**}:check\x12\x9a\x01\n" +
+	"\x13CompleteIdempotency\x12).resilience.v1.CompleteIdempotencyRequest\x1a*.resilience.v1.CompleteIdempotencyResponse\",\x82\xd3\xe4\x93\x02&:\x01*\"!/v1/idempotency/{key=**}:complete\x12\xa2\x01\n" +
+	"\x15CheckpointIdempotency\x12+.resilience.v1.CheckpointIdempotencyRequest\x1a,.resilience.v1.CheckpointIdempotencyResponse\".\x82\xd3\xe4\x93\x02(:\x01*\"#/v1/idempotency/{key=**}:checkpoint\x12\x96\x01\n" +
+	"\x12ReleaseIdempotency\x12(.resilience.v1.ReleaseIdempotencyRequest\x1a).resilience.v1.ReleaseIdempotencyResponse\"+\x82\xd3\xe4\x93\x02%:\x01*\" /v1/idempotency/{key=**}:release\x12\x7f\n" +
+	"\x0eGetIdempotency\x12$.resilience.v1.GetIdempotencyRequest\x1a%.resilience.v1.GetIdempotencyResponse\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/idempotency/{key=**}BYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
 
 var (
 	file_resilience_v1_idempotency_proto_rawDescOnce sync.Once

@@ -7,6 +7,7 @@
 package resiliencev1
 
 import (
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -1171,7 +1172,7 @@ var File_resilience_v1_lock_proto protoreflect.FileDescriptor
 
 const file_resilience_v1_lock_proto_rawDesc = "" +
 	"\n" +
-	"\x18resilience/v1/lock.proto\x12\rresilience.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xac\x01\n" +
+	"\x18resilience/v1/lock.proto\x12\rresilience.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xac\x01\n" +
 	"\x05Lease\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x19\n" +
 	"\blease_id\x18\x02 \x01(\tR\aleaseId\x12#\n" +
@@ -1243,13 +1244,13 @@ const file_resilience_v1_lock_proto_rawDesc = "" +
 	"\x0fGetLockResponse\x12\x12\n" +
 	"\x04held\x18\x01 \x01(\bR\x04held\x12-\n" +
 	"\x06holder\x18\x02 \x01(\v2\x15.resilience.v1.HolderR\x06holder\x12,\n" +
-	"\x12last_fencing_token\x18\x03 \x01(\x04R\x10lastFencingToken2\xa4\x03\n" +
-	"\vLockService\x12T\n" +
-	"\vAcquireLock\x12!.resilience.v1.AcquireLockRequest\x1a\".resilience.v1.AcquireLockResponse\x12T\n" +
-	"\vReleaseLock\x12!.resilience.v1.ReleaseLockRequest\x1a\".resilience.v1.ReleaseLockResponse\x12N\n" +
-	"\tRenewLock\x12\x1f.resilience.v1.RenewLockRequest\x1a .resilience.v1.RenewLockResponse\x12O\n" +
-	"\bHoldLock\x12\x1e.resilience.v1.HoldLockRequest\x1a\x1f.resilience.v1.HoldLockResponse(\x010\x01\x12H\n" +
-	"\aGetLock\x12\x1d.resilience.v1.GetLockRequest\x1a\x1e.resilience.v1.GetLockResponseBYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
+	"\x12last_fencing_token\x18\x03 \x01(\x04R\x10lastFencingToken2\xb3\x04\n" +
+	"\vLockService\x12{\n" +
+	"\vAcquireLock\x12!.resilience.v1.AcquireLockRequest\x1a\".resilience.v1.AcquireLockResponse\"%\x82\xd3\xe4\x93\x02\x1f:\x01*\"\x1a/v1/locks/{key=**}:acquire\x12{\n" +
+	"\vReleaseLock\x12!.resilience.v1.ReleaseLockRequest\x1a\".resilience.v1.ReleaseLockResponse\"%\x82\xd3\xe4\x93\x02\x1f:\x01*\"\x1a/v1/locks/{key=**}:release\x12s\n" +
+	"\tRenewLock\x12\x1f.resilience.v1.RenewLockRequest\x1a .resilience.v1.RenewLockResponse\"#\x82\xd3\xe4\x93\x02\x1d:\x01*\"\x18/v1/locks/{key=**}:renew\x12O\n" +
+	"\bHoldLock\x12\x1e.resilience.v1.HoldLockRequest\x1a\x1f.resilience.v1.HoldLockResponse(\x010\x01\x12d\n" +
+	"\aGetLock\x12\x1d.resilience.v1.GetLockRequest\x1a\x1e.resilience.v1.GetLockResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/locks/{key=**}BYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
 
 var (
 	file_resilience_v1_lock_proto_rawDescOnce sync.Once

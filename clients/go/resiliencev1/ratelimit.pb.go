@@ -7,6 +7,7 @@
 package resiliencev1
 
 import (
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -634,7 +635,7 @@ var File_resilience_v1_ratelimit_proto protoreflect.FileDescriptor
 
 const file_resilience_v1_ratelimit_proto_rawDesc = "" +
 	"\n" +
-	"\x1dresilience/v1/ratelimit.proto\x12\rresilience.v1\x1a\x1egoogle/protobuf/duration.proto\"\xcb\x01\n" +
+	"\x1dresilience/v1/ratelimit.proto\x12\rresilience.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\"\xcb\x01\n" +
 	"\vTakeRequest\x12\x18\n" +
 	"\alimiter\x18\x01 \x01(\tR\alimiter\x12\x10\n" +
 	"\x03key\x18\x02 \x01(\tR\x03key\x12\x12\n" +
@@ -691,10 +692,10 @@ const file_resilience_v1_ratelimit_proto_rawDesc = "" +
 	"!RATE_LIMIT_STORE_DOWN_UNSPECIFIED\x10\x00\x12#\n" +
 	"\x1fRATE_LIMIT_STORE_DOWN_FAIL_OPEN\x10\x01\x12%\n" +
 	"!RATE_LIMIT_STORE_DOWN_FAIL_CLOSED\x10\x02\x12\x1f\n" +
-	"\x1bRATE_LIMIT_STORE_DOWN_LOCAL\x10\x032\xa0\x01\n" +
-	"\x10RateLimitService\x12?\n" +
-	"\x04Take\x12\x1a.resilience.v1.TakeRequest\x1a\x1b.resilience.v1.TakeResponse\x12K\n" +
-	"\bGetLimit\x12\x1e.resilience.v1.GetLimitRequest\x1a\x1f.resilience.v1.GetLimitResponseBYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
+	"\x1bRATE_LIMIT_STORE_DOWN_LOCAL\x10\x032\x84\x02\n" +
+	"\x10RateLimitService\x12u\n" +
+	"\x04Take\x12\x1a.resilience.v1.TakeRequest\x1a\x1b.resilience.v1.TakeResponse\"4\x82\xd3\xe4\x93\x02.:\x01*\")/v1/limiters/{limiter}/keys/{key=**}:take\x12y\n" +
+	"\bGetLimit\x12\x1e.resilience.v1.GetLimitRequest\x1a\x1f.resilience.v1.GetLimitResponse\",\x82\xd3\xe4\x93\x02&\x12$/v1/limiters/{limiter}/keys/{key=**}BYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
 
 var (
 	file_resilience_v1_ratelimit_proto_rawDescOnce sync.Once

@@ -7,6 +7,7 @@
 package resiliencev1
 
 import (
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -1228,7 +1229,7 @@ var File_resilience_v1_saga_proto protoreflect.FileDescriptor
 
 const file_resilience_v1_saga_proto_rawDesc = "" +
 	"\n" +
-	"\x18resilience/v1/saga.proto\x12\rresilience.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bresilience/v1/breaker.proto\"\xb5\x01\n" +
+	"\x18resilience/v1/saga.proto\x12\rresilience.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bresilience/v1/breaker.proto\"\xb5\x01\n" +
 	"\fCompensation\x12\x1a\n" +
 	"\bupstream\x18\x01 \x01(\tR\bupstream\x12\x16\n" +
 	"\x06method\x18\x02 \x01(\tR\x06method\x12\x12\n" +
@@ -1325,16 +1326,16 @@ const file_resilience_v1_saga_proto_rawDesc = "" +
 	"\x1fCOMPENSATION_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n" +
 	"\x1bCOMPENSATION_STATUS_PENDING\x10\x01\x12!\n" +
 	"\x1dCOMPENSATION_STATUS_SUCCEEDED\x10\x02\x12\x1e\n" +
-	"\x1aCOMPENSATION_STATUS_FAILED\x10\x032\xdb\x04\n" +
-	"\vSagaService\x12N\n" +
-	"\tStartSaga\x12\x1f.resilience.v1.StartSagaRequest\x1a .resilience.v1.StartSagaResponse\x12Q\n" +
+	"\x1aCOMPENSATION_STATUS_FAILED\x10\x032\xde\x06\n" +
+	"\vSagaService\x12d\n" +
+	"\tStartSaga\x12\x1f.resilience.v1.StartSagaRequest\x1a .resilience.v1.StartSagaResponse\"\x14\x82\xd3\xe4\x93\x02\x0e:\x01*\"\t/v1/sagas\x12\x7f\n" +
 	"\n" +
-	"RecordStep\x12 .resilience.v1.RecordStepRequest\x1a!.resilience.v1.RecordStepResponse\x12W\n" +
-	"\fCompleteSaga\x12\".resilience.v1.CompleteSagaRequest\x1a#.resilience.v1.CompleteSagaResponse\x12N\n" +
-	"\tAbortSaga\x12\x1f.resilience.v1.AbortSagaRequest\x1a .resilience.v1.AbortSagaResponse\x12H\n" +
-	"\aGetSaga\x12\x1d.resilience.v1.GetSagaRequest\x1a\x1e.resilience.v1.GetSagaResponse\x12N\n" +
-	"\tListSagas\x12\x1f.resilience.v1.ListSagasRequest\x1a .resilience.v1.ListSagasResponse\x12f\n" +
-	"\x11RetryCompensation\x12'.resilience.v1.RetryCompensationRequest\x1a(.resilience.v1.RetryCompensationResponseBYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
+	"RecordStep\x12 .resilience.v1.RecordStepRequest\x1a!.resilience.v1.RecordStepResponse\",\x82\xd3\xe4\x93\x02&:\x01*\"!/v1/sagas/{saga_id=**}:recordStep\x12\x83\x01\n" +
+	"\fCompleteSaga\x12\".resilience.v1.CompleteSagaRequest\x1a#.resilience.v1.CompleteSagaResponse\"*\x82\xd3\xe4\x93\x02$:\x01*\"\x1f/v1/sagas/{saga_id=**}:complete\x12w\n" +
+	"\tAbortSaga\x12\x1f.resilience.v1.AbortSagaRequest\x1a .resilience.v1.AbortSagaResponse\"'\x82\xd3\xe4\x93\x02!:\x01*\"\x1c/v1/sagas/{saga_id=**}:abort\x12h\n" +
+	"\aGetSaga\x12\x1d.resilience.v1.GetSagaRequest\x1a\x1e.resilience.v1.GetSagaResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/sagas/{saga_id=**}\x12a\n" +
+	"\tListSagas\x12\x1f.resilience.v1.ListSagasRequest\x1a .resilience.v1.ListSagasResponse\"\x11\x82\xd3\xe4\x93\x02\v\x12\t/v1/sagas\x12\x9b\x01\n" +
+	"\x11RetryCompensation\x12'.resilience.v1.RetryCompensationRequest\x1a(.resilience.v1.RetryCompensationResponse\"3\x82\xd3\xe4\x93\x02-:\x01*\"(/v1/sagas/{saga_id=**}:retryCompensationBYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
 
 var (
 	file_resilience_v1_saga_proto_rawDescOnce sync.Once

@@ -7,6 +7,7 @@
 package resiliencev1
 
 import (
+	_ "google.golang.org/genproto/googleapis/api/annotations"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -1228,7 +1229,7 @@ var File_resilience_v1_semaphore_proto protoreflect.FileDescriptor
 
 const file_resilience_v1_semaphore_proto_rawDesc = "" +
 	"\n" +
-	"\x1dresilience/v1/semaphore.proto\x12\rresilience.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb1\x01\n" +
+	"\x1dresilience/v1/semaphore.proto\x12\rresilience.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb1\x01\n" +
 	"\x06Permit\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
 	"\tpermit_id\x18\x02 \x01(\tR\bpermitId\x12#\n" +
@@ -1306,14 +1307,14 @@ const file_resilience_v1_semaphore_proto_rawDesc = "" +
 	"\x04held\x18\x02 \x01(\rR\x04held\x125\n" +
 	"\aholders\x18\x03 \x03(\v2\x1b.resilience.v1.PermitHolderR\aholders\x12\x18\n" +
 	"\awaiters\x18\x04 \x01(\rR\awaiters\x12,\n" +
-	"\x12last_fencing_token\x18\x05 \x01(\x04R\x10lastFencingToken2\xd0\x03\n" +
-	"\x10SemaphoreService\x12Z\n" +
-	"\rAcquirePermit\x12#.resilience.v1.AcquirePermitRequest\x1a$.resilience.v1.AcquirePermitResponse\x12Z\n" +
-	"\rReleasePermit\x12#.resilience.v1.ReleasePermitRequest\x1a$.resilience.v1.ReleasePermitResponse\x12T\n" +
-	"\vRenewPermit\x12!.resilience.v1.RenewPermitRequest\x1a\".resilience.v1.RenewPermitResponse\x12U\n" +
+	"\x12last_fencing_token\x18\x05 \x01(\x04R\x10lastFencingToken2\xf9\x04\n" +
+	"\x10SemaphoreService\x12\x87\x01\n" +
+	"\rAcquirePermit\x12#.resilience.v1.AcquirePermitRequest\x1a$.resilience.v1.AcquirePermitResponse\"+\x82\xd3\xe4\x93\x02%:\x01*\" /v1/semaphores/{name=**}:acquire\x12\x87\x01\n" +
+	"\rReleasePermit\x12#.resilience.v1.ReleasePermitRequest\x1a$.resilience.v1.ReleasePermitResponse\"+\x82\xd3\xe4\x93\x02%:\x01*\" /v1/semaphores/{name=**}:release\x12\x7f\n" +
+	"\vRenewPermit\x12!.resilience.v1.RenewPermitRequest\x1a\".resilience.v1.RenewPermitResponse\")\x82\xd3\xe4\x93\x02#:\x01*\"\x1e/v1/semaphores/{name=**}:renew\x12U\n" +
 	"\n" +
-	"HoldPermit\x12 .resilience.v1.HoldPermitRequest\x1a!.resilience.v1.HoldPermitResponse(\x010\x01\x12W\n" +
-	"\fGetSemaphore\x12\".resilience.v1.GetSemaphoreRequest\x1a#.resilience.v1.GetSemaphoreResponseBYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
+	"HoldPermit\x12 .resilience.v1.HoldPermitRequest\x1a!.resilience.v1.HoldPermitResponse(\x010\x01\x12y\n" +
+	"\fGetSemaphore\x12\".resilience.v1.GetSemaphoreRequest\x1a#.resilience.v1.GetSemaphoreResponse\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/semaphores/{name=**}BYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
 
 var (
 	file_resilience_v1_semaphore_proto_rawDescOnce sync.Once

@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bresilience/v1/breaker.proto\x12\rresilience.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"R\n\x10\x41llowCallRequest\x12\x0f\n\x07\x62reaker\x18\x01 \x01(\t\x12-\n\npermit_ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xdd\x01\n\x11\x41llowCallResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x11\n\tpermit_id\x18\x02 \x01(\t\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.resilience.v1.BreakerState\x12.\n\x0bretry_after\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x12permit_expire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64\x65graded\x18\x06 \x01(\x08\"\x80\x01\n\x11ReportCallRequest\x12\x11\n\tpermit_id\x18\x01 \x01(\t\x12+\n\x07outcome\x18\x02 \x01(\x0e\x32\x1a.resilience.v1.CallOutcome\x12+\n\x08\x64uration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"c\n\x12ReportCallResponse\x12*\n\x05state\x18\x01 \x01(\x0e\x32\x1b.resilience.v1.BreakerState\x12\x0f\n\x07\x63ounted\x18\x02 \x01(\x08\x12\x10\n\x08\x64\x65graded\x18\x03 \x01(\x08\")\n\nHttpHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\xd2\x01\n\x12\x45xecuteCallRequest\x12\x10\n\x08upstream\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\r\n\x05query\x18\x04 \x01(\t\x12*\n\x07headers\x18\x05 \x03(\x0b\x32\x19.resilience.v1.HttpHeader\x12\x0c\n\x04\x62ody\x18\x06 \x01(\x0c\x12*\n\x07timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\"\xa5\x01\n\x13\x45xecuteCallResponse\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12*\n\x07headers\x18\x02 \x03(\x0b\x32\x19.resilience.v1.HttpHeader\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12\x32\n\rbreaker_state\x18\x05 \x01(\x0e\x32\x1b.resilience.v1.BreakerState\"\xe2\x02\n\rBreakerPolicy\x12*\n\x05scope\x18\x01 \x01(\x0e\x32\x1b.resilience.v1.BreakerScope\x12\x1c\n\x14\x63onsecutive_failures\x18\x02 \x01(\r\x12\x14\n\x0c\x66\x61ilure_rate\x18\x03 \x01(\x01\x12)\n\x06window\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tmin_calls\x18\x05 \x01(\r\x12\x35\n\x12slow_call_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0eslow_call_rate\x18\x07 \x01(\x01\x12\x30\n\ropen_duration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1b\n\x13half_open_max_calls\x18\t \x01(\r\x12\x15\n\rmin_reporters\x18\n \x01(\r\"\xd4\x01\n\rBreakerCounts\x12\r\n\x05\x63\x61lls\x18\x01 \x01(\r\x12\x10\n\x08\x66\x61ilures\x18\x02 \x01(\r\x12\x12\n\nslow_calls\x18\x03 \x01(\r\x12\x1c\n\x14\x63onsecutive_failures\x18\x04 \x01(\r\x12\x1b\n\x13half_open_in_flight\x18\x05 \x01(\r\x12\x1b\n\x13half_open_successes\x18\x06 \x01(\r\x12\x1b\n\x13outstanding_permits\x18\x07 \x01(\r\x12\x19\n\x11\x66\x61ilure_reporters\x18\x08 \x01(\r\"\xfd\x01\n\x07\x42reaker\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x05state\x18\x02 \x01(\x0e\x32\x1b.resilience.v1.BreakerState\x12,\n\x06policy\x18\x03 \x01(\x0b\x32\x1c.resilience.v1.BreakerPolicy\x12\x10\n\x08\x64\x65\x63lared\x18\x04 \x01(\x08\x12,\n\x06\x63ounts\x18\x05 \x01(\x0b\x32\x1c.resilience.v1.BreakerCounts\x12\x38\n\x14next_transition_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64\x65graded\x18\x07 \x01(\x08\"$\n\x11GetBreakerRequest\x12\x0f\n\x07\x62reaker\x18\x01 \x01(\t\"=\n\x12GetBreakerResponse\x12\'\n\x07\x62reaker\x18\x01 \x01(\x0b\x32\x16.resilience.v1.Breaker\"<\n\x13ListBreakersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Y\n\x14ListBreakersResponse\x12(\n\x08\x62reakers\x18\x01 \x03(\x0b\x32\x16.resilience.v1.Breaker\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x13ResetBreakerRequest\x12\x0f\n\x07\x62reaker\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"?\n\x14ResetBreakerResponse\x12\'\n\x07\x62reaker\x18\x01 \x01(\x0b\x32\x16.resilience.v1.Breaker*|\n\x0c\x42reakerState\x12\x1d\n\x19\x42REAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42REAKER_STATE_CLOSED\x10\x01\x12\x16\n\x12\x42REAKER_STATE_OPEN\x10\x02\x12\x1b\n\x17\x42REAKER_STATE_HALF_OPEN\x10\x03*`\n\x0c\x42reakerScope\x12\x1d\n\x19\x42REAKER_SCOPE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42REAKER_SCOPE_LOCAL\x10\x01\x12\x18\n\x14\x42REAKER_SCOPE_SHARED\x10\x02*y\n\x0b\x43\x61llOutcome\x12\x1c\n\x18\x43\x41LL_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43\x41LL_OUTCOME_SUCCESS\x10\x01\x12\x18\n\x14\x43\x41LL_OUTCOME_FAILURE\x10\x02\x12\x18\n\x14\x43\x41LL_OUTCOME_IGNORED\x10\x03\x32\x8e\x04\n\x0e\x42reakerService\x12N\n\tAllowCall\x12\x1f.resilience.v1.AllowCallRequest\x1a .resilience.v1.AllowCallResponse\x12Q\n\nReportCall\x12 .resilience.v1.ReportCallRequest\x1a!.resilience.v1.ReportCallResponse\x12T\n\x0b\x45xecuteCall\x12!.resilience.v1.ExecuteCallRequest\x1a\".resilience.v1.ExecuteCallResponse\x12Q\n\nGetBreaker\x12 .resilience.v1.GetBreakerRequest\x1a!.resilience.v1.GetBreakerResponse\x12W\n\x0cListBreakers\x12\".resilience.v1.ListBreakersRequest\x1a#.resilience.v1.ListBreakersResponse\x12W\n\x0cResetBreaker\x12\".resilience.v1.ResetBreakerRequest\x1a#.resilience.v1.ResetBreakerResponseBYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\x08\x02 \x03\x62\x08\x65\x64itionsp\xe8\x07')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bresilience/v1/breaker.proto\x12\rresilience.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"R\n\x10\x41llowCallRequest\x12\x0f\n\x07\x62reaker\x18\x01 \x01(\t\x12-\n\npermit_ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xdd\x01\n\x11\x41llowCallResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x11\n\tpermit_id\x18\x02 \x01(\t\x12*\n\x05state\x18\x03 \x01(\x0e\x32\x1b.resilience.v1.BreakerState\x12.\n\x0bretry_after\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x36\n\x12permit_expire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64\x65graded\x18\x06 \x01(\x08\"\x80\x01\n\x11ReportCallRequest\x12\x11\n\tpermit_id\x18\x01 \x01(\t\x12+\n\x07outcome\x18\x02 \x01(\x0e\x32\x1a.resilience.v1.CallOutcome\x12+\n\x08\x64uration\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"c\n\x12ReportCallResponse\x12*\n\x05state\x18\x01 \x01(\x0e\x32\x1b.resilience.v1.BreakerState\x12\x0f\n\x07\x63ounted\x18\x02 \x01(\x08\x12\x10\n\x08\x64\x65graded\x18\x03 \x01(\x08\")\n\nHttpHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\"\xd2\x01\n\x12\x45xecuteCallRequest\x12\x10\n\x08upstream\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\r\n\x05query\x18\x04 \x01(\t\x12*\n\x07headers\x18\x05 \x03(\x0b\x32\x19.resilience.v1.HttpHeader\x12\x0c\n\x04\x62ody\x18\x06 \x01(\x0c\x12*\n\x07timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x17\n\x0fidempotency_key\x18\x08 \x01(\t\"\xa5\x01\n\x13\x45xecuteCallResponse\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12*\n\x07headers\x18\x02 \x03(\x0b\x32\x19.resilience.v1.HttpHeader\x12\x0c\n\x04\x62ody\x18\x03 \x01(\x0c\x12\x10\n\x08\x61ttempts\x18\x04 \x01(\x05\x12\x32\n\rbreaker_state\x18\x05 \x01(\x0e\x32\x1b.resilience.v1.BreakerState\"\xe2\x02\n\rBreakerPolicy\x12*\n\x05scope\x18\x01 \x01(\x0e\x32\x1b.resilience.v1.BreakerScope\x12\x1c\n\x14\x63onsecutive_failures\x18\x02 \x01(\r\x12\x14\n\x0c\x66\x61ilure_rate\x18\x03 \x01(\x01\x12)\n\x06window\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tmin_calls\x18\x05 \x01(\r\x12\x35\n\x12slow_call_duration\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0eslow_call_rate\x18\x07 \x01(\x01\x12\x30\n\ropen_duration\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x1b\n\x13half_open_max_calls\x18\t \x01(\r\x12\x15\n\rmin_reporters\x18\n \x01(\r\"\xd4\x01\n\rBreakerCounts\x12\r\n\x05\x63\x61lls\x18\x01 \x01(\r\x12\x10\n\x08\x66\x61ilures\x18\x02 \x01(\r\x12\x12\n\nslow_calls\x18\x03 \x01(\r\x12\x1c\n\x14\x63onsecutive_failures\x18\x04 \x01(\r\x12\x1b\n\x13half_open_in_flight\x18\x05 \x01(\r\x12\x1b\n\x13half_open_successes\x18\x06 \x01(\r\x12\x1b\n\x13outstanding_permits\x18\x07 \x01(\r\x12\x19\n\x11\x66\x61ilure_reporters\x18\x08 \x01(\r\"\xfd\x01\n\x07\x42reaker\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x05state\x18\x02 \x01(\x0e\x32\x1b.resilience.v1.BreakerState\x12,\n\x06policy\x18\x03 \x01(\x0b\x32\x1c.resilience.v1.BreakerPolicy\x12\x10\n\x08\x64\x65\x63lared\x18\x04 \x01(\x08\x12,\n\x06\x63ounts\x18\x05 \x01(\x0b\x32\x1c.resilience.v1.BreakerCounts\x12\x38\n\x14next_transition_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64\x65graded\x18\x07 \x01(\x08\"$\n\x11GetBreakerRequest\x12\x0f\n\x07\x62reaker\x18\x01 \x01(\t\"=\n\x12GetBreakerResponse\x12\'\n\x07\x62reaker\x18\x01 \x01(\x0b\x32\x16.resilience.v1.Breaker\"<\n\x13ListBreakersRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"Y\n\x14ListBreakersResponse\x12(\n\x08\x62reakers\x18\x01 \x03(\x0b\x32\x16.resilience.v1.Breaker\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x13ResetBreakerRequest\x12\x0f\n\x07\x62reaker\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"?\n\x14ResetBreakerResponse\x12\'\n\x07\x62reaker\x18\x01 \x01(\x0b\x32\x16.resilience.v1.Breaker*|\n\x0c\x42reakerState\x12\x1d\n\x19\x42REAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14\x42REAKER_STATE_CLOSED\x10\x01\x12\x16\n\x12\x42REAKER_STATE_OPEN\x10\x02\x12\x1b\n\x17\x42REAKER_STATE_HALF_OPEN\x10\x03*`\n\x0c\x42reakerScope\x12\x1d\n\x19\x42REAKER_SCOPE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x42REAKER_SCOPE_LOCAL\x10\x01\x12\x18\n\x14\x42REAKER_SCOPE_SHARED\x10\x02*y\n\x0b\x43\x61llOutcome\x12\x1c\n\x18\x43\x41LL_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43\x41LL_OUTCOME_SUCCESS\x10\x01\x12\x18\n\x14\x43\x41LL_OUTCOME_FAILURE\x10\x02\x12\x18\n\x14\x43\x41LL_OUTCOME_IGNORED\x10\x03\x32\xf1\x05\n\x0e\x42reakerService\x12z\n\tAllowCall\x12\x1f.resilience.v1.AllowCallRequest\x1a .resilience.v1.AllowCallResponse\"*\x82\xd3\xe4\x93\x02$\"\x1f/v1/breakers/{breaker=**}:allow:\x01*\x12q\n\nReportCall\x12 .resilience.v1.ReportCallRequest\x1a!.resilience.v1.ReportCallResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\"\x13/v1/breakers:report:\x01*\x12\x84\x01\n\x0b\x45xecuteCall\x12!.resilience.v1.ExecuteCallRequest\x1a\".resilience.v1.ExecuteCallResponse\".\x82\xd3\xe4\x93\x02(\"#/v1/upstreams/{upstream=**}:execute:\x01*\x12t\n\nGetBreaker\x12 .resilience.v1.GetBreakerRequest\x1a!.resilience.v1.GetBreakerResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/breakers/{breaker=**}\x12m\n\x0cListBreakers\x12\".resilience.v1.ListBreakersRequest\x1a#.resilience.v1.ListBreakersResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\x0c/v1/breakers\x12\x83\x01\n\x0cResetBreaker\x12\".resilience.v1.ResetBreakerRequest\x1a#.resilience.v1.ResetBreakerResponse\"*\x82\xd3\xe4\x93\x02$\"\x1f/v1/breakers/{breaker=**}:reset:\x01*BYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\x08\x02 \x03\x62\x08\x65\x64itionsp\xe8\x07')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,44 +35,56 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'resilience.v1.breaker_pb2',
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\222\003\004\010\002 \003'
-  _globals['_BREAKERSTATE']._serialized_start=2278
-  _globals['_BREAKERSTATE']._serialized_end=2402
-  _globals['_BREAKERSCOPE']._serialized_start=2404
-  _globals['_BREAKERSCOPE']._serialized_end=2500
-  _globals['_CALLOUTCOME']._serialized_start=2502
-  _globals['_CALLOUTCOME']._serialized_end=2623
-  _globals['_ALLOWCALLREQUEST']._serialized_start=111
-  _globals['_ALLOWCALLREQUEST']._serialized_end=193
-  _globals['_ALLOWCALLRESPONSE']._serialized_start=196
-  _globals['_ALLOWCALLRESPONSE']._serialized_end=417
-  _globals['_REPORTCALLREQUEST']._serialized_start=420
-  _globals['_REPORTCALLREQUEST']._serialized_end=548
-  _globals['_REPORTCALLRESPONSE']._serialized_start=550
-  _globals['_REPORTCALLRESPONSE']._serialized_end=649
-  _globals['_HTTPHEADER']._serialized_start=651
-  _globals['_HTTPHEADER']._serialized_end=692
-  _globals['_EXECUTECALLREQUEST']._serialized_start=695
-  _globals['_EXECUTECALLREQUEST']._serialized_end=905
-  _globals['_EXECUTECALLRESPONSE']._serialized_start=908
-  _globals['_EXECUTECALLRESPONSE']._serialized_end=1073
-  _globals['_BREAKERPOLICY']._serialized_start=1076
-  _globals['_BREAKERPOLICY']._serialized_end=1430
-  _globals['_BREAKERCOUNTS']._serialized_start=1433
-  _globals['_BREAKERCOUNTS']._serialized_end=1645
-  _globals['_BREAKER']._serialized_start=1648
-  _globals['_BREAKER']._serialized_end=1901
-  _globals['_GETBREAKERREQUEST']._serialized_start=1903
-  _globals['_GETBREAKERREQUEST']._serialized_end=1939
-  _globals['_GETBREAKERRESPONSE']._serialized_start=1941
-  _globals['_GETBREAKERRESPONSE']._serialized_end=2002
-  _globals['_LISTBREAKERSREQUEST']._serialized_start=2004
-  _globals['_LISTBREAKERSREQUEST']._serialized_end=2064
-  _globals['_LISTBREAKERSRESPONSE']._serialized_start=2066
-  _globals['_LISTBREAKERSRESPONSE']._serialized_end=2155
-  _globals['_RESETBREAKERREQUEST']._serialized_start=2157
-  _globals['_RESETBREAKERREQUEST']._serialized_end=2211
-  _globals['_RESETBREAKERRESPONSE']._serialized_start=2213
-  _globals['_RESETBREAKERRESPONSE']._serialized_end=2276
-  _globals['_BREAKERSERVICE']._serialized_start=2626
-  _globals['_BREAKERSERVICE']._serialized_end=3152
+  _globals['_BREAKERSERVICE'].methods_by_name['AllowCall']._loaded_options = None
+  _globals['_BREAKERSERVICE'].methods_by_name['AllowCall']._serialized_options = b'\202\323\344\223\002$\"\037/v1/breakers/{breaker=**}:allow:\001*'
+  _globals['_BREAKERSERVICE'].methods_by_name['ReportCall']._loaded_options = None
+  _globals['_BREAKERSERVICE'].methods_by_name['ReportCall']._serialized_options = b'\202\323\344\223\002\030\"\023/v1/breakers:report:\001*'
+  _globals['_BREAKERSERVICE'].methods_by_name['ExecuteCall']._loaded_options = None
+  _globals['_BREAKERSERVICE'].methods_by_name['ExecuteCall']._serialized_options = b'\202\323\344\223\002(\"#/v1/upstreams/{upstream=**}:execute:\001*'
+  _globals['_BREAKERSERVICE'].methods_by_name['GetBreaker']._loaded_options = None
+  _globals['_BREAKERSERVICE'].methods_by_name['GetBreaker']._serialized_options = b'\202\323\344\223\002\033\022\031/v1/breakers/{breaker=**}'
+  _globals['_BREAKERSERVICE'].methods_by_name['ListBreakers']._loaded_options = None
+  _globals['_BREAKERSERVICE'].methods_by_name['ListBreakers']._serialized_options = b'\202\323\344\223\002\016\022\014/v1/breakers'
+  _globals['_BREAKERSERVICE'].methods_by_name['ResetBreaker']._loaded_options = None
+  _globals['_BREAKERSERVICE'].methods_by_name['ResetBreaker']._serialized_options = b'\202\323\344\223\002$\"\037/v1/breakers/{breaker=**}:reset:\001*'
+  _globals['_BREAKERSTATE']._serialized_start=2308
+  _globals['_BREAKERSTATE']._serialized_end=2432
+  _globals['_BREAKERSCOPE']._serialized_start=2434
+  _globals['_BREAKERSCOPE']._serialized_end=2530
+  _globals['_CALLOUTCOME']._serialized_start=2532
+  _globals['_CALLOUTCOME']._serialized_end=2653
+  _globals['_ALLOWCALLREQUEST']._serialized_start=141
+  _globals['_ALLOWCALLREQUEST']._serialized_end=223
+  _globals['_ALLOWCALLRESPONSE']._serialized_start=226
+  _globals['_ALLOWCALLRESPONSE']._serialized_end=447
+  _globals['_REPORTCALLREQUEST']._serialized_start=450
+  _globals['_REPORTCALLREQUEST']._serialized_end=578
+  _globals['_REPORTCALLRESPONSE']._serialized_start=580
+  _globals['_REPORTCALLRESPONSE']._serialized_end=679
+  _globals['_HTTPHEADER']._serialized_start=681
+  _globals['_HTTPHEADER']._serialized_end=722
+  _globals['_EXECUTECALLREQUEST']._serialized_start=725
+  _globals['_EXECUTECALLREQUEST']._serialized_end=935
+  _globals['_EXECUTECALLRESPONSE']._serialized_start=938
+  _globals['_EXECUTECALLRESPONSE']._serialized_end=1103
+  _globals['_BREAKERPOLICY']._serialized_start=1106
+  _globals['_BREAKERPOLICY']._serialized_end=1460
+  _globals['_BREAKERCOUNTS']._serialized_start=1463
+  _globals['_BREAKERCOUNTS']._serialized_end=1675
+  _globals['_BREAKER']._serialized_start=1678
+  _globals['_BREAKER']._serialized_end=1931
+  _globals['_GETBREAKERREQUEST']._serialized_start=1933
+  _globals['_GETBREAKERREQUEST']._serialized_end=1969
+  _globals['_GETBREAKERRESPONSE']._serialized_start=1971
+  _globals['_GETBREAKERRESPONSE']._serialized_end=2032
+  _globals['_LISTBREAKERSREQUEST']._serialized_start=2034
+  _globals['_LISTBREAKERSREQUEST']._serialized_end=2094
+  _globals['_LISTBREAKERSRESPONSE']._serialized_start=2096
+  _globals['_LISTBREAKERSRESPONSE']._serialized_end=2185
+  _globals['_RESETBREAKERREQUEST']._serialized_start=2187
+  _globals['_RESETBREAKERREQUEST']._serialized_end=2241
+  _globals['_RESETBREAKERRESPONSE']._serialized_start=2243
+  _globals['_RESETBREAKERRESPONSE']._serialized_end=2306
+  _globals['_BREAKERSERVICE']._serialized_start=2656
+  _globals['_BREAKERSERVICE']._serialized_end=3409
 # @@protoc_insertion_point(module_scope)

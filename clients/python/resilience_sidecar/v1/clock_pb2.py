@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19resilience/v1/clock.proto\x12\rresilience.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"2\n\x12NextLamportRequest\x12\r\n\x05\x63lock\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"2\n\x13NextLamportResponse\x12\r\n\x05\x66irst\x18\x01 \x01(\x04\x12\x0c\n\x04last\x18\x02 \x01(\x04\"9\n\x15ObserveLamportRequest\x12\r\n\x05\x63lock\x18\x01 \x01(\t\x12\x11\n\ttimestamp\x18\x02 \x01(\x04\"+\n\x16ObserveLamportResponse\x12\x11\n\ttimestamp\x18\x01 \x01(\x04\"\"\n\x11GetLamportRequest\x12\r\n\x05\x63lock\x18\x01 \x01(\t\"\'\n\x12GetLamportResponse\x12\x11\n\ttimestamp\x18\x01 \x01(\x04\" \n\x0fNextUlidRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\r\"?\n\x04Ulid\x12\r\n\x05value\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"6\n\x10NextUlidResponse\x12\"\n\x05ulids\x18\x01 \x03(\x0b\x32\x13.resilience.v1.Ulid\"m\n\x0cHlcTimestamp\x12-\n\twall_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07logical\x18\x02 \x01(\r\x12\x0f\n\x07\x65ncoded\x18\x03 \x01(\x04\x12\x0c\n\x04text\x18\x04 \x01(\t\"\x0f\n\rNowHlcRequest\"@\n\x0eNowHlcResponse\x12.\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1b.resilience.v1.HlcTimestamp\"q\n\x10UpdateHlcRequest\x12\x30\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1b.resilience.v1.HlcTimestampH\x00\x12\x11\n\x07\x65ncoded\x18\x02 \x01(\x04H\x00\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x42\x08\n\x06remote\"C\n\x11UpdateHlcResponse\x12.\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1b.resilience.v1.HlcTimestamp2\xfa\x03\n\x0c\x43lockService\x12T\n\x0bNextLamport\x12!.resilience.v1.NextLamportRequest\x1a\".resilience.v1.NextLamportResponse\x12]\n\x0eObserveLamport\x12$.resilience.v1.ObserveLamportRequest\x1a%.resilience.v1.ObserveLamportResponse\x12Q\n\nGetLamport\x12 .resilience.v1.GetLamportRequest\x1a!.resilience.v1.GetLamportResponse\x12K\n\x08NextUlid\x12\x1e.resilience.v1.NextUlidRequest\x1a\x1f.resilience.v1.NextUlidResponse\x12\x45\n\x06NowHlc\x12\x1c.resilience.v1.NowHlcRequest\x1a\x1d.resilience.v1.NowHlcResponse\x12N\n\tUpdateHlc\x12\x1f.resilience.v1.UpdateHlcRequest\x1a .resilience.v1.UpdateHlcResponseBYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\x08\x02 \x03\x62\x08\x65\x64itionsp\xe8\x07')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19resilience/v1/clock.proto\x12\rresilience.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"2\n\x12NextLamportRequest\x12\r\n\x05\x63lock\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"2\n\x13NextLamportResponse\x12\r\n\x05\x66irst\x18\x01 \x01(\x04\x12\x0c\n\x04last\x18\x02 \x01(\x04\"9\n\x15ObserveLamportRequest\x12\r\n\x05\x63lock\x18\x01 \x01(\t\x12\x11\n\ttimestamp\x18\x02 \x01(\x04\"+\n\x16ObserveLamportResponse\x12\x11\n\ttimestamp\x18\x01 \x01(\x04\"\"\n\x11GetLamportRequest\x12\r\n\x05\x63lock\x18\x01 \x01(\t\"\'\n\x12GetLamportResponse\x12\x11\n\ttimestamp\x18\x01 \x01(\x04\" \n\x0fNextUlidRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\r\"?\n\x04Ulid\x12\r\n\x05value\x18\x01 \x01(\t\x12(\n\x04time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"6\n\x10NextUlidResponse\x12\"\n\x05ulids\x18\x01 \x03(\x0b\x32\x13.resilience.v1.Ulid\"m\n\x0cHlcTimestamp\x12-\n\twall_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07logical\x18\x02 \x01(\r\x12\x0f\n\x07\x65ncoded\x18\x03 \x01(\x04\x12\x0c\n\x04text\x18\x04 \x01(\t\"\x0f\n\rNowHlcRequest\"@\n\x0eNowHlcResponse\x12.\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1b.resilience.v1.HlcTimestamp\"q\n\x10UpdateHlcRequest\x12\x30\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1b.resilience.v1.HlcTimestampH\x00\x12\x11\n\x07\x65ncoded\x18\x02 \x01(\x04H\x00\x12\x0e\n\x04text\x18\x03 \x01(\tH\x00\x42\x08\n\x06remote\"C\n\x11UpdateHlcResponse\x12.\n\ttimestamp\x18\x01 \x01(\x0b\x32\x1b.resilience.v1.HlcTimestamp2\xb9\x05\n\x0c\x43lockService\x12{\n\x0bNextLamport\x12!.resilience.v1.NextLamportRequest\x1a\".resilience.v1.NextLamportResponse\"%\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/clocks/{clock=**}:next:\x01*\x12\x87\x01\n\x0eObserveLamport\x12$.resilience.v1.ObserveLamportRequest\x1a%.resilience.v1.ObserveLamportResponse\"(\x82\xd3\xe4\x93\x02\"\"\x1d/v1/clocks/{clock=**}:observe:\x01*\x12p\n\nGetLamport\x12 .resilience.v1.GetLamportRequest\x1a!.resilience.v1.GetLamportResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/clocks/{clock=**}\x12\x66\n\x08NextUlid\x12\x1e.resilience.v1.NextUlidRequest\x1a\x1f.resilience.v1.NextUlidResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0e/v1/ulids:next:\x01*\x12]\n\x06NowHlc\x12\x1c.resilience.v1.NowHlcRequest\x1a\x1d.resilience.v1.NowHlcResponse\"\x16\x82\xd3\xe4\x93\x02\x10\"\x0b/v1/hlc:now:\x01*\x12i\n\tUpdateHlc\x12\x1f.resilience.v1.UpdateHlcRequest\x1a .resilience.v1.UpdateHlcResponse\"\x19\x82\xd3\xe4\x93\x02\x13\"\x0e/v1/hlc:update:\x01*BYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\x08\x02 \x03\x62\x08\x65\x64itionsp\xe8\x07')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,34 +34,46 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'resilience.v1.clock_pb2', _
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\222\003\004\010\002 \003'
-  _globals['_NEXTLAMPORTREQUEST']._serialized_start=77
-  _globals['_NEXTLAMPORTREQUEST']._serialized_end=127
-  _globals['_NEXTLAMPORTRESPONSE']._serialized_start=129
-  _globals['_NEXTLAMPORTRESPONSE']._serialized_end=179
-  _globals['_OBSERVELAMPORTREQUEST']._serialized_start=181
-  _globals['_OBSERVELAMPORTREQUEST']._serialized_end=238
-  _globals['_OBSERVELAMPORTRESPONSE']._serialized_start=240
-  _globals['_OBSERVELAMPORTRESPONSE']._serialized_end=283
-  _globals['_GETLAMPORTREQUEST']._serialized_start=285
-  _globals['_GETLAMPORTREQUEST']._serialized_end=319
-  _globals['_GETLAMPORTRESPONSE']._serialized_start=321
-  _globals['_GETLAMPORTRESPONSE']._serialized_end=360
-  _globals['_NEXTULIDREQUEST']._serialized_start=362
-  _globals['_NEXTULIDREQUEST']._serialized_end=394
-  _globals['_ULID']._serialized_start=396
-  _globals['_ULID']._serialized_end=459
-  _globals['_NEXTULIDRESPONSE']._serialized_start=461
-  _globals['_NEXTULIDRESPONSE']._serialized_end=515
-  _globals['_HLCTIMESTAMP']._serialized_start=517
-  _globals['_HLCTIMESTAMP']._serialized_end=626
-  _globals['_NOWHLCREQUEST']._serialized_start=628
-  _globals['_NOWHLCREQUEST']._serialized_end=643
-  _globals['_NOWHLCRESPONSE']._serialized_start=645
-  _globals['_NOWHLCRESPONSE']._serialized_end=709
-  _globals['_UPDATEHLCREQUEST']._serialized_start=711
-  _globals['_UPDATEHLCREQUEST']._serialized_end=824
-  _globals['_UPDATEHLCRESPONSE']._serialized_start=826
-  _globals['_UPDATEHLCRESPONSE']._serialized_end=893
-  _globals['_CLOCKSERVICE']._serialized_start=896
-  _globals['_CLOCKSERVICE']._serialized_end=1402
+  _globals['_CLOCKSERVICE'].methods_by_name['NextLamport']._loaded_options = None
+  _globals['_CLOCKSERVICE'].methods_by_name['NextLamport']._serialized_options = b'\202\323\344\223\002\037\"\032/v1/clocks/{clock=**}:next:\001*'
+  _globals['_CLOCKSERVICE'].methods_by_name['ObserveLamport']._loaded_options = None
+  _globals['_CLOCKSERVICE'].methods_by_name['ObserveLamport']._serialized_options = b'\202\323\344\223\002\"\"\035/v1/clocks/{clock=**}:observe:\001*'
+  _globals['_CLOCKSERVICE'].methods_by_name['GetLamport']._loaded_options = None
+  _globals['_CLOCKSERVICE'].methods_by_name['GetLamport']._serialized_options = b'\202\323\344\223\002\027\022\025/v1/clocks/{clock=**}'
+  _globals['_CLOCKSERVICE'].methods_by_name['NextUlid']._loaded_options = None
+  _globals['_CLOCKSERVICE'].methods_by_name['NextUlid']._serialized_options = b'\202\323\344\223\002\023\"\016/v1/ulids:next:\001*'
+  _globals['_CLOCKSERVICE'].methods_by_name['NowHlc']._loaded_options = None
+  _globals['_CLOCKSERVICE'].methods_by_name['NowHlc']._serialized_options = b'\202\323\344\223\002\020\"\013/v1/hlc:now:\001*'
+  _globals['_CLOCKSERVICE'].methods_by_name['UpdateHlc']._loaded_options = None
+  _globals['_CLOCKSERVICE'].methods_by_name['UpdateHlc']._serialized_options = b'\202\323\344\223\002\023\"\016/v1/hlc:update:\001*'
+  _globals['_NEXTLAMPORTREQUEST']._serialized_start=107
+  _globals['_NEXTLAMPORTREQUEST']._serialized_end=157
+  _globals['_NEXTLAMPORTRESPONSE']._serialized_start=159
+  _globals['_NEXTLAMPORTRESPONSE']._serialized_end=209
+  _globals['_OBSERVELAMPORTREQUEST']._serialized_start=211
+  _globals['_OBSERVELAMPORTREQUEST']._serialized_end=268
+  _globals['_OBSERVELAMPORTRESPONSE']._serialized_start=270
+  _globals['_OBSERVELAMPORTRESPONSE']._serialized_end=313
+  _globals['_GETLAMPORTREQUEST']._serialized_start=315
+  _globals['_GETLAMPORTREQUEST']._serialized_end=349
+  _globals['_GETLAMPORTRESPONSE']._serialized_start=351
+  _globals['_GETLAMPORTRESPONSE']._serialized_end=390
+  _globals['_NEXTULIDREQUEST']._serialized_start=392
+  _globals['_NEXTULIDREQUEST']._serialized_end=424
+  _globals['_ULID']._serialized_start=426
+  _globals['_ULID']._serialized_end=489
+  _globals['_NEXTULIDRESPONSE']._serialized_start=491
+  _globals['_NEXTULIDRESPONSE']._serialized_end=545
+  _globals['_HLCTIMESTAMP']._serialized_start=547
+  _globals['_HLCTIMESTAMP']._serialized_end=656
+  _globals['_NOWHLCREQUEST']._serialized_start=658
+  _globals['_NOWHLCREQUEST']._serialized_end=673
+  _globals['_NOWHLCRESPONSE']._serialized_start=675
+  _globals['_NOWHLCRESPONSE']._serialized_end=739
+  _globals['_UPDATEHLCREQUEST']._serialized_start=741
+  _globals['_UPDATEHLCREQUEST']._serialized_end=854
+  _globals['_UPDATEHLCRESPONSE']._serialized_start=856
+  _globals['_UPDATEHLCRESPONSE']._serialized_end=923
+  _globals['_CLOCKSERVICE']._serialized_start=926
+  _globals['_CLOCKSERVICE']._serialized_end=1623
 # @@protoc_insertion_point(module_scope)

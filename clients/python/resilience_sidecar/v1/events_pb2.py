@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aresilience/v1/events.proto\x12\rresilience.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc3\x01\n\x0ePublishRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12;\n\x07headers\x18\x04 \x03(\x0b\x32*.resilience.v1.PublishRequest.HeadersEntry\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\x0fPublishResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"\xd6\x01\n\x10SubscribeRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x03 \x01(\t\x12\x15\n\rmax_in_flight\x18\x04 \x01(\r\x12\x35\n\x12visibility_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0emax_deliveries\x18\x06 \x01(\r\x12,\n\nstart_from\x18\x07 \x01(\x0e\x32\x18.resilience.v1.StartFrom\"s\n\x11SubscribeResponse\x12/\n\nsubscribed\x18\x01 \x01(\x0b\x32\x19.resilience.v1.SubscribedH\x00\x12%\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x14.resilience.v1.EventH\x00\x42\x06\n\x04kind\"#\n\nSubscribed\x12\x15\n\rgroup_created\x18\x01 \x01(\x08\"\xc5\x02\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x32\n\x07headers\x18\x05 \x03(\x0b\x32!.resilience.v1.Event.HeadersEntry\x12\x30\n\x0cpublished_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x64\x65livery_count\x18\x07 \x01(\r\x12\x36\n\x12\x66irst_delivered_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fidempotency_key\x18\t \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"<\n\nAckRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\"\x1c\n\x0b\x41\x63kResponse\x12\r\n\x05\x61\x63ked\x18\x01 \x01(\x08\"m\n\x0bNackRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12.\n\x0bretry_after\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\" \n\x0cNackResponse\x12\x10\n\x08requeued\x18\x01 \x01(\x08\"\x18\n\x16GetOutboxStatusRequest\"\xe6\x02\n\x17GetOutboxStatusResponse\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x0f\n\x07healthy\x18\x02 \x01(\x08\x12\x12\n\nlast_error\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63klog\x18\x04 \x01(\x03\x12&\n\x03lag\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tpublished\x18\x06 \x01(\x03\x12\x35\n\x11last_published_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05table\x18\x08 \x01(\t\x12\x0f\n\x07refused\x18\t \x01(\x03\x12\x14\n\x0clast_refused\x18\n \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x0b \x01(\x08\x12\x15\n\rbacklog_known\x18\x0c \x01(\x08\x12\x35\n\x12oldest_refused_age\x18\r \x01(\x0b\x32\x19.google.protobuf.Duration\"\x1b\n\x19RetryOutboxRefusedRequest\"|\n\x1aRetryOutboxRefusedResponse\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x08\x12\x11\n\tforwarded\x18\x02 \x01(\x08\x12\x11\n\tpublished\x18\x03 \x01(\x03\x12\x15\n\rstill_refused\x18\x04 \x01(\x03\x12\x11\n\tforgotten\x18\x05 \x01(\x03*W\n\tStartFrom\x12\x1a\n\x16START_FROM_UNSPECIFIED\x10\x00\x12\x17\n\x13START_FROM_EARLIEST\x10\x01\x12\x15\n\x11START_FROM_LATEST\x10\x02\x32\xf6\x03\n\x0c\x45ventService\x12H\n\x07Publish\x12\x1d.resilience.v1.PublishRequest\x1a\x1e.resilience.v1.PublishResponse\x12P\n\tSubscribe\x12\x1f.resilience.v1.SubscribeRequest\x1a .resilience.v1.SubscribeResponse0\x01\x12<\n\x03\x41\x63k\x12\x19.resilience.v1.AckRequest\x1a\x1a.resilience.v1.AckResponse\x12?\n\x04Nack\x12\x1a.resilience.v1.NackRequest\x1a\x1b.resilience.v1.NackResponse\x12`\n\x0fGetOutboxStatus\x12%.resilience.v1.GetOutboxStatusRequest\x1a&.resilience.v1.GetOutboxStatusResponse\x12i\n\x12RetryOutboxRefused\x12(.resilience.v1.RetryOutboxRefusedRequest\x1a).resilience.v1.RetryOutboxRefusedResponseBYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\x08\x02 \x03\x62\x08\x65\x64itionsp\xe8\x07')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1aresilience/v1/events.proto\x12\rresilience.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc3\x01\n\x0ePublishRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12;\n\x07headers\x18\x04 \x03(\x0b\x32*.resilience.v1.PublishRequest.HeadersEntry\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\x0fPublishResponse\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"\xd6\x01\n\x10SubscribeRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x10\n\x08\x63onsumer\x18\x03 \x01(\t\x12\x15\n\rmax_in_flight\x18\x04 \x01(\r\x12\x35\n\x12visibility_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x16\n\x0emax_deliveries\x18\x06 \x01(\r\x12,\n\nstart_from\x18\x07 \x01(\x0e\x32\x18.resilience.v1.StartFrom\"s\n\x11SubscribeResponse\x12/\n\nsubscribed\x18\x01 \x01(\x0b\x32\x19.resilience.v1.SubscribedH\x00\x12%\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x14.resilience.v1.EventH\x00\x42\x06\n\x04kind\"#\n\nSubscribed\x12\x15\n\rgroup_created\x18\x01 \x01(\x08\"\xc5\x02\n\x05\x45vent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\r\n\x05topic\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x32\n\x07headers\x18\x05 \x03(\x0b\x32!.resilience.v1.Event.HeadersEntry\x12\x30\n\x0cpublished_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0e\x64\x65livery_count\x18\x07 \x01(\r\x12\x36\n\x12\x66irst_delivered_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fidempotency_key\x18\t \x01(\t\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"<\n\nAckRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\"\x1c\n\x0b\x41\x63kResponse\x12\r\n\x05\x61\x63ked\x18\x01 \x01(\x08\"m\n\x0bNackRequest\x12\r\n\x05topic\x18\x01 \x01(\t\x12\r\n\x05group\x18\x02 \x01(\t\x12\x10\n\x08\x65vent_id\x18\x03 \x01(\t\x12.\n\x0bretry_after\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\" \n\x0cNackResponse\x12\x10\n\x08requeued\x18\x01 \x01(\x08\"\x18\n\x16GetOutboxStatusRequest\"\xe6\x02\n\x17GetOutboxStatusResponse\x12\x0f\n\x07\x65nabled\x18\x01 \x01(\x08\x12\x0f\n\x07healthy\x18\x02 \x01(\x08\x12\x12\n\nlast_error\x18\x03 \x01(\t\x12\x0f\n\x07\x62\x61\x63klog\x18\x04 \x01(\x03\x12&\n\x03lag\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x11\n\tpublished\x18\x06 \x01(\x03\x12\x35\n\x11last_published_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05table\x18\x08 \x01(\t\x12\x0f\n\x07refused\x18\t \x01(\x03\x12\x14\n\x0clast_refused\x18\n \x01(\t\x12\x0e\n\x06\x61\x63tive\x18\x0b \x01(\x08\x12\x15\n\rbacklog_known\x18\x0c \x01(\x08\x12\x35\n\x12oldest_refused_age\x18\r \x01(\x0b\x32\x19.google.protobuf.Duration\"\x1b\n\x19RetryOutboxRefusedRequest\"|\n\x1aRetryOutboxRefusedResponse\x12\x0e\n\x06\x61\x63tive\x18\x01 \x01(\x08\x12\x11\n\tforwarded\x18\x02 \x01(\x08\x12\x11\n\tpublished\x18\x03 \x01(\x03\x12\x15\n\rstill_refused\x18\x04 \x01(\x03\x12\x11\n\tforgotten\x18\x05 \x01(\x03*W\n\tStartFrom\x12\x1a\n\x16START_FROM_UNSPECIFIED\x10\x00\x12\x17\n\x13START_FROM_EARLIEST\x10\x01\x12\x15\n\x11START_FROM_LATEST\x10\x02\x32\xa6\x05\n\x0c\x45ventService\x12r\n\x07Publish\x12\x1d.resilience.v1.PublishRequest\x1a\x1e.resilience.v1.PublishResponse\"(\x82\xd3\xe4\x93\x02\"\"\x1d/v1/topics/{topic=**}:publish:\x01*\x12P\n\tSubscribe\x12\x1f.resilience.v1.SubscribeRequest\x1a .resilience.v1.SubscribeResponse0\x01\x12\x62\n\x03\x41\x63k\x12\x19.resilience.v1.AckRequest\x1a\x1a.resilience.v1.AckResponse\"$\x82\xd3\xe4\x93\x02\x1e\"\x19/v1/topics/{topic=**}:ack:\x01*\x12\x66\n\x04Nack\x12\x1a.resilience.v1.NackRequest\x1a\x1b.resilience.v1.NackResponse\"%\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/topics/{topic=**}:nack:\x01*\x12t\n\x0fGetOutboxStatus\x12%.resilience.v1.GetOutboxStatusRequest\x1a&.resilience.v1.GetOutboxStatusResponse\"\x12\x82\xd3\xe4\x93\x02\x0c\x12\n/v1/outbox\x12\x8d\x01\n\x12RetryOutboxRefused\x12(.resilience.v1.RetryOutboxRefusedRequest\x1a).resilience.v1.RetryOutboxRefusedResponse\"\"\x82\xd3\xe4\x93\x02\x1c\"\x17/v1/outbox:retryRefused:\x01*BYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\x08\x02 \x03\x62\x08\x65\x64itionsp\xe8\x07')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,40 +39,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUBLISHREQUEST_HEADERSENTRY']._serialized_options = b'8\001'
   _globals['_EVENT_HEADERSENTRY']._loaded_options = None
   _globals['_EVENT_HEADERSENTRY']._serialized_options = b'8\001'
-  _globals['_STARTFROM']._serialized_start=1842
-  _globals['_STARTFROM']._serialized_end=1929
-  _globals['_PUBLISHREQUEST']._serialized_start=111
-  _globals['_PUBLISHREQUEST']._serialized_end=306
-  _globals['_PUBLISHREQUEST_HEADERSENTRY']._serialized_start=260
-  _globals['_PUBLISHREQUEST_HEADERSENTRY']._serialized_end=306
-  _globals['_PUBLISHRESPONSE']._serialized_start=308
-  _globals['_PUBLISHRESPONSE']._serialized_end=362
-  _globals['_SUBSCRIBEREQUEST']._serialized_start=365
-  _globals['_SUBSCRIBEREQUEST']._serialized_end=579
-  _globals['_SUBSCRIBERESPONSE']._serialized_start=581
-  _globals['_SUBSCRIBERESPONSE']._serialized_end=696
-  _globals['_SUBSCRIBED']._serialized_start=698
-  _globals['_SUBSCRIBED']._serialized_end=733
-  _globals['_EVENT']._serialized_start=736
-  _globals['_EVENT']._serialized_end=1061
-  _globals['_EVENT_HEADERSENTRY']._serialized_start=260
-  _globals['_EVENT_HEADERSENTRY']._serialized_end=306
-  _globals['_ACKREQUEST']._serialized_start=1063
-  _globals['_ACKREQUEST']._serialized_end=1123
-  _globals['_ACKRESPONSE']._serialized_start=1125
-  _globals['_ACKRESPONSE']._serialized_end=1153
-  _globals['_NACKREQUEST']._serialized_start=1155
-  _globals['_NACKREQUEST']._serialized_end=1264
-  _globals['_NACKRESPONSE']._serialized_start=1266
-  _globals['_NACKRESPONSE']._serialized_end=1298
-  _globals['_GETOUTBOXSTATUSREQUEST']._serialized_start=1300
-  _globals['_GETOUTBOXSTATUSREQUEST']._serialized_end=1324
-  _globals['_GETOUTBOXSTATUSRESPONSE']._serialized_start=1327
-  _globals['_GETOUTBOXSTATUSRESPONSE']._serialized_end=1685
-  _globals['_RETRYOUTBOXREFUSEDREQUEST']._serialized_start=1687
-  _globals['_RETRYOUTBOXREFUSEDREQUEST']._serialized_end=1714
-  _globals['_RETRYOUTBOXREFUSEDRESPONSE']._serialized_start=1716
-  _globals['_RETRYOUTBOXREFUSEDRESPONSE']._serialized_end=1840
-  _globals['_EVENTSERVICE']._serialized_start=1932
-  _globals['_EVENTSERVICE']._serialized_end=2434
+  _globals['_EVENTSERVICE'].methods_by_name['Publish']._loaded_options = None
+  _globals['_EVENTSERVICE'].methods_by_name['Publish']._serialized_options = b'\202\323\344\223\002\"\"\035/v1/topics/{topic=**}:publish:\001*'
+  _globals['_EVENTSERVICE'].methods_by_name['Ack']._loaded_options = None
+  _globals['_EVENTSERVICE'].methods_by_name['Ack']._serialized_options = b'\202\323\344\223\002\036\"\031/v1/topics/{topic=**}:ack:\001*'
+  _globals['_EVENTSERVICE'].methods_by_name['Nack']._loaded_options = None
+  _globals['_EVENTSERVICE'].methods_by_name['Nack']._serialized_options = b'\202\323\344\223\002\037\"\032/v1/topics/{topic=**}:nack:\001*'
+  _globals['_EVENTSERVICE'].methods_by_name['GetOutboxStatus']._loaded_options = None
+  _globals['_EVENTSERVICE'].methods_by_name['GetOutboxStatus']._serialized_options = b'\202\323\344\223\002\014\022\n/v1/outbox'
+  _globals['_EVENTSERVICE'].methods_by_name['RetryOutboxRefused']._loaded_options = None
+  _globals['_EVENTSERVICE'].methods_by_name['RetryOutboxRefused']._serialized_options = b'\202\323\344\223\002\034\"\027/v1/outbox:retryRefused:\001*'
+  _globals['_STARTFROM']._serialized_start=1872
+  _globals['_STARTFROM']._serialized_end=1959
+  _globals['_PUBLISHREQUEST']._serialized_start=141
+  _globals['_PUBLISHREQUEST']._serialized_end=336
+  _globals['_PUBLISHREQUEST_HEADERSENTRY']._serialized_start=290
+  _globals['_PUBLISHREQUEST_HEADERSENTRY']._serialized_end=336
+  _globals['_PUBLISHRESPONSE']._serialized_start=338
+  _globals['_PUBLISHRESPONSE']._serialized_end=392
+  _globals['_SUBSCRIBEREQUEST']._serialized_start=395
+  _globals['_SUBSCRIBEREQUEST']._serialized_end=609
+  _globals['_SUBSCRIBERESPONSE']._serialized_start=611
+  _globals['_SUBSCRIBERESPONSE']._serialized_end=726
+  _globals['_SUBSCRIBED']._serialized_start=728
+  _globals['_SUBSCRIBED']._serialized_end=763
+  _globals['_EVENT']._serialized_start=766
+  _globals['_EVENT']._serialized_end=1091
+  _globals['_EVENT_HEADERSENTRY']._serialized_start=290
+  _globals['_EVENT_HEADERSENTRY']._serialized_end=336
+  _globals['_ACKREQUEST']._serialized_start=1093
+  _globals['_ACKREQUEST']._serialized_end=1153
+  _globals['_ACKRESPONSE']._serialized_start=1155
+  _globals['_ACKRESPONSE']._serialized_end=1183
+  _globals['_NACKREQUEST']._serialized_start=1185
+  _globals['_NACKREQUEST']._serialized_end=1294
+  _globals['_NACKRESPONSE']._serialized_start=1296
+  _globals['_NACKRESPONSE']._serialized_end=1328
+  _globals['_GETOUTBOXSTATUSREQUEST']._serialized_start=1330
+  _globals['_GETOUTBOXSTATUSREQUEST']._serialized_end=1354
+  _globals['_GETOUTBOXSTATUSRESPONSE']._serialized_start=1357
+  _globals['_GETOUTBOXSTATUSRESPONSE']._serialized_end=1715
+  _globals['_RETRYOUTBOXREFUSEDREQUEST']._serialized_start=1717
+  _globals['_RETRYOUTBOXREFUSEDREQUEST']._serialized_end=1744
+  _globals['_RETRYOUTBOXREFUSEDRESPONSE']._serialized_start=1746
+  _globals['_RETRYOUTBOXREFUSEDRESPONSE']._serialized_end=1870
+  _globals['_EVENTSERVICE']._serialized_start=1962
+  _globals['_EVENTSERVICE']._serialized_end=2640
 # @@protoc_insertion_point(module_scope)

@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fresilience/v1/idempotency.proto\x12\rresilience.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x94\x01\n\x11IdempotencyResult\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12@\n\x08metadata\x18\x02 \x03(\x0b\x32..resilience.v1.IdempotencyResult.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"n\n\x15IdempotencyCheckpoint\x12\x16\n\x0erecovery_point\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd0\x01\n\x1f\x43heckOrRecordIdempotencyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12,\n\tlease_ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tretention\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0cwait_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xfe\x03\n CheckOrRecordIdempotencyResponse\x12H\n\x07outcome\x18\x01 \x01(\x0e\x32\x37.resilience.v1.CheckOrRecordIdempotencyResponse.Outcome\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x35\n\x11lease_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\x38\n\ncheckpoint\x18\x05 \x01(\x0b\x32$.resilience.v1.IdempotencyCheckpoint\x12.\n\x0bretry_after\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\x06result\x18\x07 \x01(\x0b\x32 .resilience.v1.IdempotencyResult\x12\x31\n\rcomplete_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"g\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n\x0fOUTCOME_STARTED\x10\x01\x12\x17\n\x13OUTCOME_IN_PROGRESS\x10\x02\x12\x15\n\x11OUTCOME_COMPLETED\x10\x03\"m\n\x1a\x43ompleteIdempotencyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x30\n\x06result\x18\x03 \x01(\x0b\x32 .resilience.v1.IdempotencyResult\"N\n\x1b\x43ompleteIdempotencyResponse\x12/\n\x0b\x65xpire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"c\n\x1c\x43heckpointIdempotencyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x16\n\x0erecovery_point\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"V\n\x1d\x43heckpointIdempotencyResponse\x12\x35\n\x11lease_expire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\":\n\x19ReleaseIdempotencyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\"\x1c\n\x1aReleaseIdempotencyResponse\"9\n\x15GetIdempotencyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\"\x8d\x04\n\x16GetIdempotencyResponse\x12:\n\x05state\x18\x01 \x01(\x0e\x32+.resilience.v1.GetIdempotencyResponse.State\x12\x19\n\x11\x66ingerprint_match\x18\x02 \x01(\x08\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\r\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11lease_expire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rcomplete_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0erecovery_point\x18\t \x01(\t\"u\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_ABSENT\x10\x01\x12\x15\n\x11STATE_IN_PROGRESS\x10\x02\x12\x17\n\x13STATE_LEASE_EXPIRED\x10\x03\x12\x13\n\x0fSTATE_COMPLETED\x10\x04\x32\xbd\x04\n\x12IdempotencyService\x12{\n\x18\x43heckOrRecordIdempotency\x12..resilience.v1.CheckOrRecordIdempotencyRequest\x1a/.resilience.v1.CheckOrRecordIdempotencyResponse\x12l\n\x13\x43ompleteIdempotency\x12).resilience.v1.CompleteIdempotencyRequest\x1a*.resilience.v1.CompleteIdempotencyResponse\x12r\n\x15\x43heckpointIdempotency\x12+.resilience.v1.CheckpointIdempotencyRequest\x1a,.resilience.v1.CheckpointIdempotencyResponse\x12i\n\x12ReleaseIdempotency\x12(.resilience.v1.ReleaseIdempotencyRequest\x1a).resilience.v1.ReleaseIdempotencyResponse\x12]\n\x0eGetIdempotency\x12$.resilience.v1.GetIdempotencyRequest\x1a%.resilience.v1.GetIdempotencyResponseBYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\x08\x02 \x03\x62\x08\x65\x64itionsp\xe8\x07')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fresilience/v1/idempotency.proto\x12\rresilience.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x94\x01\n\x11IdempotencyResult\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x12@\n\x08metadata\x18\x02 \x03(\x0b\x32..resilience.v1.IdempotencyResult.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"n\n\x15IdempotencyCheckpoint\x12\x16\n\x0erecovery_point\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12/\n\x0b\x63reate_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd0\x01\n\x1f\x43heckOrRecordIdempotencyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12,\n\tlease_ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12,\n\tretention\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0cwait_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xfe\x03\n CheckOrRecordIdempotencyResponse\x12H\n\x07outcome\x18\x01 \x01(\x0e\x32\x37.resilience.v1.CheckOrRecordIdempotencyResponse.Outcome\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x35\n\x11lease_expire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\x38\n\ncheckpoint\x18\x05 \x01(\x0b\x32$.resilience.v1.IdempotencyCheckpoint\x12.\n\x0bretry_after\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x30\n\x06result\x18\x07 \x01(\x0b\x32 .resilience.v1.IdempotencyResult\x12\x31\n\rcomplete_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"g\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x13\n\x0fOUTCOME_STARTED\x10\x01\x12\x17\n\x13OUTCOME_IN_PROGRESS\x10\x02\x12\x15\n\x11OUTCOME_COMPLETED\x10\x03\"m\n\x1a\x43ompleteIdempotencyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x30\n\x06result\x18\x03 \x01(\x0b\x32 .resilience.v1.IdempotencyResult\"N\n\x1b\x43ompleteIdempotencyResponse\x12/\n\x0b\x65xpire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"c\n\x1c\x43heckpointIdempotencyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x16\n\x0erecovery_point\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"V\n\x1d\x43heckpointIdempotencyResponse\x12\x35\n\x11lease_expire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\":\n\x19ReleaseIdempotencyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\"\x1c\n\x1aReleaseIdempotencyResponse\"9\n\x15GetIdempotencyRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\"\x8d\x04\n\x16GetIdempotencyResponse\x12:\n\x05state\x18\x01 \x01(\x0e\x32+.resilience.v1.GetIdempotencyResponse.State\x12\x19\n\x11\x66ingerprint_match\x18\x02 \x01(\x08\x12\x10\n\x08\x61ttempts\x18\x03 \x01(\r\x12/\n\x0b\x63reate_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11lease_expire_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x31\n\rcomplete_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0erecovery_point\x18\t \x01(\t\"u\n\x05State\x12\x15\n\x11STATE_UNSPECIFIED\x10\x00\x12\x10\n\x0cSTATE_ABSENT\x10\x01\x12\x15\n\x11STATE_IN_PROGRESS\x10\x02\x12\x17\n\x13STATE_LEASE_EXPIRED\x10\x03\x12\x13\n\x0fSTATE_COMPLETED\x10\x04\x32\x99\x06\n\x12IdempotencyService\x12\xa6\x01\n\x18\x43heckOrRecordIdempotency\x12..resilience.v1.CheckOrRecordIdempotencyRequest\x1a/.resilience.v1.CheckOrRecordIdempotencyResponse\")\x82\xd3\xe4\x93\x02#\"\x1e/v1/idempotency/{key=**}:check:\x01*\x12\x9a\x01\n\x13\x43ompleteIdempotency\x12).resilience.v1.CompleteIdempotencyRequest\x1a*.resilience.v1.CompleteIdempotencyResponse\",\x82\xd3\xe4\x93\x02&\"!/v1/idempotency/{key=**}:complete:\x01*\x12\xa2\x01\n\x15\x43heckpointIdempotency\x12+.resilience.v1.CheckpointIdempotencyRequest\x1a,.resilience.v1.CheckpointIdempotencyResponse\".\x82\xd3\xe4\x93\x02(\"#/v1/idempotency/{key=**}:checkpoint:\x01*\x12\x96\x01\n\x12ReleaseIdempotency\x12(.resilience.v1.ReleaseIdempotencyRequest\x1a).resilience.v1.ReleaseIdempotencyResponse\"+\x82\xd3\xe4\x93\x02%\" /v1/idempotency/{key=**}:release:\x01*\x12\x7f\n\x0eGetIdempotency\x12$.resilience.v1.GetIdempotencyRequest\x1a%.resilience.v1.GetIdempotencyResponse\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/idempotency/{key=**}BYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\x08\x02 \x03\x62\x08\x65\x64itionsp\xe8\x07')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,36 +37,46 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'ZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\222\003\004\010\002 \003'
   _globals['_IDEMPOTENCYRESULT_METADATAENTRY']._loaded_options = None
   _globals['_IDEMPOTENCYRESULT_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_IDEMPOTENCYRESULT']._serialized_start=116
-  _globals['_IDEMPOTENCYRESULT']._serialized_end=264
-  _globals['_IDEMPOTENCYRESULT_METADATAENTRY']._serialized_start=217
-  _globals['_IDEMPOTENCYRESULT_METADATAENTRY']._serialized_end=264
-  _globals['_IDEMPOTENCYCHECKPOINT']._serialized_start=266
-  _globals['_IDEMPOTENCYCHECKPOINT']._serialized_end=376
-  _globals['_CHECKORRECORDIDEMPOTENCYREQUEST']._serialized_start=379
-  _globals['_CHECKORRECORDIDEMPOTENCYREQUEST']._serialized_end=587
-  _globals['_CHECKORRECORDIDEMPOTENCYRESPONSE']._serialized_start=590
-  _globals['_CHECKORRECORDIDEMPOTENCYRESPONSE']._serialized_end=1100
-  _globals['_CHECKORRECORDIDEMPOTENCYRESPONSE_OUTCOME']._serialized_start=997
-  _globals['_CHECKORRECORDIDEMPOTENCYRESPONSE_OUTCOME']._serialized_end=1100
-  _globals['_COMPLETEIDEMPOTENCYREQUEST']._serialized_start=1102
-  _globals['_COMPLETEIDEMPOTENCYREQUEST']._serialized_end=1211
-  _globals['_COMPLETEIDEMPOTENCYRESPONSE']._serialized_start=1213
-  _globals['_COMPLETEIDEMPOTENCYRESPONSE']._serialized_end=1291
-  _globals['_CHECKPOINTIDEMPOTENCYREQUEST']._serialized_start=1293
-  _globals['_CHECKPOINTIDEMPOTENCYREQUEST']._serialized_end=1392
-  _globals['_CHECKPOINTIDEMPOTENCYRESPONSE']._serialized_start=1394
-  _globals['_CHECKPOINTIDEMPOTENCYRESPONSE']._serialized_end=1480
-  _globals['_RELEASEIDEMPOTENCYREQUEST']._serialized_start=1482
-  _globals['_RELEASEIDEMPOTENCYREQUEST']._serialized_end=1540
-  _globals['_RELEASEIDEMPOTENCYRESPONSE']._serialized_start=1542
-  _globals['_RELEASEIDEMPOTENCYRESPONSE']._serialized_end=1570
-  _globals['_GETIDEMPOTENCYREQUEST']._serialized_start=1572
-  _globals['_GETIDEMPOTENCYREQUEST']._serialized_end=1629
-  _globals['_GETIDEMPOTENCYRESPONSE']._serialized_start=1632
-  _globals['_GETIDEMPOTENCYRESPONSE']._serialized_end=2157
-  _globals['_GETIDEMPOTENCYRESPONSE_STATE']._serialized_start=2040
-  _globals['_GETIDEMPOTENCYRESPONSE_STATE']._serialized_end=2157
-  _globals['_IDEMPOTENCYSERVICE']._serialized_start=2160
-  _globals['_IDEMPOTENCYSERVICE']._serialized_end=2733
+  _globals['_IDEMPOTENCYSERVICE'].methods_by_name['CheckOrRecordIdempotency']._loaded_options = None
+  _globals['_IDEMPOTENCYSERVICE'].methods_by_name['CheckOrRecordIdempotency']._serialized_options = b'\202\323\344\223\002#\"\036/v1/idempotency/{key=**}:check:\001*'
+  _globals['_IDEMPOTENCYSERVICE'].methods_by_name['CompleteIdempotency']._loaded_options = None
+  _globals['_IDEMPOTENCYSERVICE'].methods_by_name['CompleteIdempotency']._serialized_options = b'\202\323\344\223\002&\"!/v1/idempotency/{key=**}:complete:\001*'
+  _globals['_IDEMPOTENCYSERVICE'].methods_by_name['CheckpointIdempotency']._loaded_options = None
+  _globals['_IDEMPOTENCYSERVICE'].methods_by_name['CheckpointIdempotency']._serialized_options = b'\202\323\344\223\002(\"#/v1/idempotency/{key=**}:checkpoint:\001*'
+  _globals['_IDEMPOTENCYSERVICE'].methods_by_name['ReleaseIdempotency']._loaded_options = None
+  _globals['_IDEMPOTENCYSERVICE'].methods_by_name['ReleaseIdempotency']._serialized_options = b'\202\323\344\223\002%\" /v1/idempotency/{key=**}:release:\001*'
+  _globals['_IDEMPOTENCYSERVICE'].methods_by_name['GetIdempotency']._loaded_options = None
+  _globals['_IDEMPOTENCYSERVICE'].methods_by_name['GetIdempotency']._serialized_options = b'\202\323\344\223\002\032\022\030/v1/idempotency/{key=**}'
+  _globals['_IDEMPOTENCYRESULT']._serialized_start=146
+  _globals['_IDEMPOTENCYRESULT']._serialized_end=294
+  _globals['_IDEMPOTENCYRESULT_METADATAENTRY']._serialized_start=247
+  _globals['_IDEMPOTENCYRESULT_METADATAENTRY']._serialized_end=294
+  _globals['_IDEMPOTENCYCHECKPOINT']._serialized_start=296
+  _globals['_IDEMPOTENCYCHECKPOINT']._serialized_end=406
+  _globals['_CHECKORRECORDIDEMPOTENCYREQUEST']._serialized_start=409
+  _globals['_CHECKORRECORDIDEMPOTENCYREQUEST']._serialized_end=617
+  _globals['_CHECKORRECORDIDEMPOTENCYRESPONSE']._serialized_start=620
+  _globals['_CHECKORRECORDIDEMPOTENCYRESPONSE']._serialized_end=1130
+  _globals['_CHECKORRECORDIDEMPOTENCYRESPONSE_OUTCOME']._serialized_start=1027
+  _globals['_CHECKORRECORDIDEMPOTENCYRESPONSE_OUTCOME']._serialized_end=1130
+  _globals['_COMPLETEIDEMPOTENCYREQUEST']._serialized_start=1132
+  _globals['_COMPLETEIDEMPOTENCYREQUEST']._serialized_end=1241
+  _globals['_COMPLETEIDEMPOTENCYRESPONSE']._serialized_start=1243
+  _globals['_COMPLETEIDEMPOTENCYRESPONSE']._serialized_end=1321
+  _globals['_CHECKPOINTIDEMPOTENCYREQUEST']._serialized_start=1323
+  _globals['_CHECKPOINTIDEMPOTENCYREQUEST']._serialized_end=1422
+  _globals['_CHECKPOINTIDEMPOTENCYRESPONSE']._serialized_start=1424
+  _globals['_CHECKPOINTIDEMPOTENCYRESPONSE']._serialized_end=1510
+  _globals['_RELEASEIDEMPOTENCYREQUEST']._serialized_start=1512
+  _globals['_RELEASEIDEMPOTENCYREQUEST']._serialized_end=1570
+  _globals['_RELEASEIDEMPOTENCYRESPONSE']._serialized_start=1572
+  _globals['_RELEASEIDEMPOTENCYRESPONSE']._serialized_end=1600
+  _globals['_GETIDEMPOTENCYREQUEST']._serialized_start=1602
+  _globals['_GETIDEMPOTENCYREQUEST']._serialized_end=1659
+  _globals['_GETIDEMPOTENCYRESPONSE']._serialized_start=1662
+  _globals['_GETIDEMPOTENCYRESPONSE']._serialized_end=2187
+  _globals['_GETIDEMPOTENCYRESPONSE_STATE']._serialized_start=2070
+  _globals['_GETIDEMPOTENCYRESPONSE_STATE']._serialized_end=2187
+  _globals['_IDEMPOTENCYSERVICE']._serialized_start=2190
+  _globals['_IDEMPOTENCYSERVICE']._serialized_end=2983
 # @@protoc_insertion_point(module_scope)

@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18resilience/v1/lock.proto\x12\rresilience.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"}\n\x05Lease\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\x05 \x01(\t\"_\n\x06Holder\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x15\n\rfencing_token\x18\x02 \x01(\x04\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x89\x01\n\x12\x41\x63quireLockRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0cwait_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05owner\x18\x04 \x01(\t\"s\n\x13\x41\x63quireLockResponse\x12\x10\n\x08\x61\x63quired\x18\x01 \x01(\x08\x12#\n\x05lease\x18\x02 \x01(\x0b\x32\x14.resilience.v1.Lease\x12%\n\x06holder\x18\x03 \x01(\x0b\x32\x15.resilience.v1.Holder\"3\n\x12ReleaseLockRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\"\x15\n\x13ReleaseLockResponse\"Y\n\x10RenewLockRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12&\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"D\n\x11RenewLockResponse\x12/\n\x0b\x65xpire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc7\x02\n\x0fHoldLockRequest\x12\x39\n\x07\x61\x63quire\x18\x01 \x01(\x0b\x32&.resilience.v1.HoldLockRequest.AcquireH\x00\x12\x39\n\x07release\x18\x02 \x01(\x0b\x32&.resilience.v1.HoldLockRequest.ReleaseH\x00\x1a\xab\x01\n\x07\x41\x63quire\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0cwait_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05owner\x18\x04 \x01(\t\x12+\n\x08max_hold\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a\t\n\x07ReleaseB\x05\n\x03msg\"\x90\x05\n\x10HoldLockResponse\x12(\n\x08\x61\x63quired\x18\x01 \x01(\x0b\x32\x14.resilience.v1.LeaseH\x00\x12\x43\n\x0cnot_acquired\x18\x02 \x01(\x0b\x32+.resilience.v1.HoldLockResponse.NotAcquiredH\x00\x12:\n\x07renewed\x18\x03 \x01(\x0b\x32\'.resilience.v1.HoldLockResponse.RenewedH\x00\x12<\n\x08released\x18\x04 \x01(\x0b\x32(.resilience.v1.HoldLockResponse.ReleasedH\x00\x12\x34\n\x04lost\x18\x05 \x01(\x0b\x32$.resilience.v1.HoldLockResponse.LostH\x00\x1a\x34\n\x0bNotAcquired\x12%\n\x06holder\x18\x01 \x01(\x0b\x32\x15.resilience.v1.Holder\x1a:\n\x07Renewed\x12/\n\x0b\x65xpire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\n\n\x08Released\x1a\xd5\x01\n\x04Lost\x12;\n\x06reason\x18\x01 \x01(\x0e\x32+.resilience.v1.HoldLockResponse.Lost.Reason\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x7f\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x15\n\x11REASON_LEASE_LOST\x10\x01\x12\x13\n\x0fREASON_MAX_HOLD\x10\x02\x12\x13\n\x0fREASON_SHUTDOWN\x10\x03\x12\x1c\n\x18REASON_STORE_UNAVAILABLE\x10\x04\x42\x07\n\x05\x65vent\"\x1d\n\x0eGetLockRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"b\n\x0fGetLockResponse\x12\x0c\n\x04held\x18\x01 \x01(\x08\x12%\n\x06holder\x18\x02 \x01(\x0b\x32\x15.resilience.v1.Holder\x12\x1a\n\x12last_fencing_token\x18\x03 \x01(\x04\x32\xa4\x03\n\x0bLockService\x12T\n\x0b\x41\x63quireLock\x12!.resilience.v1.AcquireLockRequest\x1a\".resilience.v1.AcquireLockResponse\x12T\n\x0bReleaseLock\x12!.resilience.v1.ReleaseLockRequest\x1a\".resilience.v1.ReleaseLockResponse\x12N\n\tRenewLock\x12\x1f.resilience.v1.RenewLockRequest\x1a .resilience.v1.RenewLockResponse\x12O\n\x08HoldLock\x12\x1e.resilience.v1.HoldLockRequest\x1a\x1f.resilience.v1.HoldLockResponse(\x01\x30\x01\x12H\n\x07GetLock\x12\x1d.resilience.v1.GetLockRequest\x1a\x1e.resilience.v1.GetLockResponseBYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\x08\x02 \x03\x62\x08\x65\x64itionsp\xe8\x07')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18resilience/v1/lock.proto\x12\rresilience.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"}\n\x05Lease\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\x05 \x01(\t\"_\n\x06Holder\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x15\n\rfencing_token\x18\x02 \x01(\x04\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x89\x01\n\x12\x41\x63quireLockRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0cwait_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05owner\x18\x04 \x01(\t\"s\n\x13\x41\x63quireLockResponse\x12\x10\n\x08\x61\x63quired\x18\x01 \x01(\x08\x12#\n\x05lease\x18\x02 \x01(\x0b\x32\x14.resilience.v1.Lease\x12%\n\x06holder\x18\x03 \x01(\x0b\x32\x15.resilience.v1.Holder\"3\n\x12ReleaseLockRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\"\x15\n\x13ReleaseLockResponse\"Y\n\x10RenewLockRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x10\n\x08lease_id\x18\x02 \x01(\t\x12&\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"D\n\x11RenewLockResponse\x12/\n\x0b\x65xpire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc7\x02\n\x0fHoldLockRequest\x12\x39\n\x07\x61\x63quire\x18\x01 \x01(\x0b\x32&.resilience.v1.HoldLockRequest.AcquireH\x00\x12\x39\n\x07release\x18\x02 \x01(\x0b\x32&.resilience.v1.HoldLockRequest.ReleaseH\x00\x1a\xab\x01\n\x07\x41\x63quire\x12\x0b\n\x03key\x18\x01 \x01(\t\x12&\n\x03ttl\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0cwait_timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05owner\x18\x04 \x01(\t\x12+\n\x08max_hold\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a\t\n\x07ReleaseB\x05\n\x03msg\"\x90\x05\n\x10HoldLockResponse\x12(\n\x08\x61\x63quired\x18\x01 \x01(\x0b\x32\x14.resilience.v1.LeaseH\x00\x12\x43\n\x0cnot_acquired\x18\x02 \x01(\x0b\x32+.resilience.v1.HoldLockResponse.NotAcquiredH\x00\x12:\n\x07renewed\x18\x03 \x01(\x0b\x32\'.resilience.v1.HoldLockResponse.RenewedH\x00\x12<\n\x08released\x18\x04 \x01(\x0b\x32(.resilience.v1.HoldLockResponse.ReleasedH\x00\x12\x34\n\x04lost\x18\x05 \x01(\x0b\x32$.resilience.v1.HoldLockResponse.LostH\x00\x1a\x34\n\x0bNotAcquired\x12%\n\x06holder\x18\x01 \x01(\x0b\x32\x15.resilience.v1.Holder\x1a:\n\x07Renewed\x12/\n\x0b\x65xpire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\n\n\x08Released\x1a\xd5\x01\n\x04Lost\x12;\n\x06reason\x18\x01 \x01(\x0e\x32+.resilience.v1.HoldLockResponse.Lost.Reason\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x7f\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x15\n\x11REASON_LEASE_LOST\x10\x01\x12\x13\n\x0fREASON_MAX_HOLD\x10\x02\x12\x13\n\x0fREASON_SHUTDOWN\x10\x03\x12\x1c\n\x18REASON_STORE_UNAVAILABLE\x10\x04\x42\x07\n\x05\x65vent\"\x1d\n\x0eGetLockRequest\x12\x0b\n\x03key\x18\x01 \x01(\t\"b\n\x0fGetLockResponse\x12\x0c\n\x04held\x18\x01 \x01(\x08\x12%\n\x06holder\x18\x02 \x01(\x0b\x32\x15.resilience.v1.Holder\x12\x1a\n\x12last_fencing_token\x18\x03 \x01(\x04\x32\xb3\x04\n\x0bLockService\x12{\n\x0b\x41\x63quireLock\x12!.resilience.v1.AcquireLockRequest\x1a\".resilience.v1.AcquireLockResponse\"%\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/locks/{key=**}:acquire:\x01*\x12{\n\x0bReleaseLock\x12!.resilience.v1.ReleaseLockRequest\x1a\".resilience.v1.ReleaseLockResponse\"%\x82\xd3\xe4\x93\x02\x1f\"\x1a/v1/locks/{key=**}:release:\x01*\x12s\n\tRenewLock\x12\x1f.resilience.v1.RenewLockRequest\x1a .resilience.v1.RenewLockResponse\"#\x82\xd3\xe4\x93\x02\x1d\"\x18/v1/locks/{key=**}:renew:\x01*\x12O\n\x08HoldLock\x12\x1e.resilience.v1.HoldLockRequest\x1a\x1f.resilience.v1.HoldLockResponse(\x01\x30\x01\x12\x64\n\x07GetLock\x12\x1d.resilience.v1.GetLockRequest\x1a\x1e.resilience.v1.GetLockResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/locks/{key=**}BYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\x08\x02 \x03\x62\x08\x65\x64itionsp\xe8\x07')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,44 +35,52 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'resilience.v1.lock_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\222\003\004\010\002 \003'
-  _globals['_LEASE']._serialized_start=108
-  _globals['_LEASE']._serialized_end=233
-  _globals['_HOLDER']._serialized_start=235
-  _globals['_HOLDER']._serialized_end=330
-  _globals['_ACQUIRELOCKREQUEST']._serialized_start=333
-  _globals['_ACQUIRELOCKREQUEST']._serialized_end=470
-  _globals['_ACQUIRELOCKRESPONSE']._serialized_start=472
-  _globals['_ACQUIRELOCKRESPONSE']._serialized_end=587
-  _globals['_RELEASELOCKREQUEST']._serialized_start=589
-  _globals['_RELEASELOCKREQUEST']._serialized_end=640
-  _globals['_RELEASELOCKRESPONSE']._serialized_start=642
-  _globals['_RELEASELOCKRESPONSE']._serialized_end=663
-  _globals['_RENEWLOCKREQUEST']._serialized_start=665
-  _globals['_RENEWLOCKREQUEST']._serialized_end=754
-  _globals['_RENEWLOCKRESPONSE']._serialized_start=756
-  _globals['_RENEWLOCKRESPONSE']._serialized_end=824
-  _globals['_HOLDLOCKREQUEST']._serialized_start=827
-  _globals['_HOLDLOCKREQUEST']._serialized_end=1154
-  _globals['_HOLDLOCKREQUEST_ACQUIRE']._serialized_start=965
-  _globals['_HOLDLOCKREQUEST_ACQUIRE']._serialized_end=1136
-  _globals['_HOLDLOCKREQUEST_RELEASE']._serialized_start=1138
-  _globals['_HOLDLOCKREQUEST_RELEASE']._serialized_end=1147
-  _globals['_HOLDLOCKRESPONSE']._serialized_start=1157
-  _globals['_HOLDLOCKRESPONSE']._serialized_end=1813
-  _globals['_HOLDLOCKRESPONSE_NOTACQUIRED']._serialized_start=1464
-  _globals['_HOLDLOCKRESPONSE_NOTACQUIRED']._serialized_end=1516
-  _globals['_HOLDLOCKRESPONSE_RENEWED']._serialized_start=1518
-  _globals['_HOLDLOCKRESPONSE_RENEWED']._serialized_end=1576
-  _globals['_HOLDLOCKRESPONSE_RELEASED']._serialized_start=1578
-  _globals['_HOLDLOCKRESPONSE_RELEASED']._serialized_end=1588
-  _globals['_HOLDLOCKRESPONSE_LOST']._serialized_start=1591
-  _globals['_HOLDLOCKRESPONSE_LOST']._serialized_end=1804
-  _globals['_HOLDLOCKRESPONSE_LOST_REASON']._serialized_start=1677
-  _globals['_HOLDLOCKRESPONSE_LOST_REASON']._serialized_end=1804
-  _globals['_GETLOCKREQUEST']._serialized_start=1815
-  _globals['_GETLOCKREQUEST']._serialized_end=1844
-  _globals['_GETLOCKRESPONSE']._serialized_start=1846
-  _globals['_GETLOCKRESPONSE']._serialized_end=1944
-  _globals['_LOCKSERVICE']._serialized_start=1947
-  _globals['_LOCKSERVICE']._serialized_end=2367
+  _globals['_LOCKSERVICE'].methods_by_name['AcquireLock']._loaded_options = None
+  _globals['_LOCKSERVICE'].methods_by_name['AcquireLock']._serialized_options = b'\202\323\344\223\002\037\"\032/v1/locks/{key=**}:acquire:\001*'
+  _globals['_LOCKSERVICE'].methods_by_name['ReleaseLock']._loaded_options = None
+  _globals['_LOCKSERVICE'].methods_by_name['ReleaseLock']._serialized_options = b'\202\323\344\223\002\037\"\032/v1/locks/{key=**}:release:\001*'
+  _globals['_LOCKSERVICE'].methods_by_name['RenewLock']._loaded_options = None
+  _globals['_LOCKSERVICE'].methods_by_name['RenewLock']._serialized_options = b'\202\323\344\223\002\035\"\030/v1/locks/{key=**}:renew:\001*'
+  _globals['_LOCKSERVICE'].methods_by_name['GetLock']._loaded_options = None
+  _globals['_LOCKSERVICE'].methods_by_name['GetLock']._serialized_options = b'\202\323\344\223\002\024\022\022/v1/locks/{key=**}'
+  _globals['_LEASE']._serialized_start=138
+  _globals['_LEASE']._serialized_end=263
+  _globals['_HOLDER']._serialized_start=265
+  _globals['_HOLDER']._serialized_end=360
+  _globals['_ACQUIRELOCKREQUEST']._serialized_start=363
+  _globals['_ACQUIRELOCKREQUEST']._serialized_end=500
+  _globals['_ACQUIRELOCKRESPONSE']._serialized_start=502
+  _globals['_ACQUIRELOCKRESPONSE']._serialized_end=617
+  _globals['_RELEASELOCKREQUEST']._serialized_start=619
+  _globals['_RELEASELOCKREQUEST']._serialized_end=670
+  _globals['_RELEASELOCKRESPONSE']._serialized_start=672
+  _globals['_RELEASELOCKRESPONSE']._serialized_end=693
+  _globals['_RENEWLOCKREQUEST']._serialized_start=695
+  _globals['_RENEWLOCKREQUEST']._serialized_end=784
+  _globals['_RENEWLOCKRESPONSE']._serialized_start=786
+  _globals['_RENEWLOCKRESPONSE']._serialized_end=854
+  _globals['_HOLDLOCKREQUEST']._serialized_start=857
+  _globals['_HOLDLOCKREQUEST']._serialized_end=1184
+  _globals['_HOLDLOCKREQUEST_ACQUIRE']._serialized_start=995
+  _globals['_HOLDLOCKREQUEST_ACQUIRE']._serialized_end=1166
+  _globals['_HOLDLOCKREQUEST_RELEASE']._serialized_start=1168
+  _globals['_HOLDLOCKREQUEST_RELEASE']._serialized_end=1177
+  _globals['_HOLDLOCKRESPONSE']._serialized_start=1187
+  _globals['_HOLDLOCKRESPONSE']._serialized_end=1843
+  _globals['_HOLDLOCKRESPONSE_NOTACQUIRED']._serialized_start=1494
+  _globals['_HOLDLOCKRESPONSE_NOTACQUIRED']._serialized_end=1546
+  _globals['_HOLDLOCKRESPONSE_RENEWED']._serialized_start=1548
+  _globals['_HOLDLOCKRESPONSE_RENEWED']._serialized_end=1606
+  _globals['_HOLDLOCKRESPONSE_RELEASED']._serialized_start=1608
+  _globals['_HOLDLOCKRESPONSE_RELEASED']._serialized_end=1618
+  _globals['_HOLDLOCKRESPONSE_LOST']._serialized_start=1621
+  _globals['_HOLDLOCKRESPONSE_LOST']._serialized_end=1834
+  _globals['_HOLDLOCKRESPONSE_LOST_REASON']._serialized_start=1707
+  _globals['_HOLDLOCKRESPONSE_LOST_REASON']._serialized_end=1834
+  _globals['_GETLOCKREQUEST']._serialized_start=1845
+  _globals['_GETLOCKREQUEST']._serialized_end=1874
+  _globals['_GETLOCKRESPONSE']._serialized_start=1876
+  _globals['_GETLOCKRESPONSE']._serialized_end=1974
+  _globals['_LOCKSERVICE']._serialized_start=1977
+  _globals['_LOCKSERVICE']._serialized_end=2540
 # @@protoc_insertion_point(module_scope)

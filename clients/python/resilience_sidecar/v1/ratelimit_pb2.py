@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dresilience/v1/ratelimit.proto\x12\rresilience.v1\x1a\x1egoogle/protobuf/duration.proto\"\x96\x01\n\x0bTakeRequest\x12\x0f\n\x07limiter\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0c\n\x04\x63ost\x18\x03 \x01(\x03\x12/\n\x0cwait_timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04rate\x18\x05 \x01(\x01\x12\r\n\x05\x62urst\x18\x06 \x01(\x03\x12\r\n\x05limit\x18\x07 \x01(\x03\"\xc3\x01\n\x0cTakeResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x11\n\tremaining\x18\x02 \x01(\x03\x12.\n\x0bretry_after\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0breset_after\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05limit\x18\x05 \x01(\x03\x12\x10\n\x08\x64\x65graded\x18\x06 \x01(\x08\x12\x0e\n\x06\x63\x61\x63hed\x18\x07 \x01(\x08\"/\n\x0fGetLimitRequest\x12\x0f\n\x07limiter\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"\xef\x02\n\x0bRateLimiter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x34\n\talgorithm\x18\x02 \x01(\x0e\x32!.resilience.v1.RateLimitAlgorithm\x12\x0c\n\x04rate\x18\x03 \x01(\x01\x12)\n\x06period\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05\x62urst\x18\x05 \x01(\x03\x12\r\n\x05limit\x18\x06 \x01(\x03\x12)\n\x06window\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08max_cost\x18\x08 \x01(\x03\x12\x35\n\nstore_down\x18\t \x01(\x0e\x32!.resilience.v1.RateLimitStoreDown\x12\x19\n\x11\x65xpected_sidecars\x18\n \x01(\x05\x12\x10\n\x08max_rate\x18\x0b \x01(\x01\x12\x11\n\tmax_burst\x18\x0c \x01(\x03\x12\x11\n\tmax_limit\x18\r \x01(\x03\"\xe4\x01\n\x10GetLimitResponse\x12+\n\x07limiter\x18\x01 \x01(\x0b\x32\x1a.resilience.v1.RateLimiter\x12\x0f\n\x07\x61llowed\x18\x02 \x01(\x08\x12\x11\n\tremaining\x18\x03 \x01(\x03\x12.\n\x0bretry_after\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0breset_after\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05limit\x18\x06 \x01(\x03\x12\x10\n\x08\x64\x65graded\x18\x07 \x01(\x08*\xa9\x01\n\x12RateLimitAlgorithm\x12$\n RATE_LIMIT_ALGORITHM_UNSPECIFIED\x10\x00\x12\x1d\n\x19RATE_LIMIT_ALGORITHM_GCRA\x10\x01\x12\'\n#RATE_LIMIT_ALGORITHM_SLIDING_WINDOW\x10\x02\x12%\n!RATE_LIMIT_ALGORITHM_FIXED_WINDOW\x10\x03*\xa8\x01\n\x12RateLimitStoreDown\x12%\n!RATE_LIMIT_STORE_DOWN_UNSPECIFIED\x10\x00\x12#\n\x1fRATE_LIMIT_STORE_DOWN_FAIL_OPEN\x10\x01\x12%\n!RATE_LIMIT_STORE_DOWN_FAIL_CLOSED\x10\x02\x12\x1f\n\x1bRATE_LIMIT_STORE_DOWN_LOCAL\x10\x03\x32\xa0\x01\n\x10RateLimitService\x12?\n\x04Take\x12\x1a.resilience.v1.TakeRequest\x1a\x1b.resilience.v1.TakeResponse\x12K\n\x08GetLimit\x12\x1e.resilience.v1.GetLimitRequest\x1a\x1f.resilience.v1.GetLimitResponseBYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\x08\x02 \x03\x62\x08\x65\x64itionsp\xe8\x07')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dresilience/v1/ratelimit.proto\x12\rresilience.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\"\x96\x01\n\x0bTakeRequest\x12\x0f\n\x07limiter\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\x12\x0c\n\x04\x63ost\x18\x03 \x01(\x03\x12/\n\x0cwait_timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0c\n\x04rate\x18\x05 \x01(\x01\x12\r\n\x05\x62urst\x18\x06 \x01(\x03\x12\r\n\x05limit\x18\x07 \x01(\x03\"\xc3\x01\n\x0cTakeResponse\x12\x0f\n\x07\x61llowed\x18\x01 \x01(\x08\x12\x11\n\tremaining\x18\x02 \x01(\x03\x12.\n\x0bretry_after\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0breset_after\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05limit\x18\x05 \x01(\x03\x12\x10\n\x08\x64\x65graded\x18\x06 \x01(\x08\x12\x0e\n\x06\x63\x61\x63hed\x18\x07 \x01(\x08\"/\n\x0fGetLimitRequest\x12\x0f\n\x07limiter\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x01(\t\"\xef\x02\n\x0bRateLimiter\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x34\n\talgorithm\x18\x02 \x01(\x0e\x32!.resilience.v1.RateLimitAlgorithm\x12\x0c\n\x04rate\x18\x03 \x01(\x01\x12)\n\x06period\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05\x62urst\x18\x05 \x01(\x03\x12\r\n\x05limit\x18\x06 \x01(\x03\x12)\n\x06window\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08max_cost\x18\x08 \x01(\x03\x12\x35\n\nstore_down\x18\t \x01(\x0e\x32!.resilience.v1.RateLimitStoreDown\x12\x19\n\x11\x65xpected_sidecars\x18\n \x01(\x05\x12\x10\n\x08max_rate\x18\x0b \x01(\x01\x12\x11\n\tmax_burst\x18\x0c \x01(\x03\x12\x11\n\tmax_limit\x18\r \x01(\x03\"\xe4\x01\n\x10GetLimitResponse\x12+\n\x07limiter\x18\x01 \x01(\x0b\x32\x1a.resilience.v1.RateLimiter\x12\x0f\n\x07\x61llowed\x18\x02 \x01(\x08\x12\x11\n\tremaining\x18\x03 \x01(\x03\x12.\n\x0bretry_after\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12.\n\x0breset_after\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05limit\x18\x06 \x01(\x03\x12\x10\n\x08\x64\x65graded\x18\x07 \x01(\x08*\xa9\x01\n\x12RateLimitAlgorithm\x12$\n RATE_LIMIT_ALGORITHM_UNSPECIFIED\x10\x00\x12\x1d\n\x19RATE_LIMIT_ALGORITHM_GCRA\x10\x01\x12\'\n#RATE_LIMIT_ALGORITHM_SLIDING_WINDOW\x10\x02\x12%\n!RATE_LIMIT_ALGORITHM_FIXED_WINDOW\x10\x03*\xa8\x01\n\x12RateLimitStoreDown\x12%\n!RATE_LIMIT_STORE_DOWN_UNSPECIFIED\x10\x00\x12#\n\x1fRATE_LIMIT_STORE_DOWN_FAIL_OPEN\x10\x01\x12%\n!RATE_LIMIT_STORE_DOWN_FAIL_CLOSED\x10\x02\x12\x1f\n\x1bRATE_LIMIT_STORE_DOWN_LOCAL\x10\x03\x32\x84\x02\n\x10RateLimitService\x12u\n\x04Take\x12\x1a.resilience.v1.TakeRequest\x1a\x1b.resilience.v1.TakeResponse\"4\x82\xd3\xe4\x93\x02.\")/v1/limiters/{limiter}/keys/{key=**}:take:\x01*\x12y\n\x08GetLimit\x12\x1e.resilience.v1.GetLimitRequest\x1a\x1f.resilience.v1.GetLimitResponse\",\x82\xd3\xe4\x93\x02&\x12$/v1/limiters/{limiter}/keys/{key=**}BYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\x08\x02 \x03\x62\x08\x65\x64itionsp\xe8\x07')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,20 +34,24 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'resilience.v1.ratelimit_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\222\003\004\010\002 \003'
-  _globals['_RATELIMITALGORITHM']._serialized_start=1082
-  _globals['_RATELIMITALGORITHM']._serialized_end=1251
-  _globals['_RATELIMITSTOREDOWN']._serialized_start=1254
-  _globals['_RATELIMITSTOREDOWN']._serialized_end=1422
-  _globals['_TAKEREQUEST']._serialized_start=81
-  _globals['_TAKEREQUEST']._serialized_end=231
-  _globals['_TAKERESPONSE']._serialized_start=234
-  _globals['_TAKERESPONSE']._serialized_end=429
-  _globals['_GETLIMITREQUEST']._serialized_start=431
-  _globals['_GETLIMITREQUEST']._serialized_end=478
-  _globals['_RATELIMITER']._serialized_start=481
-  _globals['_RATELIMITER']._serialized_end=848
-  _globals['_GETLIMITRESPONSE']._serialized_start=851
-  _globals['_GETLIMITRESPONSE']._serialized_end=1079
-  _globals['_RATELIMITSERVICE']._serialized_start=1425
-  _globals['_RATELIMITSERVICE']._serialized_end=1585
+  _globals['_RATELIMITSERVICE'].methods_by_name['Take']._loaded_options = None
+  _globals['_RATELIMITSERVICE'].methods_by_name['Take']._serialized_options = b'\202\323\344\223\002.\")/v1/limiters/{limiter}/keys/{key=**}:take:\001*'
+  _globals['_RATELIMITSERVICE'].methods_by_name['GetLimit']._loaded_options = None
+  _globals['_RATELIMITSERVICE'].methods_by_name['GetLimit']._serialized_options = b'\202\323\344\223\002&\022$/v1/limiters/{limiter}/keys/{key=**}'
+  _globals['_RATELIMITALGORITHM']._serialized_start=1112
+  _globals['_RATELIMITALGORITHM']._serialized_end=1281
+  _globals['_RATELIMITSTOREDOWN']._serialized_start=1284
+  _globals['_RATELIMITSTOREDOWN']._serialized_end=1452
+  _globals['_TAKEREQUEST']._serialized_start=111
+  _globals['_TAKEREQUEST']._serialized_end=261
+  _globals['_TAKERESPONSE']._serialized_start=264
+  _globals['_TAKERESPONSE']._serialized_end=459
+  _globals['_GETLIMITREQUEST']._serialized_start=461
+  _globals['_GETLIMITREQUEST']._serialized_end=508
+  _globals['_RATELIMITER']._serialized_start=511
+  _globals['_RATELIMITER']._serialized_end=878
+  _globals['_GETLIMITRESPONSE']._serialized_start=881
+  _globals['_GETLIMITRESPONSE']._serialized_end=1109
+  _globals['_RATELIMITSERVICE']._serialized_start=1455
+  _globals['_RATELIMITSERVICE']._serialized_end=1715
 # @@protoc_insertion_point(module_scope)

@@ -22,12 +22,13 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from resilience_sidecar.v1 import breaker_pb2 as resilience_dot_v1_dot_breaker__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18resilience/v1/saga.proto\x12\rresilience.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bresilience/v1/breaker.proto\"\x87\x01\n\x0c\x43ompensation\x12\x10\n\x08upstream\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\r\n\x05query\x18\x04 \x01(\t\x12*\n\x07headers\x18\x05 \x03(\x0b\x32\x19.resilience.v1.HttpHeader\x12\x0c\n\x04\x62ody\x18\x06 \x01(\x0c\"\x99\x02\n\x08SagaStep\x12\x0c\n\x04step\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x31\n\x0c\x63ompensation\x18\x03 \x01(\x0b\x32\x1b.resilience.v1.Compensation\x12\x31\n\x06status\x18\x04 \x01(\x0e\x32!.resilience.v1.CompensationStatus\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\r\x12\x12\n\nlast_error\x18\x06 \x01(\t\x12/\n\x0brecord_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0f\x63ompensate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xaf\x04\n\x04Saga\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.resilience.v1.SagaState\x12\x33\n\x08metadata\x18\x04 \x03(\x0b\x32!.resilience.v1.Saga.MetadataEntry\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x0b \x01(\t\x12\x12\n\nlast_error\x18\x0c \x01(\t\x12\x12\n\nstep_count\x18\r \x01(\r\x12&\n\x05steps\x18\x0e \x03(\x0b\x32\x17.resilience.v1.SagaStep\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xcf\x01\n\x10StartSagaRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12?\n\x08metadata\x18\x04 \x03(\x0b\x32-.resilience.v1.StartSagaRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"G\n\x11StartSagaResponse\x12!\n\x04saga\x18\x01 \x01(\x0b\x32\x13.resilience.v1.Saga\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"e\n\x11RecordStepRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\x31\n\x0c\x63ompensation\x18\x03 \x01(\x0b\x32\x1b.resilience.v1.Compensation\"4\n\x12RecordStepResponse\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"&\n\x13\x43ompleteSagaRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\"9\n\x14\x43ompleteSagaResponse\x12!\n\x04saga\x18\x01 \x01(\x0b\x32\x13.resilience.v1.Saga\"3\n\x10\x41\x62ortSagaRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"6\n\x11\x41\x62ortSagaResponse\x12!\n\x04saga\x18\x01 \x01(\x0b\x32\x13.resilience.v1.Saga\"!\n\x0eGetSagaRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\"4\n\x0fGetSagaResponse\x12!\n\x04saga\x18\x01 \x01(\x0b\x32\x13.resilience.v1.Saga\"b\n\x10ListSagasRequest\x12\'\n\x05state\x18\x01 \x01(\x0e\x32\x18.resilience.v1.SagaState\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"P\n\x11ListSagasResponse\x12\"\n\x05sagas\x18\x01 \x03(\x0b\x32\x13.resilience.v1.Saga\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x18RetryCompensationRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\">\n\x19RetryCompensationResponse\x12!\n\x04saga\x18\x01 \x01(\x0b\x32\x13.resilience.v1.Saga*\xb6\x01\n\tSagaState\x12\x1a\n\x16SAGA_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12SAGA_STATE_RUNNING\x10\x01\x12\x18\n\x14SAGA_STATE_COMPLETED\x10\x02\x12\x1b\n\x17SAGA_STATE_COMPENSATING\x10\x03\x12\x1a\n\x16SAGA_STATE_COMPENSATED\x10\x04\x12\"\n\x1eSAGA_STATE_COMPENSATION_FAILED\x10\x05*\x9d\x01\n\x12\x43ompensationStatus\x12#\n\x1f\x43OMPENSATION_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43OMPENSATION_STATUS_PENDING\x10\x01\x12!\n\x1d\x43OMPENSATION_STATUS_SUCCEEDED\x10\x02\x12\x1e\n\x1a\x43OMPENSATION_STATUS_FAILED\x10\x03\x32\xdb\x04\n\x0bSagaService\x12N\n\tStartSaga\x12\x1f.resilience.v1.StartSagaRequest\x1a .resilience.v1.StartSagaResponse\x12Q\n\nRecordStep\x12 .resilience.v1.RecordStepRequest\x1a!.resilience.v1.RecordStepResponse\x12W\n\x0c\x43ompleteSaga\x12\".resilience.v1.CompleteSagaRequest\x1a#.resilience.v1.CompleteSagaResponse\x12N\n\tAbortSaga\x12\x1f.resilience.v1.AbortSagaRequest\x1a .resilience.v1.AbortSagaResponse\x12H\n\x07GetSaga\x12\x1d.resilience.v1.GetSagaRequest\x1a\x1e.resilience.v1.GetSagaResponse\x12N\n\tListSagas\x12\x1f.resilience.v1.ListSagasRequest\x1a .resilience.v1.ListSagasResponse\x12\x66\n\x11RetryCompensation\x12\'.resilience.v1.RetryCompensationRequest\x1a(.resilience.v1.RetryCompensationResponseBYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\x08\x02 \x03\x62\x08\x65\x64itionsp\xe8\x07')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18resilience/v1/saga.proto\x12\rresilience.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1bresilience/v1/breaker.proto\"\x87\x01\n\x0c\x43ompensation\x12\x10\n\x08upstream\x18\x01 \x01(\t\x12\x0e\n\x06method\x18\x02 \x01(\t\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\r\n\x05query\x18\x04 \x01(\t\x12*\n\x07headers\x18\x05 \x03(\x0b\x32\x19.resilience.v1.HttpHeader\x12\x0c\n\x04\x62ody\x18\x06 \x01(\x0c\"\x99\x02\n\x08SagaStep\x12\x0c\n\x04step\x18\x01 \x01(\t\x12\r\n\x05index\x18\x02 \x01(\r\x12\x31\n\x0c\x63ompensation\x18\x03 \x01(\x0b\x32\x1b.resilience.v1.Compensation\x12\x31\n\x06status\x18\x04 \x01(\x0e\x32!.resilience.v1.CompensationStatus\x12\x10\n\x08\x61ttempts\x18\x05 \x01(\r\x12\x12\n\nlast_error\x18\x06 \x01(\t\x12/\n\x0brecord_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0f\x63ompensate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xaf\x04\n\x04Saga\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\'\n\x05state\x18\x03 \x01(\x0e\x32\x18.resilience.v1.SagaState\x12\x33\n\x08metadata\x18\x04 \x03(\x0b\x32!.resilience.v1.Saga.MetadataEntry\x12*\n\x07timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0bupdate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x64\x65\x61\x64line\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x0b \x01(\t\x12\x12\n\nlast_error\x18\x0c \x01(\t\x12\x12\n\nstep_count\x18\r \x01(\r\x12&\n\x05steps\x18\x0e \x03(\x0b\x32\x17.resilience.v1.SagaStep\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xcf\x01\n\x10StartSagaRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12?\n\x08metadata\x18\x04 \x03(\x0b\x32-.resilience.v1.StartSagaRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"G\n\x11StartSagaResponse\x12!\n\x04saga\x18\x01 \x01(\x0b\x32\x13.resilience.v1.Saga\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"e\n\x11RecordStepRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x0c\n\x04step\x18\x02 \x01(\t\x12\x31\n\x0c\x63ompensation\x18\x03 \x01(\x0b\x32\x1b.resilience.v1.Compensation\"4\n\x12RecordStepResponse\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"&\n\x13\x43ompleteSagaRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\"9\n\x14\x43ompleteSagaResponse\x12!\n\x04saga\x18\x01 \x01(\x0b\x32\x13.resilience.v1.Saga\"3\n\x10\x41\x62ortSagaRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"6\n\x11\x41\x62ortSagaResponse\x12!\n\x04saga\x18\x01 \x01(\x0b\x32\x13.resilience.v1.Saga\"!\n\x0eGetSagaRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\"4\n\x0fGetSagaResponse\x12!\n\x04saga\x18\x01 \x01(\x0b\x32\x13.resilience.v1.Saga\"b\n\x10ListSagasRequest\x12\'\n\x05state\x18\x01 \x01(\x0e\x32\x18.resilience.v1.SagaState\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"P\n\x11ListSagasResponse\x12\"\n\x05sagas\x18\x01 \x03(\x0b\x32\x13.resilience.v1.Saga\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"+\n\x18RetryCompensationRequest\x12\x0f\n\x07saga_id\x18\x01 \x01(\t\">\n\x19RetryCompensationResponse\x12!\n\x04saga\x18\x01 \x01(\x0b\x32\x13.resilience.v1.Saga*\xb6\x01\n\tSagaState\x12\x1a\n\x16SAGA_STATE_UNSPECIFIED\x10\x00\x12\x16\n\x12SAGA_STATE_RUNNING\x10\x01\x12\x18\n\x14SAGA_STATE_COMPLETED\x10\x02\x12\x1b\n\x17SAGA_STATE_COMPENSATING\x10\x03\x12\x1a\n\x16SAGA_STATE_COMPENSATED\x10\x04\x12\"\n\x1eSAGA_STATE_COMPENSATION_FAILED\x10\x05*\x9d\x01\n\x12\x43ompensationStatus\x12#\n\x1f\x43OMPENSATION_STATUS_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43OMPENSATION_STATUS_PENDING\x10\x01\x12!\n\x1d\x43OMPENSATION_STATUS_SUCCEEDED\x10\x02\x12\x1e\n\x1a\x43OMPENSATION_STATUS_FAILED\x10\x03\x32\xde\x06\n\x0bSagaService\x12\x64\n\tStartSaga\x12\x1f.resilience.v1.StartSagaRequest\x1a .resilience.v1.StartSagaResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\"\t/v1/sagas:\x01*\x12\x7f\n\nRecordStep\x12 .resilience.v1.RecordStepRequest\x1a!.resilience.v1.RecordStepResponse\",\x82\xd3\xe4\x93\x02&\"!/v1/sagas/{saga_id=**}:recordStep:\x01*\x12\x83\x01\n\x0c\x43ompleteSaga\x12\".resilience.v1.CompleteSagaRequest\x1a#.resilience.v1.CompleteSagaResponse\"*\x82\xd3\xe4\x93\x02$\"\x1f/v1/sagas/{saga_id=**}:complete:\x01*\x12w\n\tAbortSaga\x12\x1f.resilience.v1.AbortSagaRequest\x1a .resilience.v1.AbortSagaResponse\"\'\x82\xd3\xe4\x93\x02!\"\x1c/v1/sagas/{saga_id=**}:abort:\x01*\x12h\n\x07GetSaga\x12\x1d.resilience.v1.GetSagaRequest\x1a\x1e.resilience.v1.GetSagaResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/sagas/{saga_id=**}\x12\x61\n\tListSagas\x12\x1f.resilience.v1.ListSagasRequest\x1a .resilience.v1.ListSagasResponse\"\x11\x82\xd3\xe4\x93\x02\x0b\x12\t/v1/sagas\x12\x9b\x01\n\x11RetryCompensation\x12\'.resilience.v1.RetryCompensationRequest\x1a(.resilience.v1.RetryCompensationResponse\"3\x82\xd3\xe4\x93\x02-\"(/v1/sagas/{saga_id=**}:retryCompensation:\x01*BYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\x08\x02 \x03\x62\x08\x65\x64itionsp\xe8\x07')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,48 +40,62 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SAGA_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_STARTSAGAREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_STARTSAGAREQUEST_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_SAGASTATE']._serialized_start=2150
-  _globals['_SAGASTATE']._serialized_end=2332
-  _globals['_COMPENSATIONSTATUS']._serialized_start=2335
-  _globals['_COMPENSATIONSTATUS']._serialized_end=2492
-  _globals['_COMPENSATION']._serialized_start=138
-  _globals['_COMPENSATION']._serialized_end=273
-  _globals['_SAGASTEP']._serialized_start=276
-  _globals['_SAGASTEP']._serialized_end=557
-  _globals['_SAGA']._serialized_start=560
-  _globals['_SAGA']._serialized_end=1119
-  _globals['_SAGA_METADATAENTRY']._serialized_start=1072
-  _globals['_SAGA_METADATAENTRY']._serialized_end=1119
-  _globals['_STARTSAGAREQUEST']._serialized_start=1122
-  _globals['_STARTSAGAREQUEST']._serialized_end=1329
-  _globals['_STARTSAGAREQUEST_METADATAENTRY']._serialized_start=1072
-  _globals['_STARTSAGAREQUEST_METADATAENTRY']._serialized_end=1119
-  _globals['_STARTSAGARESPONSE']._serialized_start=1331
-  _globals['_STARTSAGARESPONSE']._serialized_end=1402
-  _globals['_RECORDSTEPREQUEST']._serialized_start=1404
-  _globals['_RECORDSTEPREQUEST']._serialized_end=1505
-  _globals['_RECORDSTEPRESPONSE']._serialized_start=1507
-  _globals['_RECORDSTEPRESPONSE']._serialized_end=1559
-  _globals['_COMPLETESAGAREQUEST']._serialized_start=1561
-  _globals['_COMPLETESAGAREQUEST']._serialized_end=1599
-  _globals['_COMPLETESAGARESPONSE']._serialized_start=1601
-  _globals['_COMPLETESAGARESPONSE']._serialized_end=1658
-  _globals['_ABORTSAGAREQUEST']._serialized_start=1660
-  _globals['_ABORTSAGAREQUEST']._serialized_end=1711
-  _globals['_ABORTSAGARESPONSE']._serialized_start=1713
-  _globals['_ABORTSAGARESPONSE']._serialized_end=1767
-  _globals['_GETSAGAREQUEST']._serialized_start=1769
-  _globals['_GETSAGAREQUEST']._serialized_end=1802
-  _globals['_GETSAGARESPONSE']._serialized_start=1804
-  _globals['_GETSAGARESPONSE']._serialized_end=1856
-  _globals['_LISTSAGASREQUEST']._serialized_start=1858
-  _globals['_LISTSAGASREQUEST']._serialized_end=1956
-  _globals['_LISTSAGASRESPONSE']._serialized_start=1958
-  _globals['_LISTSAGASRESPONSE']._serialized_end=2038
-  _globals['_RETRYCOMPENSATIONREQUEST']._serialized_start=2040
-  _globals['_RETRYCOMPENSATIONREQUEST']._serialized_end=2083
-  _globals['_RETRYCOMPENSATIONRESPONSE']._serialized_start=2085
-  _globals['_RETRYCOMPENSATIONRESPONSE']._serialized_end=2147
-  _globals['_SAGASERVICE']._serialized_start=2495
-  _globals['_SAGASERVICE']._serialized_end=3098
+  _globals['_SAGASERVICE'].methods_by_name['StartSaga']._loaded_options = None
+  _globals['_SAGASERVICE'].methods_by_name['StartSaga']._serialized_options = b'\202\323\344\223\002\016\"\t/v1/sagas:\001*'
+  _globals['_SAGASERVICE'].methods_by_name['RecordStep']._loaded_options = None
+  _globals['_SAGASERVICE'].methods_by_name['RecordStep']._serialized_options = b'\202\323\344\223\002&\"!/v1/sagas/{saga_id=**}:recordStep:\001*'
+  _globals['_SAGASERVICE'].methods_by_name['CompleteSaga']._loaded_options = None
+  _globals['_SAGASERVICE'].methods_by_name['CompleteSaga']._serialized_options = b'\202\323\344\223\002$\"\037/v1/sagas/{saga_id=**}:complete:\001*'
+  _globals['_SAGASERVICE'].methods_by_name['AbortSaga']._loaded_options = None
+  _globals['_SAGASERVICE'].methods_by_name['AbortSaga']._serialized_options = b'\202\323\344\223\002!\"\034/v1/sagas/{saga_id=**}:abort:\001*'
+  _globals['_SAGASERVICE'].methods_by_name['GetSaga']._loaded_options = None
+  _globals['_SAGASERVICE'].methods_by_name['GetSaga']._serialized_options = b'\202\323\344\223\002\030\022\026/v1/sagas/{saga_id=**}'
+  _globals['_SAGASERVICE'].methods_by_name['ListSagas']._loaded_options = None
+  _globals['_SAGASERVICE'].methods_by_name['ListSagas']._serialized_options = b'\202\323\344\223\002\013\022\t/v1/sagas'
+  _globals['_SAGASERVICE'].methods_by_name['RetryCompensation']._loaded_options = None
+  _globals['_SAGASERVICE'].methods_by_name['RetryCompensation']._serialized_options = b'\202\323\344\223\002-\"(/v1/sagas/{saga_id=**}:retryCompensation:\001*'
+  _globals['_SAGASTATE']._serialized_start=2180
+  _globals['_SAGASTATE']._serialized_end=2362
+  _globals['_COMPENSATIONSTATUS']._serialized_start=2365
+  _globals['_COMPENSATIONSTATUS']._serialized_end=2522
+  _globals['_COMPENSATION']._serialized_start=168
+  _globals['_COMPENSATION']._serialized_end=303
+  _globals['_SAGASTEP']._serialized_start=306
+  _globals['_SAGASTEP']._serialized_end=587
+  _globals['_SAGA']._serialized_start=590
+  _globals['_SAGA']._serialized_end=1149
+  _globals['_SAGA_METADATAENTRY']._serialized_start=1102
+  _globals['_SAGA_METADATAENTRY']._serialized_end=1149
+  _globals['_STARTSAGAREQUEST']._serialized_start=1152
+  _globals['_STARTSAGAREQUEST']._serialized_end=1359
+  _globals['_STARTSAGAREQUEST_METADATAENTRY']._serialized_start=1102
+  _globals['_STARTSAGAREQUEST_METADATAENTRY']._serialized_end=1149
+  _globals['_STARTSAGARESPONSE']._serialized_start=1361
+  _globals['_STARTSAGARESPONSE']._serialized_end=1432
+  _globals['_RECORDSTEPREQUEST']._serialized_start=1434
+  _globals['_RECORDSTEPREQUEST']._serialized_end=1535
+  _globals['_RECORDSTEPRESPONSE']._serialized_start=1537
+  _globals['_RECORDSTEPRESPONSE']._serialized_end=1589
+  _globals['_COMPLETESAGAREQUEST']._serialized_start=1591
+  _globals['_COMPLETESAGAREQUEST']._serialized_end=1629
+  _globals['_COMPLETESAGARESPONSE']._serialized_start=1631
+  _globals['_COMPLETESAGARESPONSE']._serialized_end=1688
+  _globals['_ABORTSAGAREQUEST']._serialized_start=1690
+  _globals['_ABORTSAGAREQUEST']._serialized_end=1741
+  _globals['_ABORTSAGARESPONSE']._serialized_start=1743
+  _globals['_ABORTSAGARESPONSE']._serialized_end=1797
+  _globals['_GETSAGAREQUEST']._serialized_start=1799
+  _globals['_GETSAGAREQUEST']._serialized_end=1832
+  _globals['_GETSAGARESPONSE']._serialized_start=1834
+  _globals['_GETSAGARESPONSE']._serialized_end=1886
+  _globals['_LISTSAGASREQUEST']._serialized_start=1888
+  _globals['_LISTSAGASREQUEST']._serialized_end=1986
+  _globals['_LISTSAGASRESPONSE']._serialized_start=1988
+  _globals['_LISTSAGASRESPONSE']._serialized_end=2068
+  _globals['_RETRYCOMPENSATIONREQUEST']._serialized_start=2070
+  _globals['_RETRYCOMPENSATIONREQUEST']._serialized_end=2113
+  _globals['_RETRYCOMPENSATIONRESPONSE']._serialized_start=2115
+  _globals['_RETRYCOMPENSATIONRESPONSE']._serialized_end=2177
+  _globals['_SAGASERVICE']._serialized_start=2525
+  _globals['_SAGASERVICE']._serialized_end=3387
 # @@protoc_insertion_point(module_scope)

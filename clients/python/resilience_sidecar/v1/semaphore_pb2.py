@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.api import annotations_pb2 as google_dot_api_dot_annotations__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dresilience/v1/semaphore.proto\x12\rresilience.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x80\x01\n\x06Permit\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpermit_id\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\x05 \x01(\t\"e\n\x0cPermitHolder\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x15\n\rfencing_token\x18\x02 \x01(\x04\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9b\x01\n\x14\x41\x63quirePermitRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\x12&\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0cwait_timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05owner\x18\x05 \x01(\t\"m\n\x15\x41\x63quirePermitResponse\x12\x10\n\x08\x61\x63quired\x18\x01 \x01(\x08\x12%\n\x06permit\x18\x02 \x01(\x0b\x32\x15.resilience.v1.Permit\x12\x0c\n\x04held\x18\x03 \x01(\r\x12\r\n\x05limit\x18\x04 \x01(\r\"7\n\x14ReleasePermitRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpermit_id\x18\x02 \x01(\t\"\x17\n\x15ReleasePermitResponse\"]\n\x12RenewPermitRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpermit_id\x18\x02 \x01(\t\x12&\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"F\n\x13RenewPermitResponse\x12/\n\x0b\x65xpire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xdd\x02\n\x11HoldPermitRequest\x12;\n\x07\x61\x63quire\x18\x01 \x01(\x0b\x32(.resilience.v1.HoldPermitRequest.AcquireH\x00\x12;\n\x07release\x18\x02 \x01(\x0b\x32(.resilience.v1.HoldPermitRequest.ReleaseH\x00\x1a\xbb\x01\n\x07\x41\x63quire\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\x12&\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0cwait_timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05owner\x18\x05 \x01(\t\x12+\n\x08max_hold\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a\t\n\x07ReleaseB\x05\n\x03msg\"\x93\x05\n\x12HoldPermitResponse\x12)\n\x08\x61\x63quired\x18\x01 \x01(\x0b\x32\x15.resilience.v1.PermitH\x00\x12\x45\n\x0cnot_acquired\x18\x02 \x01(\x0b\x32-.resilience.v1.HoldPermitResponse.NotAcquiredH\x00\x12<\n\x07renewed\x18\x03 \x01(\x0b\x32).resilience.v1.HoldPermitResponse.RenewedH\x00\x12>\n\x08released\x18\x04 \x01(\x0b\x32*.resilience.v1.HoldPermitResponse.ReleasedH\x00\x12\x36\n\x04lost\x18\x05 \x01(\x0b\x32&.resilience.v1.HoldPermitResponse.LostH\x00\x1a*\n\x0bNotAcquired\x12\x0c\n\x04held\x18\x01 \x01(\r\x12\r\n\x05limit\x18\x02 \x01(\r\x1a:\n\x07Renewed\x12/\n\x0b\x65xpire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\n\n\x08Released\x1a\xd7\x01\n\x04Lost\x12=\n\x06reason\x18\x01 \x01(\x0e\x32-.resilience.v1.HoldPermitResponse.Lost.Reason\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x7f\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x15\n\x11REASON_LEASE_LOST\x10\x01\x12\x13\n\x0fREASON_MAX_HOLD\x10\x02\x12\x13\n\x0fREASON_SHUTDOWN\x10\x03\x12\x1c\n\x18REASON_STORE_UNAVAILABLE\x10\x04\x42\x07\n\x05\x65vent\"#\n\x13GetSemaphoreRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x8e\x01\n\x14GetSemaphoreResponse\x12\r\n\x05limit\x18\x01 \x01(\r\x12\x0c\n\x04held\x18\x02 \x01(\r\x12,\n\x07holders\x18\x03 \x03(\x0b\x32\x1b.resilience.v1.PermitHolder\x12\x0f\n\x07waiters\x18\x04 \x01(\r\x12\x1a\n\x12last_fencing_token\x18\x05 \x01(\x04\x32\xd0\x03\n\x10SemaphoreService\x12Z\n\rAcquirePermit\x12#.resilience.v1.AcquirePermitRequest\x1a$.resilience.v1.AcquirePermitResponse\x12Z\n\rReleasePermit\x12#.resilience.v1.ReleasePermitRequest\x1a$.resilience.v1.ReleasePermitResponse\x12T\n\x0bRenewPermit\x12!.resilience.v1.RenewPermitRequest\x1a\".resilience.v1.RenewPermitResponse\x12U\n\nHoldPermit\x12 .resilience.v1.HoldPermitRequest\x1a!.resilience.v1.HoldPermitResponse(\x01\x30\x01\x12W\n\x0cGetSemaphore\x12\".resilience.v1.GetSemaphoreRequest\x1a#.resilience.v1.GetSemaphoreResponseBYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\x08\x02 \x03\x62\x08\x65\x64itionsp\xe8\x07')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dresilience/v1/semaphore.proto\x12\rresilience.v1\x1a\x1cgoogle/api/annotations.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x80\x01\n\x06Permit\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpermit_id\x18\x02 \x01(\t\x12\x15\n\rfencing_token\x18\x03 \x01(\x04\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05owner\x18\x05 \x01(\t\"e\n\x0cPermitHolder\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x15\n\rfencing_token\x18\x02 \x01(\x04\x12/\n\x0b\x65xpire_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9b\x01\n\x14\x41\x63quirePermitRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\x12&\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0cwait_timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05owner\x18\x05 \x01(\t\"m\n\x15\x41\x63quirePermitResponse\x12\x10\n\x08\x61\x63quired\x18\x01 \x01(\x08\x12%\n\x06permit\x18\x02 \x01(\x0b\x32\x15.resilience.v1.Permit\x12\x0c\n\x04held\x18\x03 \x01(\r\x12\r\n\x05limit\x18\x04 \x01(\r\"7\n\x14ReleasePermitRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpermit_id\x18\x02 \x01(\t\"\x17\n\x15ReleasePermitResponse\"]\n\x12RenewPermitRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tpermit_id\x18\x02 \x01(\t\x12&\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"F\n\x13RenewPermitResponse\x12/\n\x0b\x65xpire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xdd\x02\n\x11HoldPermitRequest\x12;\n\x07\x61\x63quire\x18\x01 \x01(\x0b\x32(.resilience.v1.HoldPermitRequest.AcquireH\x00\x12;\n\x07release\x18\x02 \x01(\x0b\x32(.resilience.v1.HoldPermitRequest.ReleaseH\x00\x1a\xbb\x01\n\x07\x41\x63quire\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05limit\x18\x02 \x01(\r\x12&\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0cwait_timeout\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\r\n\x05owner\x18\x05 \x01(\t\x12+\n\x08max_hold\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x1a\t\n\x07ReleaseB\x05\n\x03msg\"\x93\x05\n\x12HoldPermitResponse\x12)\n\x08\x61\x63quired\x18\x01 \x01(\x0b\x32\x15.resilience.v1.PermitH\x00\x12\x45\n\x0cnot_acquired\x18\x02 \x01(\x0b\x32-.resilience.v1.HoldPermitResponse.NotAcquiredH\x00\x12<\n\x07renewed\x18\x03 \x01(\x0b\x32).resilience.v1.HoldPermitResponse.RenewedH\x00\x12>\n\x08released\x18\x04 \x01(\x0b\x32*.resilience.v1.HoldPermitResponse.ReleasedH\x00\x12\x36\n\x04lost\x18\x05 \x01(\x0b\x32&.resilience.v1.HoldPermitResponse.LostH\x00\x1a*\n\x0bNotAcquired\x12\x0c\n\x04held\x18\x01 \x01(\r\x12\r\n\x05limit\x18\x02 \x01(\r\x1a:\n\x07Renewed\x12/\n\x0b\x65xpire_time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\n\n\x08Released\x1a\xd7\x01\n\x04Lost\x12=\n\x06reason\x18\x01 \x01(\x0e\x32-.resilience.v1.HoldPermitResponse.Lost.Reason\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x7f\n\x06Reason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\x15\n\x11REASON_LEASE_LOST\x10\x01\x12\x13\n\x0fREASON_MAX_HOLD\x10\x02\x12\x13\n\x0fREASON_SHUTDOWN\x10\x03\x12\x1c\n\x18REASON_STORE_UNAVAILABLE\x10\x04\x42\x07\n\x05\x65vent\"#\n\x13GetSemaphoreRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"\x8e\x01\n\x14GetSemaphoreResponse\x12\r\n\x05limit\x18\x01 \x01(\r\x12\x0c\n\x04held\x18\x02 \x01(\r\x12,\n\x07holders\x18\x03 \x03(\x0b\x32\x1b.resilience.v1.PermitHolder\x12\x0f\n\x07waiters\x18\x04 \x01(\r\x12\x1a\n\x12last_fencing_token\x18\x05 \x01(\x04\x32\xf9\x04\n\x10SemaphoreService\x12\x87\x01\n\rAcquirePermit\x12#.resilience.v1.AcquirePermitRequest\x1a$.resilience.v1.AcquirePermitResponse\"+\x82\xd3\xe4\x93\x02%\" /v1/semaphores/{name=**}:acquire:\x01*\x12\x87\x01\n\rReleasePermit\x12#.resilience.v1.ReleasePermitRequest\x1a$.resilience.v1.ReleasePermitResponse\"+\x82\xd3\xe4\x93\x02%\" /v1/semaphores/{name=**}:release:\x01*\x12\x7f\n\x0bRenewPermit\x12!.resilience.v1.RenewPermitRequest\x1a\".resilience.v1.RenewPermitResponse\")\x82\xd3\xe4\x93\x02#\"\x1e/v1/semaphores/{name=**}:renew:\x01*\x12U\n\nHoldPermit\x12 .resilience.v1.HoldPermitRequest\x1a!.resilience.v1.HoldPermitResponse(\x01\x30\x01\x12y\n\x0cGetSemaphore\x12\".resilience.v1.GetSemaphoreRequest\x1a#.resilience.v1.GetSemaphoreResponse\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/semaphores/{name=**}BYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\x08\x02 \x03\x62\x08\x65\x64itionsp\xe8\x07')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,44 +35,52 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'resilience.v1.semaphore_pb2
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'ZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\222\003\004\010\002 \003'
-  _globals['_PERMIT']._serialized_start=114
-  _globals['_PERMIT']._serialized_end=242
-  _globals['_PERMITHOLDER']._serialized_start=244
-  _globals['_PERMITHOLDER']._serialized_end=345
-  _globals['_ACQUIREPERMITREQUEST']._serialized_start=348
-  _globals['_ACQUIREPERMITREQUEST']._serialized_end=503
-  _globals['_ACQUIREPERMITRESPONSE']._serialized_start=505
-  _globals['_ACQUIREPERMITRESPONSE']._serialized_end=614
-  _globals['_RELEASEPERMITREQUEST']._serialized_start=616
-  _globals['_RELEASEPERMITREQUEST']._serialized_end=671
-  _globals['_RELEASEPERMITRESPONSE']._serialized_start=673
-  _globals['_RELEASEPERMITRESPONSE']._serialized_end=696
-  _globals['_RENEWPERMITREQUEST']._serialized_start=698
-  _globals['_RENEWPERMITREQUEST']._serialized_end=791
-  _globals['_RENEWPERMITRESPONSE']._serialized_start=793
-  _globals['_RENEWPERMITRESPONSE']._serialized_end=863
-  _globals['_HOLDPERMITREQUEST']._serialized_start=866
-  _globals['_HOLDPERMITREQUEST']._serialized_end=1215
-  _globals['_HOLDPERMITREQUEST_ACQUIRE']._serialized_start=1010
-  _globals['_HOLDPERMITREQUEST_ACQUIRE']._serialized_end=1197
-  _globals['_HOLDPERMITREQUEST_RELEASE']._serialized_start=1199
-  _globals['_HOLDPERMITREQUEST_RELEASE']._serialized_end=1208
-  _globals['_HOLDPERMITRESPONSE']._serialized_start=1218
-  _globals['_HOLDPERMITRESPONSE']._serialized_end=1877
-  _globals['_HOLDPERMITRESPONSE_NOTACQUIRED']._serialized_start=1536
-  _globals['_HOLDPERMITRESPONSE_NOTACQUIRED']._serialized_end=1578
-  _globals['_HOLDPERMITRESPONSE_RENEWED']._serialized_start=1580
-  _globals['_HOLDPERMITRESPONSE_RENEWED']._serialized_end=1638
-  _globals['_HOLDPERMITRESPONSE_RELEASED']._serialized_start=1640
-  _globals['_HOLDPERMITRESPONSE_RELEASED']._serialized_end=1650
-  _globals['_HOLDPERMITRESPONSE_LOST']._serialized_start=1653
-  _globals['_HOLDPERMITRESPONSE_LOST']._serialized_end=1868
-  _globals['_HOLDPERMITRESPONSE_LOST_REASON']._serialized_start=1741
-  _globals['_HOLDPERMITRESPONSE_LOST_REASON']._serialized_end=1868
-  _globals['_GETSEMAPHOREREQUEST']._serialized_start=1879
-  _globals['_GETSEMAPHOREREQUEST']._serialized_end=1914
-  _globals['_GETSEMAPHORERESPONSE']._serialized_start=1917
-  _globals['_GETSEMAPHORERESPONSE']._serialized_end=2059
-  _globals['_SEMAPHORESERVICE']._serialized_start=2062
-  _globals['_SEMAPHORESERVICE']._serialized_end=2526
+  _globals['_SEMAPHORESERVICE'].methods_by_name['AcquirePermit']._loaded_options = None
+  _globals['_SEMAPHORESERVICE'].methods_by_name['AcquirePermit']._serialized_options = b'\202\323\344\223\002%\" /v1/semaphores/{name=**}:acquire:\001*'
+  _globals['_SEMAPHORESERVICE'].methods_by_name['ReleasePermit']._loaded_options = None
+  _globals['_SEMAPHORESERVICE'].methods_by_name['ReleasePermit']._serialized_options = b'\202\323\344\223\002%\" /v1/semaphores/{name=**}:release:\001*'
+  _globals['_SEMAPHORESERVICE'].methods_by_name['RenewPermit']._loaded_options = None
+  _globals['_SEMAPHORESERVICE'].methods_by_name['RenewPermit']._serialized_options = b'\202\323\344\223\002#\"\036/v1/semaphores/{name=**}:renew:\001*'
+  _globals['_SEMAPHORESERVICE'].methods_by_name['GetSemaphore']._loaded_options = None
+  _globals['_SEMAPHORESERVICE'].methods_by_name['GetSemaphore']._serialized_options = b'\202\323\344\223\002\032\022\030/v1/semaphores/{name=**}'
+  _globals['_PERMIT']._serialized_start=144
+  _globals['_PERMIT']._serialized_end=272
+  _globals['_PERMITHOLDER']._serialized_start=274
+  _globals['_PERMITHOLDER']._serialized_end=375
+  _globals['_ACQUIREPERMITREQUEST']._serialized_start=378
+  _globals['_ACQUIREPERMITREQUEST']._serialized_end=533
+  _globals['_ACQUIREPERMITRESPONSE']._serialized_start=535
+  _globals['_ACQUIREPERMITRESPONSE']._serialized_end=644
+  _globals['_RELEASEPERMITREQUEST']._serialized_start=646
+  _globals['_RELEASEPERMITREQUEST']._serialized_end=701
+  _globals['_RELEASEPERMITRESPONSE']._serialized_start=703
+  _globals['_RELEASEPERMITRESPONSE']._serialized_end=726
+  _globals['_RENEWPERMITREQUEST']._serialized_start=728
+  _globals['_RENEWPERMITREQUEST']._serialized_end=821
+  _globals['_RENEWPERMITRESPONSE']._serialized_start=823
+  _globals['_RENEWPERMITRESPONSE']._serialized_end=893
+  _globals['_HOLDPERMITREQUEST']._serialized_start=896
+  _globals['_HOLDPERMITREQUEST']._serialized_end=1245
+  _globals['_HOLDPERMITREQUEST_ACQUIRE']._serialized_start=1040
+  _globals['_HOLDPERMITREQUEST_ACQUIRE']._serialized_end=1227
+  _globals['_HOLDPERMITREQUEST_RELEASE']._serialized_start=1229
+  _globals['_HOLDPERMITREQUEST_RELEASE']._serialized_end=1238
+  _globals['_HOLDPERMITRESPONSE']._serialized_start=1248
+  _globals['_HOLDPERMITRESPONSE']._serialized_end=1907
+  _globals['_HOLDPERMITRESPONSE_NOTACQUIRED']._serialized_start=1566
+  _globals['_HOLDPERMITRESPONSE_NOTACQUIRED']._serialized_end=1608
+  _globals['_HOLDPERMITRESPONSE_RENEWED']._serialized_start=1610
+  _globals['_HOLDPERMITRESPONSE_RENEWED']._serialized_end=1668
+  _globals['_HOLDPERMITRESPONSE_RELEASED']._serialized_start=1670
+  _globals['_HOLDPERMITRESPONSE_RELEASED']._serialized_end=1680
+  _globals['_HOLDPERMITRESPONSE_LOST']._serialized_start=1683
+  _globals['_HOLDPERMITRESPONSE_LOST']._serialized_end=1898
+  _globals['_HOLDPERMITRESPONSE_LOST_REASON']._serialized_start=1771
+  _globals['_HOLDPERMITRESPONSE_LOST_REASON']._serialized_end=1898
+  _globals['_GETSEMAPHOREREQUEST']._serialized_start=1909
+  _globals['_GETSEMAPHOREREQUEST']._serialized_end=1944
+  _globals['_GETSEMAPHORERESPONSE']._serialized_start=1947
+  _globals['_GETSEMAPHORERESPONSE']._serialized_end=2089
+  _globals['_SEMAPHORESERVICE']._serialized_start=2092
+  _globals['_SEMAPHORESERVICE']._serialized_end=2725
 # @@protoc_insertion_point(module_scope)
