@@ -44,7 +44,11 @@ func TestWaitersOnDistinctKeysShareConnections(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			args, masters := tc.start(t)
-			sc := testharness.StartSidecar(t, bin, args...)
+			// What is measured is connections, not latency: 2 000
+			// acquires arrive at once, and on a loaded machine a store call
+			// may take longer than the default 1 s, which would refuse a
+			// waiter UNAVAILABLE before it waits.
+			sc := testharness.StartSidecar(t, bin, append(args, "--store-timeout", "10s")...)
 			ctx := ctxT(t, 5*time.Minute)
 			// Every connection to the masters but the test's own.
 			sidecarConns := func() (conns, channels int) {
