@@ -13,7 +13,7 @@ set -euo pipefail
 
 if command -v etcd >/dev/null 2>&1; then
 	echo "etcd found: $(command -v etcd)"
-	etcd --version | head -1
+	etcd --version | sed -n 1p
 	exit 0
 fi
 
@@ -40,7 +40,7 @@ if [[ "$(id -u)" -eq 0 ]] && command -v apt-get >/dev/null 2>&1; then
 		exit 1
 	fi
 	echo "installed: $(command -v etcd)"
-	etcd --version | head -1
+	etcd --version | sed -n 1p
 	exit 0
 fi
 

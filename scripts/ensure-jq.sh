@@ -14,7 +14,7 @@ for tool in curl jq; do
 	command -v "$tool" >/dev/null 2>&1 || missing+=("$tool")
 done
 if [[ ${#missing[@]} -eq 0 ]]; then
-	echo "curl and jq found: $(jq --version), $(curl --version | head -n1)"
+	echo "curl and jq found: $(jq --version), $(curl --version | sed -n 1p)"
 	exit 0
 fi
 

@@ -34,14 +34,14 @@ func eventRows(env *Env) []Row {
 	redisDeliver := &deliverBench{c: onRedis, topic: "bench-deliver-redis", payload: payload}
 	memDeliver := &deliverBench{c: embedded, topic: "bench-deliver-mem", payload: payload}
 	return []Row{
-		{Name: "events Publish: sidecar on Redis", Op: publish(onRedis, "bench-publish"), Raw: rawPublish, Floor: "gRPC floor: 1 bare unary call"},
+		{Name: "events Publish: sidecar on Redis", Op: publish(onRedis, "bench-publish"), Raw: rawPublish, Floor: "gRPC floor: 1 bare unary call", Redis: env.Redis},
 		{Name: "events Publish: sidecar on embedded store", Op: publish(embedded, "bench-publish"), Floor: "gRPC floor: 1 bare unary call"},
-		{Name: rawPublish, Op: func(ctx context.Context, _, _ int) error {
+		{Name: rawPublish, Redis: env.Redis, Op: func(ctx context.Context, _, _ int) error {
 			_, err := store.Publish(ctx, events.Message{Topic: "bench-publish", Key: "bench", Payload: payload},
 				events.PublishOptions{MaxLen: events.DefaultMaxLen, DedupRetention: time.Hour})
 			return err
 		}},
-		{Name: "events publish→deliver: sidecar on Redis", Op: redisDeliver.op},
+		{Name: "events publish→deliver: sidecar on Redis", Op: redisDeliver.op, Redis: env.Redis},
 		{Name: "events publish→deliver: sidecar on embedded store", Op: memDeliver.op},
 	}
 }

@@ -96,9 +96,9 @@ func idempotencyRows(env *Env) []Row {
 	onRedis := v1.NewIdempotencyServiceClient(env.OnRedis)
 	embedded := v1.NewIdempotencyServiceClient(env.Embedded)
 	return []Row{
-		{Name: "idem STARTED+Complete: sidecar on Redis", Op: pair(onRedis, "redis"), Raw: rawPair, Floor: floorPair},
+		{Name: "idem STARTED+Complete: sidecar on Redis", Op: pair(onRedis, "redis"), Raw: rawPair, Floor: floorPair, Redis: env.Redis},
 		{Name: "idem STARTED+Complete: sidecar on embedded store", Op: pair(embedded, "mem"), Floor: floorPair},
-		{Name: rawPair, Op: func(ctx context.Context, _, _ int) error {
+		{Name: rawPair, Redis: env.Redis, Op: func(ctx context.Context, _, _ int) error {
 			key := fmt.Sprintf("bench-idem-raw-%d", seq.Add(1))
 			c, id, err := rawClaim(ctx, key, freshRetention)
 			if err != nil || c.Outcome != idempotency.Started {
@@ -107,9 +107,9 @@ func idempotencyRows(env *Env) []Row {
 			_, err = store.Complete(ctx, key, id, domainResult)
 			return err
 		}},
-		{Name: "idem COMPLETED hit: sidecar on Redis", Op: hit(onRedis, "redis"), Raw: rawHit, Floor: floorHit},
+		{Name: "idem COMPLETED hit: sidecar on Redis", Op: hit(onRedis, "redis"), Raw: rawHit, Floor: floorHit, Redis: env.Redis},
 		{Name: "idem COMPLETED hit: sidecar on embedded store", Op: hit(embedded, "mem"), Floor: floorHit},
-		{Name: rawHit, Op: func(ctx context.Context, w, _ int) error {
+		{Name: rawHit, Redis: env.Redis, Op: func(ctx context.Context, w, _ int) error {
 			key := fmt.Sprintf("bench-idem-raw-hit-%d", w)
 			c, id, err := rawClaim(ctx, key, hitRetention)
 			switch {

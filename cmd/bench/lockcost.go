@@ -7,8 +7,6 @@ import (
 	"io"
 	"os"
 	"sort"
-	"strconv"
-	"strings"
 	"text/tabwriter"
 	"time"
 
@@ -97,45 +95,6 @@ func echoPair(conn grpc.ClientConnInterface) func(context.Context) error {
 	}
 }
 
-// commandDelta is the Redis commands run between two commandstats
-// snapshots, per op, without the snapshots' own INFO calls.
-func commandDelta(before, after map[string]int64, ops int) map[string]float64 {
-	out := map[string]float64{}
-	for name, n := range after {
-		if name == "info" {
-			continue
-		}
-		if d := n - before[name]; d > 0 {
-			out[name] = float64(d) / float64(ops)
-		}
-	}
-	return out
-}
-
-func commandTotal(m map[string]float64) float64 {
-	var s float64
-	for _, v := range m {
-		s += v
-	}
-	return s
-}
-
-func commandString(m map[string]float64) string {
-	names := make([]string, 0, len(m))
-	for k := range m {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	var b strings.Builder
-	for _, k := range names {
-		if m[k] < 0.005 {
-			continue
-		}
-		fmt.Fprintf(&b, "%s %.2f ", k, m[k])
-	}
-	return strings.TrimSpace(b.String())
-}
-
 // opCommands measures Redis's commands per call of acquire and of release,
 // n of each in sequence on distinct keys. acquire(i) returns what
 // release(i) needs.
@@ -155,41 +114,6 @@ func opCommands(ctx context.Context, rdb *redis.Client, n int, acquire func(i in
 	}
 	s2, u2 := redisCommandCalls(ctx, rdb), redisCommandUsec(ctx, rdb)
 	return opCost{commandDelta(s0, s1, n), usecDelta(u0, u1, n)}, opCost{commandDelta(s1, s2, n), usecDelta(u1, u2, n)}, nil
-}
-
-// opCost is what one call cost Redis: commands by name, and the µs Redis
-// spent in the calls its client sent (commandstats usec of the top-level
-// commands: a script's usec includes its inner commands').
-type opCost struct {
-	cmds map[string]float64
-	usec float64
-}
-
-// redisCommandUsec is INFO commandstats' usec of each command.
-func redisCommandUsec(ctx context.Context, c *redis.Client) map[string]int64 {
-	out := map[string]int64{}
-	for k, v := range redisInfo(ctx, c, "commandstats") {
-		name, ok := strings.CutPrefix(k, "cmdstat_")
-		if !ok {
-			continue
-		}
-		for _, kv := range strings.Split(v, ",") {
-			if n, ok := strings.CutPrefix(kv, "usec="); ok {
-				out[name], _ = strconv.ParseInt(n, 10, 64)
-			}
-		}
-	}
-	return out
-}
-
-// usecDelta is the µs per op of the top-level commands a client sends
-// (the ones scripts run inside are already in EVALSHA's usec).
-func usecDelta(before, after map[string]int64, ops int) float64 {
-	var d int64
-	for _, name := range []string{"evalsha", "eval", "set", "get", "del"} {
-		d += after[name] - before[name]
-	}
-	return float64(d) / float64(ops)
 }
 
 // releasedFootprint is what n released locks under prefix leave in Redis:

@@ -68,6 +68,9 @@ type Row struct {
 	// Unit, when set, scales throughput: values per op (e.g. 1000 for a
 	// block of 1000 clock values).
 	PerOp int
+	// Redis, when set, is the Redis whose commands and CPU per op each
+	// cell of the row reports (Redis-wide deltas over the cell).
+	Redis *redis.Client
 }
 
 // groups are registered by the scenario files (lock.go, ...).
@@ -82,6 +85,7 @@ type result struct {
 	elapsed    time.Duration
 	p50, p99   time.Duration
 	throughput float64
+	redis      redisCost
 }
 
 // benchGroups are the parts of the run -groups selects from.
@@ -223,6 +227,7 @@ func measure(row Row, conc int, d time.Duration) result {
 	var ops, errs atomic.Int64
 	var firstErr atomic.Value
 	lat := make([]hist, conc)
+	cost := startRedisCost(row.Redis)
 	deadline := time.Now().Add(d)
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -245,11 +250,12 @@ func measure(row Row, conc int, d time.Duration) result {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	rc := cost(ops.Load())
 	var all hist
 	for i := range lat {
 		all.merge(&lat[i])
 	}
-	r := result{row: row, conc: conc, ops: ops.Load(), errs: errs.Load(), elapsed: elapsed}
+	r := result{row: row, conc: conc, ops: ops.Load(), errs: errs.Load(), elapsed: elapsed, redis: rc}
 	if e, ok := firstErr.Load().(error); ok {
 		r.firstErr = e
 	}
@@ -272,14 +278,15 @@ func printTable(results []result) {
 		return fmt.Sprintf("%.2fx", float64(r.p50)/float64(o.p50))
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tconc\tthroughput/s\tp50\tp99\tp50 vs raw\tp50 vs floor\terrors\t")
+	fmt.Fprintln(tw, "scenario\tconc\tthroughput/s\tp50\tp99\tp50 vs raw\tp50 vs floor\tRedis cmds/op\tRedis CPU/op\terrors\t")
 	for _, r := range results {
 		errs := fmt.Sprint(r.errs)
 		if r.firstErr != nil {
 			errs += " (" + trunc(r.firstErr.Error(), 40) + ")"
 		}
-		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%s\t%s\t%s\t%s\t%s\t\n", r.row.Name, r.conc, r.throughput,
-			round(r.p50), round(r.p99), ratio(r, r.row.Raw), ratio(r, r.row.Floor), errs)
+		cmds, cpu := r.redis.columns()
+		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.row.Name, r.conc, r.throughput,
+			round(r.p50), round(r.p99), ratio(r, r.row.Raw), ratio(r, r.row.Floor), cmds, cpu, errs)
 	}
 	tw.Flush()
 	fmt.Println("\np50 vs raw/floor: this row's median latency divided by the named baseline row's at the same concurrency.")

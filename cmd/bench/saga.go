@@ -155,9 +155,9 @@ upstreams:
 	}
 
 	return []Row{
-		{Name: "saga start+3 steps+complete (Redis)", Op: complete(onRedis), Raw: rawRow},
+		{Name: "saga start+3 steps+complete (Redis)", Op: complete(onRedis), Raw: rawRow, Redis: env.Redis},
 		{Name: "saga start+3 steps+complete (embedded)", Op: complete(embedded)},
-		{Name: rawRow, Op: rawOp},
+		{Name: rawRow, Op: rawOp, Redis: env.Redis},
 		{Name: "saga abort, 3 compensations over HTTP (Redis)", Op: abort(onRedis)},
 		{Name: "saga abort, 3 compensations over HTTP (embedded)", Op: abort(embedded)},
 	}

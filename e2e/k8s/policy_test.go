@@ -148,6 +148,36 @@ func TestTemplateAnnotationsAtApply(t *testing.T) {
 			`pod template annotation resilience.seed-a88e5317.io/redis-mode: "ring" must be one of standalone, cluster, sentinel`},
 		{"bad namespace", injectAnnotations("resilience.seed-a88e5317.io/namespace", "-x"),
 			`pod template annotation resilience.seed-a88e5317.io/namespace: "-x" must be 1-63 characters`},
+		{"good settings", injectAnnotations(ann+"cpu-request", "100m", ann+"cpu-limit", "1.5", ann+"memory-request", "64Mi",
+			ann+"memory-limit", "1Gi", ann+"log-level", "warn", ann+"image", "ghcr.io/acme/sidecar@sha256:"+strings.Repeat("ab", 32),
+			ann+"env", "OTEL_SERVICE_NAME=orders,X_Y=a=b", ann+"shutdown-seconds", "15",
+			ann+"unix-socket", "true", ann+"unix-socket-mode", "0660"), ""},
+		{"bad quantity", injectAnnotations(ann+"cpu-limit", "2 cores"),
+			`pod template annotation resilience.seed-a88e5317.io/cpu-limit: "2 cores" is not a positive quantity`},
+		{"zero quantity", injectAnnotations(ann+"memory-request", "0Mi"),
+			`pod template annotation resilience.seed-a88e5317.io/memory-request: "0Mi" is not a positive quantity`},
+		{"request above limit", injectAnnotations(ann+"cpu-request", "2", ann+"cpu-limit", "500m"),
+			"pod template annotations resilience.seed-a88e5317.io/cpu-request (or memory-request) exceeds"},
+		{"bad log level", injectAnnotations(ann+"log-level", "INFO"),
+			`pod template annotation resilience.seed-a88e5317.io/log-level: "INFO" must be one of debug, info, warn, error`},
+		{"image without tag", injectAnnotations(ann+"image", "ghcr.io/acme/sidecar"),
+			`pod template annotation resilience.seed-a88e5317.io/image: "ghcr.io/acme/sidecar" is not an image reference with a tag or a digest`},
+		{"bad env", injectAnnotations(ann+"env", "1A=x"),
+			`pod template annotation resilience.seed-a88e5317.io/env: "1A=x" must be NAME=value pairs`},
+		{"reserved env", injectAnnotations(ann+"env", "A=1,SIDECAR_REDIS_URL=redis://x"),
+			`pod template annotation resilience.seed-a88e5317.io/env: "A=1,SIDECAR_REDIS_URL=redis://x" must be`},
+		{"env twice", injectAnnotations(ann+"env", "A=1,A=2"),
+			`pod template annotation resilience.seed-a88e5317.io/env: "A=1,A=2" must be`},
+		{"bad shutdown", injectAnnotations(ann+"shutdown-seconds", "0"),
+			`pod template annotation resilience.seed-a88e5317.io/shutdown-seconds: "0" must be a whole number of seconds from 1 to 300`},
+		{"bad unix socket", injectAnnotations(ann+"unix-socket", "on"),
+			`pod template annotation resilience.seed-a88e5317.io/unix-socket: "on" must be "true" or "false"`},
+		{"socket mode without socket", injectAnnotations(ann+"unix-socket-mode", "0660"),
+			`pod template annotation resilience.seed-a88e5317.io/unix-socket-mode: "0660" must be octal permission bits from 0600 to 0777, with`},
+		{"bad socket mode", injectAnnotations(ann+"unix-socket", "true", ann+"unix-socket-mode", "0600 "),
+			`pod template annotation resilience.seed-a88e5317.io/unix-socket-mode: "0600 " must be octal`},
+		{"port with socket", injectAnnotations(ann+"unix-socket", "true", ann+"port", "6000"),
+			"pod template annotation resilience.seed-a88e5317.io/port: the gRPC port is not used with"},
 	}
 	for k, wk := range workloadKinds {
 		for _, tt := range tests {
@@ -195,6 +225,26 @@ func TestTemplateWarningInUnlabelledNamespace(t *testing.T) {
 	}
 }
 
+// TestTemplateShutdownWarning: a workload whose sidecar drain bound does
+// not fit in its terminationGracePeriodSeconds is admitted with a warning;
+// one that fits gets none.
+func TestTemplateShutdownWarning(t *testing.T) {
+	ns := newNamespace(t, true)
+	for k, wk := range workloadKinds {
+		warnings, err := createWorkload(t.Context(), ns, k, injectAnnotations(ann+"shutdown-seconds", "45"))
+		if err != nil {
+			t.Fatalf("%s refused: %v", wk.kind, err)
+		}
+		want := "resilience sidecar: pod template annotation resilience.seed-a88e5317.io/shutdown-seconds is not below the terminationGracePeriodSeconds"
+		if len(warnings) != 1 || !strings.Contains(warnings[0], want) {
+			t.Errorf("%s: warnings %q, want one containing %q", wk.kind, warnings, want)
+		}
+		if warnings, err := createWorkload(t.Context(), ns, k, injectAnnotations(ann+"shutdown-seconds", "29")); err != nil || len(warnings) != 0 {
+			t.Errorf("%s with 29 s: warnings %q, error %v", wk.kind, warnings, err)
+		}
+	}
+}
+
 // TestPodWarnings: suspicious but allowed Pods are admitted with the
 // injector's warnings, which kubectl prints.
 func TestPodWarnings(t *testing.T) {
@@ -214,6 +264,8 @@ func TestPodWarnings(t *testing.T) {
 		{"own SIDECAR_ADDR", ownAddr, true,
 			[]string{`resilience sidecar: container "app" sets SIDECAR_ADDR itself (kept as it is); the injected sidecar listens on 127.0.0.1:50051`}},
 		{"nothing suspicious", appPod("", injectAnnotations()), true, nil},
+		{"drain longer than the grace period", appPod("", injectAnnotations(ann+"shutdown-seconds", "30")), true,
+			[]string{"resilience sidecar: annotation resilience.seed-a88e5317.io/shutdown-seconds: 30 s is not below the Pod's terminationGracePeriodSeconds (30 s)"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/seed-a88e5317/resilience-sidecar/internal/idempotency"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
@@ -401,5 +402,68 @@ func waitSignal(t *testing.T, ch <-chan struct{}, what string) {
 	case <-ch:
 	case <-time.After(10 * time.Second):
 		t.Fatalf("watcher not woken by %s", what)
+	}
+}
+
+// A lease revoked before its claim reaches Redis (the caller gave up on
+// it) claims nothing, whatever the key's state; where the key is answered
+// without a write (completed, or running under another lease) the late
+// claim may read that answer, which nobody receives, and changes nothing.
+func TestIdempotencyRedisRevokedLeaseClaimsNothing(t *testing.T) {
+	ctx := context.Background()
+	rdb := testharness.StartRedis(t).Client(t)
+	ns := testkit.Namespaces("revoked")
+	cases := []struct {
+		name  string
+		setup func(t *testing.T, s *idempotency.RedisStore)
+		want  idempotency.Outcome // 0: refused with store.ErrUnavailable
+		state idempotency.State
+		att   int
+	}{
+		{name: "absent key", state: idempotency.Absent},
+		{name: "lease expired", setup: func(t *testing.T, s *idempotency.RedisStore) {
+			if _, err := s.CheckOrRecord(ctx, "k", leaseA, opts("fp", 100*time.Millisecond)); err != nil {
+				t.Fatal(err)
+			}
+			testkit.RedisTime(200 * time.Millisecond)
+		}, state: idempotency.LeaseExpired, att: 1},
+		{name: "running under another lease", setup: func(t *testing.T, s *idempotency.RedisStore) {
+			if _, err := s.CheckOrRecord(ctx, "k", leaseA, opts("fp", time.Minute)); err != nil {
+				t.Fatal(err)
+			}
+		}, want: idempotency.InProgress, state: idempotency.Running, att: 1},
+		{name: "completed", setup: func(t *testing.T, s *idempotency.RedisStore) {
+			if _, err := s.CheckOrRecord(ctx, "k", leaseA, opts("fp", time.Minute)); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := s.Complete(ctx, "k", leaseA, idempotency.Result{Data: []byte("r")}); err != nil {
+				t.Fatal(err)
+			}
+		}, want: idempotency.Completed, state: idempotency.Done, att: 1},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			s := idempotency.NewRedisStore(rdb, ns(), time.Second)
+			if tc.setup != nil {
+				tc.setup(t, s)
+			}
+			if err := s.Revoke(ctx, "k", leaseC); err != nil {
+				t.Fatal(err)
+			}
+			c, err := s.CheckOrRecord(ctx, "k", leaseC, opts("fp", time.Minute))
+			switch {
+			case tc.want == 0 && !errors.Is(err, store.ErrUnavailable):
+				t.Fatalf("late claim by a revoked lease = %+v, %v; want store.ErrUnavailable", c, err)
+			case tc.want != 0 && (err != nil || c.Outcome != tc.want):
+				t.Fatalf("late claim by a revoked lease = %+v, %v; want outcome %v", c, err, tc.want)
+			}
+			info, err := s.Get(ctx, "k")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if info.State != tc.state || info.Attempts != tc.att {
+				t.Fatalf("after the late claim: %+v; want state %v, %d attempts", info, tc.state, tc.att)
+			}
+		})
 	}
 }

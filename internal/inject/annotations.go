@@ -7,9 +7,9 @@ import (
 	"strconv"
 	"strings"
 
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/validation"
-
-	"github.com/seed-a88e5317/resilience-sidecar/internal/server"
 )
 
 // AnnotationPrefix is the prefix of every annotation the injector reads or
@@ -50,6 +50,41 @@ const (
 	AnnotationPort = AnnotationPrefix + "port"
 	// AnnotationMetricsPort is the sidecar's Prometheus port (default 9090).
 	AnnotationMetricsPort = AnnotationPrefix + "metrics-port"
+	// AnnotationCPURequest, AnnotationCPULimit, AnnotationMemoryRequest and
+	// AnnotationMemoryLimit override the injector's resources for the
+	// sidecar (--sidecar-cpu-request and so on): positive quantities such as
+	// 100m or 128Mi; a request above its limit (the annotation's or the
+	// injector's) rejects the Pod.
+	AnnotationCPURequest    = AnnotationPrefix + "cpu-request"
+	AnnotationCPULimit      = AnnotationPrefix + "cpu-limit"
+	AnnotationMemoryRequest = AnnotationPrefix + "memory-request"
+	AnnotationMemoryLimit   = AnnotationPrefix + "memory-limit"
+	// AnnotationLogLevel is the sidecar's log level (SIDECAR_LOG_LEVEL):
+	// debug, info, warn or error. Absent: the config file or info.
+	AnnotationLogLevel = AnnotationPrefix + "log-level"
+	// AnnotationImage replaces the injector's sidecar image (--sidecar-image)
+	// for this Pod: a reference with a tag or a digest (no implicit latest).
+	AnnotationImage = AnnotationPrefix + "image"
+	// AnnotationEnv adds environment variables to the sidecar:
+	// NAME=value pairs separated by commas (values cannot hold a comma).
+	// Names the injector sets itself (see reservedEnv) are refused: each has
+	// its own annotation.
+	AnnotationEnv = AnnotationPrefix + "env"
+	// AnnotationShutdownSeconds bounds the sidecar's drain of in-flight calls
+	// at SIGTERM (SIDECAR_SHUTDOWN_TIMEOUT), 1 to 300. The sidecar is stopped
+	// after the app containers, within the Pod's
+	// terminationGracePeriodSeconds: a value that does not fit in it draws a
+	// warning.
+	AnnotationShutdownSeconds = AnnotationPrefix + "shutdown-seconds"
+	// AnnotationUnixSocket is "true" for the sidecar to serve gRPC and
+	// HTTP/JSON on unix sockets in an emptyDir shared with the app
+	// containers (SIDECAR_ADDR=unix:///var/run/resilience-sidecar/grpc.sock)
+	// instead of loopback TCP; "false" or absent: TCP.
+	AnnotationUnixSocket = AnnotationPrefix + "unix-socket"
+	// AnnotationUnixSocketMode is the permission bits of the sockets (octal,
+	// 0600 to 0777, default 0666): the app's user must have write
+	// permission. Only with AnnotationUnixSocket "true".
+	AnnotationUnixSocketMode = AnnotationPrefix + "unix-socket-mode"
 	// AnnotationStatus is written by the injector ("injected") on the Pods it
 	// patched. Pod authors need not set it; its value is not read.
 	AnnotationStatus = AnnotationPrefix + "status"
@@ -86,12 +121,6 @@ const (
 	ConfigKey = "config.yaml"
 	// AddrEnv is the environment variable set in the app containers.
 	AddrEnv = "SIDECAR_ADDR"
-	// LivenessService is the grpc.health.v1 service name the startup and
-	// liveness probes check. The sidecar must report it SERVING while the
-	// process is up, whatever the store's state: a Redis outage makes the
-	// sidecar not ready (the readiness probe checks the "" service), it must
-	// not make the kubelet restart it.
-	LivenessService = server.LivenessService
 	// DefaultPort is the sidecar's gRPC port when the Pod does not set one.
 	DefaultPort = 50051
 	// DefaultMetricsPort is the sidecar's metrics port when the Pod does not
@@ -105,8 +134,56 @@ const statusInjected = "injected"
 var knownAnnotations = []string{
 	AnnotationInject, AnnotationNamespace, AnnotationConfigMap,
 	AnnotationRedisSecret, AnnotationRedisMode, AnnotationAPITokenSecret,
-	AnnotationPort, AnnotationMetricsPort, AnnotationStatus,
+	AnnotationPort, AnnotationMetricsPort, AnnotationCPURequest, AnnotationCPULimit,
+	AnnotationMemoryRequest, AnnotationMemoryLimit, AnnotationLogLevel, AnnotationImage,
+	AnnotationEnv, AnnotationShutdownSeconds, AnnotationUnixSocket, AnnotationUnixSocketMode,
+	AnnotationStatus,
 }
+
+// Patterns shared with the ValidatingAdmissionPolicy of deploy/k8s/injector
+// (policy.yaml), which must apply the same rules at `kubectl apply`; a test
+// checks that the policy carries them verbatim.
+const (
+	// ImagePattern is an image reference with an explicit tag or digest.
+	ImagePattern = `^([a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*(:[0-9]+)?/)?` +
+		`[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*(/[a-z0-9]+(([._]|__|-+)[a-z0-9]+)*)*` +
+		`(:[a-zA-Z0-9_][a-zA-Z0-9_.-]{0,127}(@sha256:[a-f0-9]{64})?|@sha256:[a-f0-9]{64})$`
+	// EnvPattern is the value of AnnotationEnv: NAME=value pairs joined by commas.
+	EnvPattern = `^[A-Za-z_][A-Za-z0-9_]*=[^,]*(,[A-Za-z_][A-Za-z0-9_]*=[^,]*)*$`
+	// QuantityPattern is a positive resource quantity (decimal SI or binary suffix).
+	QuantityPattern = `^([0-9]+(\.[0-9]*)?|\.[0-9]+)(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$`
+	// SocketModePattern is octal permission bits from 0600 to 0777.
+	SocketModePattern = `^0?[67][0-7][0-7]$`
+)
+
+// Defaults of the per-Pod settings.
+const (
+	// MaxShutdownSeconds is the largest AnnotationShutdownSeconds.
+	MaxShutdownSeconds = 300
+	// DefaultUnixSocketMode is the sockets' mode without AnnotationUnixSocketMode.
+	DefaultUnixSocketMode = "0666"
+	// DefaultHTTPPort is the loopback port of the sidecar's HTTP/JSON API
+	// in TCP mode (the sidecar's own default).
+	DefaultHTTPPort = 50080
+)
+
+// reservedEnv are the variables AnnotationEnv may not set: the injector
+// sets them (or the flags it passes override them), each from its own
+// annotation.
+var reservedEnv = []string{
+	"SIDECAR_REDIS_URL", "SIDECAR_REDIS_MODE", "SIDECAR_NAMESPACE", "SIDECAR_CONFIG",
+	"SIDECAR_API_TOKEN", "SIDECAR_API_TOKEN_FILE", "SIDECAR_LOG_LEVEL", "SIDECAR_SHUTDOWN_TIMEOUT",
+	"SIDECAR_LISTEN", "SIDECAR_LISTEN_MODE", "SIDECAR_LISTEN_GROUP", "SIDECAR_HTTP_LISTEN",
+	"SIDECAR_METRICS_LISTEN", "SIDECAR_DEBUG_LISTEN",
+}
+
+var (
+	imageRE      = regexp.MustCompile(ImagePattern)
+	envRE        = regexp.MustCompile(EnvPattern)
+	quantityRE   = regexp.MustCompile(QuantityPattern)
+	socketModeRE = regexp.MustCompile(SocketModePattern)
+	logLevels    = []string{"debug", "info", "warn", "error"}
+)
 
 var (
 	redisModes  = []string{"standalone", "cluster", "sentinel"}
@@ -123,6 +200,15 @@ type settings struct {
 	apiTokenSecret string
 	port           int32
 	metricsPort    int32
+	// Overrides of Config.Resources, canonical quantities; "" keeps the
+	// injector's.
+	cpuRequest, cpuLimit, memoryRequest, memoryLimit string
+	logLevel                                         string
+	image                                            string // "" is Config.SidecarImage
+	env                                              string // AnnotationEnv as given, validated
+	shutdownSeconds                                  int32  // 0: the sidecar's default
+	unixSocket                                       bool
+	socketMode                                       string // with unixSocket
 }
 
 // parseAnnotations reads the Pod's annotations. It returns inject=false when
@@ -213,10 +299,109 @@ func parseAnnotations(ann map[string]string, podNamespace string, cfg Config) (i
 		problems = append(problems, fmt.Sprintf("annotations %s and %s: the gRPC and metrics ports must differ (both %d)",
 			AnnotationPort, AnnotationMetricsPort, s.port))
 	}
+	s.cpuRequest, s.cpuLimit = quantities(ann, AnnotationCPURequest, AnnotationCPULimit, corev1.ResourceCPU, cfg, &problems)
+	s.memoryRequest, s.memoryLimit = quantities(ann, AnnotationMemoryRequest, AnnotationMemoryLimit, corev1.ResourceMemory, cfg, &problems)
+	if v, ok := ann[AnnotationLogLevel]; ok {
+		if !slices.Contains(logLevels, v) {
+			bad(AnnotationLogLevel, v, "must be one of "+strings.Join(logLevels, ", "))
+		}
+		s.logLevel = v
+	}
+	if v, ok := ann[AnnotationImage]; ok {
+		if len(v) > 512 || !imageRE.MatchString(v) {
+			bad(AnnotationImage, v, "is not an image reference with a tag or a digest (like registry.example.com/resilience-sidecar:1.2.3)")
+		}
+		s.image = v
+	}
+	if v, ok := ann[AnnotationEnv]; ok {
+		if !envRE.MatchString(v) {
+			bad(AnnotationEnv, v, "must be NAME=value pairs separated by commas (names of [A-Za-z0-9_] not starting with a digit; values without commas)")
+		} else {
+			seen := map[string]bool{}
+			for _, e := range parseEnv(v) {
+				switch {
+				case slices.Contains(reservedEnv, e.Name):
+					bad(AnnotationEnv, v, "sets "+e.Name+", which the injector sets (use its own annotation)")
+				case seen[e.Name]:
+					bad(AnnotationEnv, v, "sets "+e.Name+" twice")
+				}
+				seen[e.Name] = true
+			}
+		}
+		s.env = v
+	}
+	if v, ok := ann[AnnotationShutdownSeconds]; ok {
+		n, err := strconv.ParseUint(v, 10, 16)
+		if err != nil || n == 0 || n > MaxShutdownSeconds {
+			bad(AnnotationShutdownSeconds, v, fmt.Sprintf("must be a whole number of seconds from 1 to %d", MaxShutdownSeconds))
+		}
+		s.shutdownSeconds = int32(n)
+	}
+	switch v, ok := ann[AnnotationUnixSocket]; {
+	case !ok || v == "false":
+	case v == "true":
+		s.unixSocket = true
+		s.socketMode = DefaultUnixSocketMode
+	default:
+		bad(AnnotationUnixSocket, v, `must be "true" or "false"`)
+	}
+	if v, ok := ann[AnnotationUnixSocketMode]; ok {
+		switch {
+		case !socketModeRE.MatchString(v):
+			bad(AnnotationUnixSocketMode, v, "must be octal permission bits from 0600 to 0777 (the app's user needs write permission)")
+		case !s.unixSocket:
+			bad(AnnotationUnixSocketMode, v, "needs "+AnnotationUnixSocket+`: "true"`)
+		default:
+			s.socketMode = v
+		}
+	}
+	if _, ok := ann[AnnotationPort]; ok && s.unixSocket {
+		problems = append(problems, fmt.Sprintf("annotation %s: the gRPC port is not used with %s: \"true\" (remove one of them)",
+			AnnotationPort, AnnotationUnixSocket))
+	}
 	if err := joinProblems(problems); err != nil {
 		return false, settings{}, err
 	}
 	return true, s, nil
+}
+
+// quantities reads a request and limit annotation pair for resource r. It
+// returns the canonical quantities given ("" for an absent annotation) and
+// appends a problem for a value that is not a positive quantity, or a
+// request above the limit that applies (the annotation's or cfg's).
+func quantities(ann map[string]string, reqKey, limitKey string, r corev1.ResourceName, cfg Config, problems *[]string) (req, limit string) {
+	effReq, effLimit := cfg.Resources.Requests[r], cfg.Resources.Limits[r]
+	ok := true
+	read := func(key string, eff *resource.Quantity) string {
+		v, set := ann[key]
+		if !set {
+			return ""
+		}
+		q, err := resource.ParseQuantity(v)
+		if err != nil || !quantityRE.MatchString(v) || q.Sign() <= 0 {
+			*problems = append(*problems, fmt.Sprintf("annotation %s: %q is not a positive quantity (like 100m or 128Mi)", key, v))
+			ok = false
+			return ""
+		}
+		*eff = q
+		return q.String()
+	}
+	req, limit = read(reqKey, &effReq), read(limitKey, &effLimit)
+	if ok && (req != "" || limit != "") && effReq.Cmp(effLimit) > 0 {
+		*problems = append(*problems, fmt.Sprintf("annotations %s and %s: the %s request %s exceeds the limit %s",
+			reqKey, limitKey, r, effReq.String(), effLimit.String()))
+	}
+	return req, limit
+}
+
+// parseEnv splits a value matching EnvPattern into variables.
+func parseEnv(v string) []corev1.EnvVar {
+	var out []corev1.EnvVar
+	for _, pair := range strings.Split(v, ",") {
+		name, value, _ := strings.Cut(pair, "=")
+		out = append(out, corev1.EnvVar{Name: name, Value: value})
+	}
+	return out
 }
 
 // joinProblems makes one error of the problems, or nil when there are none.

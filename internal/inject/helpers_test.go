@@ -174,8 +174,8 @@ func checkHardened(t *testing.T, where string, c corev1.Container, pod *corev1.P
 }
 
 // checkSidecar fails the test unless c is the resilience sidecar as a
-// native sidecar with gRPC health probes on its gRPC port, listening on all
-// addresses, with Redis from a Secret.
+// native sidecar serving gRPC and HTTP/JSON on loopback or unix sockets
+// only, metrics on all addresses (probed there), with Redis from a Secret.
 func checkSidecar(t *testing.T, where string, spec *corev1.PodSpec) {
 	t.Helper()
 	var sidecar *corev1.Container
@@ -194,20 +194,34 @@ func checkSidecar(t *testing.T, where string, spec *corev1.PodSpec) {
 	if sidecar.RestartPolicy == nil || *sidecar.RestartPolicy != corev1.ContainerRestartPolicyAlways {
 		t.Errorf("%s: the sidecar needs restartPolicy: Always (a native sidecar)", where)
 	}
-	var port int32
+	var metricsPort int32
 	for _, p := range sidecar.Ports {
 		if p.Name == grpcPortName {
-			port = p.ContainerPort
+			t.Errorf("%s: the sidecar declares port %q, but gRPC listens on loopback only", where, grpcPortName)
+		}
+		if p.Name == metricsPortName {
+			metricsPort = p.ContainerPort
 		}
 	}
-	if port == 0 {
-		t.Errorf("%s: the sidecar declares no port %q", where, grpcPortName)
+	if metricsPort == 0 {
+		t.Errorf("%s: the sidecar declares no port %q", where, metricsPortName)
 	}
-	if !slices.Contains(sidecar.Args, fmt.Sprintf("--listen=0.0.0.0:%d", port)) {
-		t.Errorf("%s: the sidecar must listen on 0.0.0.0:%d for the kubelet's probes; args %q", where, port, sidecar.Args)
+	loopbackOrSocket := func(flag string) {
+		t.Helper()
+		i := slices.IndexFunc(sidecar.Args, func(a string) bool { return strings.HasPrefix(a, flag+"=") })
+		if i < 0 {
+			t.Errorf("%s: the sidecar has no %s argument (the default may change); args %q", where, flag, sidecar.Args)
+			return
+		}
+		v := strings.TrimPrefix(sidecar.Args[i], flag+"=")
+		if !strings.HasPrefix(v, "127.0.0.1:") && !strings.HasPrefix(v, "unix:///") {
+			t.Errorf("%s: the sidecar must serve %s on loopback or a unix socket only, got %q", where, flag, v)
+		}
 	}
-	if !slices.ContainsFunc(sidecar.Args, func(a string) bool { return strings.HasPrefix(a, "--metrics-listen=0.0.0.0:") }) {
-		t.Errorf("%s: the sidecar must serve metrics on 0.0.0.0; args %q", where, sidecar.Args)
+	loopbackOrSocket("--listen")
+	loopbackOrSocket("--http-listen")
+	if !slices.Contains(sidecar.Args, fmt.Sprintf("--metrics-listen=0.0.0.0:%d", metricsPort)) {
+		t.Errorf("%s: the sidecar must serve metrics on 0.0.0.0:%d; args %q", where, metricsPort, sidecar.Args)
 	}
 	for name, p := range map[string]*corev1.Probe{
 		"startupProbe": sidecar.StartupProbe, "livenessProbe": sidecar.LivenessProbe, "readinessProbe": sidecar.ReadinessProbe,
@@ -215,14 +229,11 @@ func checkSidecar(t *testing.T, where string, spec *corev1.PodSpec) {
 		switch {
 		case p == nil:
 			t.Errorf("%s: the sidecar has no %s", where, name)
-		case p.GRPC == nil:
-			t.Errorf("%s: the sidecar's %s must be a grpc.health.v1 probe", where, name)
-		case p.GRPC.Port != port:
-			t.Errorf("%s: the sidecar's %s probes port %d, not its gRPC port %d", where, name, p.GRPC.Port, port)
+		case p.HTTPGet == nil || p.HTTPGet.Path != MetricsPath:
+			t.Errorf("%s: the sidecar's %s must get %s (the kubelet cannot reach loopback)", where, name, MetricsPath)
+		case p.HTTPGet.Port.IntValue() != int(metricsPort) && p.HTTPGet.Port.String() != metricsPortName:
+			t.Errorf("%s: the sidecar's %s probes port %s, not its metrics port %d", where, name, p.HTTPGet.Port.String(), metricsPort)
 		}
-	}
-	if p := sidecar.LivenessProbe; p != nil && p.GRPC != nil && (p.GRPC.Service == nil || *p.GRPC.Service != LivenessService) {
-		t.Errorf("%s: the liveness probe must check the %q service, so that a Redis outage restarts nothing", where, LivenessService)
 	}
 	var redis *corev1.EnvVar
 	for i, e := range sidecar.Env {

@@ -6,10 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"mime"
-	"net"
 	"net/http"
 	"slices"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -143,7 +141,7 @@ func (in *Injector) admit(req *admissionv1.AdmissionRequest) (resp *admissionv1.
 			"cannot encode the patch: "+err.Error()), decisionRejected, podName
 	}
 	pt := admissionv1.PatchTypeJSONPatch
-	return &admissionv1.AdmissionResponse{Allowed: true, Patch: patch, PatchType: &pt, Warnings: ownAddrWarnings(&pod.Spec, s)},
+	return &admissionv1.AdmissionResponse{Allowed: true, Patch: patch, PatchType: &pt, Warnings: append(ownAddrWarnings(&pod.Spec, s), shutdownWarnings(&pod.Spec, s)...)},
 		decisionInjected, podName
 }
 
@@ -169,7 +167,7 @@ func ignoredSettings(ann map[string]string) []string {
 // SIDECAR_ADDR themselves to something other than the sidecar's address:
 // the injector keeps their value, so they may not reach the sidecar.
 func ownAddrWarnings(spec *corev1.PodSpec, s settings) []string {
-	want := net.JoinHostPort("127.0.0.1", strconv.Itoa(int(s.port)))
+	want := appAddr(s)
 	var out []string
 	for _, list := range [][]corev1.Container{spec.InitContainers, spec.Containers} {
 		for _, c := range list {
@@ -182,6 +180,22 @@ func ownAddrWarnings(spec *corev1.PodSpec, s settings) []string {
 		}
 	}
 	return out
+}
+
+// shutdownWarnings warns when the sidecar's drain bound
+// (AnnotationShutdownSeconds) does not fit in the Pod's
+// terminationGracePeriodSeconds (default 30), which the app containers'
+// own shutdown uses up first: the kubelet would kill the sidecar mid-drain.
+func shutdownWarnings(spec *corev1.PodSpec, s settings) []string {
+	grace := int64(corev1.DefaultTerminationGracePeriodSeconds)
+	if spec.TerminationGracePeriodSeconds != nil {
+		grace = *spec.TerminationGracePeriodSeconds
+	}
+	if s.shutdownSeconds == 0 || int64(s.shutdownSeconds) < grace {
+		return nil
+	}
+	return []string{fmt.Sprintf("resilience sidecar: annotation %s: %d s is not below the Pod's terminationGracePeriodSeconds (%d s), "+
+		"which also covers the app containers' shutdown: the sidecar may be killed before it drains", AnnotationShutdownSeconds, s.shutdownSeconds, grace)}
 }
 
 // deny is a refusal whose message the API server shows the user after

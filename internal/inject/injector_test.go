@@ -67,6 +67,9 @@ func TestAdmissionReviews(t *testing.T) {
 		{name: "full", wantAllowed: true, wantPatch: true, decision: decisionInjected},
 		{name: "port-conflict-resolved", wantAllowed: true, wantPatch: true, decision: decisionInjected},
 		{name: "own-scrape-annotations", wantAllowed: true, wantPatch: true, decision: decisionInjected},
+		// Every per-Pod setting: unix sockets, token in the app, resources,
+		// log level, image, env, drain bound within the grace period.
+		{name: "settings", wantAllowed: true, wantPatch: true, decision: decisionInjected},
 		{name: "already-injected", wantAllowed: true, decision: decisionAlready},
 		{name: "opt-out", wantAllowed: true, decision: decisionNotRequested},
 		{name: "no-annotations", wantAllowed: true, decision: decisionNotRequested},

@@ -9,6 +9,8 @@ import (
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/util/intstr"
 )
 
 // Paths and names of what the injected container mounts.
@@ -17,7 +19,12 @@ const (
 	configDir       = "/etc/resilience-sidecar"
 	tokenVolume     = "resilience-sidecar-token"
 	tokenDir        = "/var/run/secrets/resilience-sidecar"
-	nonRootID       = 65532 // the distroless "nonroot" user and group
+	socketVolume    = "resilience-sidecar-socket"
+	socketDir       = "/var/run/resilience-sidecar"
+	grpcSocket      = socketDir + "/grpc.sock"
+	httpSocket      = socketDir + "/http.sock"
+	tokenEnv        = "SIDECAR_API_TOKEN_FILE" // read by the sidecar and by the four clients
+	nonRootID       = 65532                    // the distroless "nonroot" user and group
 	grpcPortName    = "sidecar-grpc"
 	metricsPortName = "sidecar-metrics"
 )
@@ -63,6 +70,19 @@ func conflicts(spec *corev1.PodSpec, s settings) []string {
 			}
 		}
 	}
+	for _, list := range []struct {
+		field string
+		cs    []corev1.Container
+	}{{"initContainers", spec.InitContainers}, {"containers", spec.Containers}} {
+		for _, c := range list.cs {
+			for _, m := range c.VolumeMounts {
+				if s.unixSocket && m.MountPath == socketDir {
+					problems = append(problems, fmt.Sprintf("%s %q mounts %q at %s, where the injector mounts the sidecar's sockets (%s)",
+						list.field, c.Name, m.Name, m.MountPath, AnnotationUnixSocket))
+				}
+			}
+		}
+	}
 	for _, ours := range sidecarVolumes(s) {
 		for _, v := range spec.Volumes {
 			if v.Name == ours.Name {
@@ -80,20 +100,19 @@ func conflicts(spec *corev1.PodSpec, s settings) []string {
 // annotations (podAnnotations).
 func patchFor(pod *corev1.Pod, s settings, cfg Config) []patchOp {
 	var ops []patchOp
-	addr := corev1.EnvVar{Name: AddrEnv, Value: net.JoinHostPort("127.0.0.1", strconv.Itoa(int(s.port)))}
 	for _, list := range []struct {
 		field string
 		cs    []corev1.Container
 	}{{"containers", pod.Spec.Containers}, {"initContainers", pod.Spec.InitContainers}} {
 		for i, c := range list.cs {
-			if hasEnv(c.Env, AddrEnv) {
-				continue // the app chose its own address
+			var env []corev1.EnvVar
+			for _, e := range appEnv(s) {
+				if !hasEnv(c.Env, e.Name) { // the app chose its own
+					env = append(env, e)
+				}
 			}
-			if c.Env == nil {
-				ops = append(ops, add([]corev1.EnvVar{addr}, "spec", list.field, strconv.Itoa(i), "env"))
-			} else {
-				ops = append(ops, add(addr, "spec", list.field, strconv.Itoa(i), "env", "-"))
-			}
+			ops = appendAll(ops, c.Env == nil, env, "spec", list.field, strconv.Itoa(i), "env")
+			ops = appendAll(ops, c.VolumeMounts == nil, appMounts(s, c.VolumeMounts), "spec", list.field, strconv.Itoa(i), "volumeMounts")
 		}
 	}
 
@@ -126,6 +145,54 @@ func patchFor(pod *corev1.Pod, s settings, cfg Config) []patchOp {
 		}
 	}
 	return ops
+}
+
+// appendAll appends to ops the operations adding items to the array at
+// path: one operation creating it when absent, else one per item.
+func appendAll[T any](ops []patchOp, absent bool, items []T, path ...string) []patchOp {
+	switch {
+	case len(items) == 0:
+	case absent:
+		ops = append(ops, add(items, path...))
+	default:
+		for _, it := range items {
+			ops = append(ops, add(it, append(path, "-")...))
+		}
+	}
+	return ops
+}
+
+// appAddr is the sidecar's gRPC address for the app containers.
+func appAddr(s settings) string {
+	if s.unixSocket {
+		return "unix://" + grpcSocket
+	}
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(int(s.port)))
+}
+
+// appEnv is what the app containers get: SIDECAR_ADDR, and the token file
+// the sidecar checks (SIDECAR_API_TOKEN_FILE, which the clients read).
+func appEnv(s settings) []corev1.EnvVar {
+	env := []corev1.EnvVar{{Name: AddrEnv, Value: appAddr(s)}}
+	if s.apiTokenSecret != "" {
+		env = append(env, corev1.EnvVar{Name: tokenEnv, Value: tokenDir + "/" + APITokenKey})
+	}
+	return env
+}
+
+// appMounts is what an app container that has the mounts existing gets:
+// the sockets' directory, and the API token read-only unless the container
+// mounts something at its path already (an app that mounted the token
+// itself keeps its mount).
+func appMounts(s settings, existing []corev1.VolumeMount) []corev1.VolumeMount {
+	var ms []corev1.VolumeMount
+	if s.unixSocket {
+		ms = append(ms, corev1.VolumeMount{Name: socketVolume, MountPath: socketDir})
+	}
+	if s.apiTokenSecret != "" && !slices.ContainsFunc(existing, func(m corev1.VolumeMount) bool { return m.MountPath == tokenDir }) {
+		ms = append(ms, corev1.VolumeMount{Name: tokenVolume, MountPath: tokenDir, ReadOnly: true})
+	}
+	return ms
 }
 
 // podAnnotations returns the annotations the injector sets on the Pod, given
@@ -178,13 +245,18 @@ func sidecarVolumes(s settings) []corev1.Volume {
 			},
 		}})
 	}
+	if s.unixSocket {
+		vs = append(vs, corev1.Volume{Name: socketVolume, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}})
+	}
 	return vs
 }
 
-// sidecarContainer returns the native sidecar container for s: it listens
-// on all the Pod's addresses (the kubelet's gRPC probes connect to the Pod
-// IP; the optional API token guards every RPC but health), reads Redis from
-// the Secret, and runs as non-root on a read-only root filesystem with no
+// sidecarContainer returns the native sidecar container for s. It serves
+// gRPC and the HTTP/JSON API on loopback only (the app shares the Pod's
+// network namespace) or on unix sockets in a volume shared with the app,
+// and only metrics on the Pod's addresses; the kubelet probes the metrics
+// endpoint, since it cannot reach loopback or a socket. It reads Redis from
+// the Secret and runs as non-root on a read-only root filesystem with no
 // capabilities.
 func sidecarContainer(s settings, cfg Config) corev1.Container {
 	always := corev1.ContainerRestartPolicyAlways
@@ -207,46 +279,81 @@ func sidecarContainer(s settings, cfg Config) corev1.Container {
 		mounts = append(mounts, corev1.VolumeMount{Name: configVolume, MountPath: configDir, ReadOnly: true})
 	}
 	if s.apiTokenSecret != "" {
-		env = append(env, corev1.EnvVar{Name: "SIDECAR_API_TOKEN_FILE", Value: tokenDir + "/" + APITokenKey})
+		env = append(env, corev1.EnvVar{Name: tokenEnv, Value: tokenDir + "/" + APITokenKey})
 		mounts = append(mounts, corev1.VolumeMount{Name: tokenVolume, MountPath: tokenDir, ReadOnly: true})
+	}
+	if s.logLevel != "" {
+		env = append(env, corev1.EnvVar{Name: "SIDECAR_LOG_LEVEL", Value: s.logLevel})
+	}
+	if s.shutdownSeconds > 0 {
+		env = append(env, corev1.EnvVar{Name: "SIDECAR_SHUTDOWN_TIMEOUT", Value: strconv.Itoa(int(s.shutdownSeconds)) + "s"})
+	}
+	if s.env != "" {
+		env = append(env, parseEnv(s.env)...)
+	}
+	args := []string{
+		"--listen=" + net.JoinHostPort("127.0.0.1", strconv.Itoa(int(s.port))),
+		"--http-listen=" + net.JoinHostPort("127.0.0.1", strconv.Itoa(DefaultHTTPPort)),
+	}
+	if s.unixSocket {
+		args = []string{"--listen=unix://" + grpcSocket, "--listen-mode=" + s.socketMode, "--http-listen=unix://" + httpSocket}
+		mounts = append(mounts, corev1.VolumeMount{Name: socketVolume, MountPath: socketDir})
+	}
+	args = append(args, "--metrics-listen=0.0.0.0:"+strconv.Itoa(int(s.metricsPort)))
+	image := cfg.SidecarImage
+	if s.image != "" {
+		image = s.image
+	}
+	res := cfg.Resources.DeepCopy()
+	for _, o := range []struct {
+		list corev1.ResourceList
+		name corev1.ResourceName
+		v    string
+	}{
+		{res.Requests, corev1.ResourceCPU, s.cpuRequest}, {res.Limits, corev1.ResourceCPU, s.cpuLimit},
+		{res.Requests, corev1.ResourceMemory, s.memoryRequest}, {res.Limits, corev1.ResourceMemory, s.memoryLimit},
+	} {
+		if o.v != "" {
+			o.list[o.name] = resource.MustParse(o.v) // validated by parseAnnotations
+		}
 	}
 	return corev1.Container{
 		Name:            ContainerName,
-		Image:           cfg.SidecarImage,
+		Image:           image,
 		ImagePullPolicy: cfg.ImagePullPolicy,
 		RestartPolicy:   &always,
-		Args: []string{
-			"--listen=0.0.0.0:" + strconv.Itoa(int(s.port)),
-			"--metrics-listen=0.0.0.0:" + strconv.Itoa(int(s.metricsPort)),
-		},
+		Args:            args,
 		Ports: []corev1.ContainerPort{
-			{Name: grpcPortName, ContainerPort: s.port, Protocol: corev1.ProtocolTCP},
 			{Name: metricsPortName, ContainerPort: s.metricsPort, Protocol: corev1.ProtocolTCP},
 		},
-		Env:           env,
-		VolumeMounts:  mounts,
-		Resources:     *cfg.Resources.DeepCopy(),
-		StartupProbe:  grpcProbe(s.port, LivenessService, 1, 1, 30),
-		LivenessProbe: grpcProbe(s.port, LivenessService, 10, 2, 3),
-		// The "" service is NOT_SERVING while the store is unreachable: the
-		// Pod leaves its Services' endpoints but is not restarted.
-		ReadinessProbe:           grpcProbe(s.port, "", 5, 2, 2),
+		Env:          env,
+		VolumeMounts: mounts,
+		Resources:    *res,
+		// The metrics server starts after the gRPC listener is bound, so
+		// the app containers start once the sidecar accepts connections.
+		StartupProbe:  metricsProbe(1, 1, 30),
+		LivenessProbe: metricsProbe(10, 2, 3),
+		// Store health is not visible here: a Redis outage leaves the Pod
+		// ready and the calls fail with UNAVAILABLE (the gRPC health
+		// service on loopback still reports it to the app).
+		ReadinessProbe:           metricsProbe(5, 2, 2),
 		TerminationMessagePolicy: corev1.TerminationMessageFallbackToLogsOnError,
 		SecurityContext:          restrictedSecurityContext(),
 	}
 }
 
-// grpcProbe is a grpc.health.v1 probe of service on port; "" is the
-// server's overall health.
-func grpcProbe(port int32, service string, period, timeout, failures int32) *corev1.Probe {
-	p := &corev1.Probe{
-		ProbeHandler:     corev1.ProbeHandler{GRPC: &corev1.GRPCAction{Port: port, Service: &service}},
+// metricsProbe is an HTTP probe of the sidecar's metrics endpoint (its
+// port by name), the one listener the kubelet can reach.
+func metricsProbe(period, timeout, failures int32) *corev1.Probe {
+	return &corev1.Probe{
+		ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+			Path: MetricsPath, Port: intstr.FromString(metricsPortName), Scheme: corev1.URISchemeHTTP,
+		}},
 		PeriodSeconds:    period,
 		TimeoutSeconds:   timeout,
 		FailureThreshold: failures,
 		SuccessThreshold: 1,
 	}
-	return p
 }
 
 // restrictedSecurityContext meets the Pod Security Standards' "restricted"
