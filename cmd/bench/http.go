@@ -19,7 +19,7 @@ func init() { groups = append(groups, httpRows) }
 // pair, so it reads as the cost of HTTP/JSON over gRPC.
 func httpRows(env *Env) []Row {
 	addr := testharness.FreeAddr(env.TB)
-	testharness.StartSidecar(env.TB, env.Bin, "--redis-url", env.RedisURL, "--metrics-listen", "", "--http-listen", addr)
+	sc := testharness.StartSidecar(env.TB, env.Bin, "--redis-url", env.RedisURL, "--metrics-listen", "", "--http-listen", addr)
 	// Keep-alive connections for up to 256 workers, as an app's pool would.
 	client := &http.Client{Transport: &http.Transport{MaxIdleConns: 256, MaxIdleConnsPerHost: 256}}
 	base := "http://" + addr
@@ -63,6 +63,7 @@ func httpRows(env *Env) []Row {
 			return post(ctx, "/v1/locks/"+key+":release", `{"leaseId":"`+acq.Lease.LeaseID+`"}`, &rel)
 		},
 		Raw:   "lock pair: sidecar on Redis",
+		PID:   sc.PID(),
 		Floor: "gRPC floor: 2 bare unary calls",
 	}}
 }

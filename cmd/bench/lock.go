@@ -40,7 +40,7 @@ func lockRows(env *Env) []Row {
 	svc := lock.NewService(store, nil, nil)
 	health := healthpb.NewHealthClient(env.Floor)
 	return []Row{
-		{Name: "lock pair: sidecar on Redis", Op: viaSidecar(v1.NewLockServiceClient(env.OnRedis), "redis"), Raw: raw, Floor: floor},
+		{Name: "lock pair: sidecar on Redis", Op: viaSidecar(v1.NewLockServiceClient(env.OnRedis), "redis"), Raw: raw, Floor: floor, PID: env.OnRedisSidecar.PID()},
 		{Name: "lock pair: sidecar on embedded store", Op: viaSidecar(v1.NewLockServiceClient(env.Embedded), "mem"), Floor: floor},
 		{Name: raw, Op: func(ctx context.Context, w, _ int) error {
 			key := fmt.Sprintf("bench-%d", w)

@@ -71,6 +71,9 @@ type Row struct {
 	// Redis, when set, is the Redis whose commands and CPU per op each
 	// cell of the row reports (Redis-wide deltas over the cell).
 	Redis *redis.Client
+	// PID, when set, is the server process whose CPU per op each cell of
+	// the row reports (utime+stime over the cell).
+	PID int
 }
 
 // groups are registered by the scenario files (lock.go, ...).
@@ -86,6 +89,7 @@ type result struct {
 	p50, p99   time.Duration
 	throughput float64
 	redis      redisCost
+	cpuPerOp   time.Duration // of row.PID; 0 when not measured
 }
 
 // benchGroups are the parts of the run -groups selects from.
@@ -228,6 +232,10 @@ func measure(row Row, conc int, d time.Duration) result {
 	var firstErr atomic.Value
 	lat := make([]hist, conc)
 	cost := startRedisCost(row.Redis)
+	var cpu0 time.Duration
+	if row.PID != 0 {
+		cpu0 = procCPU(row.PID)
+	}
 	deadline := time.Now().Add(d)
 	start := time.Now()
 	var wg sync.WaitGroup
@@ -256,6 +264,9 @@ func measure(row Row, conc int, d time.Duration) result {
 		all.merge(&lat[i])
 	}
 	r := result{row: row, conc: conc, ops: ops.Load(), errs: errs.Load(), elapsed: elapsed, redis: rc}
+	if row.PID != 0 && r.ops > 0 {
+		r.cpuPerOp = (procCPU(row.PID) - cpu0) / time.Duration(r.ops)
+	}
 	if e, ok := firstErr.Load().(error); ok {
 		r.firstErr = e
 	}
@@ -278,15 +289,19 @@ func printTable(results []result) {
 		return fmt.Sprintf("%.2fx", float64(r.p50)/float64(o.p50))
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "scenario\tconc\tthroughput/s\tp50\tp99\tp50 vs raw\tp50 vs floor\tRedis cmds/op\tRedis CPU/op\terrors\t")
+	fmt.Fprintln(tw, "scenario\tconc\tthroughput/s\tp50\tp99\tp50 vs raw\tp50 vs floor\tRedis cmds/op\tRedis CPU/op\tserver CPU/op\terrors\t")
 	for _, r := range results {
 		errs := fmt.Sprint(r.errs)
 		if r.firstErr != nil {
 			errs += " (" + trunc(r.firstErr.Error(), 40) + ")"
 		}
 		cmds, cpu := r.redis.columns()
-		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.row.Name, r.conc, r.throughput,
-			round(r.p50), round(r.p99), ratio(r, r.row.Raw), ratio(r, r.row.Floor), cmds, cpu, errs)
+		serverCPU := "-"
+		if r.cpuPerOp > 0 {
+			serverCPU = round(r.cpuPerOp)
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n", r.row.Name, r.conc, r.throughput,
+			round(r.p50), round(r.p99), ratio(r, r.row.Raw), ratio(r, r.row.Floor), cmds, cpu, serverCPU, errs)
 	}
 	tw.Flush()
 	fmt.Println("\np50 vs raw/floor: this row's median latency divided by the named baseline row's at the same concurrency.")
