@@ -79,6 +79,11 @@ func TestGrantsSurviveFailover(t *testing.T) {
 				for _, err := range locks.unexpected {
 					t.Error(err)
 				}
+				// Durability bought by never granting again would pass
+				// the checks below: the mode must serve after the change.
+				if n := grantsAfter(locks.log.starts(), changed); n == 0 {
+					t.Errorf("no grant in the %v after the change completed: the store did not serve again", 6*time.Second)
+				}
 				if dupes != 0 || !consistent {
 					t.Errorf("fencing: %d duplicate tokens, counters consistent %v", dupes, consistent)
 				}
@@ -93,6 +98,17 @@ func TestGrantsSurviveFailover(t *testing.T) {
 			})
 		}
 	}
+}
+
+// grantsAfter counts the grants made after t.
+func grantsAfter(grants []time.Time, t time.Time) int {
+	n := 0
+	for _, g := range grants {
+		if g.After(t) {
+			n++
+		}
+	}
+	return n
 }
 
 // grantTimes returns the time from changeStart to the first grant after it,

@@ -218,6 +218,9 @@ func (t *targetRun) runLockCost() {
 		tw.Flush()
 		rows = append(rows, t.sidecarRow("compared sidecar ("+*lockCostCompare+")", other, rcpu))
 	}
+	if *lockCostFleet > 1 {
+		rows = append(rows, t.fleetRow(*lockCostFleet, rcpu))
+	}
 	rows = append(rows, pairRow{name: "daprd pattern (SET NX + Lua del)", procs: []cpuSource{rcpu},
 		newOp: func(c, w int) func(context.Context) error {
 			return daprPair(daprClient(env, c), fmt.Sprintf("dapr-%d-%d", run, w))
@@ -261,7 +264,8 @@ func daprClient(env *Env, conc int) *redis.Client {
 }
 
 // runPairRows measures rows at each level in rotated rounds and prints the
-// medians.
+// medians, then the Redis ceiling they project at the highest level. The
+// last row is the daprd pattern, the baseline of the ratio columns.
 func (t *targetRun) runPairRows(rows []pairRow) {
 	type key struct{ row, conc int }
 	got := map[key][]loadResult{}
@@ -288,6 +292,8 @@ func (t *targetRun) runPairRows(rows []pairRow) {
 	tw := tabwriter.NewWriter(t.out, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "conc\trow\tpairs/s\tp50\tprocess CPU/pair\tRedis CPU/pair\tpairs/s vs daprd pattern\tRedis CPU vs daprd pattern\terrors\t")
 	dapr := len(rows) - 1
+	top := lockCostLevels[len(lockCostLevels)-1]
+	names, topMeds := make([]string, len(rows)), make([]pairMedians, len(rows))
 	for _, c := range lockCostLevels {
 		dt := med(got[key{dapr, c}], func(r loadResult) float64 { return r.throughput })
 		dr := med(got[key{dapr, c}], func(r loadResult) float64 { return r.cpu["redis"] })
@@ -306,9 +312,13 @@ func (t *targetRun) runPairRows(rows []pairRow) {
 				vsCPU = fmt.Sprintf("%.2fx", rc/dr)
 			}
 			fmt.Fprintf(tw, "%d\t%s\t%.0f\t%s\t%s\t%s\t%.2fx\t%s\t%d\t\n", c, trunc(row.name, 60), tp, round(p50), us(pc), us(rc), tp/max(dt, 1), vsCPU, errs)
+			if c == top {
+				names[i], topMeds[i] = row.name, pairMedians{throughput: tp, redisCPU: rc}
+			}
 		}
 	}
 	tw.Flush()
+	printRedisCeiling(t.out, top, names, topMeds)
 }
 
 // printCost prints one client's commandstats rows.
