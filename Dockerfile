@@ -19,8 +19,11 @@ ARG BUILDPLATFORM
 FROM --platform=$BUILDPLATFORM golang:${GO_VERSION} AS build
 ENV GOTOOLCHAIN=go1.27.3
 WORKDIR /src
-# Modules first, so that a source change does not download them again.
+# Modules first, so that a source change does not download them again. The
+# Go client is a module of its own (clients/go) that go.mod replaces with the
+# directory: its go.mod and go.sum are needed to resolve the build list.
 COPY go.mod go.sum ./
+COPY clients/go/go.mod clients/go/go.sum ./clients/go/
 RUN go mod download
 COPY . .
 ARG TARGETOS=linux

@@ -85,25 +85,44 @@ generate: $(BIN)/buf $(BIN)/protoc-gen-go $(BIN)/protoc-gen-go-grpc
 	clients/python/generate.sh
 	$(GO) run ./internal/api/reasongen
 	$(GO) run ./internal/httpapi/openapigen -o docs/openapi.json
+	python3 scripts/version.py sync
 
 ## check-generated: fails when committed generated code differs from what make generate writes.
 GENERATED := clients/go/resiliencev1 clients/node/src/gen clients/python/resilience_sidecar/v1 \
              clients/go/resilience/reasons_gen.go clients/node/src/reasons.ts clients/python/resilience_sidecar/reasons.py \
              clients/java/src/main/java/io/github/seeda88e5317/resilience/Reasons.java \
-             docs/openapi.json
+             docs/openapi.json \
+             $(VERSIONED)
+
+## VERSIONED: every file that carries the release number, written from VERSION
+## by scripts/version.py (make generate); check-generated fails on drift.
+VERSIONED := internal/version/version_gen.go clients/go/resilience/version_gen.go \
+             clients/python/pyproject.toml clients/python/resilience_sidecar/__init__.py \
+             clients/node/package.json clients/node/package-lock.json \
+             $(shell git ls-files '*pom.xml') deploy docs/kubernetes.md
 
 check-generated: generate
 	@test -z "$$(git status --porcelain -- $(GENERATED))" || { git status --short -- $(GENERATED); echo "generated code is stale: run 'make generate' and commit" >&2; exit 1; }
 
 ## lint: go vet, staticcheck (default checks), deadcode (no function that
-## no program or test reaches), buf lint and format, gofmt.
+## no program or test reaches), buf lint and format, gofmt. The same for the
+## Go client module (clients/go, a library: deadcode -test, so every
+## function must be reached from its own tests or Examples; the root's
+## deadcode, which sees the client through the replace, leaves it to that)
+## and examples/go (a program: deadcode from its main); vet and staticcheck
+## for clients/go/internal/modzip (dist.sh's zip writer, a module of its own).
 lint: $(BIN)/buf $(BIN)/staticcheck $(BIN)/deadcode
 	$(GO) vet ./...
 	staticcheck ./...
-	@out="$$(deadcode -test ./...)" || { echo "deadcode failed (see above)" >&2; exit 1; }; test -z "$$out" || { echo "$$out"; echo "unreachable code: delete it, or test it if it is API" >&2; exit 1; }
+	@out="$$(deadcode -test ./...)" || { echo "deadcode failed (see above)" >&2; exit 1; }; out="$$(printf '%s\n' "$$out" | grep -v '^clients/go/')"; test -z "$$out" || { echo "$$out"; echo "unreachable code: delete it, or test it if it is API" >&2; exit 1; }
+	cd clients/go && $(GO) vet ./... && staticcheck ./...
+	@out="$$(cd clients/go && deadcode -test ./...)" || { echo "deadcode (clients/go) failed (see above)" >&2; exit 1; }; test -z "$$out" || { echo "$$out"; echo "clients/go: unreachable code: delete it, or test it if it is API" >&2; exit 1; }
+	cd examples/go && $(GO) vet ./... && staticcheck ./...
+	cd clients/go/internal/modzip && $(GO) vet ./... && staticcheck ./...
+	@out="$$(cd examples/go && deadcode ./...)" || { echo "deadcode (examples/go) failed (see above)" >&2; exit 1; }; test -z "$$out" || { echo "$$out"; echo "examples/go: unreachable code" >&2; exit 1; }
 	buf lint
 	buf format -d --exit-code
-	@test -z "$$(gofmt -l $$(git ls-files '*.go'))" || { gofmt -l $$(git ls-files '*.go'); echo "gofmt needed" >&2; exit 1; }
+	@test -z "$$(gofmt -l $$(git ls-files -co --exclude-standard '*.go'))" || { gofmt -l $$(git ls-files -co --exclude-standard '*.go'); echo "gofmt needed" >&2; exit 1; }
 
 ## vulncheck: govulncheck against the locally built database; fails (exit 3)
 ## on any vulnerability the code can reach. The database must know
@@ -113,6 +132,8 @@ vulncheck: $(BIN)/govulncheck $(VULNDB)/index/db.json
 	@test -s $(VULNDB)/ID/GO-2026-6617.json || { echo "vulncheck: $(VULNDB) lacks GO-2026-6617: rebuild it (rm -rf $(VULNDB))" >&2; exit 1; }
 	$(GO) version
 	govulncheck -db file://$(VULNDB) ./...
+	cd clients/go && govulncheck -db file://$(VULNDB) ./...
+	cd examples/go && govulncheck -db file://$(VULNDB) ./...
 
 redis:
 	@scripts/ensure-redis.sh
@@ -121,18 +142,50 @@ postgres:
 	@scripts/ensure-postgres.sh
 
 ## test: everything CI runs.
-test: tools redis postgres k8s-deps check-generated lint vulncheck test-go test-clients test-image
+test: tools redis postgres k8s-deps check-generated lint vulncheck test-go test-clients test-install test-image
 
 ## test-clients: each language's client tests against the real sidecar binary.
 test-clients: build redis
 	SIDECAR_BIN=$(BIN)/sidecar clients/node/test.sh
 	SIDECAR_BIN=$(BIN)/sidecar clients/python/test.sh
 	SIDECAR_BIN=$(BIN)/sidecar clients/java/test.sh
+	SIDECAR_BIN=$(BIN)/sidecar clients/java-spring/test.sh
 
-## test-go: every Go package. The timeout only catches a hang: e2e, the longest
+## test-go: every Go package: the root module's, then the Go client
+## module's (clients/go; its tests also run examples/go) against the sidecar
+## binary just built. The timeout only catches a hang: e2e, the longest
 ## package, takes 8-10 min on two idle cores and up to 15 on a loaded machine.
-test-go:
+test-go: build
 	$(GO) test -race -count=1 -timeout 25m ./...
+	cd clients/go && SIDECAR_BIN=$(BIN)/sidecar $(GO) test -race -count=1 -timeout 15m ./...
+
+# ---- Release artifacts (issue 21; one number in VERSION, scripts/version.py) ----
+.PHONY: dist test-install
+
+## dist: every artifact of the release VERSION into dist/: the sidecar's
+## static linux tarballs and its Helm chart, the Go client's module (proxy
+## layout), the Python wheel and sdist, the npm tarball, and the Maven
+## artifacts (client and Spring Boot starter: jars, sources, javadoc), with
+## SHA256SUMS over them.
+dist: tools $(HELM)
+	rm -rf dist
+	HELM=$(HELM) GO=$(GO) scripts/dist-sidecar.sh
+	clients/go/dist.sh
+	clients/python/dist.sh
+	clients/node/dist.sh
+	clients/java/dist.sh
+	cd dist && find . -type f ! -name SHA256SUMS -print0 | LC_ALL=C sort -z | xargs -0 sha256sum > SHA256SUMS
+
+## test-install: each artifact of dist/ installed into a fresh project outside
+## the repository (a tarball unpacked, a Go module, venvs on the oldest and
+## newest Python and on protobuf 5, an npm project from ESM and CommonJS, a
+## Maven project) and run against the real sidecar.
+test-install: dist build redis
+	HELM=$(HELM) scripts/install-test-sidecar.sh
+	SIDECAR_BIN=$(abspath $(BIN))/sidecar clients/go/install-test.sh
+	SIDECAR_BIN=$(abspath $(BIN))/sidecar clients/python/install-test.sh
+	SIDECAR_BIN=$(abspath $(BIN))/sidecar clients/node/install-test.sh
+	SIDECAR_BIN=$(abspath $(BIN))/sidecar clients/java/install-test.sh
 
 ## bench: load benchmarks and the issue-12 targets (not tests; docs/performance.md).
 ## Parts: make bench BENCH_FLAGS='-groups locks,clock'

@@ -1,11 +1,21 @@
 #!/usr/bin/env bash
 # generate.sh regenerates the committed Python stubs in resilience_sidecar/v1
 # from ../../proto/resilience/v1/*.proto with pinned tools installed into
-# clients/python/.venv. The output depends only on the protos and the pins:
-# running it twice gives identical files.
+# clients/python/.venv-gen/{protoc,mypy} (venvs of their own: grpcio-tools
+# 1.63.0 needs protobuf < 6, mypy-protobuf's plugin needs protobuf >= 6.32.1,
+# and neither must reach the test venv). The output depends only on the
+# protos and the pins: running it twice gives identical files.
 #
-#   *_pb2.py, *_pb2_grpc.py    grpcio-tools (its bundled protoc supports edition 2023)
+#   *_pb2.py, *_pb2_grpc.py    grpcio-tools 1.63.0 (protoc 26.1, Python gencode 5.26.1)
 #   *_pb2.pyi, *_pb2_grpc.pyi  mypy-protobuf
+#
+# Why grpcio-tools 1.63.0 (README, "Dependency ranges"): it is the oldest
+# whose protoc compiles edition 2023 (behind --experimental_editions in protoc
+# 26; the serialized descriptors are byte-identical to protoc 27's), and its
+# gencode predates the runtime version check protoc 27+ writes, so the stubs
+# import on every protobuf runtime from 5.26.1 to 7.x (tests/test_generated.py
+# and install-test.sh check 5.26.1, 5.29.x, 6.33.x and 7.x). Its *_pb2_grpc.py
+# need grpcio >= 1.63.0. Newer grpcio-tools would raise both floors.
 #
 # protoc writes `from resilience.v1 import x_pb2`; those imports are rewritten
 # to `from resilience_sidecar.v1 import x_pb2` so the package is self-contained.
@@ -13,16 +23,32 @@
 # resilience.v1), as the sidecar's reflection service shows them.
 set -euo pipefail
 
-GRPCIO_TOOLS_VERSION=1.85.1
-MYPY_PROTOBUF_VERSION=5.1.0
+# The pins: change PROTOC_PINS together with pyproject.toml's floors and the
+# README.
+PROTOC_PINS=(grpcio-tools==1.63.0 grpcio==1.63.0 protobuf==5.26.1 setuptools==80.9.0)
+MYPY_PINS=(mypy-protobuf==5.1.0 protobuf==6.33.6 types-protobuf==6.32.1.20251210)
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 proto_root="$(cd "$here/../../proto" && pwd)"
 out="$here/resilience_sidecar/v1"
 
-# shellcheck source=scripts/venv.sh
-source "$here/scripts/venv.sh"
-"$VENV_PY" -m pip install -q "grpcio-tools==$GRPCIO_TOOLS_VERSION" "mypy-protobuf==$MYPY_PROTOBUF_VERSION"
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
+# gen_venv NAME PIN...: clients/python/.venv-gen/NAME with exactly these pins.
+gen_venv() {
+	local dir="$here/.venv-gen/$1"
+	shift
+	if [[ ! -x "$dir/bin/python" ]]; then
+		"${PYTHON:-python3}" -m venv "$dir"
+	fi
+	if [[ ! -f "$dir/.pins" || "$(cat "$dir/.pins")" != "$*" ]]; then
+		"$dir/bin/python" -m pip install -q "$@"
+		echo "$*" >"$dir/.pins"
+	fi
+}
+gen_venv protoc "${PROTOC_PINS[@]}"
+gen_venv mypy "${MYPY_PINS[@]}"
+protoc_py="$here/.venv-gen/protoc/bin/python"
+mypy_bin="$here/.venv-gen/mypy/bin"
 
 tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
@@ -33,9 +59,10 @@ if [[ ${#protos[@]} -eq 0 ]]; then
 	exit 1
 fi
 
-(cd "$proto_root" && "$VENV_PY" -m grpc_tools.protoc -I . \
-	--plugin=protoc-gen-mypy="$venv_dir/bin/protoc-gen-mypy" \
-	--plugin=protoc-gen-mypy_grpc="$venv_dir/bin/protoc-gen-mypy_grpc" \
+# --experimental_editions: protoc 26 compiles edition 2023 only with it.
+(cd "$proto_root" && "$protoc_py" -m grpc_tools.protoc --experimental_editions -I . \
+	--plugin=protoc-gen-mypy="$mypy_bin/protoc-gen-mypy" \
+	--plugin=protoc-gen-mypy_grpc="$mypy_bin/protoc-gen-mypy_grpc" \
 	--python_out="$tmp" --grpc_python_out="$tmp" \
 	--mypy_out=quiet:"$tmp" --mypy_grpc_out=quiet:"$tmp" \
 	"${protos[@]}")

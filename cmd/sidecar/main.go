@@ -2,6 +2,7 @@
 // other services) over gRPC, on Redis or on an embedded in-memory store.
 //
 //	sidecar [flags]          serve (see --help)
+//	sidecar --version        print the release (VERSION) and exit
 //
 // The Kubernetes injector webhook is the separate command sidecar-injector.
 package main
@@ -40,6 +41,7 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/server"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/store"
 	"github.com/seed-a88e5317/resilience-sidecar/internal/tracing"
+	"github.com/seed-a88e5317/resilience-sidecar/internal/version"
 )
 
 func main() {
@@ -57,6 +59,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		// Kubernetes API types (idle memory, docs/performance.md).
 		fmt.Fprintln(stderr, "sidecar: the injector is the command sidecar-injector (same image: /sidecar-injector); 'sidecar inject' is gone")
 		return 2
+	}
+	if len(args) == 1 && (args[0] == "--version" || args[0] == "-version") {
+		fmt.Fprintln(stdout, "sidecar", version.Number)
+		return 0
 	}
 	cfg, err := config.Load(args, getenv, stderr)
 	if errors.Is(err, flag.ErrHelp) {
@@ -164,7 +170,7 @@ func replicationWait(cfg *config.Config) (redisx.Wait, func() error, error) {
 }
 
 func serve(ctx context.Context, cfg *config.Config, getenv func(string) string, log *slog.Logger) error {
-	log.Info("starting sidecar", "config", cfg)
+	log.Info("starting sidecar", "version", version.Number, "config", cfg)
 	shutdownTracing, tracingOn, err := tracing.Setup(ctx, getenv)
 	if err != nil {
 		return err

@@ -32,14 +32,14 @@ import (
 	"github.com/seed-a88e5317/resilience-sidecar/internal/upstream"
 )
 
-// Config is the sidecar's whole configuration. A *Config returned by Load
-// has passed validation: each top-level setting is within the bounds of its
-// row in settings() (--help lists them), and each section the file gives
-// has its defaults filled in and has passed its type's Validate.
 // WaitAll is RedisWaitReplicas for "all": every replica the master reports
 // online (docs/topologies.md).
 const WaitAll = -1
 
+// Config is the sidecar's whole configuration. A *Config returned by Load
+// has passed validation: each top-level setting is within the bounds of its
+// row in settings() (--help lists them), and each section the file gives
+// has its defaults filled in and has passed its type's Validate.
 type Config struct {
 	Listen        string      // gRPC address: host:port or unix:///absolute/path (see ListenNetworkAddress)
 	RedisURL      string      // read according to RedisMode; empty: the embedded in-memory store

@@ -100,11 +100,13 @@ func settings(c *Config) []setting {
 		row(&c.Namespace, "namespace", "name", "default", "scope of every key; sidecars that share locks and clocks use the same one (1-64 of A-Z a-z 0-9 . _ -)", text,
 			func() error { return checkNamespace(c.Namespace) }),
 		row(&c.MetricsListen, "metrics_listen", "address", "127.0.0.1:9090", "host:port of the Prometheus /metrics endpoint; empty disables it", text,
-			func() error { return checkMetricsListen(c) }),
+			func() error {
+				return checkExtraListen(c, c.MetricsListen, func(s string) error { return checkHostPort(s, "host:port, or empty to disable") })
+			}),
 		row(&c.HTTPListen, "http_listen", "address", "127.0.0.1:50080", "HTTP/JSON listen address for every unary RPC (docs/http.md): host:port or unix:///absolute/path; empty disables it", text,
-			func() error { return checkOptionalListen(c, c.HTTPListen) }),
+			func() error { return checkExtraListen(c, c.HTTPListen, checkListen) }),
 		row(&c.DebugListen, "debug_listen", "address", "", "host:port serving net/http/pprof under /debug/pprof/; empty (the default) disables it", text,
-			func() error { return checkOptionalListen(c, c.DebugListen) }),
+			func() error { return checkExtraListen(c, c.DebugListen, checkListen) }),
 		row(&c.APITokenFile, "api_token_file", "path", "", "file holding the bearer token callers must present; empty disables authentication", text,
 			func() error { return loadToken(c) }),
 		row(&c.LogLevel, "log_level", "level", "info", "debug, info, warn or error", text,
@@ -255,26 +257,14 @@ func checkListenGroup(c *Config) error {
 	return nil
 }
 
-func checkMetricsListen(c *Config) error {
-	if c.MetricsListen == "" {
-		return nil
-	}
-	if err := checkHostPort(c.MetricsListen, "host:port, or empty to disable"); err != nil {
-		return err
-	}
-	if c.MetricsListen == c.Listen && !strings.HasSuffix(c.Listen, ":0") {
-		return fmt.Errorf("must differ from listen, both are %s", field.Quote(c.Listen))
-	}
-	return nil
-}
-
-// checkOptionalListen checks an extra listener: empty disables it, else
-// an address as listen takes, not the same as listen's.
-func checkOptionalListen(c *Config, s string) error {
+// checkExtraListen checks the address s of an extra listener: empty
+// disables it; else it must pass check and differ from listen (unless its
+// port is 0, which picks a free one).
+func checkExtraListen(c *Config, s string, check func(string) error) error {
 	if s == "" {
 		return nil
 	}
-	if err := checkListen(s); err != nil {
+	if err := check(s); err != nil {
 		return err
 	}
 	if s == c.Listen && !strings.HasSuffix(s, ":0") {

@@ -4,8 +4,8 @@ import (
 	"os"
 	"testing"
 
-	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
-	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
+	"github.com/seed-a88e5317/resilience-sidecar/clients/go/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/clients/go/internal/testkit"
 )
 
 // TestMain starts one real PostgreSQL server for every test and example of

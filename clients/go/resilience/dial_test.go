@@ -17,10 +17,10 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
+	"github.com/seed-a88e5317/resilience-sidecar/clients/go/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/clients/go/internal/testkit"
 	"github.com/seed-a88e5317/resilience-sidecar/clients/go/resilience"
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
-	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
-	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // perRPCBearer is a raw gRPC credential, for WithGRPCOptions.

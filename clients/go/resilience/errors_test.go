@@ -17,9 +17,9 @@ import (
 	"google.golang.org/protobuf/protoadapt"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/seed-a88e5317/resilience-sidecar/clients/go/internal/testharness"
 	"github.com/seed-a88e5317/resilience-sidecar/clients/go/resilience"
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
-	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
 )
 
 func statusErr(t *testing.T, code codes.Code, msg string, details ...protoadapt.MessageV1) error {

@@ -15,10 +15,10 @@ import (
 
 	"google.golang.org/grpc/codes"
 
+	"github.com/seed-a88e5317/resilience-sidecar/clients/go/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/clients/go/internal/testkit"
 	"github.com/seed-a88e5317/resilience-sidecar/clients/go/resilience"
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
-	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
-	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // eachStore runs test against the sidecar TestMain started (the embedded

@@ -11,9 +11,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/seed-a88e5317/resilience-sidecar/clients/go/internal/testkit"
 	"github.com/seed-a88e5317/resilience-sidecar/clients/go/resilience"
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
-	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 func breakers(t *testing.T) v1.BreakerServiceClient {

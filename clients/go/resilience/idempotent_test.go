@@ -13,9 +13,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/seed-a88e5317/resilience-sidecar/clients/go/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/clients/go/internal/testkit"
 	"github.com/seed-a88e5317/resilience-sidecar/clients/go/resilience"
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
-	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 func idempotency(t *testing.T) v1.IdempotencyServiceClient {
@@ -295,5 +296,40 @@ func TestIdempotentRetention(t *testing.T) {
 	var e *resilience.Error
 	if !errors.Is(err, resilience.ErrInvalidArgument) || !errors.As(err, &e) || e.Violations["retention"] == "" {
 		t.Fatalf("a retention of 1ms: %v; want ErrInvalidArgument naming retention", err)
+	}
+}
+
+// checkCalls counts the CheckOrRecord calls made through it.
+type checkCalls struct {
+	v1.IdempotencyServiceClient
+	n atomic.Int32
+}
+
+func (c *checkCalls) CheckOrRecordIdempotency(ctx context.Context, in *v1.CheckOrRecordIdempotencyRequest, opts ...grpc.CallOption) (*v1.CheckOrRecordIdempotencyResponse, error) {
+	c.n.Add(1)
+	return c.IdempotencyServiceClient.CheckOrRecordIdempotency(ctx, in, opts...)
+}
+
+// WithUnavailableRetries sets how often a call that fails with UNAVAILABLE
+// is retried: with the sidecar stopped, Idempotent asks 1+n times and
+// then returns the error, without running fn.
+func TestIdempotentWithUnavailableRetries(t *testing.T) {
+	sc := testharness.StartSidecar(t, testharness.BuildSidecar(t))
+	addr := sc.Addr()
+	sc.Kill()
+	conn := dial(t, addr, resilience.WithConnectWait(0))
+	for _, retries := range []int{0, 2} {
+		c := &checkCalls{IdempotencyServiceClient: v1.NewIdempotencyServiceClient(conn)}
+		ran := false
+		_, err := resilience.Idempotent(idemTestCtx(t), c, freshKey(t), "fp", func(context.Context) (resilience.Result, error) {
+			ran = true
+			return resilience.Result{}, nil
+		}, resilience.WithUnavailableRetries(retries))
+		if !errors.Is(err, resilience.ErrSidecarUnreachable) || ran {
+			t.Fatalf("retries %d: %v, ran %t; want ErrSidecarUnreachable without a run", retries, err, ran)
+		}
+		if n := c.n.Load(); n != int32(1+retries) {
+			t.Fatalf("retries %d: %d calls, want %d", retries, n, 1+retries)
+		}
 	}
 }

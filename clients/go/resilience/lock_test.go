@@ -12,11 +12,10 @@ import (
 
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/seed-a88e5317/resilience-sidecar/clients/go/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/clients/go/internal/testkit"
 	"github.com/seed-a88e5317/resilience-sidecar/clients/go/resilience"
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
-	"github.com/seed-a88e5317/resilience-sidecar/internal/redisx"
-	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
-	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 func locks(t *testing.T) v1.LockServiceClient {
@@ -126,12 +125,13 @@ func TestWithLockWithWaitGetsTheLockOnRelease(t *testing.T) {
 		}, resilience.WithWait(time.Minute), resilience.WithOwner("waiter"))
 		done <- r
 	}()
-	rdb := rd.Client(t)
-	queue := redisx.Key("default", redisx.Lock, key, "lock:queue")
+	// The key's queue, as the sidecar names it (internal/redisx.Key of
+	// namespace "default", capability "lock", the key with '/' escaped).
+	const queue = "rs:{default/lock/client%2Fwait}:lock:queue"
 	testkit.EventuallyNil(t, 30*time.Second, "the waiter in the queue "+queue, func() error {
-		n, err := rdb.ZCard(ctx, queue).Result()
-		if err == nil && n != 1 {
-			err = fmt.Errorf("%d in the queue", n)
+		n, err := rd.Do(ctx, "ZCARD", queue)
+		if err == nil && n != int64(1) {
+			err = fmt.Errorf("%v in the queue", n)
 		}
 		return err
 	})

@@ -7,9 +7,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/seed-a88e5317/resilience-sidecar/clients/go/internal/testkit"
 	"github.com/seed-a88e5317/resilience-sidecar/clients/go/resilience"
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
-	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // The explicit handle: Lock gives a fencing token and Locked is true;

@@ -12,9 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/seed-a88e5317/resilience-sidecar/clients/go/internal/testkit"
 	"github.com/seed-a88e5317/resilience-sidecar/clients/go/resilience"
 	v1 "github.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1"
-	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // TestSagaStepFailureCompensates runs a saga through a sidecar of its own

@@ -12,9 +12,9 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/seed-a88e5317/resilience-sidecar/clients/go/internal/testharness"
+	"github.com/seed-a88e5317/resilience-sidecar/clients/go/internal/testkit"
 	"github.com/seed-a88e5317/resilience-sidecar/clients/go/resilience"
-	"github.com/seed-a88e5317/resilience-sidecar/internal/testharness"
-	"github.com/seed-a88e5317/resilience-sidecar/internal/testkit"
 )
 
 // scenariosFile lists the scenarios every client's suite runs against the

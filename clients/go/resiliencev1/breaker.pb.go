@@ -1442,7 +1442,8 @@ const file_resilience_v1_breaker_proto_rawDesc = "" +
 	"\n" +
 	"GetBreaker\x12 .resilience.v1.GetBreakerRequest\x1a!.resilience.v1.GetBreakerResponse\"!\x82\xd3\xe4\x93\x02\x1b\x12\x19/v1/breakers/{breaker=**}\x12m\n" +
 	"\fListBreakers\x12\".resilience.v1.ListBreakersRequest\x1a#.resilience.v1.ListBreakersResponse\"\x14\x82\xd3\xe4\x93\x02\x0e\x12\f/v1/breakers\x12\x83\x01\n" +
-	"\fResetBreaker\x12\".resilience.v1.ResetBreakerRequest\x1a#.resilience.v1.ResetBreakerResponse\"*\x82\xd3\xe4\x93\x02$:\x01*\"\x1f/v1/breakers/{breaker=**}:resetBYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
+	"\fResetBreaker\x12\".resilience.v1.ResetBreakerRequest\x1a#.resilience.v1.ResetBreakerResponse\"*\x82\xd3\xe4\x93\x02$:\x01*\"\x1f/v1/breakers/{breaker=**}:resetB\x81\x01\n" +
+	"$io.github.seeda88e5317.resilience.v1P\x01ZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
 
 var (
 	file_resilience_v1_breaker_proto_rawDescOnce sync.Once

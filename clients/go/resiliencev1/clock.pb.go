@@ -818,7 +818,8 @@ const file_resilience_v1_clock_proto_rawDesc = "" +
 	"GetLamport\x12 .resilience.v1.GetLamportRequest\x1a!.resilience.v1.GetLamportResponse\"\x1d\x82\xd3\xe4\x93\x02\x17\x12\x15/v1/clocks/{clock=**}\x12f\n" +
 	"\bNextUlid\x12\x1e.resilience.v1.NextUlidRequest\x1a\x1f.resilience.v1.NextUlidResponse\"\x19\x82\xd3\xe4\x93\x02\x13:\x01*\"\x0e/v1/ulids:next\x12]\n" +
 	"\x06NowHlc\x12\x1c.resilience.v1.NowHlcRequest\x1a\x1d.resilience.v1.NowHlcResponse\"\x16\x82\xd3\xe4\x93\x02\x10:\x01*\"\v/v1/hlc:now\x12i\n" +
-	"\tUpdateHlc\x12\x1f.resilience.v1.UpdateHlcRequest\x1a .resilience.v1.UpdateHlcResponse\"\x19\x82\xd3\xe4\x93\x02\x13:\x01*\"\x0e/v1/hlc:updateBYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
+	"\tUpdateHlc\x12\x1f.resilience.v1.UpdateHlcRequest\x1a .resilience.v1.UpdateHlcResponse\"\x19\x82\xd3\xe4\x93\x02\x13:\x01*\"\x0e/v1/hlc:updateB\x81\x01\n" +
+	"$io.github.seeda88e5317.resilience.v1P\x01ZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
 
 var (
 	file_resilience_v1_clock_proto_rawDescOnce sync.Once

@@ -1242,7 +1242,8 @@ const file_resilience_v1_events_proto_rawDesc = "" +
 	"\x04Nack\x12\x1a.resilience.v1.NackRequest\x1a\x1b.resilience.v1.NackResponse\"%\x82\xd3\xe4\x93\x02\x1f:\x01*\"\x1a/v1/topics/{topic=**}:nack\x12t\n" +
 	"\x0fGetOutboxStatus\x12%.resilience.v1.GetOutboxStatusRequest\x1a&.resilience.v1.GetOutboxStatusResponse\"\x12\x82\xd3\xe4\x93\x02\f\x12\n" +
 	"/v1/outbox\x12\x8d\x01\n" +
-	"\x12RetryOutboxRefused\x12(.resilience.v1.RetryOutboxRefusedRequest\x1a).resilience.v1.RetryOutboxRefusedResponse\"\"\x82\xd3\xe4\x93\x02\x1c:\x01*\"\x17/v1/outbox:retryRefusedBYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
+	"\x12RetryOutboxRefused\x12(.resilience.v1.RetryOutboxRefusedRequest\x1a).resilience.v1.RetryOutboxRefusedResponse\"\"\x82\xd3\xe4\x93\x02\x1c:\x01*\"\x17/v1/outbox:retryRefusedB\x81\x01\n" +
+	"$io.github.seeda88e5317.resilience.v1P\x01ZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
 
 var (
 	file_resilience_v1_events_proto_rawDescOnce sync.Once

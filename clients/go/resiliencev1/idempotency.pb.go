@@ -1024,7 +1024,8 @@ const file_resilience_v1_idempotency_proto_rawDesc = "" +
 	"\x13CompleteIdempotency\x12).resilience.v1.CompleteIdempotencyRequest\x1a*.resilience.v1.CompleteIdempotencyResponse\",\x82\xd3\xe4\x93\x02&:\x01*\"!/v1/idempotency/{key=**}:complete\x12\xa2\x01\n" +
 	"\x15CheckpointIdempotency\x12+.resilience.v1.CheckpointIdempotencyRequest\x1a,.resilience.v1.CheckpointIdempotencyResponse\".\x82\xd3\xe4\x93\x02(:\x01*\"#/v1/idempotency/{key=**}:checkpoint\x12\x96\x01\n" +
 	"\x12ReleaseIdempotency\x12(.resilience.v1.ReleaseIdempotencyRequest\x1a).resilience.v1.ReleaseIdempotencyResponse\"+\x82\xd3\xe4\x93\x02%:\x01*\" /v1/idempotency/{key=**}:release\x12\x7f\n" +
-	"\x0eGetIdempotency\x12$.resilience.v1.GetIdempotencyRequest\x1a%.resilience.v1.GetIdempotencyResponse\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/idempotency/{key=**}BYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
+	"\x0eGetIdempotency\x12$.resilience.v1.GetIdempotencyRequest\x1a%.resilience.v1.GetIdempotencyResponse\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/idempotency/{key=**}B\x81\x01\n" +
+	"$io.github.seeda88e5317.resilience.v1P\x01ZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
 
 var (
 	file_resilience_v1_idempotency_proto_rawDescOnce sync.Once

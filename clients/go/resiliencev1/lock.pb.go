@@ -1250,7 +1250,8 @@ const file_resilience_v1_lock_proto_rawDesc = "" +
 	"\vReleaseLock\x12!.resilience.v1.ReleaseLockRequest\x1a\".resilience.v1.ReleaseLockResponse\"%\x82\xd3\xe4\x93\x02\x1f:\x01*\"\x1a/v1/locks/{key=**}:release\x12s\n" +
 	"\tRenewLock\x12\x1f.resilience.v1.RenewLockRequest\x1a .resilience.v1.RenewLockResponse\"#\x82\xd3\xe4\x93\x02\x1d:\x01*\"\x18/v1/locks/{key=**}:renew\x12O\n" +
 	"\bHoldLock\x12\x1e.resilience.v1.HoldLockRequest\x1a\x1f.resilience.v1.HoldLockResponse(\x010\x01\x12d\n" +
-	"\aGetLock\x12\x1d.resilience.v1.GetLockRequest\x1a\x1e.resilience.v1.GetLockResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/locks/{key=**}BYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
+	"\aGetLock\x12\x1d.resilience.v1.GetLockRequest\x1a\x1e.resilience.v1.GetLockResponse\"\x1a\x82\xd3\xe4\x93\x02\x14\x12\x12/v1/locks/{key=**}B\x81\x01\n" +
+	"$io.github.seeda88e5317.resilience.v1P\x01ZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
 
 var (
 	file_resilience_v1_lock_proto_rawDescOnce sync.Once

@@ -695,7 +695,8 @@ const file_resilience_v1_ratelimit_proto_rawDesc = "" +
 	"\x1bRATE_LIMIT_STORE_DOWN_LOCAL\x10\x032\x84\x02\n" +
 	"\x10RateLimitService\x12u\n" +
 	"\x04Take\x12\x1a.resilience.v1.TakeRequest\x1a\x1b.resilience.v1.TakeResponse\"4\x82\xd3\xe4\x93\x02.:\x01*\")/v1/limiters/{limiter}/keys/{key=**}:take\x12y\n" +
-	"\bGetLimit\x12\x1e.resilience.v1.GetLimitRequest\x1a\x1f.resilience.v1.GetLimitResponse\",\x82\xd3\xe4\x93\x02&\x12$/v1/limiters/{limiter}/keys/{key=**}BYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
+	"\bGetLimit\x12\x1e.resilience.v1.GetLimitRequest\x1a\x1f.resilience.v1.GetLimitResponse\",\x82\xd3\xe4\x93\x02&\x12$/v1/limiters/{limiter}/keys/{key=**}B\x81\x01\n" +
+	"$io.github.seeda88e5317.resilience.v1P\x01ZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
 
 var (
 	file_resilience_v1_ratelimit_proto_rawDescOnce sync.Once

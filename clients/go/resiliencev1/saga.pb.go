@@ -1335,7 +1335,8 @@ const file_resilience_v1_saga_proto_rawDesc = "" +
 	"\tAbortSaga\x12\x1f.resilience.v1.AbortSagaRequest\x1a .resilience.v1.AbortSagaResponse\"'\x82\xd3\xe4\x93\x02!:\x01*\"\x1c/v1/sagas/{saga_id=**}:abort\x12h\n" +
 	"\aGetSaga\x12\x1d.resilience.v1.GetSagaRequest\x1a\x1e.resilience.v1.GetSagaResponse\"\x1e\x82\xd3\xe4\x93\x02\x18\x12\x16/v1/sagas/{saga_id=**}\x12a\n" +
 	"\tListSagas\x12\x1f.resilience.v1.ListSagasRequest\x1a .resilience.v1.ListSagasResponse\"\x11\x82\xd3\xe4\x93\x02\v\x12\t/v1/sagas\x12\x9b\x01\n" +
-	"\x11RetryCompensation\x12'.resilience.v1.RetryCompensationRequest\x1a(.resilience.v1.RetryCompensationResponse\"3\x82\xd3\xe4\x93\x02-:\x01*\"(/v1/sagas/{saga_id=**}:retryCompensationBYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
+	"\x11RetryCompensation\x12'.resilience.v1.RetryCompensationRequest\x1a(.resilience.v1.RetryCompensationResponse\"3\x82\xd3\xe4\x93\x02-:\x01*\"(/v1/sagas/{saga_id=**}:retryCompensationB\x81\x01\n" +
+	"$io.github.seeda88e5317.resilience.v1P\x01ZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
 
 var (
 	file_resilience_v1_saga_proto_rawDescOnce sync.Once

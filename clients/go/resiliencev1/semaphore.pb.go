@@ -1314,7 +1314,8 @@ const file_resilience_v1_semaphore_proto_rawDesc = "" +
 	"\vRenewPermit\x12!.resilience.v1.RenewPermitRequest\x1a\".resilience.v1.RenewPermitResponse\")\x82\xd3\xe4\x93\x02#:\x01*\"\x1e/v1/semaphores/{name=**}:renew\x12U\n" +
 	"\n" +
 	"HoldPermit\x12 .resilience.v1.HoldPermitRequest\x1a!.resilience.v1.HoldPermitResponse(\x010\x01\x12y\n" +
-	"\fGetSemaphore\x12\".resilience.v1.GetSemaphoreRequest\x1a#.resilience.v1.GetSemaphoreResponse\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/semaphores/{name=**}BYZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
+	"\fGetSemaphore\x12\".resilience.v1.GetSemaphoreRequest\x1a#.resilience.v1.GetSemaphoreResponse\" \x82\xd3\xe4\x93\x02\x1a\x12\x18/v1/semaphores/{name=**}B\x81\x01\n" +
+	"$io.github.seeda88e5317.resilience.v1P\x01ZPgithub.com/seed-a88e5317/resilience-sidecar/clients/go/resiliencev1;resiliencev1\x92\x03\x04\b\x02 \x03b\beditionsp\xe8\a"
 
 var (
 	file_resilience_v1_semaphore_proto_rawDescOnce sync.Once

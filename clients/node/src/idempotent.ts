@@ -249,9 +249,10 @@ async function run(
 
 /**
  * Runs call, retrying UNAVAILABLE up to retries times after the sidecar's
- * RetryInfo delay (100 ms when none).
+ * RetryInfo delay (100 ms when none). Internal: shared with the HTTP
+ * middleware, not exported from the package root.
  */
-async function retryUnavailable<T>(signal: AbortSignal | undefined, retries: number, call: () => Promise<T>): Promise<T> {
+export async function retryUnavailable<T>(signal: AbortSignal | undefined, retries: number, call: () => Promise<T>): Promise<T> {
   for (let i = 0; ; i++) {
     try {
       return await call();

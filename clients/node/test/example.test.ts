@@ -25,8 +25,9 @@ after(async () => {
 
 test("examples/node/seed.mjs: charged once, stock reserved with fencing", async () => {
   const dir = join(repoRoot, "examples/node");
-  // npm install links the package (file:../../clients/node): no registry.
-  const npm = spawnSync("npm", ["install", "--offline", "--no-audit", "--no-fund", "--loglevel=error"], { cwd: dir, encoding: "utf8", timeout: 60_000 });
+  // npm install links the package (file:../../clients/node); express (for
+  // express-app.mjs) comes from npm's cache, else the registry.
+  const npm = spawnSync("npm", ["install", "--prefer-offline", "--no-audit", "--no-fund", "--loglevel=error"], { cwd: dir, encoding: "utf8", timeout: 60_000 });
   assert.equal(npm.status, 0, `npm install in examples/node failed:\n${npm.stdout}\n${npm.stderr}`);
 
   const r = await runNode(["seed.mjs"], { cwd: dir, env: { SIDECAR_ADDR: sidecar.addr }, timeoutMs: 60_000 });

@@ -14,7 +14,9 @@ import * as clockPb from "../src/gen/resilience/v1/clock_pb.js";
 import * as eventsPb from "../src/gen/resilience/v1/events_pb.js";
 import * as idempotencyPb from "../src/gen/resilience/v1/idempotency_pb.js";
 import * as lockPb from "../src/gen/resilience/v1/lock_pb.js";
+import * as ratelimitPb from "../src/gen/resilience/v1/ratelimit_pb.js";
 import * as sagaPb from "../src/gen/resilience/v1/saga_pb.js";
+import * as semaphorePb from "../src/gen/resilience/v1/semaphore_pb.js";
 
 import { clientOf, Redis, Sidecar } from "./harness.js";
 
@@ -59,7 +61,7 @@ describe("the package root", () => {
   test("exports every generated message schema, enum and service (Saga as SagaRecord)", () => {
     const renamed: Record<string, string> = { SagaSchema: "SagaRecordSchema" };
     const exported = pkg as Record<string, unknown>;
-    for (const mod of [breakerPb, clockPb, eventsPb, idempotencyPb, lockPb, sagaPb]) {
+    for (const mod of [breakerPb, clockPb, eventsPb, idempotencyPb, lockPb, ratelimitPb, sagaPb, semaphorePb]) {
       for (const [name, value] of Object.entries(mod)) {
         const as = renamed[name] ?? name;
         assert.ok(as in exported, `${name} is not exported from the package root${as !== name ? ` as ${as}` : ""}`);

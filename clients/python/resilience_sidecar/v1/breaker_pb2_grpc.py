@@ -5,8 +5,10 @@ import warnings
 
 from resilience_sidecar.v1 import breaker_pb2 as resilience_dot_v1_dot_breaker__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.63.0'
 GRPC_VERSION = grpc.__version__
+EXPECTED_ERROR_RELEASE = '1.65.0'
+SCHEDULED_RELEASE_DATE = 'June 25, 2024'
 _version_not_supported = False
 
 try:
@@ -16,16 +18,19 @@ except ImportError:
     _version_not_supported = True
 
 if _version_not_supported:
-    raise RuntimeError(
+    warnings.warn(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in resilience/v1/breaker_pb2_grpc.py depends on'
+        + f' but the generated code in resilience/v1/breaker_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
+        + f' This warning will become an error in {EXPECTED_ERROR_RELEASE},'
+        + f' scheduled for release on {SCHEDULED_RELEASE_DATE}.',
+        RuntimeWarning
     )
 
 
-class BreakerServiceStub:
+class BreakerServiceStub(object):
     """BreakerService gives circuit breakers, either as permit/report (the app
     makes its call itself) or by letting the sidecar make an HTTP call to a
     configured upstream with timeouts, retries and the upstream's breaker.
@@ -77,7 +82,7 @@ class BreakerServiceStub:
                 _registered_method=True)
 
 
-class BreakerServiceServicer:
+class BreakerServiceServicer(object):
     """BreakerService gives circuit breakers, either as permit/report (the app
     makes its call itself) or by letting the sidecar make an HTTP call to a
     configured upstream with timeouts, retries and the upstream's breaker.
@@ -185,11 +190,10 @@ def add_BreakerServiceServicer_to_server(servicer, server):
     generic_handler = grpc.method_handlers_generic_handler(
             'resilience.v1.BreakerService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('resilience.v1.BreakerService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class BreakerService:
+class BreakerService(object):
     """BreakerService gives circuit breakers, either as permit/report (the app
     makes its call itself) or by letting the sidecar make an HTTP call to a
     configured upstream with timeouts, retries and the upstream's breaker.

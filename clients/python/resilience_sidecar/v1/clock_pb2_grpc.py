@@ -5,8 +5,10 @@ import warnings
 
 from resilience_sidecar.v1 import clock_pb2 as resilience_dot_v1_dot_clock__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.63.0'
 GRPC_VERSION = grpc.__version__
+EXPECTED_ERROR_RELEASE = '1.65.0'
+SCHEDULED_RELEASE_DATE = 'June 25, 2024'
 _version_not_supported = False
 
 try:
@@ -16,16 +18,19 @@ except ImportError:
     _version_not_supported = True
 
 if _version_not_supported:
-    raise RuntimeError(
+    warnings.warn(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in resilience/v1/clock_pb2_grpc.py depends on'
+        + f' but the generated code in resilience/v1/clock_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
+        + f' This warning will become an error in {EXPECTED_ERROR_RELEASE},'
+        + f' scheduled for release on {SCHEDULED_RELEASE_DATE}.',
+        RuntimeWarning
     )
 
 
-class ClockServiceStub:
+class ClockServiceStub(object):
     """ClockService hands out logical time: Lamport timestamps shared by every
     sidecar on the same store, hybrid logical clock (HLC) timestamps of this
     sidecar, and ULIDs strictly increasing within this sidecar.
@@ -79,7 +84,7 @@ class ClockServiceStub:
                 _registered_method=True)
 
 
-class ClockServiceServicer:
+class ClockServiceServicer(object):
     """ClockService hands out logical time: Lamport timestamps shared by every
     sidecar on the same store, hybrid logical clock (HLC) timestamps of this
     sidecar, and ULIDs strictly increasing within this sidecar.
@@ -186,11 +191,10 @@ def add_ClockServiceServicer_to_server(servicer, server):
     generic_handler = grpc.method_handlers_generic_handler(
             'resilience.v1.ClockService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('resilience.v1.ClockService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class ClockService:
+class ClockService(object):
     """ClockService hands out logical time: Lamport timestamps shared by every
     sidecar on the same store, hybrid logical clock (HLC) timestamps of this
     sidecar, and ULIDs strictly increasing within this sidecar.

@@ -5,8 +5,10 @@ import warnings
 
 from resilience_sidecar.v1 import semaphore_pb2 as resilience_dot_v1_dot_semaphore__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.63.0'
 GRPC_VERSION = grpc.__version__
+EXPECTED_ERROR_RELEASE = '1.65.0'
+SCHEDULED_RELEASE_DATE = 'June 25, 2024'
 _version_not_supported = False
 
 try:
@@ -16,16 +18,19 @@ except ImportError:
     _version_not_supported = True
 
 if _version_not_supported:
-    raise RuntimeError(
+    warnings.warn(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in resilience/v1/semaphore_pb2_grpc.py depends on'
+        + f' but the generated code in resilience/v1/semaphore_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
+        + f' This warning will become an error in {EXPECTED_ERROR_RELEASE},'
+        + f' scheduled for release on {SCHEDULED_RELEASE_DATE}.',
+        RuntimeWarning
     )
 
 
-class SemaphoreServiceStub:
+class SemaphoreServiceStub(object):
     """SemaphoreService is a bulkhead shared by every sidecar: a counting
     semaphore whose permits are leases with TTLs and fencing tokens
     (docs/semaphores.md).
@@ -75,7 +80,7 @@ class SemaphoreServiceStub:
                 _registered_method=True)
 
 
-class SemaphoreServiceServicer:
+class SemaphoreServiceServicer(object):
     """SemaphoreService is a bulkhead shared by every sidecar: a counting
     semaphore whose permits are leases with TTLs and fencing tokens
     (docs/semaphores.md).
@@ -169,11 +174,10 @@ def add_SemaphoreServiceServicer_to_server(servicer, server):
     generic_handler = grpc.method_handlers_generic_handler(
             'resilience.v1.SemaphoreService', rpc_method_handlers)
     server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('resilience.v1.SemaphoreService', rpc_method_handlers)
 
 
  # This class is part of an EXPERIMENTAL API.
-class SemaphoreService:
+class SemaphoreService(object):
     """SemaphoreService is a bulkhead shared by every sidecar: a counting
     semaphore whose permits are leases with TTLs and fencing tokens
     (docs/semaphores.md).

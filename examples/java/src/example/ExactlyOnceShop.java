@@ -8,6 +8,10 @@ import io.github.seeda88e5317.resilience.PublishResult;
 import io.github.seeda88e5317.resilience.ResilienceClient;
 import io.github.seeda88e5317.resilience.SidecarException;
 import io.github.seeda88e5317.resilience.Subscription;
+import io.github.seeda88e5317.resilience.v1.AcquireLockRequest;
+import io.github.seeda88e5317.resilience.v1.AcquireLockResponse;
+import io.github.seeda88e5317.resilience.v1.NextUlidRequest;
+import io.github.seeda88e5317.resilience.v1.ReleaseLockRequest;
 import io.grpc.StatusRuntimeException;
 import java.io.PrintStream;
 import java.time.Duration;
@@ -16,10 +20,6 @@ import java.util.HashMap;
 import java.util.List;
 import java.util.Map;
 import java.util.concurrent.atomic.AtomicInteger;
-import resilience.v1.Clock.NextUlidRequest;
-import resilience.v1.Lock.AcquireLockRequest;
-import resilience.v1.Lock.AcquireLockResponse;
-import resilience.v1.Lock.ReleaseLockRequest;
 
 /**
  * The seed scenario with the Java client, against the sidecar at $SIDECAR_ADDR:

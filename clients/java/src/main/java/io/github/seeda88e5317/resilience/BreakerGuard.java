@@ -1,5 +1,10 @@
 package io.github.seeda88e5317.resilience;
 
+import io.github.seeda88e5317.resilience.v1.AllowCallRequest;
+import io.github.seeda88e5317.resilience.v1.AllowCallResponse;
+import io.github.seeda88e5317.resilience.v1.BreakerState;
+import io.github.seeda88e5317.resilience.v1.CallOutcome;
+import io.github.seeda88e5317.resilience.v1.ReportCallRequest;
 import java.time.Duration;
 import java.util.Objects;
 import java.util.concurrent.Callable;
@@ -11,11 +16,6 @@ import java.util.concurrent.Executor;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.function.Supplier;
-import resilience.v1.BreakerOuterClass.AllowCallRequest;
-import resilience.v1.BreakerOuterClass.AllowCallResponse;
-import resilience.v1.BreakerOuterClass.BreakerState;
-import resilience.v1.BreakerOuterClass.CallOutcome;
-import resilience.v1.BreakerOuterClass.ReportCallRequest;
 
 /**
  * The sidecar's circuit breaker around any function, as resilience4j's {@code CircuitBreaker}

@@ -1,11 +1,11 @@
 package io.github.seeda88e5317.resilience;
 
 import com.google.protobuf.ByteString;
+import io.github.seeda88e5317.resilience.v1.CheckpointIdempotencyRequest;
+import io.github.seeda88e5317.resilience.v1.CheckpointIdempotencyResponse;
 import java.time.Instant;
 import java.util.Objects;
 import java.util.concurrent.CompletableFuture;
-import resilience.v1.Idempotency.CheckpointIdempotencyRequest;
-import resilience.v1.Idempotency.CheckpointIdempotencyResponse;
 
 /** One run of an operation under an idempotency key, as a {@link ResumableOperation} sees it. */
 public final class Execution {

@@ -1,10 +1,10 @@
 package io.github.seeda88e5317.resilience;
 
+import io.github.seeda88e5317.resilience.v1.GetLamportRequest;
+import io.github.seeda88e5317.resilience.v1.NextLamportRequest;
+import io.github.seeda88e5317.resilience.v1.ObserveLamportRequest;
 import java.util.Objects;
 import java.util.concurrent.CompletableFuture;
-import resilience.v1.Clock.GetLamportRequest;
-import resilience.v1.Clock.NextLamportRequest;
-import resilience.v1.Clock.ObserveLamportRequest;
 
 /**
  * A named Lamport clock kept by the sidecar and shared by every sidecar of the namespace on the same

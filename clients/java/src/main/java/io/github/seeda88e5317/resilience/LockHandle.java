@@ -1,5 +1,10 @@
 package io.github.seeda88e5317.resilience;
 
+import io.github.seeda88e5317.resilience.v1.AcquireLockRequest;
+import io.github.seeda88e5317.resilience.v1.AcquireLockResponse;
+import io.github.seeda88e5317.resilience.v1.Holder;
+import io.github.seeda88e5317.resilience.v1.ReleaseLockRequest;
+import io.github.seeda88e5317.resilience.v1.RenewLockRequest;
 import java.time.Duration;
 import java.time.Instant;
 import java.util.Objects;
@@ -7,11 +12,6 @@ import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.CompletionException;
 import java.util.concurrent.Executor;
 import java.util.concurrent.TimeUnit;
-import resilience.v1.Lock.AcquireLockRequest;
-import resilience.v1.Lock.AcquireLockResponse;
-import resilience.v1.Lock.Holder;
-import resilience.v1.Lock.ReleaseLockRequest;
-import resilience.v1.Lock.RenewLockRequest;
 
 /**
  * An explicit lock handle, as redis-py's {@code Lock} and go-redsync's {@code Mutex} offer: {@link
@@ -46,7 +46,7 @@ public final class LockHandle implements AutoCloseable {
   private final String key;
   private final LockOptions options;
 
-  private resilience.v1.Lock.Lease grant; // null: not held
+  private io.github.seeda88e5317.resilience.v1.Lease grant; // null: not held
   private Lease lease; // the last lease acquired (kept after release, for its fencing token)
   private long confirmedNanos;
   private long deadlineNanos;
@@ -199,7 +199,7 @@ public final class LockHandle implements AutoCloseable {
   /** {@link #extend(Duration)} without blocking. */
   public CompletableFuture<Instant> extendAsync(Duration ttl) {
     Objects.requireNonNull(ttl, "ttl");
-    resilience.v1.Lock.Lease g;
+    io.github.seeda88e5317.resilience.v1.Lease g;
     synchronized (this) {
       CompletableFuture<Instant> refused = checkHeld("extend");
       if (refused != null) {
@@ -255,7 +255,7 @@ public final class LockHandle implements AutoCloseable {
 
   /** {@link #release()} without blocking. */
   public CompletableFuture<Void> releaseAsync() {
-    resilience.v1.Lock.Lease g;
+    io.github.seeda88e5317.resilience.v1.Lease g;
     long bound;
     synchronized (this) {
       CompletableFuture<Void> refused = checkHeld("release");

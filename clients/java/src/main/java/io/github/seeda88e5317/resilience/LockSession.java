@@ -1,10 +1,10 @@
 package io.github.seeda88e5317.resilience;
 
+import io.github.seeda88e5317.resilience.v1.HoldLockRequest;
+import io.github.seeda88e5317.resilience.v1.HoldLockResponse;
+import io.github.seeda88e5317.resilience.v1.Holder;
 import io.grpc.stub.ClientResponseObserver;
 import java.util.concurrent.CompletableFuture;
-import resilience.v1.Lock.HoldLockRequest;
-import resilience.v1.Lock.HoldLockResponse;
-import resilience.v1.Lock.Holder;
 
 /**
  * A lock held through a HoldLock session: the sidecar renews the lease every TTL/3 while the

@@ -1,9 +1,9 @@
 package io.github.seeda88e5317.resilience;
 
+import io.github.seeda88e5317.resilience.v1.HoldPermitRequest;
+import io.github.seeda88e5317.resilience.v1.HoldPermitResponse;
 import io.grpc.stub.ClientResponseObserver;
 import java.util.concurrent.CompletableFuture;
-import resilience.v1.Semaphore.HoldPermitRequest;
-import resilience.v1.Semaphore.HoldPermitResponse;
 
 /**
  * A bulkhead permit held through a HoldPermit session: one of {@code limit} permits of a semaphore

@@ -1,7 +1,7 @@
 package io.github.seeda88e5317.resilience;
 
+import io.github.seeda88e5317.resilience.v1.TakeResponse;
 import java.time.Duration;
-import resilience.v1.Ratelimit.TakeResponse;
 
 /**
  * The answer of a Take ({@link RateLimiter#take}, {@link ResilienceClient#take}).

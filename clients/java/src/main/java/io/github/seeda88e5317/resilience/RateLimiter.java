@@ -1,12 +1,12 @@
 package io.github.seeda88e5317.resilience;
 
+import io.github.seeda88e5317.resilience.v1.TakeRequest;
 import io.grpc.StatusRuntimeException;
 import java.time.Duration;
 import java.util.Objects;
 import java.util.concurrent.Callable;
 import java.util.concurrent.TimeUnit;
 import java.util.function.Supplier;
-import resilience.v1.Ratelimit.TakeRequest;
 
 /**
  * One key of a rate limiter declared in the sidecar's config, shared by every sidecar, around any

@@ -1,6 +1,27 @@
 package io.github.seeda88e5317.resilience;
 
 import com.google.protobuf.ByteString;
+import io.github.seeda88e5317.resilience.v1.AckRequest;
+import io.github.seeda88e5317.resilience.v1.BreakerServiceGrpc;
+import io.github.seeda88e5317.resilience.v1.CheckOrRecordIdempotencyRequest;
+import io.github.seeda88e5317.resilience.v1.CheckOrRecordIdempotencyResponse;
+import io.github.seeda88e5317.resilience.v1.ClockServiceGrpc;
+import io.github.seeda88e5317.resilience.v1.CompleteIdempotencyRequest;
+import io.github.seeda88e5317.resilience.v1.EventServiceGrpc;
+import io.github.seeda88e5317.resilience.v1.GetOutboxStatusRequest;
+import io.github.seeda88e5317.resilience.v1.GetOutboxStatusResponse;
+import io.github.seeda88e5317.resilience.v1.IdempotencyResult;
+import io.github.seeda88e5317.resilience.v1.IdempotencyServiceGrpc;
+import io.github.seeda88e5317.resilience.v1.LockServiceGrpc;
+import io.github.seeda88e5317.resilience.v1.NackRequest;
+import io.github.seeda88e5317.resilience.v1.PublishRequest;
+import io.github.seeda88e5317.resilience.v1.PublishResponse;
+import io.github.seeda88e5317.resilience.v1.RateLimitServiceGrpc;
+import io.github.seeda88e5317.resilience.v1.ReleaseIdempotencyRequest;
+import io.github.seeda88e5317.resilience.v1.SagaServiceGrpc;
+import io.github.seeda88e5317.resilience.v1.SemaphoreServiceGrpc;
+import io.github.seeda88e5317.resilience.v1.StartSagaRequest;
+import io.github.seeda88e5317.resilience.v1.SubscribeRequest;
 import io.grpc.CallOptions;
 import io.grpc.Channel;
 import io.grpc.ClientCall;
@@ -33,27 +54,6 @@ import java.util.concurrent.Executor;
 import java.util.concurrent.ScheduledThreadPoolExecutor;
 import java.util.concurrent.TimeUnit;
 import java.util.function.Supplier;
-import resilience.v1.BreakerServiceGrpc;
-import resilience.v1.RateLimitServiceGrpc;
-import resilience.v1.SagaServiceGrpc;
-import resilience.v1.SemaphoreServiceGrpc;
-import resilience.v1.ClockServiceGrpc;
-import resilience.v1.EventServiceGrpc;
-import resilience.v1.Events.AckRequest;
-import resilience.v1.Events.GetOutboxStatusRequest;
-import resilience.v1.Events.GetOutboxStatusResponse;
-import resilience.v1.Events.NackRequest;
-import resilience.v1.Events.PublishRequest;
-import resilience.v1.Events.PublishResponse;
-import resilience.v1.Events.SubscribeRequest;
-import resilience.v1.Idempotency.CheckOrRecordIdempotencyRequest;
-import resilience.v1.Idempotency.CheckOrRecordIdempotencyResponse;
-import resilience.v1.Idempotency.CompleteIdempotencyRequest;
-import resilience.v1.Idempotency.IdempotencyResult;
-import resilience.v1.Idempotency.ReleaseIdempotencyRequest;
-import resilience.v1.IdempotencyServiceGrpc;
-import resilience.v1.LockServiceGrpc;
-import resilience.v1.SagaOuterClass.StartSagaRequest;
 
 /**
  * A connection to the resilience sidecar: the generated stubs of every service, and helpers built

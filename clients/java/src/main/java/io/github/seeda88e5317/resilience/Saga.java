@@ -1,5 +1,10 @@
 package io.github.seeda88e5317.resilience;
 
+import io.github.seeda88e5317.resilience.v1.AbortSagaRequest;
+import io.github.seeda88e5317.resilience.v1.CompleteSagaRequest;
+import io.github.seeda88e5317.resilience.v1.GetSagaRequest;
+import io.github.seeda88e5317.resilience.v1.RecordStepRequest;
+import io.github.seeda88e5317.resilience.v1.SagaState;
 import java.nio.charset.StandardCharsets;
 import java.time.Duration;
 import java.util.Objects;
@@ -7,12 +12,6 @@ import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.CompletionStage;
 import java.util.concurrent.Executor;
 import java.util.function.Supplier;
-import resilience.v1.SagaOuterClass;
-import resilience.v1.SagaOuterClass.AbortSagaRequest;
-import resilience.v1.SagaOuterClass.CompleteSagaRequest;
-import resilience.v1.SagaOuterClass.GetSagaRequest;
-import resilience.v1.SagaOuterClass.RecordStepRequest;
-import resilience.v1.SagaOuterClass.SagaState;
 
 /**
  * A saga this process orchestrates through the sidecar's SagaService, in the manner of Temporal's
@@ -202,7 +201,7 @@ public final class Saga {
   }
 
   /** The saga as the sidecar's log has it, with its steps and their compensations' status. */
-  public SagaOuterClass.Saga get() {
+  public io.github.seeda88e5317.resilience.v1.Saga get() {
     return Async.await(
         Async.unary(
                 client.sagasFuture().getSaga(GetSagaRequest.newBuilder().setSagaId(id).build()))
@@ -214,10 +213,10 @@ public final class Saga {
    * timeout} passes, and returns the last state seen (check {@code getState()}: it may still be
    * COMPENSATING).
    */
-  public SagaOuterClass.Saga awaitEnd(Duration timeout) {
+  public io.github.seeda88e5317.resilience.v1.Saga awaitEnd(Duration timeout) {
     long deadline = System.nanoTime() + timeout.toNanos();
     while (true) {
-      SagaOuterClass.Saga s = get();
+      io.github.seeda88e5317.resilience.v1.Saga s = get();
       if (isEnd(s.getState()) || System.nanoTime() - deadline >= 0) {
         return s;
       }

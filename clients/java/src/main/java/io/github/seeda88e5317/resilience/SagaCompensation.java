@@ -1,12 +1,12 @@
 package io.github.seeda88e5317.resilience;
 
 import com.google.protobuf.ByteString;
+import io.github.seeda88e5317.resilience.v1.Compensation;
+import io.github.seeda88e5317.resilience.v1.HttpHeader;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Objects;
-import resilience.v1.BreakerOuterClass.HttpHeader;
-import resilience.v1.SagaOuterClass.Compensation;
 
 /**
  * The HTTP call that undoes a saga step, made by the sidecar to an upstream of its config (never an

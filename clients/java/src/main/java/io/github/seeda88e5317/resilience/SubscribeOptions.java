@@ -1,8 +1,8 @@
 package io.github.seeda88e5317.resilience;
 
+import io.github.seeda88e5317.resilience.v1.StartFrom;
 import java.time.Duration;
 import java.util.Objects;
-import resilience.v1.Events.StartFrom;
 
 /**
  * Options of {@link ResilienceClient#subscribe}. Immutable: each method returns a copy. Unset

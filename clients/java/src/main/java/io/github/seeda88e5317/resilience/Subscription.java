@@ -1,5 +1,8 @@
 package io.github.seeda88e5317.resilience;
 
+import io.github.seeda88e5317.resilience.v1.Event;
+import io.github.seeda88e5317.resilience.v1.SubscribeRequest;
+import io.github.seeda88e5317.resilience.v1.SubscribeResponse;
 import io.grpc.Context;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
@@ -11,9 +14,6 @@ import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.RejectedExecutionException;
 import java.util.concurrent.ScheduledFuture;
 import java.util.concurrent.TimeUnit;
-import resilience.v1.Events.Event;
-import resilience.v1.Events.SubscribeRequest;
-import resilience.v1.Events.SubscribeResponse;
 
 /**
  * A consumer's subscription to a topic, from {@link ResilienceClient#subscribe}: the sidecar

@@ -1,13 +1,13 @@
 package io.github.seeda88e5317.resilience;
 
 import com.google.protobuf.ByteString;
+import io.github.seeda88e5317.resilience.v1.ExecuteCallRequest;
+import io.github.seeda88e5317.resilience.v1.HttpHeader;
 import java.nio.charset.StandardCharsets;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Objects;
-import resilience.v1.BreakerOuterClass.ExecuteCallRequest;
-import resilience.v1.BreakerOuterClass.HttpHeader;
 
 /**
  * An HTTP request the sidecar makes for {@link ResilienceClient#executeCall} to an upstream of its

@@ -1,5 +1,8 @@
 package io.github.seeda88e5317.resilience;
 
+import io.github.seeda88e5317.resilience.v1.BreakerState;
+import io.github.seeda88e5317.resilience.v1.ExecuteCallResponse;
+import io.github.seeda88e5317.resilience.v1.HttpHeader;
 import java.nio.charset.StandardCharsets;
 import java.util.ArrayList;
 import java.util.Collections;
@@ -7,9 +10,6 @@ import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Locale;
 import java.util.Map;
-import resilience.v1.BreakerOuterClass.BreakerState;
-import resilience.v1.BreakerOuterClass.ExecuteCallResponse;
-import resilience.v1.BreakerOuterClass.HttpHeader;
 
 /**
  * The upstream's answer to {@link ResilienceClient#executeCall}: an HTTP response of any status is

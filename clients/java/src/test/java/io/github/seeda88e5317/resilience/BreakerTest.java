@@ -5,6 +5,10 @@ import static org.junit.jupiter.api.Assertions.assertInstanceOf;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.github.seeda88e5317.resilience.v1.BreakerState;
+import io.github.seeda88e5317.resilience.v1.CallOutcome;
+import io.github.seeda88e5317.resilience.v1.GetBreakerRequest;
+import io.github.seeda88e5317.resilience.v1.ReportCallRequest;
 import io.grpc.Status;
 import java.time.Duration;
 import java.util.Map;
@@ -21,10 +25,6 @@ import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.extension.ExtendWith;
-import resilience.v1.BreakerOuterClass.BreakerState;
-import resilience.v1.BreakerOuterClass.CallOutcome;
-import resilience.v1.BreakerOuterClass.GetBreakerRequest;
-import resilience.v1.BreakerOuterClass.ReportCallRequest;
 
 /** BreakerGuard and executeCall against the real sidecar, with a real HTTP upstream. */
 @ExtendWith(SidecarExtension.class)

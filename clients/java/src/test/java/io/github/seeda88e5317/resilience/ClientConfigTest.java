@@ -5,6 +5,8 @@ import static org.junit.jupiter.api.Assertions.assertFalse;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.github.seeda88e5317.resilience.v1.GetLockRequest;
+import io.github.seeda88e5317.resilience.v1.NextUlidRequest;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
 import java.io.UncheckedIOException;
@@ -16,8 +18,6 @@ import java.util.logging.Logger;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.extension.ExtendWith;
-import resilience.v1.Clock.NextUlidRequest;
-import resilience.v1.Lock.GetLockRequest;
 
 @ExtendWith(SidecarExtension.class)
 @Timeout(60)

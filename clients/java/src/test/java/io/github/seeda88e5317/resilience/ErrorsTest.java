@@ -11,6 +11,15 @@ import com.google.protobuf.Duration;
 import com.google.protobuf.Timestamp;
 import com.google.rpc.ErrorInfo;
 import com.google.rpc.RetryInfo;
+import io.github.seeda88e5317.resilience.v1.AcquireLockRequest;
+import io.github.seeda88e5317.resilience.v1.AllowCallRequest;
+import io.github.seeda88e5317.resilience.v1.CallOutcome;
+import io.github.seeda88e5317.resilience.v1.GetLockRequest;
+import io.github.seeda88e5317.resilience.v1.GetSagaRequest;
+import io.github.seeda88e5317.resilience.v1.HlcTimestamp;
+import io.github.seeda88e5317.resilience.v1.ReleaseLockRequest;
+import io.github.seeda88e5317.resilience.v1.ReportCallRequest;
+import io.github.seeda88e5317.resilience.v1.UpdateHlcRequest;
 import io.grpc.Status;
 import io.grpc.StatusRuntimeException;
 import io.grpc.protobuf.StatusProto;
@@ -22,21 +31,12 @@ import java.util.List;
 import java.util.Locale;
 import java.util.Map;
 import java.util.Set;
-import org.junit.jupiter.api.Tag;
-import resilience.v1.BreakerOuterClass.AllowCallRequest;
-import resilience.v1.BreakerOuterClass.CallOutcome;
-import resilience.v1.BreakerOuterClass.ReportCallRequest;
-import resilience.v1.Clock.HlcTimestamp;
-import resilience.v1.Clock.UpdateHlcRequest;
-import resilience.v1.SagaOuterClass.GetSagaRequest;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
+import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.extension.ExtendWith;
-import resilience.v1.Lock.AcquireLockRequest;
-import resilience.v1.Lock.GetLockRequest;
-import resilience.v1.Lock.ReleaseLockRequest;
 
 @ExtendWith(SidecarExtension.class)
 @Timeout(60)

@@ -7,6 +7,8 @@ import static org.junit.jupiter.api.Assertions.assertNotNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.github.seeda88e5317.resilience.v1.Event;
+import io.github.seeda88e5317.resilience.v1.StartFrom;
 import io.grpc.Status;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
@@ -29,8 +31,6 @@ import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.extension.ExtendWith;
-import resilience.v1.Events.Event;
-import resilience.v1.Events.StartFrom;
 
 /** publish, subscribe, ack, nack and outboxStatus against the real sidecar. */
 @ExtendWith(SidecarExtension.class)

@@ -5,6 +5,8 @@ import static org.junit.jupiter.api.Assertions.assertEquals;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.github.seeda88e5317.resilience.v1.GetIdempotencyRequest;
+import io.github.seeda88e5317.resilience.v1.GetIdempotencyResponse;
 import io.grpc.Status;
 import java.io.IOException;
 import java.nio.charset.StandardCharsets;
@@ -23,8 +25,6 @@ import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.extension.ExtendWith;
-import resilience.v1.Idempotency.GetIdempotencyRequest;
-import resilience.v1.Idempotency.GetIdempotencyResponse;
 
 @ExtendWith(SidecarExtension.class)
 @Timeout(60)

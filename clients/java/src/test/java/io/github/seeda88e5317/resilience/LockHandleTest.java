@@ -6,6 +6,8 @@ import static org.junit.jupiter.api.Assertions.assertInstanceOf;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.github.seeda88e5317.resilience.v1.GetLockRequest;
+import io.github.seeda88e5317.resilience.v1.GetLockResponse;
 import java.time.Duration;
 import java.time.Instant;
 import java.util.concurrent.CompletableFuture;
@@ -17,8 +19,6 @@ import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.extension.ExtendWith;
-import resilience.v1.Lock.GetLockRequest;
-import resilience.v1.Lock.GetLockResponse;
 
 /** The explicit lock handle and the async lock helpers against the real sidecar. */
 @ExtendWith(SidecarExtension.class)

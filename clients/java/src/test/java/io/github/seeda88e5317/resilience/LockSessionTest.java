@@ -7,6 +7,10 @@ import static org.junit.jupiter.api.Assertions.assertNull;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.github.seeda88e5317.resilience.v1.AcquireLockRequest;
+import io.github.seeda88e5317.resilience.v1.AcquireLockResponse;
+import io.github.seeda88e5317.resilience.v1.GetLockRequest;
+import io.github.seeda88e5317.resilience.v1.GetLockResponse;
 import io.grpc.Status;
 import java.io.IOException;
 import java.time.Duration;
@@ -18,10 +22,6 @@ import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.extension.ExtendWith;
-import resilience.v1.Lock.AcquireLockRequest;
-import resilience.v1.Lock.AcquireLockResponse;
-import resilience.v1.Lock.GetLockRequest;
-import resilience.v1.Lock.GetLockResponse;
 
 @ExtendWith(SidecarExtension.class)
 @Timeout(60)

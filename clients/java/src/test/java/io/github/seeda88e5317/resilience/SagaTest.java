@@ -5,6 +5,8 @@ import static org.junit.jupiter.api.Assertions.assertInstanceOf;
 import static org.junit.jupiter.api.Assertions.assertThrows;
 import static org.junit.jupiter.api.Assertions.assertTrue;
 
+import io.github.seeda88e5317.resilience.v1.CompensationStatus;
+import io.github.seeda88e5317.resilience.v1.SagaState;
 import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
@@ -21,9 +23,6 @@ import org.junit.jupiter.api.Tag;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.extension.ExtendWith;
-import resilience.v1.SagaOuterClass;
-import resilience.v1.SagaOuterClass.CompensationStatus;
-import resilience.v1.SagaOuterClass.SagaState;
 
 /** Saga helpers against the real sidecar, whose compensations call a real HTTP upstream. */
 @ExtendWith(SidecarExtension.class)
@@ -92,7 +91,7 @@ class SagaTest {
     assertEquals(0, thrown.getSuppressed().length, "the abort failed");
     assertEquals(List.of("step-1", "step-2"), done);
 
-    SagaOuterClass.Saga end = saga.awaitEnd(Duration.ofSeconds(30));
+    io.github.seeda88e5317.resilience.v1.Saga end = saga.awaitEnd(Duration.ofSeconds(30));
     assertEquals(SagaState.SAGA_STATE_COMPENSATED, end.getState());
     assertTrue(end.getReason().contains("payment declined"), end.getReason());
     // Step 3 was recorded before it ran (write-ahead), so it is compensated too, first; then
@@ -123,7 +122,7 @@ class SagaTest {
               return saga.step("charge", undo("charge"), () -> 7);
             });
     assertEquals(7, result);
-    SagaOuterClass.Saga done = client.startSaga(ok, "ok").get();
+    io.github.seeda88e5317.resilience.v1.Saga done = client.startSaga(ok, "ok").get();
     assertEquals(SagaState.SAGA_STATE_COMPLETED, done.getState());
     assertEquals("42", done.getMetadataOrThrow("order"));
     assertEquals(2, done.getStepCount());

@@ -2,15 +2,15 @@ package io.github.seeda88e5317.resilience;
 
 import static org.junit.jupiter.api.Assertions.assertEquals;
 
+import io.github.seeda88e5317.resilience.v1.GetSagaRequest;
+import io.github.seeda88e5317.resilience.v1.SagaState;
+import io.github.seeda88e5317.resilience.v1.StartSagaRequest;
 import java.util.UUID;
 import org.junit.jupiter.api.AfterEach;
 import org.junit.jupiter.api.BeforeEach;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.Timeout;
 import org.junit.jupiter.api.extension.ExtendWith;
-import resilience.v1.SagaOuterClass.GetSagaRequest;
-import resilience.v1.SagaOuterClass.SagaState;
-import resilience.v1.SagaOuterClass.StartSagaRequest;
 
 /** Every service of the sidecar is reachable from ResilienceClient. */
 @ExtendWith(SidecarExtension.class)
