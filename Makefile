@@ -181,7 +181,7 @@ dist: tools $(HELM)
 ## newest Python and on protobuf 5, an npm project from ESM and CommonJS, a
 ## Maven project) and run against the real sidecar.
 test-install: dist build redis
-	HELM=$(HELM) scripts/install-test-sidecar.sh
+	HELM=$(HELM) KUBE_VERSION=$(KUBE_VERSION) scripts/install-test-sidecar.sh
 	SIDECAR_BIN=$(abspath $(BIN))/sidecar clients/go/install-test.sh
 	SIDECAR_BIN=$(abspath $(BIN))/sidecar clients/python/install-test.sh
 	SIDECAR_BIN=$(abspath $(BIN))/sidecar clients/node/install-test.sh

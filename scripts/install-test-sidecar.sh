@@ -35,7 +35,7 @@ done
 [[ "${serving:-}" == 1 ]] || { cat "$work/sidecar.log" >&2; echo "install-test-sidecar: the unpacked sidecar did not serve" >&2; exit 1; }
 
 chart="$root/dist/helm/resilience-sidecar-$version.tgz"
-images="$("$helm" template t "$chart" | grep -o 'ghcr.io/seed-a88e5317/resilience-sidecar:[^" ]*' | sort -u)"
+images="$("$helm" template t "$chart" --kube-version "${KUBE_VERSION:-v1.37.2}" | grep -o 'ghcr.io/seed-a88e5317/resilience-sidecar:[^" ]*' | sort -u)"
 [[ "$images" == "ghcr.io/seed-a88e5317/resilience-sidecar:$version" ]] || {
 	echo "install-test-sidecar: the chart's images are '$images', want only :$version" >&2; exit 1; }
 echo "install-test-sidecar: ok (sidecar $version served; chart $version renders image :$version)"

@@ -64,9 +64,22 @@ func Publish(ctx context.Context, c v1.EventServiceClient, topic string, payload
 type SubscribeOption func(*subscribeOptions)
 
 type subscribeOptions struct {
-	req       v1.SubscribeRequest
-	nackDelay time.Duration
+	req            v1.SubscribeRequest
+	nackDelay      time.Duration
+	confirmTimeout time.Duration
 }
+
+// WithConfirmTimeout bounds the wait for the sidecar's confirmation that
+// the subscription is open (default DefaultCallTimeout): a stopped or
+// frozen sidecar makes Subscribe return ErrDeadlineExceeded then, instead
+// of waiting for ctx. Once open, the stream's HTTP/2 keepalive notices a
+// sidecar that stops answering.
+func WithConfirmTimeout(d time.Duration) SubscribeOption {
+	return func(o *subscribeOptions) { o.confirmTimeout = d }
+}
+
+// errNoConfirmation ends a stream whose confirmation did not come in time.
+var errNoConfirmation = errors.New("resilience: no subscription confirmation in time")
 
 // WithMaxInFlight bounds the events delivered to this consumer and not yet
 // acked or nacked (1-1000; the sidecar's default is 16). Subscribe calls
@@ -138,22 +151,32 @@ func (e *retryAfterError) Unwrap() error { return e.err }
 // (events delivered and not yet handled are redelivered later); the
 // sidecar's error when it refused the subscription (ErrInvalidArgument for
 // a bad name, ErrTopicUnknown) or ended it (ErrShuttingDown when it stops);
+// ErrDeadlineExceeded when it did not confirm the subscription within
+// WithConfirmTimeout (a stopped or frozen sidecar);
 // or the error of an Ack or Nack that failed. Run it again to resubscribe.
 func Subscribe(ctx context.Context, c v1.EventServiceClient, topic, group, consumer string, handler func(ctx context.Context, ev *v1.Event) error, opts ...SubscribeOption) error {
-	o := subscribeOptions{}
+	o := subscribeOptions{confirmTimeout: DefaultCallTimeout}
 	for _, opt := range opts {
 		opt(&o)
 	}
 	req := &o.req
 	req.Topic, req.Group, req.Consumer = topic, group, consumer
 
-	streamCtx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	streamCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	// Streams carry no default deadline: bound the confirmation here, so
+	// that a frozen sidecar is an error, not a hang.
+	confirm := time.AfterFunc(o.confirmTimeout, func() { cancel(errNoConfirmation) })
 	stream, err := c.Subscribe(streamCtx, req)
-	if err != nil {
-		return subscribeEnd(ctx, err)
+	var first *v1.SubscribeResponse
+	if err == nil {
+		first, err = stream.Recv()
 	}
-	first, err := stream.Recv()
+	if fired := !confirm.Stop(); fired && ctx.Err() == nil {
+		// Even a confirmation that arrived as the timer fired is on a
+		// stream the timer is cancelling.
+		return fmt.Errorf("resilience: no answer from the sidecar to Subscribe(%q) within %v (is it running? frozen?): %w", topic, o.confirmTimeout, ErrDeadlineExceeded)
+	}
 	if err != nil {
 		return subscribeEnd(ctx, err)
 	}

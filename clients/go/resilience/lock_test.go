@@ -257,6 +257,9 @@ func TestLockFrozenSidecar(t *testing.T) {
 	a, b := scs[0], scs[1]
 	locksA := v1.NewLockServiceClient(dial(t, a.Addr()))
 	locksB := v1.NewLockServiceClient(dial(t, b.Addr()))
+	// The other helpers go through A on a connection made before the
+	// freeze, whose calls have a 1 s default deadline.
+	shortA := dial(t, a.Addr(), resilience.WithCallTimeout(time.Second))
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	key := "frozen/" + rand.Text()
@@ -392,6 +395,48 @@ func TestLockFrozenSidecar(t *testing.T) {
 	})
 	if !errors.Is(err, resilience.ErrReleaseUnconfirmed) || errors.Is(err, resilience.ErrLeaseLost) {
 		t.Errorf("WithLock release: %v; want ErrReleaseUnconfirmed (the lease was not lost while fn ran)", err)
+	}
+
+	// Every other helper, bounded by the connection's 1 s call deadline
+	// (Subscribe, a stream, by its confirmation timeout); none runs the
+	// caller's function.
+	mustNotRun := func(context.Context) error { return errors.New("must not run") }
+	helpers := []struct {
+		name string
+		call func() error
+	}{
+		{"Idempotent", func() error {
+			_, err := resilience.Idempotent(bg, v1.NewIdempotencyServiceClient(shortA), key+"/op", "fp", func(context.Context) (resilience.Result, error) {
+				return resilience.Result{}, errors.New("must not run")
+			}, resilience.WithUnavailableRetries(0))
+			return err
+		}},
+		{"Guard", func() error { return resilience.Guard(bg, v1.NewBreakerServiceClient(shortA), "frozen", mustNotRun) }},
+		{"ExecuteCall", func() error {
+			_, err := resilience.ExecuteCall(bg, v1.NewBreakerServiceClient(shortA), "none", "GET", "/", nil)
+			return err
+		}},
+		{"StartSaga", func() error {
+			_, err := resilience.StartSaga(bg, v1.NewSagaServiceClient(shortA), "frozen-"+rand.Text(), "frozen", time.Minute)
+			return err
+		}},
+		{"LamportClock.Stamp", func() error {
+			_, err := resilience.NewLamportClock(v1.NewClockServiceClient(shortA), "frozen").Stamp(bg)
+			return err
+		}},
+		{"Publish", func() error {
+			_, _, err := resilience.Publish(bg, v1.NewEventServiceClient(shortA), "go-test.frozen", []byte("x"))
+			return err
+		}},
+		{"Subscribe", func() error {
+			return resilience.Subscribe(bg, v1.NewEventServiceClient(shortA), "go-test.frozen", "g", "c",
+				func(context.Context, *v1.Event) error { return errors.New("must not run") }, resilience.WithConfirmTimeout(time.Second))
+		}},
+	}
+	for _, h := range helpers {
+		if err := returnsWithin(t, time.Second, h.name, h.call); !errors.Is(err, resilience.ErrDeadlineExceeded) {
+			t.Errorf("%s through the frozen sidecar: %v; want ErrDeadlineExceeded", h.name, err)
+		}
 	}
 }
 

@@ -12,6 +12,13 @@ import { setTimeout as sleep } from "node:timers/promises";
 import {
   acquireLock,
   DeadlineExceededError,
+  executeCall,
+  guard,
+  idempotent,
+  LamportClock,
+  publish,
+  startSaga,
+  subscribe,
   LeaseLostError,
   LostReason,
   ReleaseUnconfirmedError,
@@ -131,6 +138,26 @@ scenario(
       assert.ok(ext.at - handle.renewedAt <= 2_200, `extend returned ${Math.round(ext.at - handle.renewedAt)} ms after the grant`);
       const rel = await timed(handle.release(), 1_000, "release of the lost handle");
       assert.equal(rel.error, ext.error);
+
+      // Every other helper through the frozen A gives up at its client's
+      // 3 s deadline (subscribe: its confirmation, bounded by the same),
+      // and none runs the caller's function.
+      const never = () => {
+        throw new Error("must not run");
+      };
+      const helpers: Array<[string, () => Promise<unknown>]> = [
+        ["idempotent", () => idempotent(ca, uniqueKey("frozen-op"), "fp", never, { unavailableRetries: 0, waitMs: 0 })],
+        ["guard", () => guard(ca, "frozen", never)],
+        ["executeCall", () => executeCall(ca, "none", { path: "/" })],
+        ["startSaga", () => startSaga(ca, `frozen-${randomUUID()}`, "frozen")],
+        ["LamportClock.stamp", () => new LamportClock(ca, "frozen").stamp()],
+        ["publish", () => publish(ca, "node-test.frozen", "x")],
+        ["subscribe", () => subscribe(ca, "node-test.frozen", "g", "c", never)],
+      ];
+      for (const [name, call] of helpers) {
+        const r = await timed(call(), 3_000 + 1_000, `${name} through frozen A`);
+        assert.ok(r.error instanceof DeadlineExceededError, `${name} through frozen A: got ${String(r.error ?? r.value)}`);
+      }
     } finally {
       a.thaw();
       ca.close();

@@ -158,6 +158,30 @@ class LeaseSafetyTest {
           DeadlineExceededException.class,
           () -> viaA.withLock(key + "/4", (lease, cancelled) -> { throw new AssertionError("ran"); }));
       assertTrue(System.nanoTime() - t0 < CALL_TIMEOUT.toNanos() + SLACK_NANOS);
+
+      // Every other helper through the frozen sidecar gives up at its deadline: the call timeout
+      // (subscribe: its confirmation, bounded by the same; executeCall: the request's timeout,
+      // 1 s here, plus the call timeout), and none runs the caller's code.
+      Map<String, org.junit.jupiter.api.function.Executable> helpers = new java.util.LinkedHashMap<>();
+      helpers.put("idempotent", () -> viaA.idempotent(key + "/op", "fp",
+          IdempotentOptions.defaults().unavailableRetries(0).inProgressWait(Duration.ZERO),
+          () -> { throw new AssertionError("ran"); }));
+      helpers.put("breaker guard", () -> viaA.breaker("frozen").decorateSupplier(() -> {
+        throw new AssertionError("ran");
+      }).get());
+      helpers.put("executeCall", () -> viaA.executeCall("none", UpstreamRequest.get("/").timeout(Duration.ofSeconds(1))));
+      helpers.put("startSaga", () -> viaA.startSaga(key + "-saga", "frozen"));
+      helpers.put("lamportClock.stamp", () -> viaA.lamportClock("frozen").stamp());
+      helpers.put("publish", () -> viaA.publish("java-test.frozen", new byte[] {1}));
+      helpers.put("subscribe", () -> viaA.subscribe("java-test.frozen", "g", "c").close());
+      for (Map.Entry<String, org.junit.jupiter.api.function.Executable> h : helpers.entrySet()) {
+        t0 = System.nanoTime();
+        assertThrows(DeadlineExceededException.class, h.getValue(), h.getKey() + " through the frozen sidecar");
+        long took = System.nanoTime() - t0;
+        long bound = CALL_TIMEOUT.toNanos() * (h.getKey().equals("executeCall") ? 2 : 1);
+        assertTrue(took < bound + SLACK_NANOS,
+            h.getKey() + " returned " + took / 1_000_000 + " ms after it started (deadline " + bound / 1_000_000 + " ms)");
+      }
     } finally {
       a.close(); // SIGCONT, then stopped
       b.close();
