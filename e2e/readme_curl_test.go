@@ -1,8 +1,6 @@
 package e2e
 
 import (
-	"bufio"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
@@ -16,60 +14,13 @@ import (
 // tourMarker marks the grpcurl ones.
 var curlTourMarker = regexp.MustCompile(`^<!-- curl-tour: ([a-z0-9-]+)(?: config=([A-Za-z0-9._/-]+))? -->$`)
 
-// readCurlTours parses README.md's curl tours: a curl-tour marker line,
-// then a ```sh fenced block; "# => " lines are expected output.
-func readCurlTours(t *testing.T, path string) []*tour {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	byName := map[string]*tour{}
-	var order []*tour
-	var cur *tour
-	inBlock, awaitingFence := false, false
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		line := sc.Text()
-		switch {
-		case inBlock && line == "```":
-			inBlock = false
-		case inBlock:
-			cur.script.WriteString(line + "\n")
-			if exp, ok := strings.CutPrefix(strings.TrimSpace(line), "# => "); ok {
-				cur.expect = append(cur.expect, exp)
-			}
-		case awaitingFence:
-			if line != "```sh" {
-				t.Fatalf("README: a curl-tour marker must be followed by a ```sh block, got %q", line)
-			}
-			awaitingFence, inBlock = false, true
-		default:
-			if m := curlTourMarker.FindStringSubmatch(line); m != nil {
-				cur = byName[m[1]]
-				if cur == nil {
-					cur = &tour{name: m[1], config: m[2]}
-					byName[m[1]] = cur
-					order = append(order, cur)
-				}
-				awaitingFence = true
-			}
-		}
-	}
-	if err := sc.Err(); err != nil {
-		t.Fatal(err)
-	}
-	return order
-}
-
 // TestReadmeCurlTours runs the README's curl tours (one per service)
 // against the real binary on the embedded store, as `make run` starts it
 // but with --http-listen on a free port, with the machine's curl and jq
 // (scripts/ensure-jq.sh installs them; make tools runs it).
 func TestReadmeCurlTours(t *testing.T) {
 	root := moduleRoot(t)
-	tours := readCurlTours(t, filepath.Join(root, "README.md"))
+	tours := readTours(t, filepath.Join(root, "README.md"), curlTourMarker)
 	want := []string{"locks", "idempotency", "semaphores", "clocks", "breakers", "sagas", "events", "ratelimits"}
 	var names []string
 	for _, tr := range tours {

@@ -23,10 +23,12 @@ type tour struct {
 
 var tourMarker = regexp.MustCompile(`^<!-- tour: ([a-z0-9-]+)(?: config=([A-Za-z0-9._/-]+))? -->$`)
 
-// readTours parses README.md: a marker line, then a ```sh fenced block.
-// A marker may name the config file the tour's sidecar runs with
-// (<!-- tour: name config=examples/x.yaml -->) on its first block.
-func readTours(t *testing.T, path string) []*tour {
+// readTours parses README.md's tours of one kind: a line marker matches
+// (group 1 the tour's name, group 2 an optional config file its sidecar
+// runs with, as in <!-- tour: name config=examples/x.yaml -->), then a
+// ```sh fenced block; "# => " lines are expected output. Blocks of one
+// name are joined in order.
+func readTours(t *testing.T, path string, marker *regexp.Regexp) []*tour {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
@@ -54,7 +56,7 @@ func readTours(t *testing.T, path string) []*tour {
 			}
 			awaitingFence, inBlock = false, true
 		default:
-			if m := tourMarker.FindStringSubmatch(line); m != nil {
+			if m := marker.FindStringSubmatch(line); m != nil {
 				cur = byName[m[1]]
 				if cur == nil {
 					cur = &tour{name: m[1], config: m[2]}
@@ -75,7 +77,7 @@ func readTours(t *testing.T, path string) []*tour {
 // on the embedded store (what `make run` starts), with grpcurl from .bin/.
 func TestReadmeTours(t *testing.T) {
 	root := moduleRoot(t)
-	tours := readTours(t, filepath.Join(root, "README.md"))
+	tours := readTours(t, filepath.Join(root, "README.md"), tourMarker)
 	if len(tours) == 0 {
 		t.Fatal("README has no tours")
 	}

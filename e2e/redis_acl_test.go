@@ -129,7 +129,7 @@ func TestRedisACLLeastPrivilege(t *testing.T) {
 	url := fmt.Sprintf("redis://%s:s3cret-acl-test@%s/0", user, rd.Addr())
 
 	t.Run("tours", func(t *testing.T) {
-		for _, tr := range readTours(t, filepath.Join(moduleRoot(t), "README.md")) {
+		for _, tr := range readTours(t, filepath.Join(moduleRoot(t), "README.md"), tourMarker) {
 			args := []string{"--redis-url", url}
 			if tr.config != "" {
 				args = append(args, "--config", filepath.Join(moduleRoot(t), tr.config))

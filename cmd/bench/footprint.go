@@ -394,13 +394,13 @@ func (t *targetRun) runWaiters() {
 	time.Sleep(2 * time.Second) // everyone waiting
 	_, _ = holder.ReleaseLock(ctx, &v1.ReleaseLockRequest{Key: key, LeaseId: first.GetLease().GetLeaseId()})
 	time.Sleep(time.Second) // the hand-over is running
-	before := redisCommandCalls(ctx, t.env.Redis)
+	before := redisCommandStats(ctx, t.env.Redis)
 	measuring.Store(true)
 	t0 := time.Now()
 	time.Sleep(t.opts.window)
 	measuring.Store(false)
 	elapsed := time.Since(t0)
-	after := redisCommandCalls(ctx, t.env.Redis)
+	after := redisCommandStats(ctx, t.env.Redis)
 	cancel()
 	wg.Wait()
 
@@ -410,8 +410,8 @@ func (t *targetRun) runWaiters() {
 		n    int64
 	}
 	var per []kv
-	for name, n := range after {
-		d := n - before[name]
+	for name, st := range after {
+		d := st.calls - before[name].calls
 		if name == "info" || d <= 0 {
 			continue
 		}

@@ -100,20 +100,20 @@ func echoPair(conn grpc.ClientConnInterface) func(context.Context) error {
 // release(i) needs.
 func opCommands(ctx context.Context, rdb *redis.Client, n int, acquire func(i int) (string, error), release func(i int, lease string) error) (acq, rel opCost, err error) {
 	leases := make([]string, n)
-	s0, u0 := redisCommandCalls(ctx, rdb), redisCommandUsec(ctx, rdb)
+	s0 := redisCommandStats(ctx, rdb)
 	for i := range n {
 		if leases[i], err = acquire(i); err != nil {
 			return acq, rel, err
 		}
 	}
-	s1, u1 := redisCommandCalls(ctx, rdb), redisCommandUsec(ctx, rdb)
+	s1 := redisCommandStats(ctx, rdb)
 	for i := range n {
 		if err := release(i, leases[i]); err != nil {
 			return acq, rel, err
 		}
 	}
-	s2, u2 := redisCommandCalls(ctx, rdb), redisCommandUsec(ctx, rdb)
-	return opCost{commandDelta(s0, s1, n), usecDelta(u0, u1, n)}, opCost{commandDelta(s1, s2, n), usecDelta(u1, u2, n)}, nil
+	s2 := redisCommandStats(ctx, rdb)
+	return opCost{commandDelta(s0, s1, n), usecDelta(s0, s1, n)}, opCost{commandDelta(s1, s2, n), usecDelta(s1, s2, n)}, nil
 }
 
 // releasedFootprint is what n released locks under prefix leave in Redis:

@@ -110,20 +110,27 @@ func redisPID(c *redis.Client) int {
 	return n
 }
 
-// redisCommandCalls is the number of calls of each command (INFO
-// commandstats).
-func redisCommandCalls(ctx context.Context, c *redis.Client) map[string]int64 {
-	out := map[string]int64{}
+// cmdStat is one command's INFO commandstats: calls, and µs spent in them
+// (a script's include the commands it runs, which count on their own too).
+type cmdStat struct{ calls, usec int64 }
+
+// redisCommandStats reads INFO commandstats.
+func redisCommandStats(ctx context.Context, c *redis.Client) map[string]cmdStat {
+	out := map[string]cmdStat{}
 	for k, v := range redisInfo(ctx, c, "commandstats") {
 		name, ok := strings.CutPrefix(k, "cmdstat_")
 		if !ok {
 			continue
 		}
+		var st cmdStat
 		for _, kv := range strings.Split(v, ",") {
 			if n, ok := strings.CutPrefix(kv, "calls="); ok {
-				out[name], _ = strconv.ParseInt(n, 10, 64)
+				st.calls, _ = strconv.ParseInt(n, 10, 64)
+			} else if n, ok := strings.CutPrefix(kv, "usec="); ok {
+				st.usec, _ = strconv.ParseInt(n, 10, 64)
 			}
 		}
+		out[name] = st
 	}
 	return out
 }

@@ -71,31 +71,6 @@ type rlSample struct {
 	cmds map[string]cmdStat // commands Redis ran in the window, by name
 }
 
-// cmdStat is one command's INFO commandstats: calls, and µs spent in them
-// (a script's include the commands it runs, which count on their own too).
-type cmdStat struct{ calls, usec int64 }
-
-// redisCommandStats reads INFO commandstats.
-func redisCommandStats(ctx context.Context, c *redis.Client) map[string]cmdStat {
-	out := map[string]cmdStat{}
-	for k, v := range redisInfo(ctx, c, "commandstats") {
-		name, ok := strings.CutPrefix(k, "cmdstat_")
-		if !ok {
-			continue
-		}
-		var st cmdStat
-		for _, kv := range strings.Split(v, ",") {
-			if n, ok := strings.CutPrefix(kv, "calls="); ok {
-				st.calls, _ = strconv.ParseInt(n, 10, 64)
-			} else if n, ok := strings.CutPrefix(kv, "usec="); ok {
-				st.usec, _ = strconv.ParseInt(n, 10, 64)
-			}
-		}
-		out[name] = st
-	}
-	return out
-}
-
 // runRateLimit is the ratelimit group: it builds (or finds) envoyproxy/ratelimit,
 // starts a fresh Redis, a sidecar and two envoyproxy/ratelimit servers on
 // it, measures every row at every level in interleaved rounds, and prints

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sort"
-	"strconv"
 	"strings"
 
 	"github.com/redis/go-redis/v9"
@@ -18,13 +17,13 @@ import (
 
 // commandDelta is the Redis commands run between two commandstats
 // snapshots, per op, without the snapshots' own INFO calls.
-func commandDelta(before, after map[string]int64, ops int) map[string]float64 {
+func commandDelta(before, after map[string]cmdStat, ops int) map[string]float64 {
 	out := map[string]float64{}
-	for name, n := range after {
+	for name, st := range after {
 		if name == "info" {
 			continue
 		}
-		if d := n - before[name]; d > 0 {
+		if d := st.calls - before[name].calls; d > 0 {
 			out[name] = float64(d) / float64(ops)
 		}
 	}
@@ -63,29 +62,12 @@ type opCost struct {
 	usec float64
 }
 
-// redisCommandUsec is INFO commandstats' usec of each command.
-func redisCommandUsec(ctx context.Context, c *redis.Client) map[string]int64 {
-	out := map[string]int64{}
-	for k, v := range redisInfo(ctx, c, "commandstats") {
-		name, ok := strings.CutPrefix(k, "cmdstat_")
-		if !ok {
-			continue
-		}
-		for _, kv := range strings.Split(v, ",") {
-			if n, ok := strings.CutPrefix(kv, "usec="); ok {
-				out[name], _ = strconv.ParseInt(n, 10, 64)
-			}
-		}
-	}
-	return out
-}
-
 // usecDelta is the µs per op of the top-level commands a client sends
 // (the ones scripts run inside are already in EVALSHA's usec).
-func usecDelta(before, after map[string]int64, ops int) float64 {
+func usecDelta(before, after map[string]cmdStat, ops int) float64 {
 	var d int64
 	for _, name := range []string{"evalsha", "eval", "set", "get", "del"} {
-		d += after[name] - before[name]
+		d += after[name].usec - before[name].usec
 	}
 	return float64(d) / float64(ops)
 }
@@ -108,9 +90,9 @@ func startRedisCost(c *redis.Client) func(ops int64) redisCost {
 	}
 	ctx := context.Background()
 	rcpu := redisCPU(c)
-	calls0, cpu0 := redisCommandCalls(ctx, c), rcpu.read()
+	calls0, cpu0 := redisCommandStats(ctx, c), rcpu.read()
 	return func(ops int64) redisCost {
-		calls1, cpu1 := redisCommandCalls(ctx, c), rcpu.read()
+		calls1, cpu1 := redisCommandStats(ctx, c), rcpu.read()
 		if ops <= 0 || cpu0 < 0 || cpu1 < 0 || len(calls0) == 0 || len(calls1) == 0 {
 			return redisCost{}
 		}

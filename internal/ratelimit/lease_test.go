@@ -181,27 +181,36 @@ func TestServiceWaitersReserveAcrossServices(t *testing.T) {
 	}
 }
 
-// TestReserveFixedWindow: a waiting fixed window take that does not fit in
-// this window reserves its cost in the first later window with room, in
-// arrival order; the reserved cost counts in that window when it starts.
-func TestReserveFixedWindow(t *testing.T) {
-	l := ratelimit.Limiter{Algorithm: ratelimit.FixedWindow, Limit: 1, Window: time.Second}.WithDefaults()
-	cases := []struct {
-		name  string
-		store func(t *testing.T) (ratelimit.Reserver, ratelimit.Store, func(time.Duration))
-		slack time.Duration
-	}{
+// reserverStore is a store to run a reservation test on: the memory store
+// on a fake clock, or Redis, whose clock advance waits out in real time
+// (slack: what Redis's time may add to a delay).
+type reserverStore struct {
+	name  string
+	store func(t *testing.T) (ratelimit.Reserver, ratelimit.Store, func(time.Duration))
+	slack time.Duration
+}
+
+// reserverStores are both stores; prefix names the Redis store's keys.
+func reserverStores(prefix string) []reserverStore {
+	return []reserverStore{
 		{"memory", func(t *testing.T) (ratelimit.Reserver, ratelimit.Store, func(time.Duration)) {
 			clk := testkit.NewClock()
 			m := ratelimit.NewMemoryStore(clk.Now)
 			return m, m, clk.Advance
 		}, 0},
 		{"redis", func(t *testing.T) (ratelimit.Reserver, ratelimit.Store, func(time.Duration)) {
-			rs := ratelimit.NewRedisStore(testharness.StartRedis(t).Client(t), "resf", 2*time.Second)
+			rs := ratelimit.NewRedisStore(testharness.StartRedis(t).Client(t), prefix, 2*time.Second)
 			return rs, rs, testkit.RedisTime
 		}, 150 * time.Millisecond},
 	}
-	for _, tc := range cases {
+}
+
+// TestReserveFixedWindow: a waiting fixed window take that does not fit in
+// this window reserves its cost in the first later window with room, in
+// arrival order; the reserved cost counts in that window when it starts.
+func TestReserveFixedWindow(t *testing.T) {
+	l := ratelimit.Limiter{Algorithm: ratelimit.FixedWindow, Limit: 1, Window: time.Second}.WithDefaults()
+	for _, tc := range reserverStores("resf") {
 		t.Run(tc.name, func(t *testing.T) {
 			res, st, advance := tc.store(t)
 			ctx := t.Context()
@@ -238,22 +247,7 @@ func TestReserveFixedWindow(t *testing.T) {
 // window.
 func TestReserveSlidingWindow(t *testing.T) {
 	l := ratelimit.Limiter{Algorithm: ratelimit.SlidingWindow, Limit: 2, Window: time.Second}.WithDefaults()
-	cases := []struct {
-		name  string
-		store func(t *testing.T) (ratelimit.Reserver, ratelimit.Store, func(time.Duration))
-		slack time.Duration
-	}{
-		{"memory", func(t *testing.T) (ratelimit.Reserver, ratelimit.Store, func(time.Duration)) {
-			clk := testkit.NewClock()
-			m := ratelimit.NewMemoryStore(clk.Now)
-			return m, m, clk.Advance
-		}, 0},
-		{"redis", func(t *testing.T) (ratelimit.Reserver, ratelimit.Store, func(time.Duration)) {
-			rs := ratelimit.NewRedisStore(testharness.StartRedis(t).Client(t), "ress", 2*time.Second)
-			return rs, rs, testkit.RedisTime
-		}, 150 * time.Millisecond},
-	}
-	for _, tc := range cases {
+	for _, tc := range reserverStores("ress") {
 		t.Run(tc.name, func(t *testing.T) {
 			res, st, advance := tc.store(t)
 			ctx := t.Context()
